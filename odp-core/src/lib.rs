@@ -1,0 +1,12 @@
+//! ODP through verbs: device and ODP capability queries, memory backings, explicit, implicit and
+//! hugetlb ODP registration, prefetch with every advice, and loopback RC traffic.
+//!
+//! Owns: every call into libibverbs and every mapping the toolkit makes for RDMA.
+//! Must not: print, parse command lines, or know about BPF; callers decide how to present
+//! results and errors.
+
+pub mod error;
+pub mod memory;
+pub mod verbs;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,346 @@
+//! Memory the toolkit maps for ODP registration, in each backing that changes how the kernel
+//! invalidates it (anonymous, THP, hugetlb, page cache, shared).
+//!
+//! A [`Mapping`] is raw memory, not a Rust slice: the device may write into it at any time while
+//! work requests are posted, so all access goes through explicit copies at known points.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::ptr::NonNull;
+
+use crate::error::{Error, Result};
+
+/// How a buffer is backed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "path")]
+pub enum Backing {
+    /// Private anonymous memory: the common case.
+    Anonymous,
+    /// Private anonymous memory advised with MADV_HUGEPAGE, so THP split/collapse come into play.
+    Thp,
+    /// MAP_HUGETLB pages; needs pages reserved in /proc/sys/vm/nr_hugepages and, for ODP,
+    /// registration with IBV_ACCESS_HUGETLB.
+    Hugetlb,
+    /// A MAP_SHARED file mapping (page cache); `None` makes an unlinked file in the temp dir.
+    File(Option<PathBuf>),
+    /// MAP_SHARED anonymous memory (survives fork shared, shmem-backed).
+    Shared,
+}
+
+impl Backing {
+    /// Parses the names the CLI and scenario files use.
+    pub fn parse(name: &str, file: Option<PathBuf>) -> Result<Self> {
+        Ok(match name {
+            "anon" | "anonymous" => Backing::Anonymous,
+            "thp" => Backing::Thp,
+            "hugetlb" => Backing::Hugetlb,
+            "file" => Backing::File(file),
+            "shared" => Backing::Shared,
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown backing {other:?}: use anon, thp, hugetlb, file or shared"
+                )))
+            }
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backing::Anonymous => "anon",
+            Backing::Thp => "thp",
+            Backing::Hugetlb => "hugetlb",
+            Backing::File(_) => "file",
+            Backing::Shared => "shared",
+        }
+    }
+}
+
+/// A mapped buffer, unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    addr: NonNull<u8>,
+    len: usize,
+    backing: Backing,
+    // Keeps a named file open for the mapping's lifetime; unnamed ones are already unlinked.
+    _file: Option<File>,
+}
+
+// SAFETY: a Mapping is a plain address range; it has no thread affinity, and every access to its
+// bytes goes through methods that take &self/&mut self with explicit copies.
+unsafe impl Send for Mapping {}
+// SAFETY: see Send; shared references only copy bytes in or out at the caller's chosen time.
+unsafe impl Sync for Mapping {}
+
+/// The system page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
+}
+
+/// The default huge page size from /proc/meminfo (2 MiB on x86-64 when unreadable).
+pub fn huge_page_size() -> usize {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("Hugepagesize:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<usize>()
+                        .ok()
+                })
+        })
+        .map_or(2 << 20, |kib| kib * 1024)
+}
+
+impl Mapping {
+    /// Maps `len` bytes with the given backing. The length must be non-zero; for hugetlb it must
+    /// be a multiple of the huge page size (the kernel would round it silently otherwise, and the
+    /// registered range would not match what the user asked for).
+    pub fn new(len: usize, backing: Backing) -> Result<Self> {
+        if len == 0 {
+            return Err(Error::invalid("buffer length must be greater than zero"));
+        }
+        if len > isize::MAX as usize {
+            return Err(Error::invalid(format!(
+                "buffer length {len} overflows the address space"
+            )));
+        }
+        let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        let mut file = None;
+        let mut op = "mmap";
+        match &backing {
+            Backing::Anonymous | Backing::Thp => {}
+            Backing::Hugetlb => {
+                let huge = huge_page_size();
+                if len % huge != 0 {
+                    return Err(Error::invalid(format!(
+                        "hugetlb buffers must be a multiple of the huge page size ({huge} bytes); \
+                         got {len}"
+                    )));
+                }
+                flags |= libc::MAP_HUGETLB;
+                op = "mmap hugetlb";
+            }
+            Backing::Shared => flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            Backing::File(path) => {
+                let f = match path {
+                    Some(path) => std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(path)
+                        .map_err(|e| {
+                            Error::invalid(format!("cannot open {}: {e}", path.display()))
+                        })?,
+                    None => tempfile::tempfile()
+                        .map_err(|e| Error::invalid(format!("cannot create a temp file: {e}")))?,
+                };
+                let file_len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                if file_len < len as u64 {
+                    f.set_len(len as u64).map_err(|e| {
+                        Error::invalid(format!("cannot size the backing file: {e}"))
+                    })?;
+                }
+                flags = libc::MAP_SHARED;
+                file = Some(f);
+                op = "mmap file";
+            }
+        }
+        let fd = file.as_ref().map_or(-1, |f| f.as_raw_fd());
+        // SAFETY: a fresh mapping at a kernel-chosen address; no existing memory is affected.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::last_os(op));
+        }
+        let addr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| Error::last_os(op))?;
+        let mapping = Mapping {
+            addr,
+            len,
+            backing,
+            _file: file,
+        };
+        if mapping.backing == Backing::Thp {
+            mapping.madvise(0, len, libc::MADV_HUGEPAGE, "madvise(MADV_HUGEPAGE)")?;
+        }
+        Ok(mapping)
+    }
+
+    pub fn addr(&self) -> u64 {
+        self.addr.as_ptr() as u64
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn backing(&self) -> &Backing {
+        &self.backing
+    }
+
+    /// Checks that `offset..offset+len` lies inside the mapping and returns its end.
+    pub fn check_range(&self, offset: usize, len: usize) -> Result<usize> {
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| Error::invalid(format!("range {offset}+{len} overflows")))?;
+        if end > self.len {
+            return Err(Error::invalid(format!(
+                "range {offset}..{end} lies outside the {}-byte buffer",
+                self.len
+            )));
+        }
+        Ok(end)
+    }
+
+    /// Copies `data` into the buffer at `offset`.
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
+        self.check_range(offset, data.len())?;
+        // SAFETY: the range was checked to lie inside this live mapping, and `data` is a
+        // separate Rust allocation, so the two cannot overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.addr.as_ptr().add(offset), data.len())
+        };
+        Ok(())
+    }
+
+    /// Copies bytes out of the buffer at `offset` into `out`.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
+        self.check_range(offset, out.len())?;
+        // SAFETY: as in `write`, with the direction reversed.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.addr.as_ptr().add(offset),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Returns a copy of `len` bytes at `offset`.
+    pub fn to_vec(&self, offset: usize, len: usize) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; len];
+        self.read(offset, &mut out)?;
+        Ok(out)
+    }
+
+    /// Fills the whole buffer with one byte.
+    pub fn fill(&self, byte: u8) {
+        // SAFETY: the whole live mapping is writable (PROT_READ|PROT_WRITE).
+        unsafe { std::ptr::write_bytes(self.addr.as_ptr(), byte, self.len) };
+    }
+
+    /// Writes one byte per page so every page is present on the CPU side.
+    pub fn touch(&self) {
+        let step = page_size();
+        for offset in (0..self.len).step_by(step) {
+            // SAFETY: offset < len, inside the live writable mapping; volatile keeps the store.
+            unsafe {
+                let p = self.addr.as_ptr().add(offset);
+                std::ptr::write_volatile(p, std::ptr::read_volatile(p));
+            }
+        }
+    }
+
+    /// madvise over a sub-range; `what` names the call in errors.
+    pub fn madvise(
+        &self,
+        offset: usize,
+        len: usize,
+        advice: i32,
+        what: &'static str,
+    ) -> Result<()> {
+        self.check_range(offset, len)?;
+        // SAFETY: the range lies inside this mapping; the advices the toolkit uses may drop page
+        // contents (DONTNEED) but never unmap, so the mapping stays valid.
+        let rc = unsafe { libc::madvise(self.addr.as_ptr().add(offset).cast(), len, advice) };
+        if rc != 0 {
+            return Err(Error::last_os(what));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: addr/len are exactly what mmap returned, and this is the only unmap.
+        unsafe { libc::munmap(self.addr.as_ptr().cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_length_is_rejected() {
+        let err = Mapping::new(0, Backing::Anonymous).unwrap_err();
+        assert!(err.to_string().contains("greater than zero"), "{err}");
+    }
+
+    #[test]
+    fn overflowing_length_is_rejected_before_mmap() {
+        let err = Mapping::new(usize::MAX, Backing::Anonymous).unwrap_err();
+        assert!(err.to_string().contains("overflows"), "{err}");
+    }
+
+    #[test]
+    fn hugetlb_length_must_be_whole_huge_pages() {
+        let err = Mapping::new(4096, Backing::Hugetlb).unwrap_err();
+        assert!(
+            err.to_string().contains("multiple of the huge page size"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_backing_round_trips_bytes() {
+        for backing in [
+            Backing::Anonymous,
+            Backing::Thp,
+            Backing::Shared,
+            Backing::File(None),
+        ] {
+            let m = Mapping::new(3 * page_size() + 17, backing.clone()).expect("map");
+            let data: Vec<u8> = (0..m.len()).map(|i| (i * 7 + 3) as u8).collect();
+            m.write(0, &data).expect("write");
+            assert_eq!(m.to_vec(0, m.len()).expect("read"), data, "{backing:?}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_copies_are_refused() {
+        let m = Mapping::new(4096, Backing::Anonymous).expect("map");
+        assert!(m.write(4090, &[0; 7]).is_err());
+        assert!(m.check_range(usize::MAX, 2).is_err());
+        assert!(m.check_range(0, 4096).is_ok());
+    }
+
+    #[test]
+    fn dontneed_drops_anonymous_contents() {
+        let m = Mapping::new(2 * page_size(), Backing::Anonymous).expect("map");
+        m.fill(0xab);
+        m.madvise(0, page_size(), libc::MADV_DONTNEED, "madvise")
+            .expect("madvise");
+        assert_eq!(m.to_vec(0, 4).expect("read"), vec![0; 4]);
+        assert_eq!(m.to_vec(page_size(), 4).expect("read"), vec![0xab; 4]);
+    }
+}
