@@ -1,1 +1,143 @@
-fn main() {}
+//! Build, the soft-RoCE test VM, and the test and demo drivers (`cargo xtask ...`).
+//!
+//! Owns: host prerequisites, the guest (Debian kernel + rdma-core under QEMU), and the order in
+//! which host and VM tests run. Must not: contain toolkit logic; it only builds and runs it.
+
+mod apt;
+mod host;
+mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "odp-toolkit developer tasks: VM, demo, tests")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the host packages the build, VM and tests need (as root).
+    Setup,
+    /// The soft-RoCE VM.
+    Vm {
+        #[command(subcommand)]
+        command: VmCmd,
+    },
+}
+
+#[derive(Args, Clone)]
+struct VmOpts {
+    /// Kernel to boot: an ABI name (7.3.4+deb13-amd64) or a version prefix (7.2); default: the
+    /// newest >= 6.17 in Debian sid / trixie-backports.
+    #[arg(long)]
+    kernel: Option<String>,
+    /// Refresh the Debian package lists even if recent.
+    #[arg(long)]
+    refresh: bool,
+    /// Stop the VM after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 4096)]
+    memory: u32,
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Extra kernel modules to load in the guest (e.g. mlx5_ib).
+    #[arg(long = "module")]
+    modules: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum VmCmd {
+    /// Download and assemble the guest; print what will boot.
+    Prepare {
+        #[command(flatten)]
+        opts: VmOpts,
+    },
+    /// Boot the guest and run a shell command in it; exits with the command's status.
+    Run {
+        #[command(flatten)]
+        opts: VmOpts,
+        /// Host binaries to put on the guest's PATH (/job/bin).
+        #[arg(long = "bin")]
+        binaries: Vec<PathBuf>,
+        /// The command (busybox sh syntax).
+        #[arg(required = true, trailing_var_arg = true)]
+        command: Vec<String>,
+    },
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn prepare(opts: &VmOpts) -> Result<vm::Guest> {
+    host::ensure()?;
+    vm::prepare(&vm::Prepare {
+        kernel_pin: opts.kernel.clone(),
+        refresh: opts.refresh,
+    })
+}
+
+fn job(opts: &VmOpts, script: String, binaries: Vec<PathBuf>) -> vm::Job {
+    vm::Job {
+        script,
+        binaries,
+        modules: opts.modules.clone(),
+        timeout: Duration::from_secs(opts.timeout),
+        memory_mb: opts.memory,
+        cpus: opts.cpus,
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => host::ensure(),
+        Cmd::Vm { command } => match command {
+            VmCmd::Prepare { opts } => {
+                let guest = prepare(&opts)?;
+                println!("kernel    {}", guest.kernel.abi);
+                println!("vmlinuz   {}", guest.vmlinuz.display());
+                println!("initramfs {}", guest.initramfs.display());
+                println!("root      {}", guest.root.display());
+                Ok(())
+            }
+            VmCmd::Run {
+                opts,
+                binaries,
+                command,
+            } => {
+                let guest = prepare(&opts)?;
+                let outcome = vm::run_job(&guest, &job(&opts, command.join(" ") + "\n", binaries))?;
+                std::process::exit(outcome.status);
+            }
+        },
+    }
+}
+
+/// Runs cargo with the given arguments in the workspace.
+#[allow(dead_code)]
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! The soft-RoCE test VM: a Debian kernel with rdma_rxe under QEMU/TCG.
+//!
+//! Layout: a tiny initramfs (busybox and the four 9p modules) mounts a read-only 9p root that
+//! the host assembled from Debian packages (kernel modules, libc, kmod, iproute2, rdma-core,
+//! perftest) and a writable 9p job share holding the binaries, the command, and the results.
+//! A small initramfs boots in seconds under TCG; the root needs no image building at all.
+
+use std::io::{BufRead, BufReader, Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::apt::{self, Apt, KernelAbi};
+
+const STAGE1: &str = include_str!("../guest/stage1.sh");
+const STAGE2: &str = include_str!("../guest/init.sh");
+const NINEP_MODULES: &[(&str, &str)] = &[
+    ("netfs", "kernel/fs/netfs/netfs.ko.xz"),
+    ("9pnet", "kernel/net/9p/9pnet.ko.xz"),
+    ("9pnet_virtio", "kernel/net/9p/9pnet_virtio.ko.xz"),
+    ("9p", "kernel/fs/9p/9p.ko.xz"),
+];
+
+/// Where downloads and assembled roots live: outside the repository, kept across runs.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ODP_VM_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    base.join("odp-toolkit")
+}
+
+/// An assembled guest, ready to boot.
+pub struct Guest {
+    pub kernel: KernelAbi,
+    pub root: PathBuf,
+    pub vmlinuz: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+/// Options for preparing a guest.
+pub struct Prepare {
+    pub kernel_pin: Option<String>,
+    pub refresh: bool,
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Resolves, downloads and assembles the guest (cached; a complete root is reused as is).
+pub fn prepare(opts: &Prepare) -> Result<Guest> {
+    let cache = cache_dir();
+    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let apt = Apt::new(&cache)?;
+    apt.update(opts.refresh)?;
+    let kernel = apt::choose_kernel(&apt.kernels()?, opts.kernel_pin.as_deref())?;
+    let root = cache.join(format!("root-{}", kernel.abi));
+    let initramfs = cache.join(format!("initramfs-{}.cpio", kernel.abi));
+    let marker = root.join(".odp-complete");
+    if !marker.exists() {
+        let started = Instant::now();
+        eprintln!("xtask: assembling guest root for kernel {}", kernel.abi);
+        let kernel_debs = apt.download_exact(&apt.kernel_packages(&kernel)?)?;
+        let user_debs = apt.download_closure(apt::GUEST_PACKAGES)?;
+        if root.exists() {
+            std::fs::remove_dir_all(&root)?;
+        }
+        std::fs::create_dir_all(&root)?;
+        for deb in kernel_debs.iter().chain(&user_debs) {
+            run(
+                Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root),
+                &format!("dpkg-deb -x {}", deb.display()),
+            )?;
+        }
+        merge_usr(&root)?;
+        for dir in [
+            "proc", "sys", "dev", "tmp", "run", "job", "root", "mnt", "var/tmp",
+        ] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        depmod(&root, &kernel.abi)?;
+        build_initramfs(&root, &kernel.abi, &initramfs)?;
+        std::fs::write(&marker, "")?;
+        eprintln!(
+            "xtask: guest assembled in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let vmlinuz = find_vmlinuz(&root, &kernel.abi)?;
+    Ok(Guest {
+        kernel,
+        root,
+        vmlinuz,
+        initramfs,
+    })
+}
+
+/// Debian is merged-/usr; packages that still ship /lib or /bin paths are folded into /usr so
+/// every lookup (the dynamic loader in /lib64, modules in /lib/modules) resolves.
+fn merge_usr(root: &Path) -> Result<()> {
+    for dir in ["bin", "sbin", "lib", "lib64"] {
+        let top = root.join(dir);
+        let usr = root.join("usr").join(dir);
+        std::fs::create_dir_all(&usr)?;
+        if top.is_symlink() {
+            continue;
+        }
+        if top.is_dir() {
+            run(
+                Command::new("cp")
+                    .arg("-a")
+                    .arg(format!("{}/.", top.display()))
+                    .arg(&usr),
+                &format!("merging /{dir} into /usr/{dir}"),
+            )?;
+            std::fs::remove_dir_all(&top)?;
+        }
+        std::os::unix::fs::symlink(format!("usr/{dir}"), &top)?;
+    }
+    Ok(())
+}
+
+/// The deb ships no modules.dep; the guest's own kmod (through its own loader, so host and
+/// guest kmod versions never mix) writes it.
+fn depmod(root: &Path, abi: &str) -> Result<()> {
+    let loader = root.join("usr/lib64/ld-linux-x86-64.so.2");
+    run(
+        Command::new(&loader)
+            .arg("--library-path")
+            .arg(root.join("usr/lib/x86_64-linux-gnu"))
+            .args(["--argv0", "depmod"])
+            .arg(root.join("usr/bin/kmod"))
+            .arg("-b")
+            .arg(root)
+            .arg(abi),
+        "depmod",
+    )
+}
+
+fn modules_dir(root: &Path, abi: &str) -> PathBuf {
+    root.join("usr/lib/modules").join(abi)
+}
+
+fn find_vmlinuz(root: &Path, abi: &str) -> Result<PathBuf> {
+    for candidate in [
+        modules_dir(root, abi).join("vmlinuz"),
+        root.join("boot").join(format!("vmlinuz-{abi}")),
+    ] {
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    bail!("no vmlinuz for {abi} in {}", root.display())
+}
+
+fn build_initramfs(root: &Path, abi: &str, out: &Path) -> Result<()> {
+    use cpio::newc::{Builder, ModeFileType};
+    let mut entries: Vec<(Builder, Cursor<Vec<u8>>)> = Vec::new();
+    let dir = |name: &str| {
+        (
+            Builder::new(name)
+                .mode(0o755)
+                .set_mode_file_type(ModeFileType::Directory),
+            Cursor::new(Vec::new()),
+        )
+    };
+    for d in ["bin", "dev", "proc", "sys", "newroot", "modules"] {
+        entries.push(dir(d));
+    }
+    entries.push((
+        Builder::new("dev/console")
+            .mode(0o600)
+            .set_mode_file_type(ModeFileType::Char)
+            .rdev_major(5)
+            .rdev_minor(1),
+        Cursor::new(Vec::new()),
+    ));
+    let busybox = std::fs::read(root.join("usr/bin/busybox")).context("reading guest busybox")?;
+    entries.push((
+        Builder::new("bin/busybox")
+            .mode(0o755)
+            .set_mode_file_type(ModeFileType::Regular),
+        Cursor::new(busybox),
+    ));
+    entries.push((
+        Builder::new("init")
+            .mode(0o755)
+            .set_mode_file_type(ModeFileType::Regular),
+        Cursor::new(STAGE1.as_bytes().to_vec()),
+    ));
+    let modules = modules_dir(root, abi);
+    let builtin = std::fs::read_to_string(modules.join("modules.builtin")).unwrap_or_default();
+    for (name, rel) in NINEP_MODULES {
+        let plain = rel.trim_end_matches(".xz");
+        if builtin.lines().any(|l| l == plain) {
+            continue;
+        }
+        let path = modules.join(rel);
+        let out = Command::new("xz")
+            .arg("-dc")
+            .arg(&path)
+            .output()
+            .with_context(|| format!("decompressing {}", path.display()))?;
+        if !out.status.success() {
+            bail!("xz -dc {} failed", path.display());
+        }
+        entries.push((
+            Builder::new(&format!("modules/{name}.ko"))
+                .mode(0o644)
+                .set_mode_file_type(ModeFileType::Regular),
+            Cursor::new(out.stdout),
+        ));
+    }
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut w = cpio::write_cpio(entries.into_iter(), std::io::BufWriter::new(file))?;
+    w.flush()?;
+    Ok(())
+}
+
+/// One run of the VM.
+pub struct Job {
+    /// Shell commands run in the guest (busybox sh, /job/bin first on PATH).
+    pub script: String,
+    /// Host files copied into /job/bin.
+    pub binaries: Vec<PathBuf>,
+    /// Extra modules to load before the command (e.g. mlx5_ib).
+    pub modules: Vec<String>,
+    pub timeout: Duration,
+    pub memory_mb: u32,
+    pub cpus: u32,
+}
+
+/// What the guest reported.
+pub struct Outcome {
+    pub status: i32,
+    pub output: String,
+    pub job_dir: PathBuf,
+}
+
+/// Where each job's share lives: inside the target dir, so `cargo clean` removes it.
+fn job_dir() -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target"));
+    Ok(target.join("vm-job"))
+}
+
+/// Boots the guest, runs the job, streams the console, and always ends with QEMU gone.
+pub fn run_job(guest: &Guest, job: &Job) -> Result<Outcome> {
+    let dir = job_dir()?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir.join("bin"))?;
+    for bin in &job.binaries {
+        let name = bin
+            .file_name()
+            .with_context(|| format!("bad binary path {}", bin.display()))?;
+        std::fs::copy(bin, dir.join("bin").join(name))
+            .with_context(|| format!("copying {} into the job share", bin.display()))?;
+    }
+    let mut init = String::new();
+    init.push_str(&format!("ODP_VM_MODULES='{}'\n", job.modules.join(" ")));
+    init.push_str(STAGE2);
+    std::fs::write(dir.join("init.sh"), init)?;
+    std::fs::write(dir.join("cmd.sh"), &job.script)?;
+
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-nodefaults", "-no-user-config", "-no-reboot"])
+        .args(["-accel", "tcg,thread=multi", "-cpu", "max"])
+        .args([
+            "-smp",
+            &job.cpus.to_string(),
+            "-m",
+            &format!("{}M", job.memory_mb),
+        ])
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+        .arg("-kernel")
+        .arg(&guest.vmlinuz)
+        .arg("-initrd")
+        .arg(&guest.initramfs)
+        .args([
+            "-append",
+            "console=ttyS0 rdinit=/init panic=-1 loglevel=4 quiet",
+        ])
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=root,security_model=none,readonly=on,multidevs=remap",
+            guest.root.display()
+        ))
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=job,security_model=none,multidevs=remap",
+            dir.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let started = Instant::now();
+    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let console_path = dir.join("console.log");
+    let streamer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut log = std::fs::File::create(console_path)?;
+        let out = std::io::stdout();
+        for line in BufReader::new(stdout).split(b'\n') {
+            let mut line = line?;
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            log.write_all(&line)?;
+            log.write_all(b"\n")?;
+            let mut out = out.lock();
+            out.write_all(&line)?;
+            out.write_all(b"\n")?;
+            out.flush()?;
+        }
+        Ok(())
+    });
+    let timed_out = loop {
+        if child.try_wait()?.is_some() {
+            break false;
+        }
+        if started.elapsed() > job.timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = streamer.join();
+    if timed_out {
+        bail!(
+            "the VM did not finish within {}s and was stopped (console: {})",
+            job.timeout.as_secs(),
+            dir.join("console.log").display()
+        );
+    }
+    let status_text = std::fs::read_to_string(dir.join("status")).with_context(|| {
+        format!(
+            "the guest powered off without reporting a status (see {})",
+            dir.join("console.log").display()
+        )
+    })?;
+    let status: i32 = status_text
+        .trim()
+        .parse()
+        .context("parsing the guest status")?;
+    let output = std::fs::read_to_string(dir.join("output.log")).unwrap_or_default();
+    eprintln!(
+        "xtask: VM finished in {:.1}s with status {status}",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Outcome {
+        status,
+        output,
+        job_dir: dir,
+    })
+}
