@@ -127,7 +127,7 @@ impl Error {
     }
 }
 
-pub(crate) fn errno_name(errno: i32) -> &'static str {
+pub fn errno_name(errno: i32) -> &'static str {
     match errno {
         libc::EPERM => "EPERM",
         libc::ENOENT => "ENOENT",
@@ -166,8 +166,8 @@ fn hint(op: &'static str, errno: i32) -> &'static str {
         libc::ENOENT => "no such object: the lkey or MR is unknown to this protection domain",
         libc::EFAULT => "the address range is not mapped in this process",
         libc::EINVAL if op.contains("advise") => {
-            "the advice does not fit the MR: a range outside it, or PREFETCH_WRITE on an MR \
-             without local write access"
+            "the advice does not fit the MR: an lkey the PD does not know (rxe answers EINVAL, \
+             mlx5 ENOENT), a range outside the MR, or PREFETCH_WRITE without local write access"
         }
         libc::EINVAL if op.contains("reg_mr") => {
             "the device rejected these access flags or this range (ODP flags the device lacks?)"

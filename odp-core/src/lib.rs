@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod memory;
+pub mod traffic;
 pub mod verbs;
 
 pub use error::{Error, ErrorKind, Result};

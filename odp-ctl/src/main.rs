@@ -1,1 +1,63 @@
-fn main() {}
+//! odp-ctl: the command line of the ODP toolkit.
+//!
+//! Owns: argument parsing, human tables and `--json` output, exit codes, signal handling.
+//! Must not: call libibverbs directly; every RDMA operation goes through odp-core.
+
+mod cmd;
+mod output;
+mod units;
+
+use clap::{Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  other failure
+  2  usage error
+  3  no RDMA device (or libibverbs missing)
+  4  not supported by the device, provider or kernel
+  5  permission or resource limit (root, memlock, huge pages)
+  6  invalid input (unknown device, bad range, unknown key)
+  7  data error: a work completion failed or bytes did not match";
+
+#[derive(Parser)]
+#[command(
+    name = "odp-ctl",
+    version,
+    about = "Inspect, register, prefetch and exercise RDMA On-Demand Paging (ODP) memory",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List RDMA devices and whether they support ODP.
+    Devices,
+    /// Show a device's attributes, full ODP capabilities, ports and GIDs.
+    Caps(cmd::caps::Args),
+    /// Map a buffer, register it as an ODP MR, and optionally touch it, run verified loopback
+    /// traffic over it, or hold it until Ctrl-C.
+    Register(cmd::register::Args),
+    /// Register an ODP MR, then prefetch ranges of it with ibv_advise_mr and time each call.
+    Prefetch(cmd::prefetch::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let out = output::Output { json: cli.json };
+    let result = match cli.command {
+        Command::Devices => cmd::devices::run(&out),
+        Command::Caps(args) => cmd::caps::run(&out, &args),
+        Command::Register(args) => cmd::register::run(&out, &args),
+        Command::Prefetch(args) => cmd::prefetch::run(&out, &args),
+    };
+    if let Err(err) = result {
+        std::process::exit(out.error(&err));
+    }
+}

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-pub use mr::{Access, Advice, MemoryRegion, Sge};
+pub use mr::{advise, Access, Advice, MemoryRegion, Sge};
 pub use qp::{Completion, LoopbackConfig, LoopbackRc, Opcode};
 
 /// A device as listed, before opening it.

@@ -1,0 +1,5 @@
+pub mod caps;
+pub mod devices;
+pub mod mr;
+pub mod prefetch;
+pub mod register;

@@ -1,0 +1,163 @@
+//! `odp-ctl register`
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use odp_core::memory::{Backing, Mapping};
+use odp_core::traffic::{verify_loopback, TrafficReport};
+use odp_core::verbs::{Access, LoopbackConfig, LoopbackRc, MemoryRegion};
+use serde::Serialize;
+
+use super::mr::{setup, MrArgs, MrReport};
+use crate::output::{table, DataMismatch, Output};
+use crate::units::parse_size;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub mr: MrArgs,
+    /// Write every page from the CPU after registering (makes the pages present, so the device
+    /// finds them on its first fault).
+    #[arg(long)]
+    pub touch: bool,
+    /// Run loopback RC traffic over the MR (RDMA WRITE, RDMA READ, SEND/RECV against a pinned
+    /// peer MR) and verify every byte.
+    #[arg(long)]
+    pub traffic: bool,
+    /// Message size for --traffic.
+    #[arg(long, default_value = "64K", value_parser = parse_size)]
+    pub message_size: usize,
+    /// Path MTU for --traffic (256..4096; default: the port's active MTU).
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// GID index for --traffic on RoCE (default: a RoCE v2 IPv4 GID).
+    #[arg(long)]
+    pub gid_index: Option<u32>,
+    /// Port for --traffic.
+    #[arg(long, default_value_t = 1)]
+    pub port: u8,
+    /// Keep the MR registered until Ctrl-C or SIGTERM, then deregister and exit 0.
+    #[arg(long)]
+    pub hold: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    mr: MrReport,
+    touched: bool,
+    traffic: Option<TrafficReport>,
+    held_ms: Option<u128>,
+    deregistered: bool,
+}
+
+pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
+    if args.mr.implicit && (args.touch || args.traffic) {
+        return Err(odp_core::Error::invalid(
+            "--touch and --traffic need a buffer; an implicit MR has none",
+        )
+        .into());
+    }
+    let interrupted = Arc::new(AtomicBool::new(false));
+    if args.hold {
+        // Registered before the MR exists, so a signal at any point ends in a clean dereg.
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, Arc::clone(&interrupted))?;
+        }
+    }
+    let setup = setup(&args.mr)?;
+    if args.touch {
+        if let Some(mapping) = setup.mr.mapping() {
+            mapping.touch();
+        }
+    }
+    let traffic = if args.traffic {
+        let config = LoopbackConfig {
+            port: args.port,
+            gid_index: args.gid_index,
+            path_mtu: args.mtu,
+            ..LoopbackConfig::default()
+        };
+        let mut lb = LoopbackRc::new(&setup.pd, &config)?;
+        let peer_map = Arc::new(Mapping::new(setup.mr.len(), Backing::Anonymous)?);
+        let peer = MemoryRegion::register(&setup.pd, &peer_map, 0, setup.mr.len(), Access::FULL)?;
+        Some(verify_loopback(
+            &mut lb,
+            &setup.mr,
+            &peer,
+            args.message_size,
+        )?)
+    } else {
+        None
+    };
+    if !out.json {
+        print!("{}", setup.report.render());
+        if args.touch {
+            println!("touched      every page from the CPU");
+        }
+        if let Some(t) = &traffic {
+            print_traffic(t);
+        }
+    }
+    let mut held_ms = None;
+    if args.hold {
+        if !out.json {
+            println!("holding the MR; Ctrl-C or SIGTERM deregisters and exits");
+        }
+        let started = Instant::now();
+        while !interrupted.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        held_ms = Some(started.elapsed().as_millis());
+    }
+    let report_mr = setup.report;
+    let mismatch = traffic.as_ref().is_some_and(|t| t.mismatches() > 0);
+    drop(setup.mr);
+    if out.json {
+        out.json(&Report {
+            mr: report_mr,
+            touched: args.touch,
+            traffic,
+            held_ms,
+            deregistered: true,
+        })?;
+    } else {
+        println!("deregistered");
+    }
+    if mismatch {
+        return Err(
+            DataMismatch("loopback traffic delivered wrong bytes (see the table)".into()).into(),
+        );
+    }
+    Ok(())
+}
+
+fn print_traffic(t: &TrafficReport) {
+    let mut table = table(&["OP", "MESSAGES", "BYTES", "TIME_US", "MB/s", "VERIFIED"]);
+    for op in &t.ops {
+        let mbps = if op.elapsed_us > 0 {
+            op.bytes as f64 / op.elapsed_us as f64
+        } else {
+            0.0
+        };
+        let verified = match &op.mismatch {
+            None => "all bytes ok".to_string(),
+            Some(m) => format!(
+                "MISMATCH at {} (expected {:#04x}, got {:#04x}; {} bytes wrong)",
+                m.offset, m.expected, m.actual, m.bytes_wrong
+            ),
+        };
+        table.add_row(vec![
+            op.op.name().to_string(),
+            op.messages.to_string(),
+            op.bytes.to_string(),
+            op.elapsed_us.to_string(),
+            format!("{mbps:.1}"),
+            verified,
+        ]);
+    }
+    println!(
+        "\nloopback traffic, {}-byte messages:\n{table}",
+        t.message_size
+    );
+}

@@ -1,0 +1,93 @@
+//! How results and errors reach the user: tables for people, JSON for scripts, and one mapping
+//! from failures to exit codes.
+
+use comfy_table::{presets, ContentArrangement, Table};
+use odp_core::ErrorKind;
+use serde::Serialize;
+
+pub struct Output {
+    pub json: bool,
+}
+
+/// A failure the CLI itself detects (as opposed to one odp-core reports).
+#[derive(Debug)]
+pub struct DataMismatch(pub String);
+
+impl std::fmt::Display for DataMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DataMismatch {}
+
+pub fn exit_code(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::NoDevice => 3,
+        ErrorKind::Unsupported => 4,
+        ErrorKind::Permission => 5,
+        ErrorKind::InvalidInput => 6,
+        ErrorKind::Completion => 7,
+        ErrorKind::System => 1,
+    }
+}
+
+fn classify(err: &anyhow::Error) -> (Option<ErrorKind>, i32) {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<odp_core::Error>() {
+            return (Some(e.kind()), exit_code(e.kind()));
+        }
+        if cause.downcast_ref::<DataMismatch>().is_some() {
+            return (Some(ErrorKind::Completion), 7);
+        }
+    }
+    (None, 1)
+}
+
+impl Output {
+    /// Prints a JSON document (pretty, one per command).
+    pub fn json<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
+        println!("{}", serde_json::to_string_pretty(value)?);
+        Ok(())
+    }
+
+    /// Reports an error and returns the exit code for it.
+    pub fn error(&self, err: &anyhow::Error) -> i32 {
+        let (kind, code) = classify(err);
+        let errno = err
+            .chain()
+            .find_map(|c| c.downcast_ref::<odp_core::Error>())
+            .and_then(odp_core::Error::errno);
+        if self.json {
+            let doc = serde_json::json!({
+                "error": {
+                    "kind": kind,
+                    "errno": errno,
+                    "message": format!("{err:#}"),
+                    "exit_code": code,
+                }
+            });
+            println!("{doc:#}");
+        } else {
+            eprintln!("odp-ctl: error: {err:#}");
+        }
+        code
+    }
+}
+
+/// A borderless table in the style of ibv_devices / rdma tool output.
+pub fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.iter().map(|h| h.to_string()));
+    t
+}
+
+/// Key/value lines aligned on the key column.
+pub fn pairs(rows: &[(&str, String)]) -> String {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("{k:<width$}  {v}\n"))
+        .collect()
+}
