@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod memory;
+pub mod testing;
 pub mod traffic;
 pub mod verbs;
 

@@ -292,19 +292,19 @@ mod tests {
 
     #[test]
     fn zero_length_is_rejected() {
-        let err = Mapping::new(0, Backing::Anonymous).unwrap_err();
+        let err = Mapping::new(0, Backing::Anonymous).expect_err("must be refused");
         assert!(err.to_string().contains("greater than zero"), "{err}");
     }
 
     #[test]
     fn overflowing_length_is_rejected_before_mmap() {
-        let err = Mapping::new(usize::MAX, Backing::Anonymous).unwrap_err();
+        let err = Mapping::new(usize::MAX, Backing::Anonymous).expect_err("must be refused");
         assert!(err.to_string().contains("overflows"), "{err}");
     }
 
     #[test]
     fn hugetlb_length_must_be_whole_huge_pages() {
-        let err = Mapping::new(4096, Backing::Hugetlb).unwrap_err();
+        let err = Mapping::new(4096, Backing::Hugetlb).expect_err("must be refused");
         assert!(
             err.to_string().contains("multiple of the huge page size"),
             "{err}"

@@ -21,6 +21,23 @@ impl std::fmt::Display for DataMismatch {
 
 impl std::error::Error for DataMismatch {}
 
+/// An error whose details are already part of the JSON document the command printed, so that
+/// `--json` output stays one document; people still get the message on stderr.
+#[derive(Debug)]
+pub struct AlreadyReported(pub anyhow::Error);
+
+impl std::fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for AlreadyReported {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 pub fn exit_code(kind: ErrorKind) -> i32 {
     match kind {
         ErrorKind::NoDevice => 3,
@@ -33,6 +50,9 @@ pub fn exit_code(kind: ErrorKind) -> i32 {
 }
 
 fn classify(err: &anyhow::Error) -> (Option<ErrorKind>, i32) {
+    if let Some(AlreadyReported(inner)) = err.downcast_ref::<AlreadyReported>() {
+        return classify(inner);
+    }
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<odp_core::Error>() {
             return (Some(e.kind()), exit_code(e.kind()));
@@ -57,7 +77,19 @@ impl Output {
         let errno = err
             .chain()
             .find_map(|c| c.downcast_ref::<odp_core::Error>())
-            .and_then(odp_core::Error::errno);
+            .and_then(odp_core::Error::errno)
+            .or_else(|| {
+                err.downcast_ref::<AlreadyReported>()
+                    .and_then(|r| {
+                        r.0.chain()
+                            .find_map(|c| c.downcast_ref::<odp_core::Error>())
+                    })
+                    .and_then(odp_core::Error::errno)
+            });
+        let reported = err.downcast_ref::<AlreadyReported>().is_some();
+        if self.json && reported {
+            return code;
+        }
         if self.json {
             let doc = serde_json::json!({
                 "error": {

@@ -65,10 +65,12 @@ mod tests {
     #[test]
     fn bad_sizes_say_why() {
         assert!(parse_size("").is_err());
-        assert!(parse_size("4Q").unwrap_err().contains("suffix"));
+        assert!(parse_size("4Q")
+            .expect_err("must be refused")
+            .contains("suffix"));
         assert!(parse_size("-1").is_err());
         assert!(parse_size("99999999999T")
-            .unwrap_err()
+            .expect_err("must be refused")
             .contains("overflows"));
     }
 

@@ -275,7 +275,19 @@ impl Apt {
 
     /// Downloads the full dependency closure of `packages` and returns the .deb paths.
     pub fn download_closure(&self, packages: &[&str]) -> Result<Vec<PathBuf>> {
-        let mut args = vec!["install", "--print-uris", "-qq", "-y"];
+        // --print-uris lists only what the archive cache lacks, so ask against an empty one to
+        // get the whole closure every time.
+        let probe = self.root.join("uris-probe");
+        std::fs::create_dir_all(probe.join("partial"))?;
+        let probe_opt = format!("Dir::Cache::archives={}", probe.display());
+        let mut args = vec![
+            "-o",
+            probe_opt.as_str(),
+            "install",
+            "--print-uris",
+            "-qq",
+            "-y",
+        ];
         args.extend(packages);
         let uris = self.output("apt-get", &args)?;
         let files: Vec<PathBuf> = uris
@@ -345,7 +357,9 @@ mod tests {
                 .abi,
             "7.3.4+deb13-amd64"
         );
-        let err = choose_kernel(&all, Some("6.1")).unwrap_err().to_string();
+        let err = choose_kernel(&all, Some("6.1"))
+            .expect_err("must be refused")
+            .to_string();
         assert!(err.contains("no kernel matching \"6.1\""), "{err}");
         assert!(err.contains("7.2.13+deb14-amd64"), "{err}");
     }

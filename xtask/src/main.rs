@@ -4,14 +4,14 @@
 //! which host and VM tests run. Must not: contain toolkit logic; it only builds and runs it.
 
 mod apt;
+mod drive;
 mod host;
 mod vm;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -25,6 +25,24 @@ struct Cli {
 enum Cmd {
     /// Install the host packages the build, VM and tests need (as root).
     Setup,
+    /// The main job: boot the soft-RoCE VM and show ODP registered, prefetched and exercised.
+    Demo {
+        #[command(flatten)]
+        opts: VmOpts,
+    },
+    /// Run every test: host tests, then the device tests on rxe in the VM.
+    Test {
+        /// Only the host tests.
+        #[arg(long, conflicts_with = "vm_only")]
+        host_only: bool,
+        /// Only the VM tests.
+        #[arg(long)]
+        vm_only: bool,
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+        #[command(flatten)]
+        opts: VmOpts,
+    },
     /// The soft-RoCE VM.
     Vm {
         #[command(subcommand)]
@@ -33,7 +51,7 @@ enum Cmd {
 }
 
 #[derive(Args, Clone)]
-struct VmOpts {
+pub struct VmOpts {
     /// Kernel to boot: an ABI name (7.3.4+deb13-amd64) or a version prefix (7.2); default: the
     /// newest >= 6.17 in Debian sid / trixie-backports.
     #[arg(long)]
@@ -42,7 +60,7 @@ struct VmOpts {
     #[arg(long)]
     refresh: bool,
     /// Stop the VM after this many seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 900)]
     timeout: u64,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 4096)]
@@ -82,7 +100,7 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn prepare(opts: &VmOpts) -> Result<vm::Guest> {
+pub fn prepare(opts: &VmOpts) -> Result<vm::Guest> {
     host::ensure()?;
     vm::prepare(&vm::Prepare {
         kernel_pin: opts.kernel.clone(),
@@ -90,7 +108,7 @@ fn prepare(opts: &VmOpts) -> Result<vm::Guest> {
     })
 }
 
-fn job(opts: &VmOpts, script: String, binaries: Vec<PathBuf>) -> vm::Job {
+pub fn job(opts: &VmOpts, script: String, binaries: Vec<PathBuf>) -> vm::Job {
     vm::Job {
         script,
         binaries,
@@ -101,10 +119,28 @@ fn job(opts: &VmOpts, script: String, binaries: Vec<PathBuf>) -> vm::Job {
     }
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    if let Err(err) = run(Cli::parse()) {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Setup => host::ensure(),
+        Cmd::Demo { opts } => drive::demo(&opts),
+        Cmd::Test {
+            host_only,
+            vm_only,
+            filter,
+            opts,
+        } => drive::test(&drive::TestOpts {
+            host: !vm_only,
+            vm: !host_only,
+            vm_opts: opts,
+            filter,
+        }),
         Cmd::Vm { command } => match command {
             VmCmd::Prepare { opts } => {
                 let guest = prepare(&opts)?;
@@ -125,19 +161,4 @@ fn main() -> Result<()> {
             }
         },
     }
-}
-
-/// Runs cargo with the given arguments in the workspace.
-#[allow(dead_code)]
-fn cargo(args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(args)
-        .current_dir(workspace_root())
-        .status()
-        .context("running cargo")?;
-    if !status.success() {
-        bail!("cargo {} failed", args.join(" "));
-    }
-    Ok(())
 }

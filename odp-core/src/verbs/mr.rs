@@ -366,7 +366,9 @@ mod tests {
         assert_eq!(a.names(), ["local-write", "remote-read"]);
         assert_eq!(Access::parse("full").expect("parse"), Access::FULL);
         assert_eq!(Access::parse("none").expect("parse"), Access::empty());
-        let err = Access::parse("local-write,bogus").unwrap_err().to_string();
+        let err = Access::parse("local-write,bogus")
+            .expect_err("must be refused")
+            .to_string();
         assert!(err.contains("\"bogus\""), "{err}");
     }
 

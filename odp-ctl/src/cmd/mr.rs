@@ -35,6 +35,10 @@ pub struct MrArgs {
     /// Register an implicit ODP MR (addr 0, length SIZE_MAX) instead of a buffer.
     #[arg(long)]
     pub implicit: bool,
+    /// With --backing hugetlb: request IBV_ACCESS_HUGETLB (huge-page ODP granularity). `auto`
+    /// falls back to base pages, with a note, when the kernel rejects the flag (rxe does).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "yes", "no"])]
+    pub hugetlb_flag: String,
 }
 
 pub struct MrSetup {
@@ -55,6 +59,7 @@ pub struct MrReport {
     pub implicit: bool,
     pub backing: Option<&'static str>,
     pub register_us: u128,
+    pub notes: Vec<String>,
 }
 
 impl MrReport {
@@ -76,7 +81,11 @@ impl MrReport {
             ),
             ("backing", self.backing.unwrap_or("-").to_string()),
             ("register_us", self.register_us.to_string()),
-        ])
+        ]) + &self
+            .notes
+            .iter()
+            .map(|n| format!("note         {n}\n"))
+            .collect::<String>()
     }
 }
 
@@ -99,19 +108,36 @@ pub fn setup(args: &MrArgs) -> anyhow::Result<MrSetup> {
     };
     let ctx = Context::open(args.device.as_deref())?;
     let pd = ctx.alloc_pd()?;
+    let huge_flag = !args.pinned && backing == Backing::Hugetlb && args.hugetlb_flag != "no";
     if !args.pinned {
         access = access | Access::ON_DEMAND;
-        if backing == Backing::Hugetlb {
-            access = access | Access::HUGETLB;
-        }
     }
+    let mut notes = Vec::new();
     let started = Instant::now();
     let (mr, backing_name) = match &mapping {
         None => (MemoryRegion::register_implicit(&pd, access)?, None),
-        Some((name, mapping)) => (
-            MemoryRegion::register(&pd, mapping, 0, args.size, access)?,
-            Some(*name),
-        ),
+        Some((name, mapping)) => {
+            let attempt = if huge_flag {
+                MemoryRegion::register(&pd, mapping, 0, args.size, access | Access::HUGETLB)
+            } else {
+                MemoryRegion::register(&pd, mapping, 0, args.size, access)
+            };
+            let mr = match attempt {
+                Err(e)
+                    if huge_flag
+                        && args.hugetlb_flag == "auto"
+                        && matches!(e.errno(), Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) =>
+                {
+                    notes.push(format!(
+                        "IBV_ACCESS_HUGETLB rejected ({}); registered at base-page granularity",
+                        odp_core::error::errno_name(e.errno().unwrap_or(0))
+                    ));
+                    MemoryRegion::register(&pd, mapping, 0, args.size, access)?
+                }
+                other => other?,
+            };
+            (mr, Some(*name))
+        }
     };
     let register_us = started.elapsed().as_micros();
     let report = MrReport {
@@ -125,6 +151,7 @@ pub fn setup(args: &MrArgs) -> anyhow::Result<MrSetup> {
         implicit: mr.is_implicit(),
         backing: backing_name,
         register_us,
+        notes,
     };
     Ok(MrSetup { pd, mr, report })
 }

@@ -6,7 +6,7 @@ use odp_core::verbs::{self, Advice, Sge};
 use serde::Serialize;
 
 use super::mr::{setup, MrArgs, MrReport};
-use crate::output::{table, Output};
+use crate::output::{table, AlreadyReported, Output};
 use crate::units::{parse_key, parse_range};
 
 #[derive(clap::Args)]
@@ -153,7 +153,9 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     }
     match first_error {
         Some(e) => {
-            Err(anyhow::Error::new(e).context(format!("{failed} of the prefetch calls failed")))
+            let err =
+                anyhow::Error::new(e).context(format!("{failed} of the prefetch calls failed"));
+            Err(AlreadyReported(err).into())
         }
         None => Ok(()),
     }
