@@ -116,7 +116,10 @@ fn build_vm_artifacts() -> Result<(Vec<PathBuf>, PathBuf)> {
             .unwrap_or_default();
         if kinds.iter().any(|k| k == "test") {
             tests.push(PathBuf::from(exe));
-        } else if kinds.iter().any(|k| k == "bin") && msg["target"]["name"] == "odp-ctl" {
+        } else if kinds.iter().any(|k| k == "bin")
+            && msg["target"]["name"] == "odp-ctl"
+            && msg["profile"]["test"] == false
+        {
             odp_ctl = Some(PathBuf::from(exe));
         }
     }
