@@ -221,7 +221,7 @@ step "odp-ctl caps: attributes and the full ODP capability matrix"
 odp-ctl caps
 step "odp-ctl register: an 8 MiB THP-backed buffer as an ODP MR, with verified loopback traffic"
 odp-ctl register --size 8M --backing thp --traffic
-step "odp-ctl register: hugetlb backing (IBV_ACCESS_HUGETLB), first device access faults pages in"
+step "odp-ctl register: hugetlb backing; IBV_ACCESS_HUGETLB is tried and, where refused (rxe), reported and dropped"
 odp-ctl register --size 4M --backing hugetlb --traffic --message-size 1M
 step "odp-ctl prefetch: every advice, synchronous and asynchronous, over two ranges"
 odp-ctl prefetch --size 8M --advice all --mode both --range 0:2M --range 4M:4M
