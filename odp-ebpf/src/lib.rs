@@ -3,6 +3,14 @@
 //! Owns: the CO-RE C programs, per-kernel discovery (fentry, then kprobe, else a reason to
 //! skip), attach/detach and the ring-buffer reader with drop accounting.
 //! Must not: interpret events (that is odp-core's analysis) or talk to verbs.
-//!
-//! Not yet written: the probe work (issue "Kernel probes on the ODP fault and invalidation
-//! paths") fills this crate.
+
+#[allow(clippy::all, clippy::pedantic, clippy::undocumented_unsafe_blocks)]
+#[allow(unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/odp.skel.rs"));
+}
+#[allow(clippy::all, clippy::pedantic, clippy::undocumented_unsafe_blocks)]
+#[allow(unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
+mod feature_skel {
+    include!(concat!(env!("OUT_DIR"), "/feature.skel.rs"));
+}

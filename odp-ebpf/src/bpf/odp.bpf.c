@@ -1,0 +1,750 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * Probes on the ODP fault and invalidation paths. Every function point has an fentry/fexit and a
+ * kprobe/kretprobe variant built from the same handlers; the loader picks one per point for the
+ * running kernel and disables the rest before load. One event per call is emitted on return,
+ * carrying the entry time and the duration, so fault and invalidation intervals can be
+ * overlapped afterwards.
+ *
+ * Types that live in modules (ib_core, rdma_rxe, mlx5_ib) or that the build host's BTF lacks
+ * (hmm_range) are declared locally with a ___odp flavour and relocated by CO-RE at load time.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "odp_events.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Puts struct odp_event into the object's BTF, so the skeleton's generated types carry it and
+ * the Rust mirror's layout can be tested against it. */
+struct odp_event odp_event_abi_anchor = {};
+
+/* Filters and mode, set by the loader before load. */
+const volatile __u32 filter_tgid = 0;
+const volatile char filter_comm[16] = {};
+const volatile bool filter_comm_set = false;
+const volatile bool emit_events = true;
+const volatile bool all_mms = false;
+const volatile __u64 pf_lo = 0;
+const volatile __u64 pf_hi = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+/* Calls seen per point (counted whether or not events are emitted). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ODP_POINT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} hits SEC(".maps");
+
+/* Events lost because the ring buffer was full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+struct inflight {
+	__u64 ts;
+	__u64 args[6];
+};
+
+/* Entry state of calls in progress, keyed by thread and point. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct inflight);
+} inflight SEC(".maps");
+
+/*
+ * Address spaces that own ODP memory (learned from umems) or belong to the selected task. mm-wide
+ * points (notifier ranges, HMM, CPU page faults) fire for every process on the machine; they are
+ * only reported for these, unless all_mms is set.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u32);
+} watched_mms SEC(".maps");
+
+struct ib_umem___odp {
+	struct mm_struct *owning_mm;
+	u64 iova;
+	size_t length;
+	unsigned long address;
+} __attribute__((preserve_access_index));
+
+struct ib_umem_odp___odp {
+	struct ib_umem___odp umem;
+	struct mmu_interval_notifier notifier;
+} __attribute__((preserve_access_index));
+
+struct hmm_range___odp {
+	struct mmu_interval_notifier *notifier;
+	unsigned long start;
+	unsigned long end;
+} __attribute__((preserve_access_index));
+
+struct rxe_mr___odp {
+	struct ib_umem___odp *umem;
+} __attribute__((preserve_access_index));
+
+static __always_inline bool filtering(void)
+{
+	return filter_tgid != 0 || filter_comm_set;
+}
+
+/* Whether the current task is the one the user asked for (true when nothing was asked). */
+static __always_inline bool task_selected(void)
+{
+	if (filter_tgid && (bpf_get_current_pid_tgid() >> 32) != filter_tgid)
+		return false;
+	if (filter_comm_set) {
+		char comm[16];
+
+		bpf_get_current_comm(comm, sizeof(comm));
+		for (int i = 0; i < 16; i++) {
+			if (comm[i] != filter_comm[i])
+				return false;
+			if (!comm[i])
+				break;
+		}
+	}
+	return true;
+}
+
+static __always_inline __u64 current_mm(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	return (__u64)BPF_CORE_READ(task, mm);
+}
+
+static __always_inline void watch_mm(__u64 mm)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (mm)
+		bpf_map_update_elem(&watched_mms, &mm, &tgid, BPF_ANY);
+}
+
+static __always_inline bool mm_watched(__u64 mm)
+{
+	return mm && bpf_map_lookup_elem(&watched_mms, &mm);
+}
+
+static __always_inline __u64 umem_of_notifier(__u64 sub)
+{
+	return sub ? sub - bpf_core_field_offset(struct ib_umem_odp___odp, notifier) : 0;
+}
+
+static __always_inline __u64 umem_mm(__u64 umem)
+{
+	struct ib_umem_odp___odp *u = (void *)umem;
+
+	return umem ? (__u64)BPF_CORE_READ(u, umem.owning_mm) : 0;
+}
+
+static __always_inline bool is_err_ptr(__u64 p)
+{
+	return p >= (__u64)-4095;
+}
+
+/* The mm a point's arguments refer to, when cheap to find. */
+static __always_inline __u64 point_mm(__u32 point, const __u64 *a)
+{
+	switch (point) {
+	case ODP_POINT_UMEM_RELEASE:
+	case ODP_POINT_MAP_DMA:
+	case ODP_POINT_UNMAP_DMA:
+		return umem_mm(a[0]);
+	case ODP_POINT_INV_RANGE_START:
+	case ODP_POINT_INV_RANGE_END: {
+		struct mmu_notifier_range *r = (void *)a[0];
+
+		return (__u64)BPF_CORE_READ(r, mm);
+	}
+	case ODP_POINT_RXE_INVALIDATE:
+	case ODP_POINT_MLX5_INVALIDATE:
+	case ODP_POINT_READ_BEGIN: {
+		struct mmu_interval_notifier *sub = (void *)a[0];
+
+		return (__u64)BPF_CORE_READ(sub, mm);
+	}
+	case ODP_POINT_HMM_FAULT:
+	case ODP_POINT_HMM_FAULT_TIMEOUT: {
+		struct hmm_range___odp *r = (void *)a[0];
+
+		return (__u64)BPF_CORE_READ(r, notifier, mm);
+	}
+	case ODP_POINT_RXE_MAP_RANGE:
+	case ODP_POINT_RXE_MR_COPY: {
+		struct rxe_mr___odp *mr = (void *)a[0];
+
+		return (__u64)BPF_CORE_READ(mr, umem, owning_mm);
+	}
+	default:
+		return 0;
+	}
+}
+
+/* mm-wide points fire for every process; the rest are ODP-specific already. */
+static __always_inline bool mm_wide(__u32 point)
+{
+	return point == ODP_POINT_INV_RANGE_START || point == ODP_POINT_INV_RANGE_END ||
+	       point == ODP_POINT_READ_BEGIN || point == ODP_POINT_HMM_FAULT ||
+	       point == ODP_POINT_HMM_FAULT_TIMEOUT;
+}
+
+/* Decides at entry whether a call is reported, and learns address spaces on the way. */
+static __always_inline bool wanted(__u32 point, const __u64 *a)
+{
+	bool selected = task_selected();
+	__u64 mm = point_mm(point, a);
+
+	if (filtering() && selected)
+		watch_mm(current_mm());
+	if (mm_wide(point))
+		return all_mms || mm_watched(mm) || (filtering() && selected);
+	if (!filtering()) {
+		/* Learn every ODP address space so mm-wide points can be matched to it. */
+		if (mm && point != ODP_POINT_UMEM_RELEASE)
+			watch_mm(mm);
+		return true;
+	}
+	return selected || mm_watched(mm);
+}
+
+static __always_inline __u64 inflight_key(__u32 point)
+{
+	return ((bpf_get_current_pid_tgid() & 0xffffffff) << 8) | point;
+}
+
+static __always_inline int enter(__u32 point, const __u64 *a)
+{
+	struct inflight v = {};
+	__u64 key = inflight_key(point);
+
+	if (!wanted(point, a))
+		return 0;
+	v.ts = bpf_ktime_get_ns();
+	for (int i = 0; i < 6; i++)
+		v.args[i] = a[i];
+	bpf_map_update_elem(&inflight, &key, &v, BPF_ANY);
+	return 0;
+}
+
+static __always_inline void count(__u32 point)
+{
+	__u64 *n = bpf_map_lookup_elem(&hits, &point);
+
+	if (n)
+		*n += 1;
+}
+
+static __always_inline struct odp_event *reserve(void)
+{
+	struct odp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *d = bpf_map_lookup_elem(&drops, &zero);
+
+		if (d)
+			*d += 1;
+	}
+	return e;
+}
+
+static __always_inline void header(struct odp_event *e, __u32 point, __u8 method)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	e->pid = id >> 32;
+	e->tid = (__u32)id;
+	e->point = point;
+	e->method = method;
+	e->flags = 0;
+	if (BPF_CORE_READ(task, flags) & 0x00200000 /* PF_KTHREAD */)
+		e->flags |= ODP_FLAG_KTHREAD;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+}
+
+static __always_inline void fill_range(struct odp_event *e, struct mmu_notifier_range *r)
+{
+	e->mm = (__u64)BPF_CORE_READ(r, mm);
+	e->start = BPF_CORE_READ(r, start);
+	e->end = BPF_CORE_READ(r, end);
+	e->aux = BPF_CORE_READ(r, event);
+	e->args[0] = BPF_CORE_READ(r, flags);
+}
+
+/* Point-specific decoding of the saved arguments and the return value. */
+static __always_inline void fill(struct odp_event *e, __u32 point, const __u64 *a, __u64 ret)
+{
+	bool has_ret = true;
+	__s64 sret = (__s32)ret; /* most points return int */
+
+	switch (point) {
+	case ODP_POINT_UMEM_GET:
+		sret = (__s64)ret;
+		e->obj = is_err_ptr(ret) ? 0 : ret;
+		e->start = a[1];
+		e->end = a[1] + a[2];
+		e->args[0] = a[3];
+		e->mm = e->obj ? umem_mm(e->obj) : 0;
+		break;
+	case ODP_POINT_UMEM_ALLOC_IMPLICIT:
+		sret = (__s64)ret;
+		e->obj = is_err_ptr(ret) ? 0 : ret;
+		e->args[0] = a[1];
+		e->mm = e->obj ? umem_mm(e->obj) : 0;
+		break;
+	case ODP_POINT_UMEM_ALLOC_CHILD:
+		sret = (__s64)ret;
+		e->obj = is_err_ptr(ret) ? 0 : ret;
+		e->args[0] = a[0];
+		e->start = a[1];
+		e->end = a[1] + a[2];
+		e->mm = umem_mm(a[0]);
+		break;
+	case ODP_POINT_UMEM_RELEASE:
+		has_ret = false;
+		e->obj = a[0];
+		e->mm = a[5]; /* saved at entry: the umem is gone by now */
+		e->start = a[1];
+		e->end = a[1] + a[2];
+		break;
+	case ODP_POINT_MAP_DMA:
+		e->obj = a[0];
+		e->mm = umem_mm(a[0]);
+		e->start = a[1];
+		e->end = a[1] + a[2];
+		e->args[0] = a[3];
+		e->args[1] = a[4] & 0xff;
+		break;
+	case ODP_POINT_UNMAP_DMA:
+		has_ret = false;
+		e->obj = a[0];
+		e->mm = umem_mm(a[0]);
+		e->start = a[1];
+		e->end = a[2];
+		break;
+	case ODP_POINT_INV_RANGE_START:
+	case ODP_POINT_INV_RANGE_END:
+		has_ret = point == ODP_POINT_INV_RANGE_START;
+		e->obj = a[0];
+		fill_range(e, (void *)a[0]);
+		break;
+	case ODP_POINT_READ_BEGIN: {
+		struct mmu_interval_notifier *sub = (void *)a[0];
+
+		sret = (__s64)ret;
+		e->obj = umem_of_notifier(a[0]);
+		e->mm = (__u64)BPF_CORE_READ(sub, mm);
+		e->start = BPF_CORE_READ(sub, interval_tree.start);
+		e->end = BPF_CORE_READ(sub, interval_tree.last) + 1;
+		break;
+	}
+	case ODP_POINT_HMM_FAULT:
+	case ODP_POINT_HMM_FAULT_TIMEOUT: {
+		struct hmm_range___odp *r = (void *)a[0];
+		__u64 sub = (__u64)BPF_CORE_READ(r, notifier);
+
+		e->obj = umem_of_notifier(sub);
+		e->mm = (__u64)BPF_CORE_READ(r, notifier, mm);
+		e->start = BPF_CORE_READ(r, start);
+		e->end = BPF_CORE_READ(r, end);
+		break;
+	}
+	case ODP_POINT_RXE_INVALIDATE:
+	case ODP_POINT_MLX5_INVALIDATE:
+		sret = ret & 0xff; /* bool */
+		e->obj = umem_of_notifier(a[0]);
+		fill_range(e, (void *)a[1]);
+		e->args[1] = a[2];
+		break;
+	case ODP_POINT_RXE_MR_INIT:
+		e->obj = a[5];
+		e->start = a[1];
+		e->end = a[1] + a[2];
+		e->args[0] = a[4];
+		e->args[1] = a[3];
+		break;
+	case ODP_POINT_RXE_MAP_RANGE:
+	case ODP_POINT_RXE_MR_COPY: {
+		struct rxe_mr___odp *mr = (void *)a[0];
+
+		e->obj = a[0];
+		e->mm = (__u64)BPF_CORE_READ(mr, umem, owning_mm);
+		e->start = a[1];
+		if (point == ODP_POINT_RXE_MAP_RANGE) {
+			e->end = a[1] + (__u32)a[2];
+			e->args[0] = a[3];
+		} else {
+			e->end = a[1] + (__u32)a[3];
+			e->args[0] = a[4];
+		}
+		break;
+	}
+	case ODP_POINT_RXE_ADVISE:
+		e->obj = a[0];
+		e->args[0] = a[1];
+		e->args[1] = a[2];
+		e->args[2] = a[4];
+		break;
+	case ODP_POINT_RXE_PREFETCH_WORK:
+	case ODP_POINT_MLX5_PREFETCH_WORK:
+		has_ret = false;
+		e->obj = a[0];
+		break;
+	case ODP_POINT_MLX5_PF_RESUME:
+		has_ret = false;
+		e->obj = a[1];
+		e->aux = a[2];
+		break;
+	default:
+		e->obj = a[0];
+		e->args[0] = a[1];
+		e->args[1] = a[2];
+		e->args[2] = a[3];
+		e->args[3] = a[4];
+		break;
+	}
+	if (has_ret) {
+		e->ret = sret;
+		e->flags |= ODP_FLAG_HAS_RET;
+	}
+}
+
+static __always_inline int leave(__u32 point, __u64 ret, __u8 method)
+{
+	__u64 key = inflight_key(point);
+	struct inflight *v = bpf_map_lookup_elem(&inflight, &key);
+	struct odp_event *e;
+
+	if (!v)
+		return 0;
+	count(point);
+	if (emit_events) {
+		e = reserve();
+		if (e) {
+			__builtin_memset(e, 0, sizeof(*e));
+			header(e, point, method);
+			e->ts_ns = v->ts;
+			e->duration_ns = bpf_ktime_get_ns() - v->ts;
+			fill(e, point, v->args, ret);
+			bpf_ringbuf_submit(e, 0);
+		}
+	}
+	bpf_map_delete_elem(&inflight, &key);
+	return 0;
+}
+
+/* umem_release: remember the range and mm at entry, the umem is freed before the exit. */
+static __always_inline void save_release_state(__u64 *a)
+{
+	struct ib_umem_odp___odp *u = (void *)a[0];
+
+	a[1] = BPF_CORE_READ(u, umem.address);
+	a[2] = BPF_CORE_READ(u, umem.length);
+	a[5] = (__u64)BPF_CORE_READ(u, umem.owning_mm);
+}
+
+static __always_inline int fentry_enter(void *ctx, __u32 point)
+{
+	__u64 a[6] = {};
+
+	for (int i = 0; i < 6; i++)
+		bpf_get_func_arg(ctx, i, &a[i]);
+	if (point == ODP_POINT_UMEM_RELEASE)
+		save_release_state(a);
+	return enter(point, a);
+}
+
+static __always_inline int fexit_leave(void *ctx, __u32 point)
+{
+	__u64 ret = 0;
+
+	bpf_get_func_ret(ctx, &ret);
+	return leave(point, ret, ODP_METHOD_FENTRY);
+}
+
+static __always_inline int kprobe_enter(struct pt_regs *ctx, __u32 point)
+{
+	__u64 a[6] = {
+		PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
+		PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx),
+	};
+
+	if (point == ODP_POINT_UMEM_RELEASE)
+		save_release_state(a);
+	return enter(point, a);
+}
+
+static __always_inline int kretprobe_leave(struct pt_regs *ctx, __u32 point)
+{
+	return leave(point, PT_REGS_RC(ctx), ODP_METHOD_KPROBE);
+}
+
+#define FUNC_POINT(fn, point)                                                          \
+	SEC("fentry/" #fn) int fentry_##fn(void *ctx) { return fentry_enter(ctx, point); }  \
+	SEC("fexit/" #fn) int fexit_##fn(void *ctx) { return fexit_leave(ctx, point); }     \
+	SEC("kprobe/" #fn) int kprobe_##fn(struct pt_regs *ctx)                            \
+	{                                                                                  \
+		return kprobe_enter(ctx, point);                                           \
+	}                                                                                  \
+	SEC("kretprobe/" #fn) int kretprobe_##fn(struct pt_regs *ctx)                      \
+	{                                                                                  \
+		return kretprobe_leave(ctx, point);                                        \
+	}
+
+FUNC_POINT(ib_umem_odp_get, ODP_POINT_UMEM_GET)
+FUNC_POINT(ib_umem_odp_alloc_implicit, ODP_POINT_UMEM_ALLOC_IMPLICIT)
+FUNC_POINT(ib_umem_odp_alloc_child, ODP_POINT_UMEM_ALLOC_CHILD)
+FUNC_POINT(ib_umem_odp_release, ODP_POINT_UMEM_RELEASE)
+FUNC_POINT(ib_umem_odp_map_dma_and_lock, ODP_POINT_MAP_DMA)
+FUNC_POINT(ib_umem_odp_unmap_dma_pages, ODP_POINT_UNMAP_DMA)
+FUNC_POINT(__mmu_notifier_invalidate_range_start, ODP_POINT_INV_RANGE_START)
+FUNC_POINT(__mmu_notifier_invalidate_range_end, ODP_POINT_INV_RANGE_END)
+FUNC_POINT(mmu_interval_read_begin, ODP_POINT_READ_BEGIN)
+FUNC_POINT(hmm_range_fault, ODP_POINT_HMM_FAULT)
+FUNC_POINT(hmm_range_fault_unlocked_timeout, ODP_POINT_HMM_FAULT_TIMEOUT)
+FUNC_POINT(rxe_ib_invalidate_range, ODP_POINT_RXE_INVALIDATE)
+FUNC_POINT(rxe_odp_mr_init_user, ODP_POINT_RXE_MR_INIT)
+FUNC_POINT(rxe_odp_map_range_and_lock, ODP_POINT_RXE_MAP_RANGE)
+FUNC_POINT(rxe_ib_advise_mr, ODP_POINT_RXE_ADVISE)
+FUNC_POINT(rxe_ib_prefetch_mr_work, ODP_POINT_RXE_PREFETCH_WORK)
+FUNC_POINT(rxe_odp_mr_copy, ODP_POINT_RXE_MR_COPY)
+FUNC_POINT(mlx5_ib_invalidate_range, ODP_POINT_MLX5_INVALIDATE)
+FUNC_POINT(pagefault_mr, ODP_POINT_MLX5_PAGEFAULT_MR)
+FUNC_POINT(pagefault_real_mr, ODP_POINT_MLX5_PAGEFAULT_REAL)
+FUNC_POINT(pagefault_implicit_mr, ODP_POINT_MLX5_PAGEFAULT_IMPLICIT)
+FUNC_POINT(pagefault_single_data_segment, ODP_POINT_MLX5_PF_SINGLE_SEG)
+FUNC_POINT(mlx5_ib_page_fault_resume, ODP_POINT_MLX5_PF_RESUME)
+FUNC_POINT(mlx5_ib_advise_mr_prefetch, ODP_POINT_MLX5_ADVISE)
+FUNC_POINT(mlx5_ib_prefetch_mr_work, ODP_POINT_MLX5_PREFETCH_WORK)
+
+/* CPU page faults of the watched processes (optionally within [pf_lo, pf_hi)). */
+static __always_inline int page_fault(__u64 address, __u64 error_code, __u8 method)
+{
+	struct odp_event *e;
+
+	if (!((filtering() && task_selected()) || (!filtering() && mm_watched(current_mm()))))
+		return 0;
+	if (pf_hi && (address < pf_lo || address >= pf_hi))
+		return 0;
+	count(ODP_POINT_PAGE_FAULT_USER);
+	if (!emit_events)
+		return 0;
+	e = reserve();
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, sizeof(*e));
+	header(e, ODP_POINT_PAGE_FAULT_USER, method);
+	e->ts_ns = bpf_ktime_get_ns();
+	e->mm = current_mm();
+	e->start = address;
+	e->end = address + 1;
+	e->aux = error_code;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/page_fault_user")
+int BPF_PROG(tp_btf_page_fault_user, unsigned long address, struct pt_regs *regs,
+	     unsigned long error_code)
+{
+	return page_fault(address, error_code, ODP_METHOD_TP_BTF);
+}
+
+/* The classic tracepoint's record: common header, then address, ip, error_code. */
+struct page_fault_user_record {
+	__u64 common;
+	unsigned long address;
+	unsigned long ip;
+	unsigned long error_code;
+};
+
+SEC("tracepoint/exceptions/page_fault_user")
+int tracepoint_page_fault_user(struct page_fault_user_record *rec)
+{
+	return page_fault(rec->address, rec->error_code, ODP_METHOD_TRACEPOINT);
+}
+
+/* libibverbs, in user space. ibv_mr: context, pd, addr, length, handle, lkey, rkey. */
+struct ibv_mr_user {
+	__u64 context;
+	__u64 pd;
+	__u64 addr;
+	__u64 length;
+	__u32 handle;
+	__u32 lkey;
+	__u32 rkey;
+};
+
+struct ibv_sge_user {
+	__u64 addr;
+	__u32 length;
+	__u32 lkey;
+};
+
+static __always_inline int user_enter(__u32 point, __u64 *a)
+{
+	struct inflight v = {};
+	__u64 key = inflight_key(point);
+
+	if (!task_selected())
+		return 0;
+	v.ts = bpf_ktime_get_ns();
+	for (int i = 0; i < 6; i++)
+		v.args[i] = a[i];
+	bpf_map_update_elem(&inflight, &key, &v, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int user_leave(__u32 point, __u64 ret)
+{
+	__u64 key = inflight_key(point);
+	struct inflight *v = bpf_map_lookup_elem(&inflight, &key);
+	struct odp_event *e;
+
+	if (!v)
+		return 0;
+	count(point);
+	if (!emit_events)
+		goto out;
+	e = reserve();
+	if (!e)
+		goto out;
+	__builtin_memset(e, 0, sizeof(*e));
+	header(e, point, ODP_METHOD_UPROBE);
+	e->ts_ns = v->ts;
+	e->duration_ns = bpf_ktime_get_ns() - v->ts;
+	e->mm = current_mm();
+	e->ret = (__s64)ret;
+	e->flags |= ODP_FLAG_HAS_RET;
+	switch (point) {
+	case ODP_POINT_VERBS_REG_MR: {
+		struct ibv_mr_user mr = {};
+
+		e->obj = ret;
+		e->start = v->args[1];
+		e->end = v->args[1] + v->args[2];
+		e->args[0] = v->args[4];
+		e->args[3] = v->args[3];
+		if (ret && !bpf_probe_read_user(&mr, sizeof(mr), (void *)ret)) {
+			e->args[1] = mr.lkey;
+			e->args[2] = mr.rkey;
+		}
+		break;
+	}
+	case ODP_POINT_VERBS_DEREG_MR:
+		e->ret = (__s32)ret;
+		e->obj = v->args[0];
+		e->start = v->args[1];
+		e->end = v->args[1] + v->args[2];
+		e->args[1] = v->args[3];
+		break;
+	case ODP_POINT_VERBS_ADVISE:
+		e->ret = (__s32)ret;
+		e->obj = v->args[0];
+		e->args[0] = v->args[1];
+		e->args[1] = v->args[2];
+		e->args[2] = v->args[4];
+		e->start = v->args[5];
+		e->end = v->args[5] + (v->args[3] & 0xffffffff);
+		e->args[3] = v->args[3] >> 32;
+		break;
+	case ODP_POINT_VERBS_GET_DEVICES: {
+		int n = 0;
+
+		e->obj = ret;
+		if (v->args[0])
+			bpf_probe_read_user(&n, sizeof(n), (void *)v->args[0]);
+		e->args[0] = ret ? n : 0;
+		break;
+	}
+	}
+	bpf_ringbuf_submit(e, 0);
+out:
+	bpf_map_delete_elem(&inflight, &key);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_UPROBE(uprobe_reg_mr, void *pd, void *addr, size_t length, __u64 iova, unsigned int access)
+{
+	__u64 a[6] = { (__u64)pd, (__u64)addr, length, iova, access, 0 };
+
+	return user_enter(ODP_POINT_VERBS_REG_MR, a);
+}
+
+SEC("uretprobe")
+int BPF_URETPROBE(uretprobe_reg_mr, void *mr)
+{
+	return user_leave(ODP_POINT_VERBS_REG_MR, (__u64)mr);
+}
+
+SEC("uprobe")
+int BPF_UPROBE(uprobe_dereg_mr, void *mr)
+{
+	struct ibv_mr_user m = {};
+	__u64 a[6] = { (__u64)mr };
+
+	if (mr && !bpf_probe_read_user(&m, sizeof(m), mr)) {
+		a[1] = m.addr;
+		a[2] = m.length;
+		a[3] = m.lkey;
+	}
+	return user_enter(ODP_POINT_VERBS_DEREG_MR, a);
+}
+
+SEC("uretprobe")
+int BPF_URETPROBE(uretprobe_dereg_mr, int ret)
+{
+	return user_leave(ODP_POINT_VERBS_DEREG_MR, (__u64)(__s64)ret);
+}
+
+SEC("uprobe")
+int BPF_UPROBE(uprobe_advise_mr, void *pd, __u32 advice, __u32 flags, void *sg_list, __u32 num_sge)
+{
+	struct ibv_sge_user sge = {};
+	__u64 a[6] = { (__u64)pd, advice, flags, 0, num_sge, 0 };
+
+	if (sg_list && !bpf_probe_read_user(&sge, sizeof(sge), sg_list)) {
+		a[3] = ((__u64)sge.lkey << 32) | sge.length;
+		a[5] = sge.addr;
+	}
+	return user_enter(ODP_POINT_VERBS_ADVISE, a);
+}
+
+SEC("uretprobe")
+int BPF_URETPROBE(uretprobe_advise_mr, int ret)
+{
+	return user_leave(ODP_POINT_VERBS_ADVISE, (__u64)(__s64)ret);
+}
+
+SEC("uprobe")
+int BPF_UPROBE(uprobe_get_device_list, int *num)
+{
+	__u64 a[6] = { (__u64)num };
+
+	return user_enter(ODP_POINT_VERBS_GET_DEVICES, a);
+}
+
+SEC("uretprobe")
+int BPF_URETPROBE(uretprobe_get_device_list, void *list)
+{
+	return user_leave(ODP_POINT_VERBS_GET_DEVICES, (__u64)list);
+}
