@@ -13,6 +13,7 @@ fn main() {
         let src = manifest.join(format!("src/bpf/{name}.bpf.c"));
         SkeletonBuilder::new()
             .source(&src)
+            .obj(out.join(format!("{name}.bpf.o")))
             .clang(&clang)
             .clang_args([
                 "-I".into(),
@@ -26,7 +27,10 @@ fn main() {
             .unwrap_or_else(|e| panic!("building {}: {e:#}", src.display()));
         println!("cargo:rerun-if-changed={}", src.display());
     }
-    println!("cargo:rerun-if-changed={}", abi.join("odp_events.h").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        abi.join("odp_events.h").display()
+    );
     println!("cargo:rerun-if-changed=src/bpf/vmlinux.h");
     println!("cargo:rerun-if-env-changed=ODP_CLANG");
 }

@@ -54,7 +54,11 @@ impl OdpEvent {
     }
 
     pub fn comm(&self) -> String {
-        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
+        let end = self
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.comm.len());
         String::from_utf8_lossy(&self.comm[..end]).into_owned()
     }
 
@@ -269,7 +273,8 @@ mod tests {
         let header = header_points();
         assert_eq!(header.len(), Point::ALL.len(), "{header:?}");
         for (name, value) in &header {
-            let point = Point::from_raw(*value).unwrap_or_else(|| panic!("{name} = {value} missing"));
+            let point =
+                Point::from_raw(*value).unwrap_or_else(|| panic!("{name} = {value} missing"));
             assert_eq!(&point.c_name(), name, "value {value}");
         }
     }

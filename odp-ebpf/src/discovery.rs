@@ -1,0 +1,332 @@
+//! What the running kernel allows, decided before the main object is loaded: which probe points
+//! exist (kallsyms, module BTF), whether fentry and kprobes really work here (a real load and
+//! attach of a trivial program), and so which method each point gets, or why it is skipped.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+
+use bpf_common::{Group, Method, Point};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use serde::Serialize;
+
+use crate::feature_skel::FeatureSkelBuilder;
+
+/// How one point will be (or was) attached.
+#[derive(Debug, Clone, Serialize)]
+pub struct PointPlan {
+    pub point: Point,
+    pub group: &'static str,
+    pub target: String,
+    /// The method chosen; None when skipped.
+    pub method: Option<Method>,
+    /// The symbol actually probed (kallsyms may carry a suffix such as `.isra.0`).
+    pub symbol: Option<String>,
+    pub status: Status,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "kebab-case")]
+pub enum Status {
+    /// Chosen, not yet attached.
+    Planned,
+    Attached,
+    /// Not attempted, with the reason.
+    Skipped(String),
+    /// Attempted and refused by the kernel, with its error.
+    Failed(String),
+}
+
+/// Facts about the running kernel that decide the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelFacts {
+    pub release: String,
+    /// None when fentry works; otherwise why not.
+    pub fentry_refused: Option<String>,
+    pub kprobe_refused: Option<String>,
+    pub loaded_modules: Vec<String>,
+    pub libibverbs: Option<PathBuf>,
+    #[serde(skip)]
+    symbols: HashMap<String, String>,
+    #[serde(skip)]
+    btf_funcs: HashSet<String>,
+    pub tp_btf_page_fault: bool,
+    pub tracefs_page_fault: bool,
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// kallsyms names of the catalog's functions, base name -> the symbol to probe. Compiler clones
+/// (`foo.isra.0`, `foo.constprop.0`) count when the plain name is absent.
+fn kallsyms(wanted: &HashSet<&str>) -> HashMap<String, String> {
+    let mut found = HashMap::new();
+    let Ok(text) = std::fs::read_to_string("/proc/kallsyms") else {
+        return found;
+    };
+    for line in text.lines() {
+        let mut cols = line.split_whitespace();
+        let (Some(_), Some(kind), Some(name)) = (cols.next(), cols.next(), cols.next()) else {
+            continue;
+        };
+        if !matches!(kind, "t" | "T") {
+            continue;
+        }
+        let base = name.split('.').next().unwrap_or(name);
+        if wanted.contains(base) {
+            let exact = base == name;
+            let entry = found
+                .entry(base.to_string())
+                .or_insert_with(|| name.to_string());
+            if exact {
+                *entry = name.to_string();
+            }
+        }
+    }
+    found
+}
+
+fn loaded_modules() -> Vec<String> {
+    std::fs::read_to_string("/proc/modules")
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// BTF FUNC records for the catalog's functions, in vmlinux and the loaded modules' BTF.
+fn btf_funcs(wanted: &HashSet<&str>, modules: &[String]) -> HashSet<String> {
+    let mut found = HashSet::new();
+    // SAFETY: libbpf BTF handles are created and freed here only; names are valid C strings.
+    unsafe {
+        let base = libbpf_sys::btf__load_vmlinux_btf();
+        if base.is_null() {
+            return found;
+        }
+        let mut handles = vec![base];
+        for module in modules {
+            if !Path::new("/sys/kernel/btf").join(module).exists() {
+                continue;
+            }
+            let Ok(name) = CString::new(module.as_str()) else {
+                continue;
+            };
+            let btf = libbpf_sys::btf__load_module_btf(name.as_ptr(), base);
+            if !btf.is_null() {
+                handles.push(btf);
+            }
+        }
+        for func in wanted {
+            let Ok(cname) = CString::new(*func) else {
+                continue;
+            };
+            let kind = libbpf_sys::BTF_KIND_FUNC;
+            if handles
+                .iter()
+                .any(|&b| libbpf_sys::btf__find_by_name_kind(b, cname.as_ptr(), kind) > 0)
+            {
+                found.insert((*func).to_string());
+            }
+        }
+        for &b in handles.iter().skip(1) {
+            libbpf_sys::btf__free(b);
+        }
+        libbpf_sys::btf__free(base);
+    }
+    found
+}
+
+fn vmlinux_has_typedef(name: &str) -> bool {
+    let Ok(cname) = CString::new(name) else {
+        return false;
+    };
+    // SAFETY: as in btf_funcs.
+    unsafe {
+        let base = libbpf_sys::btf__load_vmlinux_btf();
+        if base.is_null() {
+            return false;
+        }
+        let found =
+            libbpf_sys::btf__find_by_name_kind(base, cname.as_ptr(), libbpf_sys::BTF_KIND_TYPEDEF)
+                > 0;
+        libbpf_sys::btf__free(base);
+        found
+    }
+}
+
+fn tracefs_event(path: &str) -> bool {
+    [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ]
+    .iter()
+    .any(|root| Path::new(root).join(path).exists())
+}
+
+/// libibverbs' shared object, where the dynamic loader would find it.
+pub fn find_libibverbs() -> Option<PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu/libibverbs.so.1",
+        "/usr/lib64/libibverbs.so.1",
+        "/lib/x86_64-linux-gnu/libibverbs.so.1",
+        "/usr/lib/libibverbs.so.1",
+        "/lib64/libibverbs.so.1",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// A vmlinux function every supported kernel has in BTF, to test fentry and kprobes against.
+const FEATURE_TARGETS: &[&str] = &[
+    "__mmu_notifier_invalidate_range_start",
+    "do_sys_openat2",
+    "vfs_read",
+];
+
+/// Loads and attaches a trivial fentry and kprobe program: the only reliable way to know, since
+/// kernels and policies refuse them in ways no config file shows.
+fn feature_probe(btf: &HashSet<String>) -> (Option<String>, Option<String>) {
+    let target = FEATURE_TARGETS.iter().find(|t| btf.contains(**t)).copied();
+    let fentry = match target {
+        None => Some("no test function in vmlinux BTF".to_string()),
+        Some(target) => try_feature(target, true).err(),
+    };
+    let kprobe = try_feature(target.unwrap_or("vfs_read"), false).err();
+    (fentry, kprobe)
+}
+
+fn try_feature(target: &str, fentry: bool) -> Result<(), String> {
+    let mut storage = MaybeUninit::uninit();
+    let mut open = FeatureSkelBuilder::default()
+        .open(&mut storage)
+        .map_err(|e| format!("open: {e}"))?;
+    if fentry {
+        open.progs.feature_kprobe.set_autoload(false);
+        open.progs
+            .feature_fentry
+            .set_attach_target(0, Some(target.to_string()))
+            .map_err(|e| format!("set target: {e}"))?;
+    } else {
+        open.progs.feature_fentry.set_autoload(false);
+    }
+    let skel = open
+        .load()
+        .map_err(|e| format!("load refused: {}", short_error(&e)))?;
+    let link = if fentry {
+        skel.progs.feature_fentry.attach()
+    } else {
+        skel.progs.feature_kprobe.attach_kprobe(false, target)
+    };
+    link.map(drop)
+        .map_err(|e| format!("attach refused: {}", short_error(&e)))
+}
+
+pub(crate) fn short_error(e: &libbpf_rs::Error) -> String {
+    let text = e.to_string();
+    text.lines().next().unwrap_or(&text).to_string()
+}
+
+impl KernelFacts {
+    /// Gathers the facts (needs root for kallsyms, BTF and the feature probe).
+    pub fn gather() -> Self {
+        let wanted: HashSet<&str> = Point::ALL
+            .iter()
+            .filter(|p| is_function(p.group()))
+            .map(|p| p.target())
+            .chain(FEATURE_TARGETS.iter().copied())
+            .collect();
+        let loaded_modules = loaded_modules();
+        let btf_funcs = btf_funcs(&wanted, &loaded_modules);
+        let (fentry_refused, kprobe_refused) = crate::quiet_libbpf(|| feature_probe(&btf_funcs));
+        KernelFacts {
+            release: kernel_release(),
+            fentry_refused,
+            kprobe_refused,
+            symbols: kallsyms(&wanted),
+            btf_funcs,
+            loaded_modules,
+            libibverbs: find_libibverbs(),
+            tp_btf_page_fault: vmlinux_has_typedef("btf_trace_page_fault_user"),
+            tracefs_page_fault: tracefs_event("exceptions/page_fault_user"),
+        }
+    }
+
+    /// Decides each point's method, or why it is skipped.
+    pub fn plan(&self, wanted: &dyn Fn(Point) -> bool) -> Vec<PointPlan> {
+        Point::ALL
+            .iter()
+            .map(|&point| {
+                let mut plan = PointPlan {
+                    point,
+                    group: point.group().name(),
+                    target: point.target().to_string(),
+                    method: None,
+                    symbol: None,
+                    status: Status::Planned,
+                };
+                if !wanted(point) {
+                    plan.status = Status::Skipped("not selected".into());
+                    return plan;
+                }
+                match self.decide(point) {
+                    Ok((method, symbol)) => {
+                        plan.method = Some(method);
+                        plan.symbol = Some(symbol);
+                    }
+                    Err(reason) => plan.status = Status::Skipped(reason),
+                }
+                plan
+            })
+            .collect()
+    }
+
+    fn decide(&self, point: Point) -> Result<(Method, String), String> {
+        match point.group() {
+            Group::Cpu => {
+                if self.tp_btf_page_fault {
+                    Ok((Method::TpBtf, point.target().into()))
+                } else if self.tracefs_page_fault {
+                    Ok((Method::Tracepoint, point.target().into()))
+                } else {
+                    Err("no page_fault_user tracepoint in BTF or tracefs".into())
+                }
+            }
+            Group::Verbs => match &self.libibverbs {
+                Some(_) => Ok((Method::Uprobe, point.target().into())),
+                None => Err("libibverbs.so.1 not found".into()),
+            },
+            group => {
+                let target = point.target();
+                let Some(symbol) = self.symbols.get(target) else {
+                    return Err(match group.module() {
+                        Some(m) if !self.loaded_modules.iter().any(|l| l == m) => {
+                            format!("module {m} not loaded")
+                        }
+                        _ => format!("{target} not in this kernel (renamed, inlined or absent)"),
+                    });
+                };
+                let fentry = match (&self.fentry_refused, self.btf_funcs.contains(target)) {
+                    (None, true) => return Ok((Method::Fentry, target.to_string())),
+                    (None, false) => format!("{target} has no BTF"),
+                    (Some(why), _) => format!("fentry {why}"),
+                };
+                match &self.kprobe_refused {
+                    None => Ok((Method::Kprobe, symbol.clone())),
+                    Some(why) => Err(format!("{fentry}; kprobe {why}")),
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn is_function(group: Group) -> bool {
+    !matches!(group, Group::Cpu | Group::Verbs)
+}

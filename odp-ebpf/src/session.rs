@@ -1,0 +1,353 @@
+//! A running probe session: the main object configured and loaded according to the plan, its
+//! links attached, and a ring-buffer reader. Dropping the session detaches every link and closes
+//! the object.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bpf_common::{Method, OdpEvent, Point};
+use libbpf_rs::{Link, MapCore, Object, ObjectBuilder, OpenObject, RingBufferBuilder, UprobeOpts};
+
+use crate::discovery::{short_error, KernelFacts, PointPlan, Status};
+use crate::{Error, Result};
+
+const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/odp.bpf.o"));
+
+/// What to trace and how.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Only this process (tgid): its own calls, and kernel work on its ODP memory.
+    pub pid: Option<u32>,
+    /// Only tasks with this command name (at most 15 bytes).
+    pub comm: Option<String>,
+    /// Points to use (None: all).
+    pub points: Option<Vec<Point>>,
+    /// false: count calls per point in the kernel without streaming events.
+    pub emit_events: bool,
+    /// Report notifier/HMM activity of every address space, not only those owning ODP memory.
+    pub all_mms: bool,
+    /// Limit CPU page-fault events to [start, end).
+    pub page_fault_range: Option<(u64, u64)>,
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_bytes: u32,
+    /// libibverbs to uprobe (default: where the dynamic loader would find it).
+    pub libibverbs: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pid: None,
+            comm: None,
+            points: None,
+            emit_events: true,
+            all_mms: false,
+            page_fault_range: None,
+            ring_bytes: 8 << 20,
+            libibverbs: None,
+        }
+    }
+}
+
+/// Layout of the object's read-only config section (mirrors the skeleton's `types::rodata`).
+type Rodata = crate::skel::types::rodata;
+
+pub struct Session {
+    // Links before the object: they must detach before the programs go away.
+    links: Vec<Link>,
+    object: Object,
+    plans: Vec<PointPlan>,
+    facts: KernelFacts,
+}
+
+fn prog_names(point: Point, method: Method) -> Vec<String> {
+    let t = point.target();
+    match method {
+        Method::Fentry => vec![format!("fentry_{t}"), format!("fexit_{t}")],
+        Method::Kprobe => vec![format!("kprobe_{t}"), format!("kretprobe_{t}")],
+        Method::TpBtf => vec!["tp_btf_page_fault_user".into()],
+        Method::Tracepoint => vec!["tracepoint_page_fault_user".into()],
+        Method::Uprobe => {
+            let stem = match point {
+                Point::VerbsRegMr => "reg_mr",
+                Point::VerbsDeregMr => "dereg_mr",
+                Point::VerbsAdvise => "advise_mr",
+                _ => "get_device_list",
+            };
+            vec![format!("uprobe_{stem}"), format!("uretprobe_{stem}")]
+        }
+    }
+}
+
+impl Session {
+    /// Discovers, plans, loads and attaches. Points that cannot be attached are reported in
+    /// `plans()` with the reason; the session fails only when nothing can run at all.
+    pub fn start(config: &Config) -> Result<Self> {
+        if !crate::is_root() {
+            return Err(Error::NotRoot);
+        }
+        let facts = KernelFacts::gather();
+        let selection = config.points.clone();
+        let mut plans = facts.plan(&|p| selection.as_ref().is_none_or(|s| s.contains(&p)));
+        let object = match load(config, &plans) {
+            Ok(object) => object,
+            Err(first) => {
+                // One program the plan thought loadable was refused. Retry without fentry, which
+                // is where kernels differ most; report the original error if that fails too.
+                let mut fallback = plans.clone();
+                for plan in &mut fallback {
+                    if plan.method == Some(Method::Fentry) {
+                        plan.method = facts.kprobe_refused.is_none().then_some(Method::Kprobe);
+                        if plan.method.is_none() {
+                            plan.status = Status::Skipped(format!("fentry load failed: {first}"));
+                        }
+                    }
+                }
+                let object = load(config, &fallback).map_err(|_| Error::Load(first))?;
+                plans = fallback;
+                object
+            }
+        };
+        let mut session = Session {
+            links: Vec::new(),
+            object,
+            plans,
+            facts,
+        };
+        session.attach_all(config);
+        if !session.plans.iter().any(|p| p.status == Status::Attached) {
+            return Err(Error::NothingAttached(session.summary_of_failures()));
+        }
+        Ok(session)
+    }
+
+    fn summary_of_failures(&self) -> String {
+        self.plans
+            .iter()
+            .filter_map(|p| match &p.status {
+                Status::Failed(r) | Status::Skipped(r) if r != "not selected" => {
+                    Some(format!("{}: {r}", p.point.name()))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn attach_all(&mut self, config: &Config) {
+        let libibverbs = config
+            .libibverbs
+            .clone()
+            .or_else(|| self.facts.libibverbs.clone());
+        for plan in &mut self.plans {
+            let (Some(method), Status::Planned) = (plan.method, &plan.status) else {
+                continue;
+            };
+            let symbol = plan.symbol.clone().unwrap_or_default();
+            let names = prog_names(plan.point, method);
+            let mut links = Vec::new();
+            let mut failure = None;
+            for (i, name) in names.iter().enumerate() {
+                let Some(prog) = self.object.progs_mut().find(|p| p.name() == name.as_str()) else {
+                    failure = Some(format!("program {name} missing from the object"));
+                    break;
+                };
+                let result = match method {
+                    Method::Fentry | Method::TpBtf => prog.attach(),
+                    Method::Kprobe => prog.attach_kprobe(i == 1, &symbol),
+                    Method::Tracepoint => prog.attach_tracepoint(
+                        libbpf_rs::TracepointCategory::Custom("exceptions".into()),
+                        "page_fault_user",
+                    ),
+                    Method::Uprobe => match &libibverbs {
+                        Some(path) => prog.attach_uprobe_with_opts(
+                            config.pid.map_or(-1, |p| p as i32),
+                            path,
+                            0,
+                            UprobeOpts {
+                                retprobe: i == 1,
+                                func_name: Some(symbol.clone()),
+                                ..UprobeOpts::default()
+                            },
+                        ),
+                        None => {
+                            failure = Some("libibverbs.so.1 not found".into());
+                            break;
+                        }
+                    },
+                };
+                match result {
+                    Ok(link) => links.push(link),
+                    Err(e) => {
+                        failure = Some(format!("{} attach: {}", method.name(), short_error(&e)));
+                        break;
+                    }
+                }
+            }
+            match failure {
+                None => {
+                    plan.status = Status::Attached;
+                    self.links.extend(links);
+                }
+                // Partial attachments of this point drop (detach) here.
+                Some(reason) => plan.status = Status::Failed(reason),
+            }
+        }
+    }
+
+    pub fn plans(&self) -> &[PointPlan] {
+        &self.plans
+    }
+
+    pub fn facts(&self) -> &KernelFacts {
+        &self.facts
+    }
+
+    /// Reads events until `stop` is set or `deadline` passes, calling `on_event` for each.
+    /// The kernel side never waits on this reader: when it falls behind, events are dropped
+    /// and counted (see `drops`).
+    pub fn run(
+        &self,
+        stop: &AtomicBool,
+        deadline: Option<Instant>,
+        mut on_event: impl FnMut(&OdpEvent),
+    ) -> Result<()> {
+        let events = self
+            .object
+            .maps()
+            .find(|m| m.name() == "events")
+            .ok_or_else(|| Error::Bpf("events map missing".into()))?;
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&events, |data: &[u8]| {
+                if let Some(e) = OdpEvent::from_bytes(data) {
+                    on_event(&e);
+                }
+                0
+            })
+            .map_err(|e| Error::Bpf(short_error(&e)))?;
+        let ring = builder.build().map_err(|e| Error::Bpf(short_error(&e)))?;
+        while !stop.load(Ordering::Relaxed) {
+            let wait = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    left.min(Duration::from_millis(100))
+                }
+                None => Duration::from_millis(100),
+            };
+            match ring.poll(wait) {
+                Ok(()) => {}
+                // A signal interrupted the wait: loop and look at `stop`.
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::Bpf(short_error(&e))),
+            }
+        }
+        // Whatever arrived before the stop is still delivered.
+        ring.consume().map_err(|e| Error::Bpf(short_error(&e)))?;
+        Ok(())
+    }
+
+    fn percpu_sum(&self, map: &str, key: u32) -> u64 {
+        let Some(m) = self.object.maps().find(|m| m.name() == map) else {
+            return 0;
+        };
+        m.lookup_percpu(&key.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+            .ok()
+            .flatten()
+            .map(|cpus| {
+                cpus.iter()
+                    .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+                    .map(u64::from_ne_bytes)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Calls counted in the kernel for a point (whether or not events were streamed).
+    pub fn hits(&self, point: Point) -> u64 {
+        self.percpu_sum("hits", point as u32)
+    }
+
+    /// Events lost because the ring buffer was full.
+    pub fn drops(&self) -> u64 {
+        self.percpu_sum("drops", 0)
+    }
+}
+
+fn configure(open: &mut OpenObject, config: &Config) -> Result<()> {
+    let mut rodata_done = false;
+    for mut map in open.maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        if name == "events" {
+            map.set_max_entries(config.ring_bytes)
+                .map_err(|e| Error::Bpf(format!("ring buffer size: {}", short_error(&e))))?;
+        } else if name.ends_with(".rodata") {
+            let bytes = map
+                .initial_value_mut()
+                .ok_or_else(|| Error::Bpf("rodata has no initial value".into()))?;
+            if bytes.len() < std::mem::size_of::<Rodata>() {
+                return Err(Error::Bpf(
+                    "rodata is smaller than the skeleton says".into(),
+                ));
+            }
+            // SAFETY: the section holds a `Rodata` (the skeleton generated the type from this
+            // very object) and the length was checked; unaligned access is used throughout.
+            let ro = bytes.as_mut_ptr().cast::<Rodata>();
+            let mut value: Rodata = unsafe { std::ptr::read_unaligned(ro) };
+            value.filter_tgid = config.pid.unwrap_or(0);
+            if let Some(comm) = &config.comm {
+                let bytes = comm.as_bytes();
+                if bytes.len() > 15 {
+                    return Err(Error::InvalidConfig(format!(
+                        "--comm {comm:?} is longer than the kernel's 15-byte task name"
+                    )));
+                }
+                value.filter_comm = [0; 16];
+                for (dst, src) in value.filter_comm.iter_mut().zip(bytes) {
+                    *dst = *src as i8;
+                }
+                value.filter_comm_set = true;
+            }
+            value.emit_events = config.emit_events;
+            value.all_mms = config.all_mms;
+            if let Some((lo, hi)) = config.page_fault_range {
+                value.pf_lo = lo;
+                value.pf_hi = hi;
+            }
+            // SAFETY: as above.
+            unsafe { std::ptr::write_unaligned(ro, value) };
+            rodata_done = true;
+        }
+    }
+    if !rodata_done {
+        return Err(Error::Bpf("the object has no .rodata section".into()));
+    }
+    Ok(())
+}
+
+fn load(config: &Config, plans: &[PointPlan]) -> std::result::Result<Object, String> {
+    crate::quiet_libbpf_result(|| {
+        let mut open = ObjectBuilder::default()
+            .name("odp")
+            .map_err(|e| short_error(&e))?
+            .open_memory(OBJECT)
+            .map_err(|e| format!("open: {}", short_error(&e)))?;
+        configure(&mut open, config).map_err(|e| e.to_string())?;
+        let mut keep: Vec<String> = Vec::new();
+        for plan in plans {
+            if let (Some(method), Status::Planned) = (plan.method, &plan.status) {
+                keep.extend(prog_names(plan.point, method));
+            }
+        }
+        for mut prog in open.progs_mut() {
+            let name = prog.name().to_string_lossy().into_owned();
+            prog.set_autoload(keep.contains(&name));
+        }
+        open.load()
+            .map_err(|e| format!("load: {}", short_error(&e)))
+    })
+}
