@@ -8,6 +8,7 @@
 pub mod error;
 pub mod memory;
 pub mod testing;
+pub mod trace;
 pub mod traffic;
 pub mod verbs;
 

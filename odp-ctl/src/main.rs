@@ -46,6 +46,12 @@ enum Command {
     Register(cmd::register::Args),
     /// Register an ODP MR, then prefetch ranges of it with ibv_advise_mr and time each call.
     Prefetch(cmd::prefetch::Args),
+    /// Show every probe point: the method this kernel allows (fentry, kprobe, tracepoint,
+    /// uprobe), attached or why not.
+    Probes,
+    /// Stream decoded ODP events (faults, invalidations, prefetches, registrations) as lines or
+    /// JSON Lines, ending with counts and drops.
+    Trace(cmd::trace::Args),
 }
 
 fn main() {
@@ -56,6 +62,8 @@ fn main() {
         Command::Caps(args) => cmd::caps::run(&out, &args),
         Command::Register(args) => cmd::register::run(&out, &args),
         Command::Prefetch(args) => cmd::prefetch::run(&out, &args),
+        Command::Probes => cmd::probes::run(&out),
+        Command::Trace(args) => cmd::trace::run(&out, &args),
     };
     if let Err(err) = result {
         std::process::exit(out.error(&err));

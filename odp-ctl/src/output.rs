@@ -60,6 +60,15 @@ fn classify(err: &anyhow::Error) -> (Option<ErrorKind>, i32) {
         if cause.downcast_ref::<DataMismatch>().is_some() {
             return (Some(ErrorKind::Completion), 7);
         }
+        if let Some(e) = cause.downcast_ref::<odp_ebpf::Error>() {
+            let kind = match e {
+                odp_ebpf::Error::NotRoot => ErrorKind::Permission,
+                odp_ebpf::Error::InvalidConfig(_) => ErrorKind::InvalidInput,
+                odp_ebpf::Error::NothingAttached(_) => ErrorKind::Unsupported,
+                odp_ebpf::Error::Load(_) | odp_ebpf::Error::Bpf(_) => ErrorKind::System,
+            };
+            return (Some(kind), exit_code(kind));
+        }
     }
     (None, 1)
 }

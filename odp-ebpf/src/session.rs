@@ -153,24 +153,17 @@ impl Session {
                     failure = Some(format!("program {name} missing from the object"));
                     break;
                 };
-                let result = match method {
-                    Method::Fentry | Method::TpBtf => prog.attach(),
-                    Method::Kprobe => prog.attach_kprobe(i == 1, &symbol),
-                    Method::Tracepoint => prog.attach_tracepoint(
-                        libbpf_rs::TracepointCategory::Custom("exceptions".into()),
-                        "page_fault_user",
-                    ),
+                let result: std::result::Result<Link, String> = match method {
+                    Method::Fentry | Method::TpBtf => with_log(|| prog.attach()),
+                    Method::Kprobe => with_log(|| prog.attach_kprobe(i == 1, &symbol)),
+                    Method::Tracepoint => with_log(|| {
+                        prog.attach_tracepoint(
+                            libbpf_rs::TracepointCategory::Custom("exceptions".into()),
+                            "page_fault_user",
+                        )
+                    }),
                     Method::Uprobe => match &libibverbs {
-                        Some(path) => prog.attach_uprobe_with_opts(
-                            config.pid.map_or(-1, |p| p as i32),
-                            path,
-                            0,
-                            UprobeOpts {
-                                retprobe: i == 1,
-                                func_name: Some(symbol.clone()),
-                                ..UprobeOpts::default()
-                            },
-                        ),
+                        Some(path) => attach_uprobe(&prog, config.pid, path, &symbol, i == 1),
                         None => {
                             failure = Some("libibverbs.so.1 not found".into());
                             break;
@@ -180,7 +173,7 @@ impl Session {
                 match result {
                     Ok(link) => links.push(link),
                     Err(e) => {
-                        failure = Some(format!("{} attach: {}", method.name(), short_error(&e)));
+                        failure = Some(format!("{} attach: {e}", method.name()));
                         break;
                     }
                 }
@@ -276,6 +269,47 @@ impl Session {
     pub fn drops(&self) -> u64 {
         self.percpu_sum("drops", 0)
     }
+}
+
+fn with_log(f: impl FnOnce() -> libbpf_rs::Result<Link>) -> std::result::Result<Link, String> {
+    crate::quiet_libbpf_result(|| f().map_err(|e| short_error(&e)))
+}
+
+/// libibverbs exports some functions in two versions (e.g. `ibv_dereg_mr@IBVERBS_1.0` and
+/// `@@IBVERBS_1.1`); a plain name is then ambiguous, so the default versions are tried next.
+fn attach_uprobe(
+    prog: &libbpf_rs::ProgramMut<'_>,
+    pid: Option<u32>,
+    path: &std::path::Path,
+    symbol: &str,
+    retprobe: bool,
+) -> std::result::Result<Link, String> {
+    let mut first_error = None;
+    for name in [
+        symbol.to_string(),
+        format!("{symbol}@@IBVERBS_1.1"),
+        format!("{symbol}@@IBVERBS_1.0"),
+    ] {
+        let attempt = with_log(|| {
+            prog.attach_uprobe_with_opts(
+                pid.map_or(-1, |p| p as i32),
+                path,
+                0,
+                UprobeOpts {
+                    retprobe,
+                    func_name: Some(name.clone()),
+                    ..UprobeOpts::default()
+                },
+            )
+        });
+        match attempt {
+            Ok(link) => return Ok(link),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_default())
 }
 
 fn configure(open: &mut OpenObject, config: &Config) -> Result<()> {

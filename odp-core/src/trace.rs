@@ -1,0 +1,191 @@
+//! The decoded form of a probe event: what `odp-ctl trace` prints and writes as JSON Lines, and
+//! what the analysis (and `monitor --replay`) reads back. The one decoder from the raw ABI.
+
+use bpf_common::{mmu_event_name, OdpEvent, Point};
+use serde::{Deserialize, Serialize};
+
+/// One probe event, decoded. Addresses are hex strings in JSON so they survive any JSON reader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Nanoseconds on CLOCK_MONOTONIC at entry.
+    pub ts_ns: u64,
+    pub duration_ns: u64,
+    pub point: String,
+    pub group: String,
+    pub method: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kthread: bool,
+    #[serde(with = "hex")]
+    pub obj: u64,
+    #[serde(with = "hex")]
+    pub mm: u64,
+    #[serde(with = "hex")]
+    pub start: u64,
+    #[serde(with = "hex")]
+    pub end: u64,
+    pub args: [u64; 4],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<i64>,
+    /// mmu_notifier_event name for invalidations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// Raw aux value (event kind, page-fault error code).
+    pub aux: u32,
+}
+
+mod hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:#x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(d)?;
+        let digits = text.trim_start_matches("0x");
+        u64::from_str_radix(digits, 16).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Record {
+    pub fn from_event(e: &OdpEvent) -> Self {
+        let point = e.point();
+        let invalidation = matches!(
+            point,
+            Some(
+                Point::InvRangeStart
+                    | Point::InvRangeEnd
+                    | Point::RxeInvalidate
+                    | Point::Mlx5Invalidate
+            )
+        );
+        Record {
+            ts_ns: e.ts_ns,
+            duration_ns: e.duration_ns,
+            point: point.map_or_else(|| format!("unknown_{}", e.point), |p| p.name().to_string()),
+            group: point.map_or("unknown", |p| p.group().name()).to_string(),
+            method: e.method().map_or("unknown", |m| m.name()).to_string(),
+            pid: e.pid,
+            tid: e.tid,
+            comm: e.comm(),
+            kthread: e.in_kernel_thread(),
+            obj: e.obj,
+            mm: e.mm,
+            start: e.start,
+            end: e.end,
+            args: e.args,
+            ret: e.has_ret().then_some(e.ret),
+            event: invalidation.then(|| mmu_event_name(e.aux).to_string()),
+            aux: e.aux,
+        }
+    }
+
+    pub fn point(&self) -> Option<Point> {
+        Point::ALL.iter().copied().find(|p| p.name() == self.point)
+    }
+
+    /// One human line; `t0` is the session's start on the same clock.
+    pub fn human(&self, t0: u64) -> String {
+        let t = self.ts_ns.saturating_sub(t0) as f64 / 1e9;
+        let mut line = format!(
+            "{t:12.6} {:<18} {:<15} {:>7}/{:<7}",
+            self.point, self.comm, self.pid, self.tid
+        );
+        if self.obj != 0 {
+            line.push_str(&format!(" obj={:#x}", self.obj));
+        }
+        if self.end > self.start {
+            line.push_str(&format!(
+                " [{:#x}, {:#x}) {}B",
+                self.start,
+                self.end,
+                self.end - self.start
+            ));
+        } else if self.start != 0 {
+            line.push_str(&format!(" addr={:#x}", self.start));
+        }
+        if let Some(event) = &self.event {
+            line.push_str(&format!(" event={event}"));
+        }
+        if self.duration_ns > 0 {
+            line.push_str(&format!(" dur={:.1}us", self.duration_ns as f64 / 1e3));
+        }
+        if let Some(ret) = self.ret {
+            if ret < 0 && ret > -4096 {
+                line.push_str(&format!(
+                    " ret={ret} ({})",
+                    crate::error::errno_name(-ret as i32)
+                ));
+            } else {
+                line.push_str(&format!(" ret={ret}"));
+            }
+        }
+        line
+    }
+}
+
+/// CLOCK_MONOTONIC now, in the BPF timestamps' units.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bpf_common::{Method, FLAG_HAS_RET, FLAG_KTHREAD};
+
+    #[test]
+    fn records_round_trip_through_json() {
+        let e = OdpEvent {
+            ts_ns: 5_000,
+            duration_ns: 1_500,
+            obj: 0xffff_8880_1234_0000,
+            mm: 0xffff_8880_0000_1000,
+            start: 0x7f00_0000_0000,
+            end: 0x7f00_0000_1000,
+            point: Point::RxeInvalidate as u16,
+            method: Method::Fentry as u8,
+            flags: FLAG_HAS_RET | FLAG_KTHREAD,
+            ret: 1,
+            aux: 1,
+            pid: 42,
+            tid: 43,
+            ..OdpEvent::default()
+        };
+        let r = Record::from_event(&e);
+        assert_eq!(r.point, "rxe_invalidate");
+        assert_eq!(r.event.as_deref(), Some("CLEAR"));
+        assert!(r.kthread);
+        let line = serde_json::to_string(&r).expect("json");
+        assert!(line.contains("\"obj\":\"0xffff888012340000\""), "{line}");
+        let back: Record = serde_json::from_str(&line).expect("parse");
+        assert_eq!(back, r);
+        assert_eq!(back.point(), Some(Point::RxeInvalidate));
+    }
+
+    #[test]
+    fn human_lines_name_errnos() {
+        let e = OdpEvent {
+            point: Point::MapDma as u16,
+            flags: FLAG_HAS_RET,
+            ret: -16,
+            start: 0x1000,
+            end: 0x3000,
+            ..OdpEvent::default()
+        };
+        let line = Record::from_event(&e).human(0);
+        assert!(
+            line.contains("fault") && line.contains("ret=-16 (EBUSY)") && line.contains("8192B"),
+            "{line}"
+        );
+    }
+}
