@@ -73,7 +73,8 @@ enum odp_method {
  *   mm     the mm_struct concerned
  *   start, end   the address range ([start, end))
  *   args   point-specific raw arguments (see odp-ebpf's catalog)
- *   ret    return value (pages mapped or -errno for MAP_DMA, seq for READ_BEGIN, ...)
+ *   ret    return value: pages mapped or -errno for MAP_DMA, seq for READ_BEGIN, 0/-errno for
+ *          pointer-returning kernel points, 0/-1 for pointer-returning libibverbs calls
  *   aux    INV_RANGE_* / *_INVALIDATE: mmu_notifier_event; PAGE_FAULT_USER: error code
  */
 struct odp_event {

@@ -68,15 +68,12 @@ fn prog_names(point: Point, method: Method) -> Vec<String> {
         Method::Kprobe => vec![format!("kprobe_{t}"), format!("kretprobe_{t}")],
         Method::TpBtf => vec!["tp_btf_page_fault_user".into()],
         Method::Tracepoint => vec!["tracepoint_page_fault_user".into()],
-        Method::Uprobe => {
-            let stem = match point {
-                Point::VerbsRegMr => "reg_mr",
-                Point::VerbsDeregMr => "dereg_mr",
-                Point::VerbsAdvise => "advise_mr",
-                _ => "get_device_list",
-            };
-            vec![format!("uprobe_{stem}"), format!("uretprobe_{stem}")]
-        }
+        Method::Uprobe => library_targets(point)
+            .iter()
+            .flat_map(|(entry, exit, _)| {
+                std::iter::once(entry.to_string()).chain(exit.map(String::from))
+            })
+            .collect(),
     }
 }
 
@@ -145,9 +142,27 @@ impl Session {
                 continue;
             };
             let symbol = plan.symbol.clone().unwrap_or_default();
-            let names = prog_names(plan.point, method);
             let mut links = Vec::new();
             let mut failure = None;
+            if method == Method::Uprobe {
+                match &libibverbs {
+                    Some(path) => {
+                        match attach_library_point(&self.object, plan.point, config.pid, path) {
+                            Ok((mut l, attached)) => {
+                                links.append(&mut l);
+                                plan.symbol = Some(attached.join(","));
+                            }
+                            Err(e) => failure = Some(format!("uprobe attach: {e}")),
+                        }
+                    }
+                    None => failure = Some("libibverbs.so.1 not found".into()),
+                }
+            }
+            let names = if method == Method::Uprobe {
+                Vec::new()
+            } else {
+                prog_names(plan.point, method)
+            };
             for (i, name) in names.iter().enumerate() {
                 let Some(prog) = self.object.progs_mut().find(|p| p.name() == name.as_str()) else {
                     failure = Some(format!("program {name} missing from the object"));
@@ -162,13 +177,7 @@ impl Session {
                             "page_fault_user",
                         )
                     }),
-                    Method::Uprobe => match &libibverbs {
-                        Some(path) => attach_uprobe(&prog, config.pid, path, &symbol, i == 1),
-                        None => {
-                            failure = Some("libibverbs.so.1 not found".into());
-                            break;
-                        }
-                    },
+                    Method::Uprobe => continue,
                 };
                 match result {
                     Ok(link) => links.push(link),
@@ -268,6 +277,95 @@ impl Session {
     /// Events lost because the ring buffer was full.
     pub fn drops(&self) -> u64 {
         self.percpu_sum("drops", 0)
+    }
+}
+
+/// (entry program, return program, symbol) for each libibverbs function behind a point. MR
+/// registration has several entry points: `ibv_reg_mr` and `ibv_reg_mr_iova` tail-jump into
+/// `ibv_reg_mr_iova2`, while `ibv_reg_buf_mr` (rdma-core >= 60, with `ibv_alloc_buf`) takes its
+/// own path; the kernel's uprobe tracer confirmed ibv_rc_pingpong 65 reaches only the latter.
+/// `ibv_reg_mr_ex` (arguments in a struct) is not covered yet.
+fn library_targets(point: Point) -> &'static [(&'static str, Option<&'static str>, &'static str)] {
+    match point {
+        // The entry stubs tail-jump into ibv_reg_mr_iova2; a return probe on each stub as well
+        // would stack two uretprobes on one return, which loses the event on 7.3.
+        Point::VerbsRegMr => &[
+            (
+                "uprobe_reg_mr",
+                Some("uretprobe_reg_mr"),
+                "ibv_reg_mr_iova2",
+            ),
+            ("uprobe_reg_mr", None, "ibv_reg_mr_iova"),
+            ("uprobe_reg_mr_noiova", None, "ibv_reg_mr"),
+            ("uprobe_reg_mr_noiova", None, "__ibv_reg_mr"),
+            (
+                "uprobe_reg_buf_mr",
+                Some("uretprobe_reg_mr"),
+                "ibv_reg_buf_mr",
+            ),
+        ],
+        Point::VerbsDeregMr => &[(
+            "uprobe_dereg_mr",
+            Some("uretprobe_dereg_mr"),
+            "ibv_dereg_mr",
+        )],
+        Point::VerbsAdvise => &[(
+            "uprobe_advise_mr",
+            Some("uretprobe_advise_mr"),
+            "ibv_cmd_advise_mr",
+        )],
+        _ => &[(
+            "uprobe_get_device_list",
+            Some("uretprobe_get_device_list"),
+            "ibv_get_device_list",
+        )],
+    }
+}
+
+/// Attaches every function behind a library point; symbols this libibverbs lacks are passed
+/// over, and the point fails only if none attached.
+fn attach_library_point(
+    object: &Object,
+    point: Point,
+    pid: Option<u32>,
+    path: &std::path::Path,
+) -> std::result::Result<(Vec<Link>, Vec<String>), String> {
+    let mut links = Vec::new();
+    let mut attached = Vec::new();
+    let mut errors = Vec::new();
+    for (entry, exit, symbol) in library_targets(point) {
+        let find = |name: &str| object.progs_mut().find(|p| p.name() == name);
+        let Some(entry_prog) = find(entry) else {
+            errors.push(format!("program {entry} missing"));
+            continue;
+        };
+        let entry_link = match attach_uprobe(&entry_prog, pid, path, symbol, false) {
+            Ok(link) => link,
+            Err(e) => {
+                errors.push(format!("{symbol}: {e}"));
+                continue;
+            }
+        };
+        if let Some(exit) = exit {
+            let Some(exit_prog) = find(exit) else {
+                errors.push(format!("program {exit} missing"));
+                continue;
+            };
+            match attach_uprobe(&exit_prog, pid, path, symbol, true) {
+                Ok(link) => links.push(link),
+                Err(e) => {
+                    errors.push(format!("{symbol}: {e}"));
+                    continue;
+                }
+            }
+        }
+        links.push(entry_link);
+        attached.push((*symbol).to_string());
+    }
+    if links.is_empty() {
+        Err(errors.join("; "))
+    } else {
+        Ok((links, attached))
     }
 }
 

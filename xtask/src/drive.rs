@@ -182,7 +182,12 @@ pub fn test(opts: &TestOpts) -> Result<()> {
         script.push_str("exit $fail\n");
         let mut binaries = tests.clone();
         binaries.push(odp_ctl);
-        let outcome = vm::run_job(&guest, &crate::job(&opts.vm_opts, script, binaries))?;
+        // mlx5_ib loads without hardware; its module BTF is what the mlx5 probe test needs.
+        let mut vm_opts = opts.vm_opts.clone();
+        if !vm_opts.modules.iter().any(|m| m == "mlx5_ib") {
+            vm_opts.modules.push("mlx5_ib".into());
+        }
+        let outcome = vm::run_job(&guest, &crate::job(&vm_opts, script, binaries))?;
         let mut counts = Counts::default();
         for line in outcome.output.lines() {
             counts.observe(line);

@@ -297,7 +297,7 @@ static __always_inline void fill(struct odp_event *e, __u32 point, const __u64 *
 
 	switch (point) {
 	case ODP_POINT_UMEM_GET:
-		sret = (__s64)ret;
+		sret = is_err_ptr(ret) ? (__s64)ret : 0;
 		e->obj = is_err_ptr(ret) ? 0 : ret;
 		e->start = a[1];
 		e->end = a[1] + a[2];
@@ -305,13 +305,13 @@ static __always_inline void fill(struct odp_event *e, __u32 point, const __u64 *
 		e->mm = e->obj ? umem_mm(e->obj) : 0;
 		break;
 	case ODP_POINT_UMEM_ALLOC_IMPLICIT:
-		sret = (__s64)ret;
+		sret = is_err_ptr(ret) ? (__s64)ret : 0;
 		e->obj = is_err_ptr(ret) ? 0 : ret;
 		e->args[0] = a[1];
 		e->mm = e->obj ? umem_mm(e->obj) : 0;
 		break;
 	case ODP_POINT_UMEM_ALLOC_CHILD:
-		sret = (__s64)ret;
+		sret = is_err_ptr(ret) ? (__s64)ret : 0;
 		e->obj = is_err_ptr(ret) ? 0 : ret;
 		e->args[0] = a[0];
 		e->start = a[1];
@@ -599,14 +599,26 @@ struct ibv_sge_user {
 	__u32 lkey;
 };
 
+/*
+ * Library entry points call each other (ibv_reg_mr tail-jumps to ibv_reg_mr_iova2), so the
+ * outermost call's state is kept and the return probe, on the function every path reaches,
+ * emits one event per call whichever entry point the program used.
+ */
 static __always_inline int user_enter(__u32 point, __u64 *a)
 {
 	struct inflight v = {};
 	__u64 key = inflight_key(point);
 
+	struct inflight *outer;
+
 	if (!task_selected())
 		return 0;
 	v.ts = bpf_ktime_get_ns();
+	outer = bpf_map_lookup_elem(&inflight, &key);
+	/* An entry younger than a second is the outer call of this one; an older one is left over
+	 * from a call that never returned through a probed exit, and is replaced. */
+	if (outer && v.ts - outer->ts < 1000000000ULL)
+		return 0;
 	for (int i = 0; i < 6; i++)
 		v.args[i] = a[i];
 	bpf_map_update_elem(&inflight, &key, &v, BPF_ANY);
@@ -638,6 +650,8 @@ static __always_inline int user_leave(__u32 point, __u64 ret)
 	case ODP_POINT_VERBS_REG_MR: {
 		struct ibv_mr_user mr = {};
 
+		/* NULL means failure (errno in the caller); report 0 / -1 rather than a pointer. */
+		e->ret = ret ? 0 : -1;
 		e->obj = ret;
 		e->start = v->args[1];
 		e->end = v->args[1] + v->args[2];
@@ -670,6 +684,7 @@ static __always_inline int user_leave(__u32 point, __u64 ret)
 		int n = 0;
 
 		e->obj = ret;
+		e->ret = ret ? 0 : -1;
 		if (v->args[0])
 			bpf_probe_read_user(&n, sizeof(n), (void *)v->args[0]);
 		e->args[0] = ret ? n : 0;
@@ -686,6 +701,25 @@ SEC("uprobe")
 int BPF_UPROBE(uprobe_reg_mr, void *pd, void *addr, size_t length, __u64 iova, unsigned int access)
 {
 	__u64 a[6] = { (__u64)pd, (__u64)addr, length, iova, access, 0 };
+
+	return user_enter(ODP_POINT_VERBS_REG_MR, a);
+}
+
+/* ibv_reg_mr and __ibv_reg_mr (the macro path of rdma-core >= 37): no iova argument. */
+SEC("uprobe")
+int BPF_UPROBE(uprobe_reg_mr_noiova, void *pd, void *addr, size_t length, unsigned int access)
+{
+	__u64 a[6] = { (__u64)pd, (__u64)addr, length, (__u64)addr, access, 0 };
+
+	return user_enter(ODP_POINT_VERBS_REG_MR, a);
+}
+
+/* ibv_reg_buf_mr (rdma-core >= 60, used with ibv_alloc_buf, e.g. by ibv_rc_pingpong): its own
+ * path into the provider, not through ibv_reg_mr_iova2. */
+SEC("uprobe")
+int BPF_UPROBE(uprobe_reg_buf_mr, void *pd, void *buf, void *addr, size_t length, unsigned int access)
+{
+	__u64 a[6] = { (__u64)pd, (__u64)addr, length, (__u64)addr, access, 0 };
 
 	return user_enter(ODP_POINT_VERBS_REG_MR, a);
 }

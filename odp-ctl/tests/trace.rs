@@ -1,0 +1,499 @@
+//! Probe sessions against real kernels: on this host (tracepoint and uprobes only) and in the VM
+//! (every ODP path on rxe). They need root to load BPF and print a named skip otherwise.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bpf_common::{Method, Point};
+use odp_core::memory::{page_size, Backing, Mapping};
+use odp_core::testing::device_or_skip;
+use odp_core::trace::Record;
+use odp_core::traffic::verify_loopback;
+use odp_core::verbs::{Access, Advice, Context, LoopbackConfig, LoopbackRc, MemoryRegion};
+use odp_ebpf::{Config, Session, Status};
+
+fn root_or_skip(test: &str) -> bool {
+    if odp_ebpf::is_root() {
+        return true;
+    }
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: loading BPF needs root");
+    false
+}
+
+const CHILD_ENV: &str = "ODP_TRACE_CHILD";
+
+/// Child mode: waits for a line on stdin, then faults `pages` fresh pages at `addr` and calls
+/// ibv_get_device_list `calls` times. Does nothing when run as an ordinary test.
+#[test]
+fn child_workload() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = spec
+        .split(':')
+        .map(|p| p.parse::<u64>().expect("child spec"));
+    let (addr, pages, calls) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).expect("gate");
+    let len = pages as usize * page_size();
+    // SAFETY: a fresh private mapping at an address the parent chose; NOREPLACE refuses to
+    // clobber anything already there.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(p as u64, addr, "mmap at the chosen address");
+    // SAFETY: the range was just mapped; no huge pages, so each page faults on its own.
+    unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+    for i in 0..pages as usize {
+        // SAFETY: inside the mapping; a volatile write makes each page fault exactly once.
+        unsafe { std::ptr::write_volatile((p as *mut u8).add(i * page_size()), 1) };
+    }
+    for _ in 0..calls {
+        let _ = odp_core::verbs::list_devices();
+    }
+}
+
+#[test]
+fn page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does() {
+    let test = "page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does";
+    if !root_or_skip(test) {
+        return;
+    }
+    let (pages, calls) = (37u64, 3u64);
+    let addr = 0x6f00_0000_0000u64 + u64::from(std::process::id()) * 0x1000_0000;
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "child_workload",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, format!("{addr}:{pages}:{calls}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let config = Config {
+        pid: Some(child.id()),
+        points: Some(vec![Point::PageFaultUser, Point::VerbsGetDevices]),
+        page_fault_range: Some((addr, addr + pages * page_size() as u64)),
+        ..Config::default()
+    };
+    let session = Session::start(&config).expect("probe session");
+    for p in session
+        .plans()
+        .iter()
+        .filter(|p| p.point == Point::PageFaultUser || p.point == Point::VerbsGetDevices)
+    {
+        assert_eq!(p.status, Status::Attached, "{p:?}");
+    }
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("release child");
+    let stop = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let status = child.wait();
+            stop.store(true, Ordering::Relaxed);
+            status
+        })
+    };
+    let mut records = Vec::new();
+    session
+        .run(&stop, Some(Instant::now() + Duration::from_secs(60)), |e| {
+            records.push(Record::from_event(e))
+        })
+        .expect("read events");
+    assert!(waiter.join().expect("waiter").expect("child").success());
+
+    let faults: BTreeSet<u64> = records
+        .iter()
+        .filter(|r| r.point == "page_fault_user")
+        .map(|r| r.start & !(page_size() as u64 - 1))
+        .collect();
+    let expected: BTreeSet<u64> = (0..pages).map(|i| addr + i * page_size() as u64).collect();
+    assert_eq!(
+        faults, expected,
+        "one fault per touched page, nothing else in the range"
+    );
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.point == "page_fault_user")
+            .count() as u64,
+        pages
+    );
+    let verbs: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.point == "verbs_get_devices")
+        .collect();
+    assert_eq!(verbs.len() as u64, calls, "{verbs:?}");
+    assert!(verbs.iter().all(|r| r.method == Method::Uprobe.name()));
+    assert_eq!(session.hits(Point::PageFaultUser), pages);
+    assert_eq!(session.drops(), 0);
+}
+
+#[test]
+fn discovery_reports_a_method_or_a_reason_for_every_point() {
+    if !root_or_skip("discovery_reports_a_method_or_a_reason_for_every_point") {
+        return;
+    }
+    let session = Session::start(&Config {
+        emit_events: false,
+        ..Config::default()
+    })
+    .expect("probe session");
+    let facts = session.facts();
+    for plan in session.plans() {
+        match &plan.status {
+            Status::Attached => assert!(plan.method.is_some(), "{plan:?}"),
+            Status::Skipped(reason) | Status::Failed(reason) => {
+                assert!(!reason.is_empty(), "{plan:?}")
+            }
+            Status::Planned => panic!("left planned: {plan:?}"),
+        }
+    }
+    let plan = |p: Point| {
+        session
+            .plans()
+            .iter()
+            .find(|x| x.point == p)
+            .expect("plan")
+            .clone()
+    };
+    // Both this host and the VM have the tracepoint in BTF and libibverbs installed.
+    assert_eq!(plan(Point::PageFaultUser).method, Some(Method::TpBtf));
+    assert_eq!(plan(Point::VerbsRegMr).status, Status::Attached);
+    // Where fentry is refused (this host), mm points fall back to kprobes or say why not.
+    if let Some(why) = &facts.fentry_refused {
+        let p = plan(Point::InvRangeStart);
+        match &p.status {
+            Status::Attached => assert_eq!(p.method, Some(Method::Kprobe)),
+            Status::Skipped(reason) => assert!(reason.contains(why.as_str()), "{reason} / {why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    if !facts.loaded_modules.iter().any(|m| m == "ib_core") {
+        assert_eq!(
+            plan(Point::MapDma).status,
+            Status::Skipped("module ib_core not loaded".into())
+        );
+    }
+    if odp_core::testing::device_required() {
+        // The VM: fentry works and every ib_core, rxe and mm point that exists is attached.
+        assert!(facts.fentry_refused.is_none(), "{:?}", facts.fentry_refused);
+        for p in [
+            Point::UmemGet,
+            Point::MapDma,
+            Point::UnmapDma,
+            Point::UmemRelease,
+            Point::InvRangeStart,
+            Point::ReadBegin,
+            Point::RxeInvalidate,
+            Point::RxeMrInit,
+            Point::RxeAdvise,
+        ] {
+            assert_eq!(plan(p).status, Status::Attached, "{p:?}");
+            assert_eq!(plan(p).method, Some(Method::Fentry), "{p:?}");
+        }
+    }
+}
+
+#[test]
+fn mlx5_probes_attach_against_the_real_module_btf() {
+    let test = "mlx5_probes_attach_against_the_real_module_btf";
+    if !root_or_skip(test) {
+        return;
+    }
+    let loaded = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+    if !loaded.lines().any(|l| l.starts_with("mlx5_ib ")) {
+        assert!(
+            !odp_core::testing::device_required(),
+            "the VM test run loads mlx5_ib"
+        );
+        let _ = writeln!(std::io::stderr(), "SKIP {test}: mlx5_ib is not loaded");
+        return;
+    }
+    let mlx5: Vec<Point> = Point::ALL
+        .iter()
+        .copied()
+        .filter(|p| p.group() == bpf_common::Group::Mlx5)
+        .collect();
+    let session = Session::start(&Config {
+        emit_events: false,
+        points: Some(mlx5.clone()),
+        ..Config::default()
+    })
+    .expect("probe session");
+    let mut attached = 0;
+    for plan in session.plans().iter().filter(|p| mlx5.contains(&p.point)) {
+        match &plan.status {
+            Status::Attached => attached += 1,
+            // Only an absent (inlined) function may be skipped; nothing may fail to attach.
+            Status::Skipped(reason) => assert!(reason.contains("not in this kernel"), "{plan:?}"),
+            other => panic!("{plan:?}: {other:?}"),
+        }
+    }
+    assert!(
+        attached >= mlx5.len() - 2,
+        "only {attached} of {} mlx5 points attached",
+        mlx5.len()
+    );
+}
+
+/// The whole ODP lifecycle on rxe, traced in-process: registration, prefetch, faults from RDMA
+/// traffic, madvise(DONTNEED) and munmap invalidations, deregistration.
+#[test]
+fn odp_lifecycle_on_rxe_is_traced_with_matching_kinds_ranges_and_counts() {
+    let test = "odp_lifecycle_on_rxe_is_traced_with_matching_kinds_ranges_and_counts";
+    let Some(device) = device_or_skip(test) else {
+        return;
+    };
+    if !root_or_skip(test) {
+        return;
+    }
+    let session = Session::start(&Config {
+        pid: Some(std::process::id()),
+        ..Config::default()
+    })
+    .expect("probe session");
+    let stop = Arc::new(AtomicBool::new(false));
+    let facts: Arc<Mutex<Option<(u64, u64, u32, u64)>>> = Arc::new(Mutex::new(None));
+    let workload = {
+        let stop = Arc::clone(&stop);
+        let facts = Arc::clone(&facts);
+        std::thread::spawn(move || {
+            let result = (|| -> odp_core::Result<()> {
+                let ctx = Context::open(Some(&device))?;
+                let pd = ctx.alloc_pd()?;
+                let size = 1 << 20;
+                let map = Arc::new(Mapping::new(size, Backing::Anonymous)?);
+                let mr =
+                    MemoryRegion::register(&pd, &map, 0, size, Access::FULL | Access::ON_DEMAND)?;
+                mr.advise(Advice::PrefetchWrite, true, &[(0, 64 << 10)])?;
+                let mut lb = LoopbackRc::new(&pd, &LoopbackConfig::default())?;
+                let peer_map = Arc::new(Mapping::new(size, Backing::Anonymous)?);
+                let peer = MemoryRegion::register(&pd, &peer_map, 0, size, Access::FULL)?;
+                verify_loopback(&mut lb, &mr, &peer, 64 << 10)?;
+                // Invalidate the second 256 KiB with DONTNEED, then unmap the last 64 KiB.
+                map.madvise(256 << 10, 256 << 10, libc::MADV_DONTNEED, "madvise")?;
+                let tail = map.addr() + (size - (64 << 10)) as u64;
+                // SAFETY: test-only: unmaps the tail of our own mapping, which nothing touches
+                // afterwards; Mapping's own munmap of the whole range later is harmless.
+                unsafe { libc::munmap(tail as *mut libc::c_void, 64 << 10) };
+                *facts.lock().expect("facts") = Some((mr.addr(), size as u64, mr.lkey(), tail));
+                drop(lb);
+                drop(peer);
+                drop(mr);
+                Ok(())
+            })();
+            // Give late events (rxe workers) a moment before stopping the reader.
+            std::thread::sleep(Duration::from_millis(300));
+            stop.store(true, Ordering::Relaxed);
+            result
+        })
+    };
+    let mut records = Vec::new();
+    session
+        .run(
+            &stop,
+            Some(Instant::now() + Duration::from_secs(120)),
+            |e| records.push(Record::from_event(e)),
+        )
+        .expect("read events");
+    workload.join().expect("workload thread").expect("workload");
+    let (addr, size, lkey, tail) = facts.lock().expect("facts").expect("workload facts");
+    let end = addr + size;
+    let of = |name: &str| {
+        records
+            .iter()
+            .filter(|r| r.point == name)
+            .collect::<Vec<_>>()
+    };
+
+    // Registration: the library call, then ib_core and rxe, all over exactly the buffer.
+    let reg: Vec<_> = of("verbs_reg_mr")
+        .into_iter()
+        .filter(|r| r.start == addr)
+        .collect();
+    assert_eq!(reg.len(), 1, "{reg:?}");
+    assert_eq!(reg[0].end, end);
+    assert_eq!(reg[0].args[1], u64::from(lkey));
+    assert_ne!(
+        reg[0].args[0] & 0x40,
+        0,
+        "IBV_ACCESS_ON_DEMAND in the access flags"
+    );
+    let get: Vec<_> = of("umem_get")
+        .into_iter()
+        .filter(|r| r.start == addr && r.end == end)
+        .collect();
+    assert_eq!(get.len(), 1, "{:?}", of("umem_get"));
+    let umem = get[0].obj;
+    let mm = get[0].mm;
+    assert_ne!(umem, 0);
+    assert_eq!(
+        of("rxe_mr_init").iter().filter(|r| r.start == addr).count(),
+        1
+    );
+
+    // Prefetch: the library call and the driver's, advice PREFETCH_WRITE (1).
+    let advise = of("verbs_advise");
+    assert_eq!(advise.len(), 1, "{advise:?}");
+    assert_eq!(advise[0].args[0], 1);
+    assert_eq!(advise[0].start, addr);
+    assert_eq!(of("rxe_advise").len(), 1);
+
+    // Faults: all on this umem, inside the buffer, successful.
+    let faults: Vec<_> = of("fault").into_iter().filter(|r| r.obj == umem).collect();
+    assert!(!faults.is_empty());
+    for f in &faults {
+        assert!(f.start >= addr && f.end <= end, "{f:?}");
+        assert!(f.ret.unwrap_or(-1) >= 0, "{f:?}");
+    }
+    let read_begins = of("read_begin")
+        .into_iter()
+        .filter(|r| r.obj == umem)
+        .count();
+    assert!(
+        read_begins >= faults.len(),
+        "every fault reads the notifier sequence at least once"
+    );
+
+    // DONTNEED: a CLEAR notifier range over exactly that part, delivered to rxe for this umem,
+    // followed by the unmap of the device mapping.
+    let dn = (addr + (256 << 10), addr + (512 << 10));
+    let clear: Vec<_> = of("inv_range_start")
+        .into_iter()
+        .filter(|r| {
+            r.mm == mm && r.event.as_deref() == Some("CLEAR") && r.start <= dn.0 && r.end >= dn.1
+        })
+        .collect();
+    assert!(!clear.is_empty(), "{:?}", of("inv_range_start"));
+    let rxe_clear: Vec<_> = of("rxe_invalidate")
+        .into_iter()
+        .filter(|r| {
+            r.obj == umem && r.event.as_deref() == Some("CLEAR") && r.start <= dn.0 && r.end >= dn.1
+        })
+        .collect();
+    assert_eq!(rxe_clear.len(), 1, "{:?}", of("rxe_invalidate"));
+    assert!(of("unmap")
+        .iter()
+        .any(|r| r.obj == umem && r.start <= dn.0 && r.end >= dn.1));
+
+    // munmap: an UNMAP range over the tail, delivered to rxe.
+    let unmap: Vec<_> = of("rxe_invalidate")
+        .into_iter()
+        .filter(|r| {
+            r.obj == umem && r.event.as_deref() == Some("UNMAP") && r.start <= tail && r.end >= end
+        })
+        .collect();
+    assert_eq!(unmap.len(), 1, "{:?}", of("rxe_invalidate"));
+
+    // Deregistration: the library call for our lkey and the umem's release.
+    assert_eq!(
+        of("verbs_dereg_mr")
+            .iter()
+            .filter(|r| r.args[1] == u64::from(lkey))
+            .count(),
+        1
+    );
+    assert_eq!(
+        of("umem_release").iter().filter(|r| r.obj == umem).count(),
+        1
+    );
+    assert_eq!(session.drops(), 0);
+}
+
+/// A client nobody here wrote, traced end to end: ibv_rc_pingpong with ODP, with and without
+/// prefetch, both sides in this VM.
+#[test]
+fn ibv_rc_pingpong_with_odp_is_traced_end_to_end() {
+    let test = "ibv_rc_pingpong_with_odp_is_traced_end_to_end";
+    let Some(device) = device_or_skip(test) else {
+        return;
+    };
+    if !root_or_skip(test) {
+        return;
+    }
+    for prefetch in [false, true] {
+        let session = Session::start(&Config {
+            comm: Some("ibv_rc_pingpong".into()),
+            ..Config::default()
+        })
+        .expect("probe session");
+        let stop = Arc::new(AtomicBool::new(false));
+        let runner = {
+            let stop = Arc::clone(&stop);
+            let device = device.clone();
+            std::thread::spawn(move || {
+                let mut args = vec!["-d", device.as_str(), "-g", "1", "-o", "-n", "20"];
+                if prefetch {
+                    args.push("-P");
+                }
+                let server = Command::new("ibv_rc_pingpong")
+                    .args(&args)
+                    .stdout(Stdio::null())
+                    .spawn();
+                std::thread::sleep(Duration::from_millis(800));
+                let client = Command::new("ibv_rc_pingpong")
+                    .args(&args)
+                    .arg("127.0.0.1")
+                    .output();
+                let server = server.and_then(|mut s| s.wait());
+                std::thread::sleep(Duration::from_millis(300));
+                stop.store(true, Ordering::Relaxed);
+                (server, client)
+            })
+        };
+        let mut records = Vec::new();
+        session
+            .run(&stop, Some(Instant::now() + Duration::from_secs(90)), |e| {
+                records.push(Record::from_event(e))
+            })
+            .expect("read events");
+        let (server, client) = runner.join().expect("runner");
+        assert!(server.expect("server").success());
+        let client = client.expect("client");
+        assert!(
+            client.status.success(),
+            "{}",
+            String::from_utf8_lossy(&client.stderr)
+        );
+        let count = |name: &str| records.iter().filter(|r| r.point == name).count();
+        let odp_regs = records
+            .iter()
+            .filter(|r| r.point == "verbs_reg_mr" && r.args[0] & 0x40 != 0)
+            .count();
+        assert_eq!(odp_regs, 2, "one ODP MR per side (prefetch={prefetch})");
+        assert_eq!(count("umem_get"), 2);
+        assert!(count("fault") >= 2, "faults: {}", count("fault"));
+        if prefetch {
+            assert_eq!(count("verbs_advise"), 2, "-P prefetches once per side");
+            assert_eq!(count("rxe_advise"), 2);
+        } else {
+            assert_eq!(count("verbs_advise"), 0);
+        }
+        assert_eq!(count("umem_release"), 2);
+        assert_eq!(session.drops(), 0);
+    }
+}
