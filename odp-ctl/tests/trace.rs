@@ -277,7 +277,9 @@ fn odp_lifecycle_on_rxe_is_traced_with_matching_kinds_ranges_and_counts() {
     })
     .expect("probe session");
     let stop = Arc::new(AtomicBool::new(false));
-    let facts: Arc<Mutex<Option<(u64, u64, u32, u64)>>> = Arc::new(Mutex::new(None));
+    // (MR address, length, lkey, start of the unmapped tail), reported by the workload.
+    type Facts = Option<(u64, u64, u32, u64)>;
+    let facts: Arc<Mutex<Facts>> = Arc::new(Mutex::new(None));
     let workload = {
         let stop = Arc::clone(&stop);
         let facts = Arc::clone(&facts);

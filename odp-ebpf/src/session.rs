@@ -426,9 +426,9 @@ fn configure(open: &mut OpenObject, config: &Config) -> Result<()> {
                     "rodata is smaller than the skeleton says".into(),
                 ));
             }
+            let ro = bytes.as_mut_ptr().cast::<Rodata>();
             // SAFETY: the section holds a `Rodata` (the skeleton generated the type from this
             // very object) and the length was checked; unaligned access is used throughout.
-            let ro = bytes.as_mut_ptr().cast::<Rodata>();
             let mut value: Rodata = unsafe { std::ptr::read_unaligned(ro) };
             value.filter_tgid = config.pid.unwrap_or(0);
             if let Some(comm) = &config.comm {
