@@ -4,6 +4,7 @@
 //! which host and VM tests run. Must not: contain toolkit logic; it only builds and runs it.
 
 mod apt;
+mod bench;
 mod drive;
 mod host;
 mod vm;
@@ -43,6 +44,11 @@ enum Cmd {
         #[command(flatten)]
         opts: VmOpts,
     },
+    /// Benchmarks for BENCHMARKS.md (not tests).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCmd,
+    },
     /// The soft-RoCE VM.
     Vm {
         #[command(subcommand)]
@@ -71,6 +77,20 @@ pub struct VmOpts {
     /// Extra kernel modules to load in the guest (e.g. mlx5_ib).
     #[arg(long = "module")]
     modules: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Host probe overhead on a page-faulting process: untraced vs counting vs streaming vs
+    /// bpftrace, interleaved, medians.
+    Probes {
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        #[arg(long, default_value_t = 65536)]
+        pages: usize,
+        #[arg(long, default_value_t = 8)]
+        loops: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -141,6 +161,13 @@ fn run(cli: Cli) -> Result<()> {
             vm_opts: opts,
             filter,
         }),
+        Cmd::Bench { command } => match command {
+            BenchCmd::Probes {
+                rounds,
+                pages,
+                loops,
+            } => bench::probes(rounds, pages, loops),
+        },
         Cmd::Vm { command } => match command {
             VmCmd::Prepare { opts } => {
                 let guest = prepare(&opts)?;
