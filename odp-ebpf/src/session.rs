@@ -53,6 +53,10 @@ impl Default for Config {
 /// Layout of the object's read-only config section (mirrors the skeleton's `types::rodata`).
 type Rodata = crate::skel::types::rodata;
 
+/// How often the reader drains the ring buffer without a wake-up: the kernel side wakes it only
+/// for a backlog of an eighth of the buffer, so this bounds how stale a quiet stream gets.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
 pub struct Session {
     // Links before the object: they must detach before the programs go away.
     links: Vec<Link>,
@@ -237,9 +241,9 @@ impl Session {
                     if left.is_zero() {
                         break;
                     }
-                    left.min(Duration::from_millis(100))
+                    left.min(POLL_INTERVAL)
                 }
-                None => Duration::from_millis(100),
+                None => POLL_INTERVAL,
             };
             match ring.poll(wait) {
                 Ok(()) => {}
@@ -445,6 +449,7 @@ fn configure(open: &mut OpenObject, config: &Config) -> Result<()> {
                 value.filter_comm_set = true;
             }
             value.emit_events = config.emit_events;
+            value.wakeup_bytes = u64::from(config.ring_bytes / 8);
             value.all_mms = config.all_mms;
             if let Some((lo, hi)) = config.page_fault_range {
                 value.pf_lo = lo;

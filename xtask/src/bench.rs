@@ -71,6 +71,16 @@ fn ensure_bpftrace() -> Result<PathBuf> {
 pub fn probes(rounds: usize, pages: usize, loops: usize) -> Result<()> {
     crate::host::ensure()?;
     let bpftrace = ensure_bpftrace()?;
+    // bpftrace attaches classic tracepoints through tracefs, which these machines leave unmounted.
+    if !Path::new("/sys/kernel/tracing/events").exists() {
+        let status = Command::new("mount")
+            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+            .status()
+            .context("mounting tracefs")?;
+        if !status.success() {
+            bail!("mounting tracefs for bpftrace failed");
+        }
+    }
     cargo_build_release(&["-p", "odp-ctl"])?;
     cargo_build_release(&["-p", "odp-ebpf", "--example", "fault_loop"])?;
     let root = workspace_root();

@@ -29,6 +29,9 @@ const volatile bool emit_events = true;
 const volatile bool all_mms = false;
 const volatile __u64 pf_lo = 0;
 const volatile __u64 pf_hi = 0;
+/* Wake the reader only once this much is waiting: a wake-up per event costs the traced task an
+ * IPI and a context switch on the reader's CPU; the reader's poll timeout collects the rest. */
+const volatile __u64 wakeup_bytes = 1 << 20;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -265,6 +268,14 @@ static __always_inline struct odp_event *reserve(void)
 	return e;
 }
 
+static __always_inline void submit(struct odp_event *e)
+{
+	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
+			      BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+
+	bpf_ringbuf_submit(e, flags);
+}
+
 static __always_inline void header(struct odp_event *e, __u32 point, __u8 method)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -444,7 +455,7 @@ static __always_inline int leave(__u32 point, __u64 ret, __u8 method)
 			e->ts_ns = v->ts;
 			e->duration_ns = bpf_ktime_get_ns() - v->ts;
 			fill(e, point, v->args, ret);
-			bpf_ringbuf_submit(e, 0);
+			submit(e);
 		}
 	}
 	bpf_map_delete_elem(&inflight, &key);
@@ -557,7 +568,7 @@ static __always_inline int page_fault(__u64 address, __u64 error_code, __u8 meth
 	e->start = address;
 	e->end = address + 1;
 	e->aux = error_code;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -691,7 +702,7 @@ static __always_inline int user_leave(__u32 point, __u64 ret)
 		break;
 	}
 	}
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 out:
 	bpf_map_delete_elem(&inflight, &key);
 	return 0;
