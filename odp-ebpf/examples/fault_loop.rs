@@ -4,7 +4,9 @@
 //! Usage: fault_loop PAGES ROUNDS   -> prints `faults=N ns=T`
 
 fn main() {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>().unwrap_or(0));
+    let mut args = std::env::args()
+        .skip(1)
+        .map(|a| a.parse::<usize>().unwrap_or(0));
     let pages = args.next().filter(|&p| p > 0).unwrap_or(65536);
     let rounds = args.next().filter(|&r| r > 0).unwrap_or(8);
     let page = 4096;

@@ -24,7 +24,8 @@ fn cargo_build_release(args: &[&str]) -> Result<()> {
 /// Runs a command whose output contains `faults=N ns=T` and returns ns per fault.
 fn ns_per_fault(cmd: &mut Command) -> Result<f64> {
     let out = cmd.output().context("running the fault loop")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         bail!("benchmark command failed: {text}");
     }
@@ -86,7 +87,11 @@ pub fn probes(rounds: usize, pages: usize, loops: usize) -> Result<()> {
     let root = workspace_root();
     let odp_ctl = root.join("target/release/odp-ctl");
     let fault_loop = root.join("target/release/examples/fault_loop");
-    let workload = [fault_loop.display().to_string(), pages.to_string(), loops.to_string()];
+    let workload = [
+        fault_loop.display().to_string(),
+        pages.to_string(),
+        loops.to_string(),
+    ];
     let stream_file = std::env::temp_dir().join("odp-bench-stream.jsonl");
     let bt_file = std::env::temp_dir().join("odp-bench-bpftrace.txt");
 
@@ -133,8 +138,14 @@ pub fn probes(rounds: usize, pages: usize, loops: usize) -> Result<()> {
         }
     }
     let base = median(&mut samples[0].clone());
-    println!("\nhost probe overhead: {rounds} rounds x {} faults each, medians (interleaved)", pages * loops);
-    println!("{:<16} {:>12} {:>10}", "condition", "ns/fault", "vs untraced");
+    println!(
+        "\nhost probe overhead: {rounds} rounds x {} faults each, medians (interleaved)",
+        pages * loops
+    );
+    println!(
+        "{:<16} {:>12} {:>10}",
+        "condition", "ns/fault", "vs untraced"
+    );
     for (i, name) in conditions.iter().enumerate() {
         let m = median(&mut samples[i]);
         println!("{name:<16} {m:>12.1} {:>+9.1}%", (m / base - 1.0) * 100.0);
@@ -149,10 +160,89 @@ pub fn probes(rounds: usize, pages: usize, loops: usize) -> Result<()> {
 /// (drops, events) from the summary line at the end of a JSON Lines trace file.
 fn summary_of(path: &Path) -> Result<(u64, u64)> {
     let text = std::fs::read_to_string(path)?;
-    let last = text.lines().rev().find(|l| l.contains("\"summary\"")).context("no summary line")?;
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"summary\""))
+        .context("no summary line")?;
     let doc: serde_json::Value = serde_json::from_str(last)?;
     Ok((
         doc["summary"]["drops"].as_u64().unwrap_or(u64::MAX),
         doc["summary"]["events"].as_u64().unwrap_or(0),
     ))
+}
+
+const VM_BENCH: &str = r#"
+run() { echo "BENCH $1"; odp-ctl register --size 16M --traffic --message-size 1M | grep -E "^ (RDMA|SEND)"; }
+for round in $(seq 1 ROUNDS); do
+  run untraced
+  odp-ctl trace --count-only --output /tmp/c.txt 2>/tmp/c.err & t=$!
+  while ! grep -q tracing /tmp/c.err 2>/dev/null; do sleep 0.2; done
+  run count-only
+  kill -INT $t; wait $t
+  odp-ctl --json trace --output /tmp/s.jsonl 2>/tmp/s.err & t=$!
+  while ! grep -q tracing /tmp/s.err 2>/dev/null; do sleep 0.2; done
+  run stream-json
+  kill -INT $t; wait $t
+  grep -o '"drops":[0-9]*' /tmp/s.jsonl | sed 's/^/DROPS /'
+done
+"#;
+
+/// Loopback RDMA throughput over an ODP MR in the VM with the full probe set (counting, and
+/// streaming to a file) and without, interleaved.
+pub fn vm_probes(vm_opts: &crate::VmOpts, rounds: usize) -> Result<()> {
+    crate::host::ensure()?;
+    cargo_build_release(&["-p", "odp-ctl"])?;
+    let odp_ctl = workspace_root().join("target/release/odp-ctl");
+    let guest = crate::prepare(vm_opts)?;
+    let script = VM_BENCH.replace("ROUNDS", &rounds.to_string());
+    let outcome = crate::vm::run_job(&guest, &crate::job(vm_opts, script, vec![odp_ctl]))?;
+    if outcome.status != 0 {
+        bail!("the benchmark failed in the VM (status {})", outcome.status);
+    }
+    // condition -> per-op MB/s samples
+    let mut samples: std::collections::BTreeMap<(String, String), Vec<f64>> = Default::default();
+    let mut condition = String::new();
+    let mut drops = Vec::new();
+    for line in outcome.output.lines() {
+        if let Some(c) = line.strip_prefix("BENCH ") {
+            condition = c.trim().to_string();
+        } else if let Some(d) = line.strip_prefix("DROPS ") {
+            drops.push(d.trim().trim_start_matches("\"drops\":").to_string());
+        } else {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (op, rest) = match cols.as_slice() {
+                ["RDMA", op, rest @ ..] => (format!("RDMA {op}"), rest),
+                ["SEND", rest @ ..] => ("SEND".to_string(), rest),
+                _ => continue,
+            };
+            if let Some(mbps) = rest.get(3).and_then(|v| v.parse::<f64>().ok()) {
+                samples
+                    .entry((op, condition.clone()))
+                    .or_default()
+                    .push(mbps);
+            }
+        }
+    }
+    println!("\nVM loopback throughput on a 16 MiB ODP MR, 1 MiB messages, {rounds} rounds, medians (MB/s)");
+    println!(
+        "{:<12} {:>10} {:>12} {:>12}",
+        "op", "untraced", "count-only", "stream-json"
+    );
+    for op in ["RDMA WRITE", "RDMA READ", "SEND"] {
+        let mut get = |c: &str| {
+            samples
+                .get_mut(&(op.to_string(), c.to_string()))
+                .map(|v| median(v))
+                .unwrap_or(f64::NAN)
+        };
+        let (u, c, s) = (get("untraced"), get("count-only"), get("stream-json"));
+        println!(
+            "{op:<12} {u:>10.1} {c:>8.1} ({:.2}) {s:>8.1} ({:.2})",
+            c / u,
+            s / u
+        );
+    }
+    println!("stream-json drops per round: {drops:?}");
+    Ok(())
 }

@@ -91,6 +91,13 @@ enum BenchCmd {
         #[arg(long, default_value_t = 8)]
         loops: usize,
     },
+    /// Loopback RDMA throughput on an ODP MR in the VM, full probe set on vs off.
+    VmProbes {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[command(flatten)]
+        opts: VmOpts,
+    },
 }
 
 #[derive(Subcommand)]
@@ -167,6 +174,7 @@ fn run(cli: Cli) -> Result<()> {
                 pages,
                 loops,
             } => bench::probes(rounds, pages, loops),
+            BenchCmd::VmProbes { rounds, opts } => bench::vm_probes(&opts, rounds),
         },
         Cmd::Vm { command } => match command {
             VmCmd::Prepare { opts } => {

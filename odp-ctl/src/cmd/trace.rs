@@ -224,16 +224,15 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let t0 = monotonic_ns();
     let started = Instant::now();
     let deadline = args.duration.map(|d| started + d);
-    if !out.json && args.output.is_none() {
-        eprintln!(
-            "tracing {} points; Ctrl-C to stop",
-            session
-                .plans()
-                .iter()
-                .filter(|p| p.status == Status::Attached)
-                .count()
-        );
-    }
+    // On stderr in every mode, so scripts (and people) know the probes are live.
+    eprintln!(
+        "tracing {} points; Ctrl-C to stop",
+        session
+            .plans()
+            .iter()
+            .filter(|p| p.status == Status::Attached)
+            .count()
+    );
     // Let the child run now that every probe is in place.
     if let Some(g) = &mut gated {
         if let Some(mut release) = g.release.take() {
