@@ -76,6 +76,25 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// The end of `offset..offset+len` when it lies inside `total` bytes of `what`, else an error
+/// that says which bound was crossed.
+pub fn checked_end(
+    offset: usize,
+    len: usize,
+    total: usize,
+    what: impl fmt::Display,
+) -> Result<usize> {
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| Error::invalid(format!("range {offset}+{len} overflows")))?;
+    if end > total {
+        return Err(Error::invalid(format!(
+            "range {offset}..{end} lies outside the {total}-byte {what}"
+        )));
+    }
+    Ok(end)
+}
+
 impl Error {
     /// An error from a verbs or libc call that reported `errno`.
     pub fn os(op: &'static str, errno: i32) -> Self {

@@ -198,16 +198,7 @@ impl Mapping {
 
     /// Checks that `offset..offset+len` lies inside the mapping and returns its end.
     pub fn check_range(&self, offset: usize, len: usize) -> Result<usize> {
-        let end = offset
-            .checked_add(len)
-            .ok_or_else(|| Error::invalid(format!("range {offset}+{len} overflows")))?;
-        if end > self.len {
-            return Err(Error::invalid(format!(
-                "range {offset}..{end} lies outside the {}-byte buffer",
-                self.len
-            )));
-        }
-        Ok(end)
+        crate::error::checked_end(offset, len, self.len, "buffer")
     }
 
     /// Copies `data` into the buffer at `offset`.

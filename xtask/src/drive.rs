@@ -232,6 +232,12 @@ step "odp-ctl prefetch: every advice, synchronous and asynchronous, over two ran
 odp-ctl prefetch --size 8M --advice all --mode both --range 0:2M --range 4M:4M
 step "odp-ctl register --implicit: rxe has no implicit ODP, and says so (exit 4)"
 if odp-ctl register --implicit; then exit 1; else echo "exit status $?"; fi
+step "odp-ctl probes: which kernel and library paths this kernel lets us watch, and how"
+odp-ctl probes
+step "odp-ctl trace: registration, prefetch, device faults, invalidations, deregistration, live"
+odp-ctl trace --output /tmp/trace.txt -- odp-ctl prefetch --size 256K --advice prefetch-write --range 0:64K >/dev/null
+grep -v page_fault_user /tmp/trace.txt | head -24
+echo "... $(grep -c . /tmp/trace.txt) events in all (/tmp/trace.txt)"
 step "a third-party client on the same device: ibv_rc_pingpong with ODP (-o) and prefetch (-P)"
 ibv_rc_pingpong -d rxe0 -g 1 -o -n 100 >/tmp/srv.log 2>&1 &
 sleep 1

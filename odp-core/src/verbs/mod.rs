@@ -170,21 +170,26 @@ impl TransportOdpCaps {
         }
     }
 
-    /// The names of the set bits, in ibv_devinfo's order and spelling.
-    pub fn names(&self) -> Vec<&'static str> {
+    /// Every bit with its name, in ibv_devinfo's order and spelling.
+    pub fn flags(&self) -> [(&'static str, bool); 8] {
         [
-            (self.send, "SEND"),
-            (self.recv, "RECV"),
-            (self.write, "WRITE"),
-            (self.read, "READ"),
-            (self.atomic, "ATOMIC"),
-            (self.srq_recv, "SRQ_RECV"),
-            (self.flush, "FLUSH"),
-            (self.atomic_write, "ATOMIC_WRITE"),
+            ("SEND", self.send),
+            ("RECV", self.recv),
+            ("WRITE", self.write),
+            ("READ", self.read),
+            ("ATOMIC", self.atomic),
+            ("SRQ_RECV", self.srq_recv),
+            ("FLUSH", self.flush),
+            ("ATOMIC_WRITE", self.atomic_write),
         ]
-        .into_iter()
-        .filter_map(|(set, name)| set.then_some(name))
-        .collect()
+    }
+
+    /// The names of the set bits.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.flags()
+            .into_iter()
+            .filter_map(|(name, set)| set.then_some(name))
+            .collect()
     }
 }
 

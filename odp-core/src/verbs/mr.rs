@@ -293,16 +293,12 @@ impl MemoryRegion {
 
     /// A scatter/gather element for `len` bytes at `offset` into this MR, bounds-checked.
     pub fn sge(&self, offset: usize, len: usize) -> Result<Sge> {
-        let end = offset
-            .checked_add(len)
-            .ok_or_else(|| Error::invalid(format!("range {offset}+{len} overflows")))?;
-        if end > self.len {
-            return Err(Error::invalid(format!(
-                "range {offset}..{end} lies outside the {}-byte MR (lkey {:#x})",
-                self.len,
-                self.lkey()
-            )));
-        }
+        crate::error::checked_end(
+            offset,
+            len,
+            self.len,
+            format_args!("MR (lkey {:#x})", self.lkey()),
+        )?;
         let len = u32::try_from(len)
             .map_err(|_| Error::invalid(format!("one range may span at most 4 GiB, got {len}")))?;
         Ok(Sge {

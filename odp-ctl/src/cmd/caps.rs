@@ -63,30 +63,16 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             ),
         ])
     );
-    let mut t = table(&[
-        "ODP",
-        "SEND",
-        "RECV",
-        "WRITE",
-        "READ",
-        "ATOMIC",
-        "SRQ_RECV",
-        "FLUSH",
-        "ATOMIC_WRITE",
-    ]);
-    let mark = |b: bool| if b { "yes" } else { "-" }.to_string();
+    let mut header = vec!["ODP"];
+    header.extend(odp.rc.flags().map(|(name, _)| name));
+    let mut t = table(&header);
     let row = |name: &str, c: &TransportOdpCaps| {
-        vec![
-            name.to_string(),
-            mark(c.send),
-            mark(c.recv),
-            mark(c.write),
-            mark(c.read),
-            mark(c.atomic),
-            mark(c.srq_recv),
-            mark(c.flush),
-            mark(c.atomic_write),
-        ]
+        std::iter::once(name.to_string())
+            .chain(
+                c.flags()
+                    .map(|(_, set)| if set { "yes" } else { "-" }.to_string()),
+            )
+            .collect::<Vec<_>>()
     };
     t.add_row(row("rc", &odp.rc));
     t.add_row(row("uc", &odp.uc));
