@@ -97,3 +97,46 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{align_of, offset_of, size_of};
+
+    use bpf_common::OdpEvent;
+
+    use crate::skel::types::odp_event as Generated;
+
+    /// The Rust mirror must match what libbpf-cargo generated from the compiled object's BTF,
+    /// field by field: a drift in the C header shows up here before it corrupts a decode.
+    #[test]
+    fn rust_mirror_matches_the_skeleton_layout() {
+        assert_eq!(size_of::<OdpEvent>(), size_of::<Generated>());
+        assert_eq!(align_of::<OdpEvent>(), align_of::<Generated>());
+        macro_rules! same_offsets {
+            ($($field:ident),*) => {
+                $(assert_eq!(
+                    offset_of!(OdpEvent, $field),
+                    offset_of!(Generated, $field),
+                    stringify!($field)
+                );)*
+            };
+        }
+        same_offsets!(
+            ts_ns,
+            duration_ns,
+            obj,
+            mm,
+            start,
+            end,
+            args,
+            ret,
+            pid,
+            tid,
+            point,
+            method,
+            flags,
+            aux,
+            comm
+        );
+    }
+}
