@@ -103,52 +103,33 @@ pub fn verify_loopback(
         .step_by(message_size)
         .map(|off| (off, message_size.min(len - off)))
         .collect();
+    // Each operation starts from a fresh pattern (its own seed) in the MR the data leaves and
+    // a zeroed MR it arrives in, so nothing left by the previous operation can pass for it.
+    let steps = [
+        (Opcode::Write, 1, subject, peer),
+        (Opcode::Read, 2, peer, subject),
+        (Opcode::Send, 3, subject, peer),
+    ];
     let mut ops = Vec::new();
-
-    // WRITE: subject -> peer.
-    fill_pattern(subject, 1)?;
-    explicit(peer)?.fill(0);
-    let started = Instant::now();
-    for &(off, n) in &chunks {
-        lb.write(subject, off, peer, off, n)?;
+    for (op, seed, source, target) in steps {
+        fill_pattern(source, seed)?;
+        explicit(target)?.fill(0);
+        let started = Instant::now();
+        for &(off, n) in &chunks {
+            match op {
+                Opcode::Write => lb.write(subject, off, peer, off, n)?,
+                Opcode::Read => lb.read(subject, off, peer, off, n)?,
+                _ => lb.send_recv(subject, off, peer, off, n)?,
+            };
+        }
+        ops.push(OpResult {
+            op,
+            messages: chunks.len(),
+            bytes: len,
+            elapsed_us: started.elapsed().as_micros(),
+            mismatch: first_mismatch(target, seed)?,
+        });
     }
-    ops.push(OpResult {
-        op: Opcode::Write,
-        messages: chunks.len(),
-        bytes: len,
-        elapsed_us: started.elapsed().as_micros(),
-        mismatch: first_mismatch(peer, 1)?,
-    });
-
-    // READ: peer -> subject.
-    fill_pattern(peer, 2)?;
-    explicit(subject)?.fill(0);
-    let started = Instant::now();
-    for &(off, n) in &chunks {
-        lb.read(subject, off, peer, off, n)?;
-    }
-    ops.push(OpResult {
-        op: Opcode::Read,
-        messages: chunks.len(),
-        bytes: len,
-        elapsed_us: started.elapsed().as_micros(),
-        mismatch: first_mismatch(subject, 2)?,
-    });
-
-    // SEND: subject -> a receive posted on peer.
-    fill_pattern(subject, 3)?;
-    explicit(peer)?.fill(0);
-    let started = Instant::now();
-    for &(off, n) in &chunks {
-        lb.send_recv(subject, off, peer, off, n)?;
-    }
-    ops.push(OpResult {
-        op: Opcode::Send,
-        messages: chunks.len(),
-        bytes: len,
-        elapsed_us: started.elapsed().as_micros(),
-        mismatch: first_mismatch(peer, 3)?,
-    });
 
     Ok(TrafficReport { message_size, ops })
 }

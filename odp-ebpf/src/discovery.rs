@@ -101,15 +101,31 @@ fn loaded_modules() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// BTF FUNC records for the catalog's functions, in vmlinux and the loaded modules' BTF.
-fn btf_funcs(wanted: &HashSet<&str>, modules: &[String]) -> HashSet<String> {
-    let mut found = HashSet::new();
+/// What the BTF of vmlinux and the loaded modules says: which catalog functions have FUNC
+/// records (fentry needs them), and whether vmlinux types the page-fault tracepoint (tp_btf).
+/// One pass, since parsing vmlinux BTF is the costly part of discovery.
+struct BtfFacts {
+    funcs: HashSet<String>,
+    page_fault_tp: bool,
+}
+
+fn scan_btf(wanted: &HashSet<&str>, modules: &[String]) -> BtfFacts {
+    let mut facts = BtfFacts {
+        funcs: HashSet::new(),
+        page_fault_tp: false,
+    };
     // SAFETY: libbpf BTF handles are created and freed here only; names are valid C strings.
     unsafe {
         let base = libbpf_sys::btf__load_vmlinux_btf();
         if base.is_null() {
-            return found;
+            return facts;
         }
+        let typedef = c"btf_trace_page_fault_user";
+        facts.page_fault_tp = libbpf_sys::btf__find_by_name_kind(
+            base,
+            typedef.as_ptr(),
+            libbpf_sys::BTF_KIND_TYPEDEF,
+        ) > 0;
         let mut handles = vec![base];
         for module in modules {
             if !Path::new("/sys/kernel/btf").join(module).exists() {
@@ -132,7 +148,7 @@ fn btf_funcs(wanted: &HashSet<&str>, modules: &[String]) -> HashSet<String> {
                 .iter()
                 .any(|&b| libbpf_sys::btf__find_by_name_kind(b, cname.as_ptr(), kind) > 0)
             {
-                found.insert((*func).to_string());
+                facts.funcs.insert((*func).to_string());
             }
         }
         for &b in handles.iter().skip(1) {
@@ -140,25 +156,7 @@ fn btf_funcs(wanted: &HashSet<&str>, modules: &[String]) -> HashSet<String> {
         }
         libbpf_sys::btf__free(base);
     }
-    found
-}
-
-fn vmlinux_has_typedef(name: &str) -> bool {
-    let Ok(cname) = CString::new(name) else {
-        return false;
-    };
-    // SAFETY: as in btf_funcs.
-    unsafe {
-        let base = libbpf_sys::btf__load_vmlinux_btf();
-        if base.is_null() {
-            return false;
-        }
-        let found =
-            libbpf_sys::btf__find_by_name_kind(base, cname.as_ptr(), libbpf_sys::BTF_KIND_TYPEDEF)
-                > 0;
-        libbpf_sys::btf__free(base);
-        found
-    }
+    facts
 }
 
 fn tracefs_event(path: &str) -> bool {
@@ -244,17 +242,17 @@ impl KernelFacts {
             .chain(FEATURE_TARGETS.iter().copied())
             .collect();
         let loaded_modules = loaded_modules();
-        let btf_funcs = btf_funcs(&wanted, &loaded_modules);
-        let (fentry_refused, kprobe_refused) = crate::quiet_libbpf(|| feature_probe(&btf_funcs));
+        let btf = scan_btf(&wanted, &loaded_modules);
+        let (fentry_refused, kprobe_refused) = crate::quiet_libbpf(|| feature_probe(&btf.funcs));
         KernelFacts {
             release: kernel_release(),
             fentry_refused,
             kprobe_refused,
             symbols: kallsyms(&wanted),
-            btf_funcs,
+            btf_funcs: btf.funcs,
             loaded_modules,
             libibverbs: find_libibverbs(),
-            tp_btf_page_fault: vmlinux_has_typedef("btf_trace_page_fault_user"),
+            tp_btf_page_fault: btf.page_fault_tp,
             tracefs_page_fault: tracefs_event("exceptions/page_fault_user"),
         }
     }

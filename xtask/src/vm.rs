@@ -248,11 +248,11 @@ pub struct Outcome {
 }
 
 /// Where each job's share lives: inside the target dir, so `cargo clean` removes it.
-fn job_dir() -> Result<PathBuf> {
+fn job_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::workspace_root().join("target"));
-    Ok(target.join("vm-job"))
+    target.join("vm-job")
 }
 
 /// Boots before the guest reports ready that are retried: under multi-threaded TCG the kernel
@@ -266,7 +266,7 @@ pub fn run_job(guest: &Guest, job: &Job) -> Result<Outcome> {
     let mut attempt = 1;
     loop {
         match run_once(guest, job) {
-            Err(e) if attempt < BOOT_ATTEMPTS && !booted(&job_dir()?) => {
+            Err(e) if attempt < BOOT_ATTEMPTS && !booted(&job_dir()) => {
                 eprintln!("xtask: the guest died before it was ready ({e:#}); booting again");
                 attempt += 1;
             }
@@ -280,7 +280,7 @@ fn booted(dir: &Path) -> bool {
 }
 
 fn run_once(guest: &Guest, job: &Job) -> Result<Outcome> {
-    let dir = job_dir()?;
+    let dir = job_dir();
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }

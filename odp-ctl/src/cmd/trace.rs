@@ -151,25 +151,20 @@ fn select_points(names: &[String]) -> anyhow::Result<Option<Vec<Point>>> {
     }
     let mut points = Vec::new();
     for name in names {
-        let p = Point::ALL
-            .iter()
-            .copied()
-            .find(|p| p.name() == name || p.group().name() == name);
-        match p {
-            Some(_) => points.extend(
-                Point::ALL
-                    .iter()
-                    .copied()
-                    .filter(|p| p.name() == name || p.group().name() == name),
-            ),
-            None => {
-                let known: Vec<&str> = Point::ALL.iter().map(|p| p.name()).collect();
-                return Err(odp_core::Error::invalid(format!(
-                    "unknown point {name:?}; points: {}; groups: ib_core, mm, rxe, mlx5, cpu, verbs",
-                    known.join(", ")
-                ))
-                .into());
-            }
+        let before = points.len();
+        points.extend(
+            Point::ALL
+                .iter()
+                .copied()
+                .filter(|p| p.name() == name || p.group().name() == name),
+        );
+        if points.len() == before {
+            let known: Vec<&str> = Point::ALL.iter().map(|p| p.name()).collect();
+            return Err(odp_core::Error::invalid(format!(
+                "unknown point {name:?}; points: {}; groups: ib_core, mm, rxe, mlx5, cpu, verbs",
+                known.join(", ")
+            ))
+            .into());
         }
     }
     Ok(Some(points))
@@ -241,16 +236,13 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     }
     let mut events = 0u64;
     let mut write_error = None;
-    let child_done = Arc::new(AtomicBool::new(false));
     let watcher = gated.as_mut().map(|g| {
         let pid = g.pid;
-        let done = Arc::clone(&child_done);
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
             let mut status = 0;
             // SAFETY: waiting on our own child; status is a valid out-pointer.
             unsafe { libc::waitpid(pid, &mut status, 0) };
-            done.store(true, Ordering::Relaxed);
             stop.store(true, Ordering::Relaxed);
             status
         })
@@ -343,6 +335,5 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             );
         }
     }
-    let _ = child_done;
     Ok(())
 }
