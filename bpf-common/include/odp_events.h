@@ -61,6 +61,7 @@ enum odp_method {
 /* odp_event.flags */
 #define ODP_FLAG_HAS_RET (1u << 0)  /* ret is meaningful (the call returned) */
 #define ODP_FLAG_KTHREAD (1u << 1)  /* ran in a kernel thread (e.g. rxe's worker) */
+#define ODP_FLAG_PREFETCH (1u << 2) /* MAP_DMA inside a prefetch (advise call or its work item) */
 
 /*
  * One event per call, emitted when the call returns (or at entry for points without an exit):
@@ -72,7 +73,9 @@ enum odp_method {
  *          umems), the ibv_mr for verbs points, the mmu_notifier_range for INV_RANGE_*
  *   mm     the mm_struct concerned
  *   start, end   the address range ([start, end))
- *   args   point-specific raw arguments (see odp-ebpf's catalog)
+ *   args   point-specific raw arguments (see odp-ebpf's catalog); for UMEM_GET and
+ *          UMEM_ALLOC_IMPLICIT args[2..3] hold the first 16 bytes of the ib_device name, for
+ *          RXE_MAP_RANGE and RXE_MR_COPY args[1] is the rxe_mr's ib_umem_odp
  *   ret    return value: pages mapped or -errno for MAP_DMA, seq for READ_BEGIN, 0/-errno for
  *          pointer-returning kernel points, 0/-1 for pointer-returning libibverbs calls
  *   aux    INV_RANGE_* / *_INVALIDATE: mmu_notifier_event; PAGE_FAULT_USER: error code

@@ -33,6 +33,7 @@ pub struct OdpEvent {
 
 pub const FLAG_HAS_RET: u8 = 1 << 0;
 pub const FLAG_KTHREAD: u8 = 1 << 1;
+pub const FLAG_PREFETCH: u8 = 1 << 2;
 
 impl OdpEvent {
     /// Decodes a ring-buffer record; None if it is too short to be one.
@@ -68,6 +69,25 @@ impl OdpEvent {
 
     pub fn in_kernel_thread(&self) -> bool {
         self.flags & FLAG_KTHREAD != 0
+    }
+
+    pub fn in_prefetch(&self) -> bool {
+        self.flags & FLAG_PREFETCH != 0
+    }
+
+    /// The ib_device name carried by umem registrations (UMEM_GET, UMEM_ALLOC_IMPLICIT).
+    pub fn device(&self) -> Option<String> {
+        if !matches!(
+            self.point(),
+            Some(Point::UmemGet | Point::UmemAllocImplicit)
+        ) {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.args[2].to_ne_bytes());
+        bytes[8..].copy_from_slice(&self.args[3].to_ne_bytes());
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(16);
+        (end > 0).then(|| String::from_utf8_lossy(&bytes[..end]).into_owned())
     }
 }
 
@@ -212,6 +232,14 @@ pub enum Method {
 }
 
 impl Method {
+    pub const ALL: &'static [Method] = &[
+        Method::Fentry,
+        Method::Kprobe,
+        Method::TpBtf,
+        Method::Tracepoint,
+        Method::Uprobe,
+    ];
+
     pub fn from_raw(raw: u8) -> Option<Method> {
         Some(match raw {
             1 => Method::Fentry,
@@ -277,6 +305,42 @@ mod tests {
                 Point::from_raw(*value).unwrap_or_else(|| panic!("{name} = {value} missing"));
             assert_eq!(&point.c_name(), name, "value {value}");
         }
+    }
+
+    #[test]
+    fn flags_match_the_c_header() {
+        for (name, value) in [
+            ("ODP_FLAG_HAS_RET", FLAG_HAS_RET),
+            ("ODP_FLAG_KTHREAD", FLAG_KTHREAD),
+            ("ODP_FLAG_PREFETCH", FLAG_PREFETCH),
+        ] {
+            let line = HEADER
+                .lines()
+                .find(|l| l.starts_with(&format!("#define {name} ")))
+                .unwrap_or_else(|| panic!("{name} not in the header"));
+            let shift: u8 = line
+                .split("<< ")
+                .nth(1)
+                .and_then(|r| r.split(')').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("cannot read {line}"));
+            assert_eq!(1u8 << shift, value, "{name}");
+        }
+    }
+
+    #[test]
+    fn device_names_decode_from_umem_registrations() {
+        let mut e = OdpEvent {
+            point: Point::UmemGet as u16,
+            ..OdpEvent::default()
+        };
+        let mut name = [0u8; 16];
+        name[..7].copy_from_slice(b"mlx5_12");
+        e.args[2] = u64::from_ne_bytes(name[..8].try_into().expect("8 bytes"));
+        e.args[3] = u64::from_ne_bytes(name[8..].try_into().expect("8 bytes"));
+        assert_eq!(e.device().as_deref(), Some("mlx5_12"));
+        e.point = Point::MapDma as u16;
+        assert_eq!(e.device(), None, "only registrations carry a name");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The decoded form of a probe event: what `odp-ctl trace` prints and writes as JSON Lines, and
 //! what the analysis (and `monitor --replay`) reads back. The one decoder from the raw ABI.
 
-use bpf_common::{mmu_event_name, OdpEvent, Point};
+use bpf_common::{
+    mmu_event_name, Method, OdpEvent, Point, FLAG_HAS_RET, FLAG_KTHREAD, FLAG_PREFETCH,
+};
 use serde::{Deserialize, Serialize};
 
 /// One probe event, decoded. Addresses are hex strings in JSON so they survive any JSON reader.
@@ -18,6 +20,12 @@ pub struct Record {
     pub comm: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kthread: bool,
+    /// A fault taken on behalf of a prefetch, not by the device.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prefetch: bool,
+    /// The RDMA device, for umem registrations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     #[serde(with = "hex")]
     pub obj: u64,
     #[serde(with = "hex")]
@@ -72,6 +80,8 @@ impl Record {
             tid: e.tid,
             comm: e.comm(),
             kthread: e.in_kernel_thread(),
+            prefetch: e.in_prefetch(),
+            device: e.device(),
             obj: e.obj,
             mm: e.mm,
             start: e.start,
@@ -85,6 +95,48 @@ impl Record {
 
     pub fn point(&self) -> Option<Point> {
         Point::ALL.iter().copied().find(|p| p.name() == self.point)
+    }
+
+    /// Back to the ABI form, so a recorded stream feeds the same analysis as a live one.
+    /// None for a point this build does not know.
+    pub fn to_event(&self) -> Option<OdpEvent> {
+        let point = self.point()?;
+        let method = Method::ALL
+            .iter()
+            .copied()
+            .find(|m| m.name() == self.method)
+            .map_or(0, |m| m as u8);
+        let mut comm = [0u8; 16];
+        for (dst, src) in comm.iter_mut().take(15).zip(self.comm.bytes()) {
+            *dst = src;
+        }
+        let mut flags = 0;
+        for (set, flag) in [
+            (self.ret.is_some(), FLAG_HAS_RET),
+            (self.kthread, FLAG_KTHREAD),
+            (self.prefetch, FLAG_PREFETCH),
+        ] {
+            if set {
+                flags |= flag;
+            }
+        }
+        Some(OdpEvent {
+            ts_ns: self.ts_ns,
+            duration_ns: self.duration_ns,
+            obj: self.obj,
+            mm: self.mm,
+            start: self.start,
+            end: self.end,
+            args: self.args,
+            ret: self.ret.unwrap_or(0),
+            pid: self.pid,
+            tid: self.tid,
+            point: point as u16,
+            method,
+            flags,
+            aux: self.aux,
+            comm,
+        })
     }
 
     /// One human line; `t0` is the session's start on the same clock.
@@ -106,6 +158,12 @@ impl Record {
             ));
         } else if self.start != 0 {
             line.push_str(&format!(" addr={:#x}", self.start));
+        }
+        if let Some(device) = &self.device {
+            line.push_str(&format!(" dev={device}"));
+        }
+        if self.prefetch {
+            line.push_str(" prefetch");
         }
         if let Some(event) = &self.event {
             line.push_str(&format!(" event={event}"));
@@ -141,7 +199,7 @@ pub fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bpf_common::{Method, FLAG_HAS_RET, FLAG_KTHREAD};
+    use bpf_common::Method;
 
     #[test]
     fn records_round_trip_through_json() {
@@ -170,6 +228,7 @@ mod tests {
         let back: Record = serde_json::from_str(&line).expect("parse");
         assert_eq!(back, r);
         assert_eq!(back.point(), Some(Point::RxeInvalidate));
+        assert_eq!(back.to_event(), Some(e), "JSON and back gives the same event");
     }
 
     #[test]

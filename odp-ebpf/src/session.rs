@@ -21,6 +21,8 @@ pub struct Config {
     pub pid: Option<u32>,
     /// Only tasks with this command name (at most 15 bytes).
     pub comm: Option<String>,
+    /// Only ODP memory of this RDMA device (its umems, faults, invalidations and address spaces).
+    pub device: Option<String>,
     /// Points to use (None: all).
     pub points: Option<Vec<Point>>,
     /// false: count calls per point in the kernel without streaming events.
@@ -40,6 +42,7 @@ impl Default for Config {
         Config {
             pid: None,
             comm: None,
+            device: None,
             points: None,
             emit_events: true,
             all_mms: false,
@@ -436,17 +439,13 @@ fn configure(open: &mut OpenObject, config: &Config) -> Result<()> {
             let mut value: Rodata = unsafe { std::ptr::read_unaligned(ro) };
             value.filter_tgid = config.pid.unwrap_or(0);
             if let Some(comm) = &config.comm {
-                let bytes = comm.as_bytes();
-                if bytes.len() > 15 {
-                    return Err(Error::InvalidConfig(format!(
-                        "--comm {comm:?} is longer than the kernel's 15-byte task name"
-                    )));
-                }
-                value.filter_comm = [0; 16];
-                for (dst, src) in value.filter_comm.iter_mut().zip(bytes) {
-                    *dst = *src as i8;
-                }
+                value.filter_comm = c_name(comm, "--comm", "the kernel's 15-byte task name")?;
                 value.filter_comm_set = true;
+            }
+            if let Some(device) = &config.device {
+                value.filter_device =
+                    c_name(device, "--device", "the 15 bytes the probes compare")?;
+                value.filter_device_set = true;
             }
             value.emit_events = config.emit_events;
             value.wakeup_bytes = u64::from(config.ring_bytes / 8);
@@ -464,6 +463,21 @@ fn configure(open: &mut OpenObject, config: &Config) -> Result<()> {
         return Err(Error::Bpf("the object has no .rodata section".into()));
     }
     Ok(())
+}
+
+/// A NUL-terminated 16-byte name for an in-kernel string filter.
+fn c_name(name: &str, flag: &str, limit: &str) -> Result<[i8; 16]> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > 15 || bytes.contains(&0) {
+        return Err(Error::InvalidConfig(format!(
+            "{flag} {name:?} must be 1 to 15 bytes long ({limit})"
+        )));
+    }
+    let mut out = [0i8; 16];
+    for (dst, src) in out.iter_mut().zip(bytes) {
+        *dst = *src as i8;
+    }
+    Ok(out)
 }
 
 fn load(config: &Config, plans: &[PointPlan]) -> std::result::Result<Object, String> {

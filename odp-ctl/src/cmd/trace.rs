@@ -27,6 +27,9 @@ pub struct Args {
     /// Only tasks with this command name.
     #[arg(long)]
     pub comm: Option<String>,
+    /// Only ODP memory of this RDMA device (e.g. rxe0, mlx5_0).
+    #[arg(long)]
+    pub device: Option<String>,
     /// Only these points (comma-separated names, see `odp-ctl probes`).
     #[arg(long, value_delimiter = ',')]
     pub points: Vec<String>,
@@ -193,6 +196,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let config = Config {
         pid: args.pid.or(gated.as_ref().map(|g| g.pid as u32)),
         comm: args.comm.clone(),
+        device: args.device.clone(),
         points,
         emit_events: !args.count_only,
         all_mms: args.all_mms,

@@ -25,6 +25,8 @@ struct odp_event odp_event_abi_anchor = {};
 const volatile __u32 filter_tgid = 0;
 const volatile char filter_comm[16] = {};
 const volatile bool filter_comm_set = false;
+const volatile char filter_device[16] = {};
+const volatile bool filter_device_set = false;
 const volatile bool emit_events = true;
 const volatile bool all_mms = false;
 const volatile __u64 pf_lo = 0;
@@ -79,7 +81,12 @@ struct {
 	__type(value, __u32);
 } watched_mms SEC(".maps");
 
+struct ib_device___odp {
+	char name[64];
+} __attribute__((preserve_access_index));
+
 struct ib_umem___odp {
+	struct ib_device___odp *ibdev;
 	struct mm_struct *owning_mm;
 	u64 iova;
 	size_t length;
@@ -200,6 +207,67 @@ static __always_inline __u64 point_mm(__u32 point, const __u64 *a)
 	}
 }
 
+/* The ib_device a point's arguments refer to, when cheap to find (0: unknown). */
+static __always_inline __u64 point_device(__u32 point, const __u64 *a)
+{
+	switch (point) {
+	case ODP_POINT_UMEM_GET:
+	case ODP_POINT_UMEM_ALLOC_IMPLICIT:
+		return a[0];
+	case ODP_POINT_UMEM_ALLOC_CHILD:
+	case ODP_POINT_UMEM_RELEASE:
+	case ODP_POINT_MAP_DMA:
+	case ODP_POINT_UNMAP_DMA: {
+		struct ib_umem_odp___odp *u = (void *)a[0];
+
+		return (__u64)BPF_CORE_READ(u, umem.ibdev);
+	}
+	case ODP_POINT_RXE_INVALIDATE:
+	case ODP_POINT_MLX5_INVALIDATE: {
+		struct ib_umem_odp___odp *u = (void *)umem_of_notifier(a[0]);
+
+		return (__u64)BPF_CORE_READ(u, umem.ibdev);
+	}
+	case ODP_POINT_RXE_MAP_RANGE:
+	case ODP_POINT_RXE_MR_COPY: {
+		struct rxe_mr___odp *mr = (void *)a[0];
+
+		return (__u64)BPF_CORE_READ(mr, umem, ibdev);
+	}
+	default:
+		return 0;
+	}
+}
+
+/* Copies the first 16 bytes of an ib_device's name (room enough for rxe0, mlx5_12...). */
+static __always_inline void device_name(__u64 dev, char out[16])
+{
+	if (dev)
+		bpf_probe_read_kernel(out, 16,
+				      (void *)dev + bpf_core_field_offset(struct ib_device___odp, name));
+}
+
+/* False when a device filter is set and the point's device is known and another one. */
+static __always_inline bool device_selected(__u32 point, const __u64 *a)
+{
+	char name[16] = {};
+	__u64 dev;
+
+	if (!filter_device_set)
+		return true;
+	dev = point_device(point, a);
+	if (!dev)
+		return true;
+	device_name(dev, name);
+	for (int i = 0; i < 16; i++) {
+		if (name[i] != filter_device[i])
+			return false;
+		if (!name[i])
+			break;
+	}
+	return true;
+}
+
 /* mm-wide points fire for every process; the rest are ODP-specific already. */
 static __always_inline bool mm_wide(__u32 point)
 {
@@ -212,8 +280,11 @@ static __always_inline bool mm_wide(__u32 point)
 static __always_inline bool wanted(__u32 point, const __u64 *a)
 {
 	bool selected = task_selected();
-	__u64 mm = point_mm(point, a);
+	__u64 mm;
 
+	if (!device_selected(point, a))
+		return false;
+	mm = point_mm(point, a);
 	if (filtering() && selected)
 		watch_mm(current_mm());
 	if (mm_wide(point))
@@ -300,6 +371,22 @@ static __always_inline void fill_range(struct odp_event *e, struct mmu_notifier_
 	e->args[0] = BPF_CORE_READ(r, flags);
 }
 
+/* Whether the current thread is inside a prefetch (sync advise or the async work item), so the
+ * faults it takes are prefetches rather than device page faults. */
+static __always_inline bool in_prefetch(void)
+{
+	const __u32 points[] = { ODP_POINT_RXE_ADVISE, ODP_POINT_RXE_PREFETCH_WORK,
+				 ODP_POINT_MLX5_ADVISE, ODP_POINT_MLX5_PREFETCH_WORK };
+
+	for (int i = 0; i < 4; i++) {
+		__u64 key = inflight_key(points[i]);
+
+		if (bpf_map_lookup_elem(&inflight, &key))
+			return true;
+	}
+	return false;
+}
+
 /* Point-specific decoding of the saved arguments and the return value. */
 static __always_inline void fill(struct odp_event *e, __u32 point, const __u64 *a, __u64 ret)
 {
@@ -313,12 +400,14 @@ static __always_inline void fill(struct odp_event *e, __u32 point, const __u64 *
 		e->start = a[1];
 		e->end = a[1] + a[2];
 		e->args[0] = a[3];
+		device_name(a[0], (char *)&e->args[2]);
 		e->mm = e->obj ? umem_mm(e->obj) : 0;
 		break;
 	case ODP_POINT_UMEM_ALLOC_IMPLICIT:
 		sret = is_err_ptr(ret) ? (__s64)ret : 0;
 		e->obj = is_err_ptr(ret) ? 0 : ret;
 		e->args[0] = a[1];
+		device_name(a[0], (char *)&e->args[2]);
 		e->mm = e->obj ? umem_mm(e->obj) : 0;
 		break;
 	case ODP_POINT_UMEM_ALLOC_CHILD:
@@ -343,6 +432,8 @@ static __always_inline void fill(struct odp_event *e, __u32 point, const __u64 *
 		e->end = a[1] + a[2];
 		e->args[0] = a[3];
 		e->args[1] = a[4] & 0xff;
+		if (in_prefetch())
+			e->flags |= ODP_FLAG_PREFETCH;
 		break;
 	case ODP_POINT_UNMAP_DMA:
 		has_ret = false;
@@ -398,6 +489,7 @@ static __always_inline void fill(struct odp_event *e, __u32 point, const __u64 *
 
 		e->obj = a[0];
 		e->mm = (__u64)BPF_CORE_READ(mr, umem, owning_mm);
+		e->args[1] = (__u64)BPF_CORE_READ(mr, umem);
 		e->start = a[1];
 		if (point == ODP_POINT_RXE_MAP_RANGE) {
 			e->end = a[1] + (__u32)a[2];
