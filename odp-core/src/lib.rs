@@ -5,6 +5,7 @@
 //! Must not: print, parse command lines, or know about BPF; callers decide how to present
 //! results and errors.
 
+pub mod analysis;
 pub mod error;
 pub mod memory;
 pub mod testing;

@@ -228,7 +228,11 @@ mod tests {
         let back: Record = serde_json::from_str(&line).expect("parse");
         assert_eq!(back, r);
         assert_eq!(back.point(), Some(Point::RxeInvalidate));
-        assert_eq!(back.to_event(), Some(e), "JSON and back gives the same event");
+        assert_eq!(
+            back.to_event(),
+            Some(e),
+            "JSON and back gives the same event"
+        );
     }
 
     #[test]

@@ -1,0 +1,164 @@
+//! Counters and latency histograms kept per MR, process, device and in total.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Number of `enum mmu_notifier_event` kinds tracked; one more slot counts unknown kinds.
+pub const CAUSES: usize = 8;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Device page faults: ib_umem_odp_map_dma_and_lock calls not made by a prefetch.
+    pub faults: u64,
+    /// 4 KiB pages those faults covered.
+    pub fault_pages: u64,
+    /// Faults that returned an error (timeouts included).
+    pub fault_errors: u64,
+    /// ibv_advise_mr calls that reached the driver.
+    pub prefetches: u64,
+    /// 4 KiB pages mapped by prefetches.
+    pub prefetched_pages: u64,
+    /// Of those, pages the device faulted on later anyway.
+    pub prefetched_then_faulted_pages: u64,
+    /// Driver invalidate callbacks (the device's mappings being zapped).
+    pub invalidations: u64,
+    pub invalidated_bytes: u64,
+    /// Invalidations by `enum mmu_notifier_event` (last slot: unknown).
+    pub invalidations_by_cause: [u64; CAUSES + 1],
+    /// Faults that an overlapping invalidation ran into while they were in flight.
+    pub races: u64,
+    /// Extra attempts inside faults (mmu_interval_read_begin calls beyond the first).
+    pub retries: u64,
+    /// Faults that needed at least one retry.
+    pub retried_faults: u64,
+    /// HMM fault steps that returned -EBUSY (collided with an invalidation).
+    pub hmm_busy: u64,
+    /// mmu_interval_read_begin calls that slept behind a running invalidation.
+    pub collision_waits: u64,
+    /// Faults that gave up with -EBUSY after the HMM time limit.
+    pub hmm_timeouts: u64,
+    /// Device faults the driver left unresolved (mlx5 resume with error, rxe map failure).
+    pub unresolved: u64,
+    /// Faults slower than the configured threshold.
+    pub slow: u64,
+    /// CPU page faults in the watched processes.
+    pub cpu_faults: u64,
+}
+
+impl Counts {
+    /// Every kind of timeout the issue names: HMM limit, unresolved, slow.
+    pub fn timeouts(&self) -> u64 {
+        self.hmm_timeouts + self.unresolved + self.slow
+    }
+}
+
+/// An HDR histogram in nanoseconds, allocated on first use (most entities never see most kinds).
+#[derive(Debug, Default, Clone)]
+pub struct Latency(Option<Box<Histogram<u64>>>);
+
+/// Two significant digits from 1 ns to 1000 s is enough to tell 2 us from 20 ms, in ~20 KiB.
+const HIGHEST_NS: u64 = 1_000_000_000_000;
+
+impl Latency {
+    pub fn record(&mut self, ns: u64) {
+        let hist = self.0.get_or_insert_with(|| {
+            Box::new(
+                Histogram::new_with_bounds(1, HIGHEST_NS, 2)
+                    .unwrap_or_else(|_| unreachable!("constant bounds are valid")),
+            )
+        });
+        hist.saturating_record(ns.max(1));
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.as_ref().map_or(0, |h| h.len())
+    }
+
+    pub fn quantile(&self, q: f64) -> u64 {
+        self.0.as_ref().map_or(0, |h| h.value_at_quantile(q))
+    }
+
+    pub fn summary(&self) -> Option<LatencySummary> {
+        let h = self.0.as_ref()?;
+        Some(LatencySummary {
+            count: h.len(),
+            min_ns: h.min(),
+            mean_ns: h.mean().round() as u64,
+            p50_ns: h.value_at_quantile(0.50),
+            p90_ns: h.value_at_quantile(0.90),
+            p99_ns: h.value_at_quantile(0.99),
+            p999_ns: h.value_at_quantile(0.999),
+            max_ns: h.max(),
+        })
+    }
+
+    /// (upper bound ns, count) for each power-of-two bucket that holds values, for bar views.
+    pub fn log2_buckets(&self) -> Vec<(u64, u64)> {
+        let Some(h) = self.0.as_ref() else {
+            return Vec::new();
+        };
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for v in h.iter_recorded() {
+            let value = v.value_iterated_to().max(1);
+            let upper = value.next_power_of_two();
+            match out.last_mut() {
+                Some((u, n)) if *u == upper => *n += v.count_at_value(),
+                _ => out.push((upper, v.count_at_value())),
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub min_ns: u64,
+    pub mean_ns: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+}
+
+/// Everything kept for one MR, process, device, or the whole run.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub counts: Counts,
+    pub fault: Latency,
+    pub invalidation: Latency,
+    pub prefetch: Latency,
+    pub collision_wait: Latency,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsSummary {
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub timeouts: u64,
+    pub latency: LatencySummaries,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySummaries {
+    pub fault: Option<LatencySummary>,
+    pub invalidation: Option<LatencySummary>,
+    pub prefetch: Option<LatencySummary>,
+    pub collision_wait: Option<LatencySummary>,
+}
+
+impl Stats {
+    pub fn summary(&self) -> StatsSummary {
+        StatsSummary {
+            counts: self.counts,
+            timeouts: self.counts.timeouts(),
+            latency: LatencySummaries {
+                fault: self.fault.summary(),
+                invalidation: self.invalidation.summary(),
+                prefetch: self.prefetch.summary(),
+                collision_wait: self.collision_wait.summary(),
+            },
+        }
+    }
+}

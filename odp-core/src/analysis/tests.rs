@@ -1,0 +1,427 @@
+//! Every rule of the engine against crafted event sequences, near misses included.
+
+use super::*;
+use bpf_common::{FLAG_HAS_RET, FLAG_KTHREAD, FLAG_PREFETCH};
+
+const MM: u64 = 0xffff_8880_0000_1000;
+const OTHER_MM: u64 = 0xffff_8880_0000_2000;
+const UMEM: u64 = 0xffff_8881_0000_0000;
+const UMEM2: u64 = 0xffff_8881_0000_8000;
+const BASE: u64 = 0x7f00_0000_0000;
+const PID: u32 = 100;
+
+/// Builds one event; times in microseconds for readability.
+#[derive(Clone, Copy)]
+struct Ev(OdpEvent);
+
+fn ev(point: Point, at_us: u64, dur_us: u64) -> Ev {
+    let mut e = OdpEvent {
+        ts_ns: 1_000_000_000 + at_us * 1000,
+        duration_ns: dur_us * 1000,
+        point: point as u16,
+        pid: PID,
+        tid: PID,
+        mm: MM,
+        ..OdpEvent::default()
+    };
+    e.comm[..4].copy_from_slice(b"app\0");
+    Ev(e)
+}
+
+impl Ev {
+    fn obj(mut self, obj: u64) -> Self {
+        self.0.obj = obj;
+        self
+    }
+    fn mm(mut self, mm: u64) -> Self {
+        self.0.mm = mm;
+        self
+    }
+    fn pages(mut self, first: u64, count: u64) -> Self {
+        self.0.start = BASE + first * PAGE;
+        self.0.end = BASE + (first + count) * PAGE;
+        self
+    }
+    fn ret(mut self, ret: i64) -> Self {
+        self.0.ret = ret;
+        self.0.flags |= FLAG_HAS_RET;
+        self
+    }
+    fn tid(mut self, tid: u32) -> Self {
+        self.0.tid = tid;
+        self
+    }
+    fn kworker(mut self, tid: u32) -> Self {
+        self.0.tid = tid;
+        self.0.pid = tid;
+        self.0.flags |= FLAG_KTHREAD;
+        self.0.comm = [0; 16];
+        self.0.comm[..7].copy_from_slice(b"kworker");
+        self
+    }
+    fn aux(mut self, aux: u32) -> Self {
+        self.0.aux = aux;
+        self
+    }
+    fn prefetch(mut self) -> Self {
+        self.0.flags |= FLAG_PREFETCH;
+        self
+    }
+    fn device(mut self, name: &str) -> Self {
+        let mut bytes = [0u8; 16];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        self.0.args[2] = u64::from_ne_bytes(bytes[..8].try_into().expect("8"));
+        self.0.args[3] = u64::from_ne_bytes(bytes[8..].try_into().expect("8"));
+        self
+    }
+    fn args(mut self, i: usize, v: u64) -> Self {
+        self.0.args[i] = v;
+        self
+    }
+}
+
+fn run(events: &[Ev]) -> Engine {
+    let mut engine = Engine::new(AnalysisConfig::default());
+    for e in events {
+        engine.ingest(&e.0);
+    }
+    engine
+}
+
+/// A 64-page MR at BASE owned by PID on rxe0.
+fn register(umem: u64) -> Ev {
+    ev(Point::UmemGet, 0, 5)
+        .obj(umem)
+        .pages(0, 64)
+        .device("rxe0")
+        .ret(0)
+}
+
+fn fault(at: u64, dur: u64, first: u64, count: u64) -> Ev {
+    ev(Point::MapDma, at, dur)
+        .obj(UMEM)
+        .pages(first, count)
+        .kworker(7)
+        .ret(count as i64)
+}
+
+fn callback(at: u64, dur: u64, first: u64, count: u64) -> Ev {
+    ev(Point::RxeInvalidate, at, dur)
+        .obj(UMEM)
+        .pages(first, count)
+        .aux(1) // CLEAR
+        .ret(1)
+}
+
+fn mm_range(point: Point, at: u64, dur: u64, first: u64, count: u64) -> Ev {
+    ev(point, at, dur)
+        .obj(0xffff_c900_0000_0100)
+        .pages(first, count)
+        .aux(1)
+        .tid(PID)
+}
+
+#[test]
+fn registration_makes_an_mr_with_device_process_range_and_keys() {
+    let engine = run(&[
+        register(UMEM),
+        ev(Point::VerbsRegMr, 0, 20)
+            .obj(0x5555_0000_1000)
+            .pages(0, 64)
+            .args(1, 0x1234)
+            .args(2, 0x5678)
+            .ret(0),
+        ev(Point::UmemRelease, 500, 3).obj(UMEM).pages(0, 64),
+    ]);
+    let mrs: Vec<&Mr> = engine.mrs().collect();
+    assert_eq!(mrs.len(), 1);
+    let mr = mrs[0];
+    assert_eq!(
+        (mr.device.as_str(), mr.pid, mr.comm.as_str()),
+        ("rxe0", PID, "app")
+    );
+    assert_eq!((mr.start, mr.end), (BASE, BASE + 64 * PAGE));
+    assert_eq!((mr.lkey, mr.rkey), (Some(0x1234), Some(0x5678)));
+    assert!(mr.registration_seen && mr.released_ns.is_some());
+    assert_eq!(engine.devices().len(), 1);
+}
+
+#[test]
+fn faults_count_per_mr_process_device_and_total() {
+    let engine = run(&[register(UMEM), fault(100, 30, 0, 4), fault(200, 10, 4, 1)]);
+    let total = &engine.total().counts;
+    assert_eq!((total.faults, total.fault_pages, total.races), (2, 5, 0));
+    assert_eq!(engine.total().fault.count(), 2);
+    assert_eq!(
+        engine.total().fault.quantile(1.0) / 1000,
+        30,
+        "max fault is 30us"
+    );
+    let mr = engine.mrs().next().expect("mr");
+    assert_eq!(mr.stats.counts.faults, 2);
+    // The fault ran in a kernel thread but belongs to the MR's owner.
+    let owner = engine.processes().find(|p| p.pid == PID).expect("owner");
+    assert_eq!(owner.stats.counts.faults, 2);
+    assert_eq!(engine.devices()[0].stats.counts.faults, 2);
+}
+
+#[test]
+fn a_callback_during_a_fault_is_a_race_whichever_arrives_first() {
+    // The invalidation finishes first (arrives first), inside the fault.
+    let first = run(&[register(UMEM), callback(110, 5, 2, 1), fault(100, 30, 0, 4)]);
+    assert_eq!(first.total().counts.races, 1);
+    // The fault finishes first; the invalidation started during it and arrives later.
+    let second = run(&[
+        register(UMEM),
+        fault(100, 30, 0, 4),
+        callback(120, 50, 3, 8),
+    ]);
+    assert_eq!(second.total().counts.races, 1);
+    let finding = &second.findings()[0];
+    assert_eq!(finding.kind, FindingKind::Race);
+    assert_eq!(
+        (finding.start, finding.end),
+        (BASE + 3 * PAGE, BASE + 4 * PAGE)
+    );
+    assert_eq!(second.mrs().next().map(|m| m.stats.counts.races), Some(1));
+}
+
+#[test]
+fn near_misses_are_not_races() {
+    let engine = run(&[
+        register(UMEM),
+        register(UMEM2),
+        fault(100, 30, 0, 4),
+        // Adjacent range, same time: [4, 8) against [0, 4).
+        callback(110, 5, 4, 4),
+        // Same range, but after the fault ended.
+        callback(131, 5, 0, 4),
+        // Same range and time, but another MR's callback.
+        callback(110, 5, 0, 4).obj(UMEM2),
+        // Same range and time, but a notifier range in another process's address space.
+        mm_range(Point::InvRangeStart, 105, 5, 0, 4).mm(OTHER_MM),
+        mm_range(Point::InvRangeEnd, 112, 1, 0, 4).mm(OTHER_MM),
+    ]);
+    assert_eq!(engine.total().counts.races, 0, "{:?}", engine.findings());
+    assert_eq!(engine.total().counts.invalidations, 3);
+}
+
+#[test]
+fn a_notifier_range_in_the_same_mm_races_from_its_start_to_its_end() {
+    // range_start returns at 102, range_end at 121: the window is [100, 121).
+    let inside = run(&[
+        register(UMEM),
+        mm_range(Point::InvRangeStart, 100, 2, 0, 64),
+        fault(115, 30, 10, 1),
+        mm_range(Point::InvRangeEnd, 120, 1, 0, 64),
+    ]);
+    assert_eq!(inside.total().counts.races, 1);
+    let after = run(&[
+        register(UMEM),
+        mm_range(Point::InvRangeStart, 100, 2, 0, 64),
+        mm_range(Point::InvRangeEnd, 120, 1, 0, 64),
+        fault(122, 30, 10, 1),
+    ]);
+    assert_eq!(after.total().counts.races, 0);
+    // A range of the same mm outside every MR is not counted at all.
+    let outside = run(&[
+        register(UMEM),
+        fault(100, 30, 10, 1),
+        mm_range(Point::InvRangeStart, 105, 2, 100, 4),
+        mm_range(Point::InvRangeEnd, 110, 1, 100, 4),
+    ]);
+    assert_eq!(outside.total().counts.races, 0);
+}
+
+#[test]
+fn one_fault_hit_by_a_range_and_its_callback_is_one_race() {
+    let engine = run(&[
+        register(UMEM),
+        fault(100, 50, 0, 4),
+        callback(110, 5, 0, 64),
+        mm_range(Point::InvRangeStart, 108, 8, 0, 64),
+        mm_range(Point::InvRangeEnd, 120, 1, 0, 64),
+    ]);
+    assert_eq!(engine.total().counts.races, 1);
+}
+
+#[test]
+fn read_begins_beyond_the_first_inside_a_fault_are_retries() {
+    let read_begin = |at| ev(Point::ReadBegin, at, 1).obj(UMEM).kworker(7).ret(2);
+    let hmm = |at, ret| ev(Point::HmmFault, at, 2).obj(UMEM).kworker(7).ret(ret);
+    let engine = run(&[
+        register(UMEM),
+        // A read_begin from an earlier, unrelated call on this thread: not part of the fault.
+        read_begin(50),
+        read_begin(101),
+        hmm(103, -16),
+        read_begin(106),
+        hmm(108, 0),
+        fault(100, 30, 0, 4),
+        // A fault with a single attempt.
+        read_begin(201),
+        hmm(203, 0),
+        fault(200, 10, 8, 1),
+    ]);
+    let c = &engine.total().counts;
+    assert_eq!(
+        (c.retries, c.retried_faults, c.hmm_busy, c.faults),
+        (1, 1, 1, 2)
+    );
+    assert_eq!(engine.findings_total(FindingKind::Retry), 1);
+}
+
+#[test]
+fn a_read_begin_that_overlapped_an_invalidation_is_a_collision_wait() {
+    let engine = run(&[
+        register(UMEM),
+        callback(100, 40, 0, 4),
+        ev(Point::ReadBegin, 110, 35).obj(UMEM).kworker(7).ret(4),
+        fault(105, 60, 0, 4),
+    ]);
+    let c = &engine.total().counts;
+    assert_eq!(c.collision_waits, 1);
+    assert_eq!(engine.total().collision_wait.quantile(1.0) / 1000, 35);
+    assert_eq!(c.races, 1);
+}
+
+#[test]
+fn timeouts_hmm_limit_unresolved_and_slow() {
+    let mut engine = Engine::new(AnalysisConfig {
+        slow_fault_ns: 50_000_000,
+        ..AnalysisConfig::default()
+    });
+    for e in [
+        register(UMEM),
+        // -EBUSY after 1.2 s: gave up at the HMM limit.
+        fault(100, 1_200_000, 0, 1).ret(-16),
+        // -EBUSY quickly: an error, not a timeout.
+        fault(2_000_000, 10, 1, 1).ret(-16),
+        // 60 ms: slow.
+        fault(3_000_000, 60_000, 2, 1),
+        // 40 ms: under the threshold.
+        fault(4_000_000, 40_000, 3, 1),
+        ev(Point::RxeMapRange, 5_000_000, 5)
+            .obj(0xffff_8882_0000_0000)
+            .args(1, UMEM)
+            .ret(-14),
+        ev(Point::Mlx5PfResume, 5_100_000, 1).aux(1),
+        ev(Point::Mlx5PfResume, 5_200_000, 1).aux(0),
+    ] {
+        engine.ingest(&e.0);
+    }
+    let c = &engine.total().counts;
+    assert_eq!((c.hmm_timeouts, c.slow, c.unresolved), (1, 1, 2));
+    assert_eq!(c.fault_errors, 2);
+    assert_eq!(c.timeouts(), 4);
+    let mr = engine.mrs().next().expect("mr");
+    assert_eq!(mr.stats.counts.unresolved, 1, "the rxe failure is the MR's");
+}
+
+#[test]
+fn prefetched_pages_that_fault_later_anyway_are_counted() {
+    let engine = run(&[
+        register(UMEM),
+        ev(Point::RxeAdvise, 50, 100).args(1, 1).ret(0),
+        fault(60, 40, 0, 4).prefetch(),
+        fault(200, 10, 2, 4),
+        fault(300, 10, 2, 4),
+    ]);
+    let c = &engine.total().counts;
+    assert_eq!(c.prefetches, 1);
+    assert_eq!(c.prefetched_pages, 4);
+    assert_eq!(c.prefetched_then_faulted_pages, 2, "pages 2 and 3, once");
+    assert_eq!(c.faults, 2, "the prefetch's own map is not a device fault");
+    assert_eq!(engine.total().prefetch.count(), 1, "sync advice is timed");
+}
+
+#[test]
+fn invalidations_are_counted_by_cause_and_task() {
+    let engine = run(&[
+        register(UMEM),
+        callback(100, 5, 0, 4),
+        callback(200, 5, 0, 64).aux(0),
+        callback(300, 5, 0, 8).aux(6).kworker(9),
+    ]);
+    let summary = engine.summary();
+    assert_eq!(summary.invalidations_by_cause.get("CLEAR"), Some(&1));
+    assert_eq!(summary.invalidations_by_cause.get("UNMAP"), Some(&1));
+    assert_eq!(summary.invalidations_by_cause.get("MIGRATE"), Some(&1));
+    assert_eq!(summary.invalidations_by_task.get("app"), Some(&2));
+    assert_eq!(summary.invalidations_by_task.get("kworker"), Some(&1));
+    assert_eq!(summary.totals.counts.invalidated_bytes, (4 + 64 + 8) * PAGE);
+}
+
+#[test]
+fn an_mr_registered_before_the_trace_is_learned_from_its_faults() {
+    let engine = run(&[
+        // The owner's CPU page fault tells which process the address space belongs to.
+        ev(Point::VerbsGetDevices, 0, 1).ret(0),
+        fault(100, 10, 3, 2),
+    ]);
+    let mr = engine.mrs().next().expect("mr");
+    assert!(!mr.registration_seen);
+    assert_eq!((mr.pid, mr.comm.as_str()), (PID, "app"));
+    assert_eq!(mr.device, "?");
+    assert_eq!((mr.start, mr.end), (BASE + 3 * PAGE, BASE + 5 * PAGE));
+    assert_eq!(mr.stats.counts.faults, 1);
+}
+
+#[test]
+fn implicit_children_fold_into_their_root() {
+    let engine = run(&[
+        ev(Point::UmemAllocImplicit, 0, 5)
+            .obj(UMEM)
+            .device("mlx5_0")
+            .ret(0),
+        ev(Point::UmemAllocChild, 50, 5)
+            .obj(UMEM2)
+            .args(0, UMEM)
+            .pages(0, 512)
+            .ret(0),
+        fault(100, 10, 0, 1).obj(UMEM2),
+    ]);
+    let mrs: Vec<&Mr> = engine.mrs().collect();
+    assert_eq!(mrs.len(), 1);
+    assert!(mrs[0].implicit);
+    assert_eq!(mrs[0].stats.counts.faults, 1);
+    assert_eq!(engine.devices()[0].name, "mlx5_0");
+}
+
+#[test]
+fn the_timeline_has_a_bucket_per_second_gaps_included() {
+    let engine = run(&[
+        register(UMEM),
+        fault(100, 10, 0, 1),
+        fault(2_500_000, 10, 1, 1),
+        fault(2_600_000, 10, 2, 1),
+    ]);
+    let faults: Vec<u64> = engine.timeline().iter().map(|b| b.faults).collect();
+    assert_eq!(faults, vec![1, 0, 2]);
+}
+
+#[test]
+fn a_reused_umem_address_is_a_new_mr() {
+    let engine = run(&[
+        register(UMEM),
+        ev(Point::UmemRelease, 100, 1).obj(UMEM).pages(0, 64),
+        register(UMEM).pages(100, 8),
+        fault(300, 10, 100, 1),
+    ]);
+    let mrs: Vec<&Mr> = engine.mrs().collect();
+    assert_eq!(mrs.len(), 2);
+    assert_eq!(mrs[0].stats.counts.faults, 0);
+    assert_eq!(mrs[1].stats.counts.faults, 1);
+}
+
+#[test]
+fn the_summary_serializes_with_hex_addresses_and_percentiles() {
+    let engine = run(&[register(UMEM), fault(100, 30, 0, 4)]);
+    let json = serde_json::to_value(engine.summary()).expect("json");
+    assert_eq!(json["totals"]["faults"], 1);
+    assert_eq!(json["mrs"][0]["start"], format!("{BASE:#x}"));
+    assert_eq!(json["mrs"][0]["device"], "rxe0");
+    assert!(json["totals"]["latency"]["fault"]["p99_ns"]
+        .as_u64()
+        .is_some());
+}
