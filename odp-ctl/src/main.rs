@@ -52,6 +52,9 @@ enum Command {
     /// Stream decoded ODP events (faults, invalidations, prefetches, registrations) as lines or
     /// JSON Lines, ending with counts and drops.
     Trace(cmd::trace::Args),
+    /// Live view of ODP faults, invalidations, races, retries and timeouts per MR, process and
+    /// device (a TUI; --summary for a table or --json), from probes or a --replay recording.
+    Monitor(cmd::monitor::Args),
 }
 
 fn main() {
@@ -64,6 +67,7 @@ fn main() {
         Command::Prefetch(args) => cmd::prefetch::run(&out, &args),
         Command::Probes => cmd::probes::run(&out),
         Command::Trace(args) => cmd::trace::run(&out, &args),
+        Command::Monitor(args) => cmd::monitor::run(&out, &args),
     };
     if let Err(err) = result {
         std::process::exit(out.error(&err));

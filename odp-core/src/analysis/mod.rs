@@ -160,7 +160,7 @@ struct InvSpan {
 }
 
 /// Recent activity in one address space, for matching faults with invalidations.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Space {
     pid: u32,
     comm: String,
@@ -197,6 +197,7 @@ pub struct SourceFacts {
     pub probes_total: usize,
 }
 
+#[derive(Clone)]
 pub struct Engine {
     config: AnalysisConfig,
     events: u64,

@@ -1,5 +1,7 @@
 pub mod caps;
 pub mod devices;
+pub mod launch;
+pub mod monitor;
 pub mod mr;
 pub mod prefetch;
 pub mod probes;

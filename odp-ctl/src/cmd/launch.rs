@@ -1,0 +1,195 @@
+//! What `trace`, `monitor` and `stress` share: probe filters on the command line, and a traced
+//! command that starts only once every probe is attached.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use odp_ebpf::Config;
+
+use crate::units::parse_size;
+
+/// Which activity the probes report.
+#[derive(clap::Args, Clone)]
+pub struct ProbeFilter {
+    /// Only this process: its calls, and kernel work on its ODP memory.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only tasks with this command name.
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Only ODP memory of this RDMA device (e.g. rxe0, mlx5_0).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Report notifier and HMM activity of every process, not only those owning ODP memory.
+    #[arg(long)]
+    pub all_mms: bool,
+    /// Ring buffer size (power of two).
+    #[arg(long, default_value = "8M", value_parser = parse_size)]
+    pub ring_size: usize,
+}
+
+impl ProbeFilter {
+    /// The session config; `child` is the pid of a command run under the probes.
+    pub fn config(&self, child: Option<u32>) -> anyhow::Result<Config> {
+        let ring_bytes = u32::try_from(self.ring_size)
+            .ok()
+            .filter(|n| n.is_power_of_two() && *n >= 4096)
+            .ok_or_else(|| {
+                odp_core::Error::invalid("--ring-size must be a power of two >= 4K and < 4G")
+            })?;
+        Ok(Config {
+            pid: self.pid.or(child),
+            comm: self.comm.clone(),
+            device: self.device.clone(),
+            all_mms: self.all_mms,
+            ring_bytes,
+            ..Config::default()
+        })
+    }
+
+    pub fn check_command(&self, command: &[String]) -> anyhow::Result<()> {
+        if self.pid.is_some() && !command.is_empty() {
+            return Err(odp_core::Error::invalid("give either --pid or a command, not both").into());
+        }
+        Ok(())
+    }
+}
+
+/// Ctrl-C and SIGTERM set the returned flag instead of killing the process, so probes detach and
+/// the terminal is restored on the normal path.
+pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    Ok(stop)
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(
+        t.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len()),
+    );
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}: use 10s, 500ms, 2m"))?;
+    let secs = match unit {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "us" => value / 1e6,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("bad duration unit in {text:?}: use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("bad duration {text:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A child that waits on a pipe until the probes are attached, so none of its calls are missed.
+/// Forked by hand: std's spawn waits for the child's exec, which here waits for the parent.
+pub struct Gated {
+    pid: libc::pid_t,
+    release: Option<File>,
+}
+
+pub fn spawn_gated(command: &[String]) -> anyhow::Result<Gated> {
+    use std::ffi::CString;
+    let argv: Vec<CString> = command
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| odp_core::Error::invalid("the command contains a NUL byte"))?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        anyhow::bail!("pipe2: {}", std::io::Error::last_os_error());
+    }
+    let (read_fd, write_fd) = (fds[0], fds[1]);
+    // SAFETY: after fork the child only calls async-signal-safe functions (read, close, execvp,
+    // write, _exit) on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        anyhow::bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; this is the child.
+        unsafe {
+            libc::close(write_fd);
+            let mut byte = 0u8;
+            if libc::read(read_fd, (&mut byte as *mut u8).cast(), 1) != 1 {
+                libc::_exit(126);
+            }
+            libc::close(read_fd);
+            libc::execvp(argv_ptrs[0], argv_ptrs.as_ptr());
+            let msg = b"odp-ctl: cannot execute the traced command\n";
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127);
+        }
+    }
+    // SAFETY: read_fd belongs to the child now; write_fd is ours and becomes a File.
+    let release = unsafe {
+        libc::close(read_fd);
+        <File as std::os::fd::FromRawFd>::from_raw_fd(write_fd)
+    };
+    Ok(Gated {
+        pid,
+        release: Some(release),
+    })
+}
+
+impl Gated {
+    /// Ends a child that never got to run (the probes failed to start).
+    pub fn abort(&mut self) {
+        // Closing the gate without a byte makes the child exit(126) before exec.
+        self.release.take();
+        let mut status = 0;
+        // SAFETY: waiting on our own child.
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Lets the child exec, now that the probes are in place.
+    pub fn release(&mut self) -> anyhow::Result<()> {
+        if let Some(mut release) = self.release.take() {
+            release.write_all(&[1])?;
+        }
+        Ok(())
+    }
+
+    /// A thread that reaps the child and raises `stop` when it exits; joins to its wait status.
+    pub fn watch(&self, stop: &Arc<AtomicBool>) -> JoinHandle<i32> {
+        let pid = self.pid;
+        let stop = Arc::clone(stop);
+        std::thread::spawn(move || {
+            let mut status = 0;
+            // SAFETY: waiting on our own child; status is a valid out-pointer.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            stop.store(true, Ordering::Relaxed);
+            status
+        })
+    }
+}
+
+/// Tells the user when the traced command failed (its status is not ours).
+pub fn report_child_status(status: Option<i32>) {
+    if let Some(status) = status {
+        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
+            eprintln!(
+                "odp-ctl: traced command exited with status {}",
+                libc::WEXITSTATUS(status)
+            );
+        }
+    }
+}

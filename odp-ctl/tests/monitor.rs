@@ -1,0 +1,361 @@
+//! `odp-ctl monitor` as users run it: the summary of a recorded capture checked against an
+//! independent count over its raw events, bad recordings refused, the TUI driven in a real
+//! terminal (tmux), and in the VM a live race workload whose summary must agree with its own
+//! recorded event stream.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use odp_core::memory::{Backing, Mapping};
+use odp_core::testing::device_or_skip;
+use odp_core::trace::Record;
+use odp_core::verbs::{Access, Context, LoopbackConfig, LoopbackRc, MemoryRegion};
+use serde_json::Value;
+
+fn odp_ctl() -> Command {
+    let path =
+        std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").to_string());
+    Command::new(path)
+}
+
+/// A capture from the soft-RoCE VM (7.3 kernel, rxe): RDMA WRITEs into an ODP MR while another
+/// thread drops its pages with MADV_DONTNEED; made with `monitor --record` by the VM test below.
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rxe-dontneed-race.jsonl")
+}
+
+fn records(path: &Path) -> Vec<Record> {
+    std::fs::read_to_string(path)
+        .expect("read recording")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("{\"summary\""))
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect()
+}
+
+/// The reference: races and retries counted the slow, obvious way (every fault against every
+/// invalidation), sharing no code with the engine.
+fn brute_force(records: &[Record]) -> (u64, u64, u64, u64) {
+    let faults: Vec<&Record> = records.iter().filter(|r| r.point == "fault").collect();
+    let end = |r: &Record| r.ts_ns + r.duration_ns;
+    // umem -> (mm, start, end) of registrations.
+    let mrs: Vec<&Record> = records.iter().filter(|r| r.point == "umem_get").collect();
+    // Notifier ranges: start paired with its end by thread and range object.
+    let mut open: HashMap<(u32, u64), &Record> = HashMap::new();
+    let mut windows = Vec::new(); // (mm, lo, hi, t0, t1)
+    for r in records {
+        match r.point.as_str() {
+            "inv_range_start" => {
+                open.insert((r.tid, r.obj), r);
+            }
+            "inv_range_end" => {
+                let start = open.remove(&(r.tid, r.obj)).unwrap_or(r);
+                let touches = mrs
+                    .iter()
+                    .any(|m| m.mm == start.mm && start.start < m.end && m.start < start.end);
+                if touches {
+                    windows.push((start.mm, start.start, start.end, start.ts_ns, end(r)));
+                }
+            }
+            _ => {}
+        }
+    }
+    let callbacks: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.point == "rxe_invalidate" || r.point == "mlx5_invalidate")
+        .collect();
+    let mut races = 0;
+    let mut retries = 0;
+    for f in &faults {
+        let by_callback = callbacks.iter().any(|c| {
+            c.obj == f.obj
+                && c.ts_ns < end(f)
+                && f.ts_ns < end(c)
+                && c.start < f.end
+                && f.start < c.end
+        });
+        let by_range = windows.iter().any(|&(mm, lo, hi, t0, t1)| {
+            mm == f.mm && t0 < end(f) && f.ts_ns < t1 && lo < f.end && f.start < hi
+        });
+        races += u64::from(by_callback || by_range);
+        let read_begins = records
+            .iter()
+            .filter(|r| {
+                r.point == "mmu_interval_read_begin"
+                    && r.tid == f.tid
+                    && r.obj == f.obj
+                    && r.ts_ns >= f.ts_ns
+                    && r.ts_ns <= end(f)
+            })
+            .count() as u64;
+        retries += read_begins.saturating_sub(1);
+    }
+    let demand = faults.iter().filter(|f| !f.prefetch).count() as u64;
+    (demand, callbacks.len() as u64, races, retries)
+}
+
+fn summary_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "monitor failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn check_against_reference(summary: &Value, records: &[Record]) -> (u64, u64, u64, u64) {
+    let (faults, invalidations, races, retries) = brute_force(records);
+    let totals = &summary["totals"];
+    assert_eq!(totals["faults"], faults, "faults");
+    assert_eq!(totals["invalidations"], invalidations, "invalidations");
+    assert_eq!(totals["races"], races, "races");
+    assert_eq!(totals["retries"], retries, "retries");
+    assert_eq!(summary["events"], records.len() as u64, "every event ingested");
+    (faults, invalidations, races, retries)
+}
+
+#[test]
+fn replayed_capture_summary_agrees_with_a_brute_force_count() {
+    let out = odp_ctl()
+        .args(["monitor", "--replay"])
+        .arg(fixture())
+        .args(["--summary", "--json"])
+        .output()
+        .expect("run");
+    let summary = summary_json(&out);
+    let (faults, invalidations, races, retries) =
+        check_against_reference(&summary, &records(&fixture()));
+    // The capture is worth keeping only if it shows the interesting things.
+    assert!(faults > 0 && invalidations > 0, "{faults} {invalidations}");
+    assert!(races + retries > 0, "the capture has collisions");
+    assert_eq!(summary["mrs"].as_array().map(Vec::len).unwrap_or(0) >= 1, true);
+    assert_eq!(summary["invalidations_by_cause"]["CLEAR"].as_u64().unwrap_or(0) > 0, true);
+}
+
+#[test]
+fn the_human_summary_names_the_totals() {
+    let out = odp_ctl()
+        .args(["monitor", "--replay"])
+        .arg(fixture())
+        .arg("--summary")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["faults", "invalidations", "races", "retries", "timeouts", "rxe0", "CLEAR"] {
+        assert!(text.contains(word), "{word} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn a_bad_recording_is_refused_with_its_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.jsonl");
+    let good = std::fs::read_to_string(fixture()).expect("fixture");
+    let first = good.lines().next().expect("a line");
+    std::fs::write(&path, format!("{first}\n{{\"ts_ns\": \"soon\"}}\n")).expect("write");
+    let out = odp_ctl()
+        .args(["monitor", "--summary", "--replay"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(6), "invalid input");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.jsonl:2:"), "{err}");
+    let missing = odp_ctl()
+        .args(["monitor", "--summary", "--replay", "/nonexistent/x.jsonl"])
+        .output()
+        .expect("run");
+    assert_eq!(missing.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot open the recording"));
+}
+
+fn tmux(args: &[&str]) -> Output {
+    Command::new("tmux").args(args).output().expect("tmux")
+}
+
+fn screen(session: &str) -> String {
+    String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", session]).stdout).into_owned()
+}
+
+fn wait_for(session: &str, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = screen(session);
+        if text.contains(what) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_tui_shows_a_replay_in_a_real_terminal_and_restores_it_on_quit() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP the_tui_shows_a_replay_in_a_real_terminal_and_restores_it_on_quit: no tmux"
+        );
+        return;
+    }
+    let session = format!("odp-monitor-{}", std::process::id());
+    let bin = std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").into());
+    let command = format!(
+        "{bin} monitor --replay {} --speed 0; echo monitor-exit=$?; sleep 30",
+        fixture().display()
+    );
+    let started = tmux(&[
+        "new-session", "-d", "-s", &session, "-x", "100", "-y", "30", &command,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    let main = wait_for(&session, "(source ended)");
+    let cleanup = || {
+        tmux(&["kill-session", "-t", &session]);
+    };
+    let checks = [
+        "odp-ctl monitor",
+        "replay rxe-dontneed-race.jsonl",
+        "faults",
+        "races",
+        "MRs (1)",
+        "rxe0",
+        "per second",
+        "events",
+    ];
+    for want in checks {
+        if !main.contains(want) {
+            cleanup();
+            panic!("{want:?} not on the screen:\n{main}");
+        }
+    }
+    // Findings panel, then the MR detail, then help.
+    tmux(&["send-keys", "-t", &session, "Tab"]);
+    let findings = wait_for(&session, "findings: races");
+    tmux(&["send-keys", "-t", &session, "Enter"]);
+    let detail = wait_for(&session, "fault latency");
+    tmux(&["send-keys", "-t", &session, "?"]);
+    let help = wait_for(&session, "any key closes");
+    tmux(&["send-keys", "-t", &session, "Escape"]);
+    tmux(&["send-keys", "-t", &session, "q"]);
+    let after = wait_for(&session, "monitor-exit=");
+    cleanup();
+    assert!(findings.contains("findings: races"), "{findings}");
+    assert!(
+        detail.contains("MR #1") && detail.contains("latency") && detail.contains("p99"),
+        "{detail}"
+    );
+    assert!(help.contains("q, Ctrl-C"), "{help}");
+    assert!(after.contains("monitor-exit=0"), "{after}");
+    // The alternate screen is gone: the shell's line is all that shows, no monitor frame.
+    assert!(!after.contains("per second"), "terminal not restored:\n{after}");
+}
+
+const CHILD_ENV: &str = "ODP_MONITOR_RACE_CHILD";
+
+/// Child mode: RDMA WRITEs into an ODP MR for the given seconds while a second thread drops the
+/// MR's pages with MADV_DONTNEED. Does nothing when run as an ordinary test.
+#[test]
+fn race_workload() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let (device, seconds) = spec.split_once(':').expect("device:seconds");
+    let seconds: f64 = seconds.parse().expect("seconds");
+    let ctx = Context::open(Some(device)).expect("open");
+    let pd = ctx.alloc_pd().expect("pd");
+    let size = 1 << 20;
+    let chunk = 64 << 10;
+    let map = Arc::new(Mapping::new(size, Backing::Anonymous).expect("map"));
+    let mr = MemoryRegion::register(&pd, &map, 0, size, Access::FULL | Access::ON_DEMAND)
+        .expect("odp mr");
+    let src_map = Arc::new(Mapping::new(size, Backing::Anonymous).expect("map"));
+    src_map.fill(0x5a);
+    let src = MemoryRegion::register(&pd, &src_map, 0, size, Access::FULL).expect("mr");
+    let mut lb = LoopbackRc::new(&pd, &LoopbackConfig::default()).expect("loopback");
+    let stop = Arc::new(AtomicBool::new(false));
+    let dropper = {
+        let stop = Arc::clone(&stop);
+        let map = Arc::clone(&map);
+        std::thread::spawn(move || {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let offset = (i * 7 % (size / chunk)) * chunk;
+                map.madvise(offset, chunk, libc::MADV_DONTNEED, "madvise")
+                    .expect("madvise");
+                i += 1;
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        })
+    };
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut i = 0usize;
+    while Instant::now() < until {
+        let offset = (i % (size / chunk)) * chunk;
+        lb.write(&src, offset, &mr, offset, chunk).expect("write");
+        i += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    dropper.join().expect("dropper");
+}
+
+#[test]
+fn live_summary_of_a_race_workload_agrees_with_its_own_recording() {
+    let test = "live_summary_of_a_race_workload_agrees_with_its_own_recording";
+    let Some(device) = device_or_skip(test) else {
+        return;
+    };
+    if !odp_ebpf::is_root() {
+        let _ = writeln!(std::io::stderr(), "SKIP {test}: loading BPF needs root");
+        return;
+    }
+    let dir = std::env::var_os("ODP_MONITOR_KEEP")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let recording = dir.join("rxe-dontneed-race.jsonl");
+    let exe = std::env::current_exe().expect("test binary");
+    let child_log = dir.join("race-workload.log");
+    let out = odp_ctl()
+        .args(["monitor", "--summary", "--json", "--record"])
+        .arg(&recording)
+        .args(["--", "sh", "-c"])
+        .arg(format!(
+            "exec {} --exact race_workload --nocapture >{} 2>&1",
+            exe.display(),
+            child_log.display()
+        ))
+        .env(CHILD_ENV, format!("{device}:3"))
+        .output()
+        .expect("run monitor");
+    let child_output = std::fs::read_to_string(&child_log).unwrap_or_default();
+    assert!(
+        child_output.contains("test result: ok. 1 passed"),
+        "the workload failed:\n{child_output}"
+    );
+    let summary = summary_json(&out);
+    let raw = records(&recording);
+    let (faults, invalidations, races, retries) = check_against_reference(&summary, &raw);
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: {} events, {faults} faults, {invalidations} invalidations, {races} races, {retries} retries",
+        raw.len()
+    );
+    assert!(faults > 0, "the WRITEs faulted");
+    assert!(invalidations > 0, "DONTNEED invalidated the MR");
+    assert_eq!(summary["source"]["drops"], 0);
+    let mrs = summary["mrs"].as_array().expect("mrs");
+    assert!(
+        mrs.iter().any(|m| m["device"] == device.as_str() && m["lkey"].is_u64()),
+        "the ODP MR with its device and keys: {mrs:?}"
+    );
+}
