@@ -1081,11 +1081,13 @@ fn pages(lo: u64, hi: u64) -> u64 {
     hi.div_ceil(PAGE) - lo / PAGE
 }
 
+/// A latency in the unit that keeps it short; the bounds sit where rounding would otherwise
+/// print "1000.0us" or "1000.00ms".
 pub fn fmt_ns(ns: u64) -> String {
     match ns {
-        0..=9_999 => format!("{ns}ns"),
-        10_000..=9_999_999 => format!("{:.1}us", ns as f64 / 1e3),
-        10_000_000..=9_999_999_999 => format!("{:.1}ms", ns as f64 / 1e6),
+        0..=999 => format!("{ns}ns"),
+        1_000..=999_949 => format!("{:.1}us", ns as f64 / 1e3),
+        999_950..=999_994_999 => format!("{:.2}ms", ns as f64 / 1e6),
         _ => format!("{:.2}s", ns as f64 / 1e9),
     }
 }

@@ -425,3 +425,21 @@ fn the_summary_serializes_with_hex_addresses_and_percentiles() {
         .as_u64()
         .is_some());
 }
+
+#[test]
+fn latencies_print_in_the_unit_that_keeps_them_short() {
+    let cases = [
+        (999, "999ns"),
+        (1_000, "1.0us"),
+        (659_512, "659.5us"),
+        (999_949, "999.9us"),
+        (999_950, "1.00ms"),
+        (7_536_600, "7.54ms"),
+        (999_994_999, "999.99ms"),
+        (999_995_000, "1.00s"),
+        (61_000_000_000, "61.00s"),
+    ];
+    for (ns, text) in cases {
+        assert_eq!(fmt_ns(ns), text, "{ns}");
+    }
+}

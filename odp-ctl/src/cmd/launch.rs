@@ -53,7 +53,9 @@ impl ProbeFilter {
 
     pub fn check_command(&self, command: &[String]) -> anyhow::Result<()> {
         if self.pid.is_some() && !command.is_empty() {
-            return Err(odp_core::Error::invalid("give either --pid or a command, not both").into());
+            return Err(
+                odp_core::Error::invalid("give either --pid or a command, not both").into(),
+            );
         }
         Ok(())
     }

@@ -250,9 +250,15 @@ mod tests {
     fn keys_follow_the_htop_habit() {
         let engine = Engine::new(AnalysisConfig::default());
         let mut app = App::new("test".into(), 0, 0);
-        assert_eq!(app.on_key(key(KeyCode::Char('?')), &engine), Action::Continue);
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('?')), &engine),
+            Action::Continue
+        );
         assert!(app.help);
-        assert_eq!(app.on_key(key(KeyCode::Char('x')), &engine), Action::Continue);
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('x')), &engine),
+            Action::Continue
+        );
         assert!(!app.help, "any key closes help");
         app.on_key(key(KeyCode::Char('p')), &engine);
         assert!(app.paused());
@@ -264,12 +270,18 @@ mod tests {
         for c in "rxe".chars() {
             app.on_key(key(KeyCode::Char(c)), &engine);
         }
-        assert_eq!(app.on_key(key(KeyCode::Char('q')), &engine), Action::Continue);
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('q')), &engine),
+            Action::Continue
+        );
         assert_eq!(app.filter, "rxeq", "q is text while typing a filter");
         app.on_key(key(KeyCode::Esc), &engine);
         assert!(app.filter.is_empty() && !app.editing_filter);
         assert_eq!(
-            app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), &engine),
+            app.on_key(
+                KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL),
+                &engine
+            ),
             Action::Quit
         );
         assert_eq!(app.on_key(key(KeyCode::Char('q')), &engine), Action::Quit);

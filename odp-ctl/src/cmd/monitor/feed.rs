@@ -76,9 +76,11 @@ pub fn live(
     deadline: Option<Instant>,
 ) -> anyhow::Result<Feed> {
     let mut recorder = match record {
-        Some(path) => Some(BufWriter::new(File::create(path).map_err(|e| {
-            anyhow::anyhow!("cannot create {}: {e}", path.display())
-        })?)),
+        Some(path) => {
+            Some(BufWriter::new(File::create(path).map_err(|e| {
+                anyhow::anyhow!("cannot create {}: {e}", path.display())
+            })?))
+        }
         None => None,
     };
     let shared = Arc::new(Shared::default());
@@ -95,7 +97,10 @@ pub fn live(
                 }
             };
             let plans = session.plans();
-            let attached = plans.iter().filter(|p| p.status == Status::Attached).count();
+            let attached = plans
+                .iter()
+                .filter(|p| p.status == Status::Attached)
+                .count();
             let _ = ready_tx.send(Ok((attached, plans.len())));
             let mut since_drops = 0u32;
             let mut write_error = None;
@@ -105,7 +110,8 @@ pub fn live(
                 }
                 if let Some(w) = recorder.as_mut() {
                     if write_error.is_none() {
-                        let line = serde_json::to_string(&Record::from_event(e)).unwrap_or_default();
+                        let line =
+                            serde_json::to_string(&Record::from_event(e)).unwrap_or_default();
                         if let Err(err) = writeln!(w, "{line}") {
                             write_error = Some(err);
                         }
@@ -120,7 +126,10 @@ pub fn live(
             });
             shared.drops.store(session.drops(), Ordering::Relaxed);
             if let Err(e) = result {
-                fail(&shared, anyhow::Error::from(e).context("reading probe events"));
+                fail(
+                    &shared,
+                    anyhow::Error::from(e).context("reading probe events"),
+                );
             }
             if let Some(mut w) = recorder {
                 if let Err(e) = w.flush() {
@@ -128,7 +137,10 @@ pub fn live(
                 }
             }
             if let Some(e) = write_error {
-                fail(&shared, anyhow::Error::from(e).context("writing the recording"));
+                fail(
+                    &shared,
+                    anyhow::Error::from(e).context("writing the recording"),
+                );
             }
             shared.done.store(true, Ordering::Release);
         })
@@ -198,8 +210,15 @@ pub fn replay(path: PathBuf, speed: f64, stop: Arc<AtomicBool>) -> anyhow::Resul
     let shared = Arc::new(Shared::default());
     let label = format!(
         "replay {}{}",
-        path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into()),
-        if speed > 0.0 { format!(" x{speed}") } else { " (max speed)".into() }
+        path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into()
+        ),
+        if speed > 0.0 {
+            format!(" x{speed}")
+        } else {
+            " (max speed)".into()
+        }
     );
     let thread = {
         let shared = Arc::clone(&shared);
@@ -209,7 +228,8 @@ pub fn replay(path: PathBuf, speed: f64, stop: Arc<AtomicBool>) -> anyhow::Resul
             let result = read_recording(&path, &stop, |e| {
                 let t0 = *first_ts.get_or_insert(e.ts_ns);
                 if speed > 0.0 {
-                    let due = Duration::from_secs_f64(e.ts_ns.saturating_sub(t0) as f64 / 1e9 / speed);
+                    let due =
+                        Duration::from_secs_f64(e.ts_ns.saturating_sub(t0) as f64 / 1e9 / speed);
                     // Sleep in slices so a quit is not held up by a long gap in the recording.
                     while !stop.load(Ordering::Relaxed) {
                         let left = due.saturating_sub(started.elapsed());

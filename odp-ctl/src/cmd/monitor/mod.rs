@@ -319,7 +319,16 @@ fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
     }
     if !s.mrs.is_empty() {
         let mut mrs = table(&[
-            "MR", "dev", "pid", "comm", "range", "faults", "fault p99", "inval", "races", "retries",
+            "MR",
+            "dev",
+            "pid",
+            "comm",
+            "range",
+            "faults",
+            "fault p99",
+            "inval",
+            "races",
+            "retries",
             "timeouts",
         ]);
         for m in &s.mrs {

@@ -84,31 +84,32 @@ fn header(app: &App, engine: &Engine) -> Paragraph<'static> {
         .nth(usize::from(engine.timeline().len() > 1))
         .copied()
         .unwrap_or_default();
+    // Numbers first, the source's name last: a narrow terminal cuts the name, not the counts.
     let mut status = vec![
         Span::styled("odp-ctl monitor", KEY),
-        Span::raw(format!(" | {} | ", app.label)),
+        Span::raw(format!(
+            " | {:.1}s | events {} | drops ",
+            engine.span_ns() as f64 / 1e9,
+            count(engine.events())
+        )),
+        Span::styled(
+            count(app.drops),
+            if app.drops > 0 { ALERT } else { Style::new() },
+        ),
     ];
+    if app.paused() {
+        status.push(Span::styled(" | PAUSED", ALERT));
+    }
+    if app.source_done {
+        status.push(Span::styled(" | source ended", DIM));
+    }
     if app.probes_total > 0 {
         status.push(Span::raw(format!(
-            "probes {}/{} | ",
+            " | probes {}/{}",
             app.probes_attached, app.probes_total
         )));
     }
-    status.push(Span::raw(format!(
-        "{:.1}s | events {} | drops ",
-        engine.span_ns() as f64 / 1e9,
-        count(engine.events())
-    )));
-    status.push(Span::styled(
-        count(app.drops),
-        if app.drops > 0 { ALERT } else { Style::new() },
-    ));
-    if app.paused() {
-        status.push(Span::styled(" PAUSED", ALERT));
-    }
-    if app.source_done {
-        status.push(Span::styled(" (source ended)", DIM));
-    }
+    status.push(Span::raw(format!(" | {}", app.label)));
     let mut totals = vec![Span::raw(format!(
         "faults {} ({}/s)  inval {} ({}/s)  ",
         count(c.faults),
@@ -135,13 +136,22 @@ fn header(app: &App, engine: &Engine) -> Paragraph<'static> {
     Paragraph::new(vec![Line::from(status), Line::from(totals), latency])
 }
 
+/// A timeline row: its label, which count of a second it shows, and its colour.
+type Series = (&'static str, fn(&odp_core::analysis::Bucket) -> u64, Color);
+
 fn draw_rates(frame: &mut Frame, engine: &Engine, area: Rect) {
     let width = area.width.saturating_sub(2 + 10 + 8) as usize;
-    let buckets: Vec<_> = engine.timeline().iter().rev().take(width.max(1)).rev().collect();
+    let buckets: Vec<_> = engine
+        .timeline()
+        .iter()
+        .rev()
+        .take(width.max(1))
+        .rev()
+        .collect();
     let block = Block::bordered().title(format!(" per second, last {}s ", buckets.len()));
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let series: [(&str, fn(&odp_core::analysis::Bucket) -> u64, Color); 5] = [
+    let series: [Series; 5] = [
         ("faults", |b| b.faults, Color::Green),
         ("inval", |b| b.invalidations, Color::Yellow),
         ("races", |b| b.races, Color::Red),
@@ -199,9 +209,8 @@ fn mr_table(app: &App, engine: &Engine, area: Rect) -> (Table<'static>, TableSta
             if wide {
                 cells.push(Cell::from(format!("{:#x}", m.start)));
             }
-            let flagged = |n: u64| {
-                Cell::from(count(n)).style(if n > 0 { ALERT } else { Style::new() })
-            };
+            let flagged =
+                |n: u64| Cell::from(count(n)).style(if n > 0 { ALERT } else { Style::new() });
             cells.extend([
                 Cell::from(count(c.faults)),
                 Cell::from(quantile(&m.stats.fault, 0.99)),
@@ -210,27 +219,33 @@ fn mr_table(app: &App, engine: &Engine, area: Rect) -> (Table<'static>, TableSta
                 flagged(c.retries),
                 flagged(c.timeouts()),
             ]);
-            Row::new(cells)
+            // Deregistered MRs stay listed for study, greyed out.
+            Row::new(cells).style(if m.released_ns.is_some() {
+                DIM
+            } else {
+                Style::new()
+            })
         })
         .collect();
     let n = rows.len();
+    // Fits 80 columns with room for the command name; wider terminals add the range.
     let mut widths = vec![
         Constraint::Length(5),
         Constraint::Length(7),
         Constraint::Length(7),
-        Constraint::Fill(1),
-        Constraint::Length(8),
+        Constraint::Min(8),
+        Constraint::Length(6),
     ];
     if wide {
         widths.push(Constraint::Length(16));
     }
     widths.extend([
-        Constraint::Length(8),
-        Constraint::Length(8),
         Constraint::Length(7),
-        Constraint::Length(6),
+        Constraint::Length(8),
         Constraint::Length(6),
         Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(4),
     ]);
     let table = Table::new(rows, widths)
         .header(Row::new(head).style(KEY))
@@ -244,7 +259,8 @@ fn mr_table(app: &App, engine: &Engine, area: Rect) -> (Table<'static>, TableSta
                 format!("filter: {} ", app.filter)
             }
         )));
-    let state = TableState::default().with_selected((n > 0).then_some(app.selected.min(n - 1)));
+    let state =
+        TableState::default().with_selected(n.checked_sub(1).map(|last| app.selected.min(last)));
     (table, state)
 }
 
@@ -280,10 +296,7 @@ fn finding_lines(
     let filter = app.filter.to_lowercase();
     let render = |f: &Finding| {
         Line::from(vec![
-            Span::raw(format!(
-                "{:10.6} ",
-                f.ts_ns.saturating_sub(t0) as f64 / 1e9
-            )),
+            Span::raw(format!("{:10.6} ", f.ts_ns.saturating_sub(t0) as f64 / 1e9)),
             Span::styled(format!("{:<11}", f.kind.name()), ALERT),
             Span::raw(format!(
                 " {} {}",
@@ -329,7 +342,12 @@ fn footer(app: &App) -> Paragraph<'static> {
             ("Enter", "MR detail"),
             ("?", "help"),
         ],
-        Screen::Detail(_) => &[("Esc", "back"), ("q", "quit"), ("p", "pause"), ("?", "help")],
+        Screen::Detail(_) => &[
+            ("Esc", "back"),
+            ("q", "quit"),
+            ("p", "pause"),
+            ("?", "help"),
+        ],
     };
     let mut spans = Vec::new();
     for (k, what) in keys {
@@ -380,23 +398,41 @@ fn draw_detail(frame: &mut Frame, app: &App, engine: &Engine, mr: &Mr) {
         (Some(l), Some(r)) => format!("lkey {l:#x} rkey {r:#x}"),
         _ => "keys unknown".into(),
     };
+    let causes: Vec<String> = mr
+        .invalidations_by_cause()
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    // Five short lines, so that an 80-column terminal shows them all without wrapping.
     let info_lines = vec![
         Line::from(vec![
             Span::styled(format!("MR #{}", mr.id), KEY),
             Span::raw(format!(
-                "  umem {:#x}  {}  pid {} ({})  {}",
-                mr.umem, mr.device, mr.pid, mr.comm, keys
+                "  {}  pid {} ({})  {}{}",
+                mr.device,
+                mr.pid,
+                mr.comm,
+                keys,
+                if mr.released_ns.is_some() {
+                    "  deregistered"
+                } else {
+                    ""
+                }
             )),
         ]),
         Line::raw(if mr.implicit {
-            format!("implicit ODP, children cover [{:#x}, {:#x})", mr.start, mr.end)
+            format!(
+                "implicit ODP, children cover [{:#x}, {:#x})  umem {:#x}",
+                mr.start, mr.end, mr.umem
+            )
         } else {
             format!(
-                "[{:#x}, {:#x}) {}  access {:#x}{}",
+                "[{:#x}, {:#x}) {}  access {:#x}  umem {:#x}{}",
                 mr.start,
                 mr.end,
                 size(mr.end.saturating_sub(mr.start)),
                 mr.access,
+                mr.umem,
                 if mr.registration_seen {
                     ""
                 } else {
@@ -405,14 +441,17 @@ fn draw_detail(frame: &mut Frame, app: &App, engine: &Engine, mr: &Mr) {
             )
         }),
         Line::raw(format!(
-            "faults {} ({} pages, {} errors)  inval {} ({})  prefetched {}pg, {} faulted anyway",
+            "faults {} ({} pages, {} errors)  inval {} ({}){}",
             count(c.faults),
             count(c.fault_pages),
             count(c.fault_errors),
             count(c.invalidations),
             size(c.invalidated_bytes),
-            count(c.prefetched_pages),
-            count(c.prefetched_then_faulted_pages)
+            if causes.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", causes.join(", "))
+            }
         )),
         Line::from(
             [
@@ -426,30 +465,20 @@ fn draw_detail(frame: &mut Frame, app: &App, engine: &Engine, mr: &Mr) {
             .concat(),
         ),
         Line::raw(format!(
-            "{}{}",
-            if mr.released_ns.is_some() { "released  " } else { "" },
-            {
-                let causes = mr.invalidations_by_cause();
-                if causes.is_empty() {
-                    String::new()
-                } else {
-                    let parts: Vec<String> =
-                        causes.iter().map(|(k, v)| format!("{k} {v}")).collect();
-                    format!("invalidations by cause: {}", parts.join(", "))
-                }
-            }
+            "prefetched {} pages, {} of them faulted anyway",
+            count(c.prefetched_pages),
+            count(c.prefetched_then_faulted_pages)
         )),
     ];
     frame.render_widget(Paragraph::new(info_lines).wrap(Wrap { trim: true }), info);
 
-    let [lat, hist] =
-        Layout::horizontal([Constraint::Length(52), Constraint::Fill(1)]).areas(middle);
+    let [lat, hist] = Layout::horizontal([Constraint::Max(56), Constraint::Min(24)]).areas(middle);
     let s = &mr.stats;
     let lat_rows: Vec<Row> = [
         ("fault", &s.fault),
-        ("invalidation", &s.invalidation),
+        ("inval", &s.invalidation),
         ("prefetch", &s.prefetch),
-        ("collision wait", &s.collision_wait),
+        ("wait", &s.collision_wait),
     ]
     .iter()
     .map(|(name, l)| {
@@ -467,12 +496,12 @@ fn draw_detail(frame: &mut Frame, app: &App, engine: &Engine, mr: &Mr) {
         Table::new(
             lat_rows,
             [
-                Constraint::Length(14),
+                Constraint::Length(8),
                 Constraint::Length(7),
-                Constraint::Length(7),
-                Constraint::Length(7),
-                Constraint::Length(7),
-                Constraint::Length(7),
+                Constraint::Length(8),
+                Constraint::Length(8),
+                Constraint::Length(8),
+                Constraint::Length(8),
             ],
         )
         .header(Row::new(vec!["latency", "count", "p50", "p90", "p99", "max"]).style(KEY))
@@ -532,6 +561,8 @@ fn draw_help(frame: &mut Frame) {
         Line::raw("race: an invalidation overlapped a fault in flight"),
         Line::raw("retry: a fault needed another attempt (read_begin)"),
         Line::raw("timeout: HMM limit, unresolved, or slower than --slow"),
+        Line::raw("wait: a fault held up by an invalidation in progress"),
+        Line::raw("#3x: MR 3, deregistered (kept for study)"),
     ];
     let area = frame.area();
     let w = 58.min(area.width);
@@ -547,4 +578,75 @@ fn draw_help(frame: &mut Frame) {
         Paragraph::new(text).block(Block::new().borders(Borders::ALL).title(" help ")),
         rect,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use odp_core::analysis::AnalysisConfig;
+    use ratatui::backend::TestBackend;
+    use ratatui::crossterm::event::{KeyCode, KeyEvent};
+    use ratatui::Terminal;
+
+    use super::*;
+    use crate::cmd::monitor::feed::read_recording;
+
+    /// The screens as a user sees them at the end of the committed capture (the same file the
+    /// integration tests replay), driven by the same keys.
+    fn replayed() -> (App, Engine) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/rxe-dontneed-race.jsonl");
+        let mut engine = Engine::new(AnalysisConfig::default());
+        let mut app = App::new("replay rxe-dontneed-race.jsonl (max speed)".into(), 0, 0);
+        read_recording(&path, &AtomicBool::new(false), |e| {
+            engine.ingest(&e);
+            app.push(&e);
+        })
+        .expect("fixture");
+        app.source_done = true;
+        (app, engine)
+    }
+
+    fn render(app: &App, engine: &Engine, width: u16, height: u16) -> TestBackend {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("terminal");
+        terminal.draw(|f| draw(f, app, engine)).expect("draw");
+        terminal.backend().clone()
+    }
+
+    fn press(app: &mut App, engine: &Engine, code: KeyCode) {
+        app.on_key(KeyEvent::from(code), engine);
+    }
+
+    #[test]
+    fn screens_at_common_terminal_sizes() {
+        let (mut app, engine) = replayed();
+        for (w, h) in [(80, 24), (120, 40)] {
+            insta::assert_snapshot!(format!("main_{w}x{h}"), render(&app, &engine, w, h));
+        }
+        press(&mut app, &engine, KeyCode::Tab);
+        insta::assert_snapshot!("findings_120x40", render(&app, &engine, 120, 40));
+        press(&mut app, &engine, KeyCode::Enter);
+        for (w, h) in [(80, 24), (120, 40)] {
+            insta::assert_snapshot!(format!("detail_{w}x{h}"), render(&app, &engine, w, h));
+        }
+        press(&mut app, &engine, KeyCode::Char('?'));
+        insta::assert_snapshot!("help_80x24", render(&app, &engine, 80, 24));
+    }
+
+    #[test]
+    fn a_tiny_terminal_draws_without_panicking() {
+        let (mut app, engine) = replayed();
+        for (w, h) in [(1, 1), (20, 5), (40, 10)] {
+            render(&app, &engine, w, h);
+            press(&mut app, &engine, KeyCode::Enter);
+            render(&app, &engine, w, h);
+            press(&mut app, &engine, KeyCode::Char('?'));
+            render(&app, &engine, w, h);
+            press(&mut app, &engine, KeyCode::Esc);
+            press(&mut app, &engine, KeyCode::Esc);
+        }
+        let empty = Engine::new(AnalysisConfig::default());
+        render(&App::new("live".into(), 3, 30), &empty, 80, 24);
+    }
 }
