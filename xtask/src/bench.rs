@@ -246,3 +246,216 @@ pub fn vm_probes(vm_opts: &crate::VmOpts, rounds: usize) -> Result<()> {
     println!("stream-json drops per round: {drops:?}");
     Ok(())
 }
+
+/// The capture the monitor's tests replay: rxe, RDMA WRITEs racing MADV_DONTNEED.
+const MONITOR_CAPTURE: &str = "odp-ctl/tests/data/rxe-dontneed-race.jsonl";
+
+/// The committed capture repeated back to back (10 ms apart) until `min_events`; returns the
+/// path, the event count and the events per second of capture time.
+fn repeated_capture(min_events: usize) -> Result<(PathBuf, usize, f64)> {
+    let root = workspace_root();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(root.join(MONITOR_CAPTURE))?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let ts = |v: &serde_json::Value| v["ts_ns"].as_u64().unwrap_or(0);
+    let (Some(first), Some(last)) = (lines.first(), lines.last()) else {
+        bail!("{MONITOR_CAPTURE} is empty");
+    };
+    let period = ts(last) - ts(first) + 10_000_000;
+    let copies = min_events.div_ceil(lines.len());
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("monitor-replay.jsonl");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    for copy in 0..copies as u64 {
+        for line in &lines {
+            let mut shifted = line.clone();
+            shifted["ts_ns"] = (ts(line) + copy * period).into();
+            serde_json::to_writer(&mut out, &shifted)?;
+            std::io::Write::write_all(&mut out, b"\n")?;
+        }
+    }
+    std::io::Write::flush(&mut out)?;
+    let events = copies * lines.len();
+    Ok((path, events, lines.len() as f64 / (period as f64 / 1e9)))
+}
+
+/// CPU ticks (user + system) of each thread of `pid`, by thread name.
+fn thread_ticks(pid: &str) -> Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = task?.path();
+        let comm = std::fs::read_to_string(dir.join("comm"))?
+            .trim()
+            .to_string();
+        let stat = std::fs::read_to_string(dir.join("stat"))?;
+        // Fields after the parenthesised name; utime and stime are the 14th and 15th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
+        out.push((comm, field(14).unwrap_or(0) + field(15).unwrap_or(0)));
+    }
+    Ok(out)
+}
+
+fn tmux(args: &[&str]) -> Result<String> {
+    let out = Command::new("tmux").args(args).output().context("tmux")?;
+    if !out.status.success() {
+        bail!(
+            "tmux {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The "events N" the monitor's header shows.
+fn events_on_screen(session: &str) -> Result<u64> {
+    let screen = tmux(&["capture-pane", "-p", "-t", session])?;
+    screen
+        .lines()
+        .next()
+        .and_then(|l| l.split(" | ").find_map(|p| p.strip_prefix("events ")))
+        .and_then(|n| n.replace(',', "").parse().ok())
+        .with_context(|| format!("no event count on the screen:\n{screen}"))
+}
+
+/// One paced TUI run: (events/s achieved, screen thread % of a core, replay thread %).
+fn tui_round(
+    odp_ctl: &Path,
+    capture: &Path,
+    speed: f64,
+    window: std::time::Duration,
+) -> Result<(f64, f64, f64)> {
+    let session = format!("odp-bench-{}", std::process::id());
+    let command = format!(
+        "exec {} monitor --replay {} --speed {speed:.3} --fps 10",
+        odp_ctl.display(),
+        capture.display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &command,
+    ])?;
+    let result = (|| {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let pid = tmux(&["display-message", "-p", "-t", &session, "#{pane_pid}"])?
+            .trim()
+            .to_string();
+        let ticks_per_s = 100.0; // USER_HZ on Linux
+        let (before, events_before, t0) = (
+            thread_ticks(&pid)?,
+            events_on_screen(&session)?,
+            std::time::Instant::now(),
+        );
+        std::thread::sleep(window);
+        let (after, events_after, elapsed) = (
+            thread_ticks(&pid)?,
+            events_on_screen(&session)?,
+            t0.elapsed().as_secs_f64(),
+        );
+        let share = |name: &str| {
+            let get = |v: &[(String, u64)]| {
+                v.iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, t)| *t)
+                    .sum::<u64>()
+            };
+            (get(&after) - get(&before)) as f64 / ticks_per_s / elapsed * 100.0
+        };
+        Ok((
+            (events_after - events_before) as f64 / elapsed,
+            share("odp-ctl"),
+            share("odp-replay"),
+        ))
+    })();
+    let _ = tmux(&["kill-session", "-t", &session]);
+    result
+}
+
+/// The monitor's speed: the engine alone on a decoded capture, the whole `--replay --summary`
+/// path (JSON parse included), and the TUI's CPU at 10 fps under a paced 100k events/s replay.
+pub fn monitor(rounds: usize, rate: f64) -> Result<()> {
+    crate::host::ensure()?;
+    cargo_build_release(&["-p", "odp-ctl"])?;
+    cargo_build_release(&["-p", "odp-core", "--example", "engine_replay"])?;
+    let root = workspace_root();
+    let odp_ctl = root.join("target/release/odp-ctl");
+    let engine_replay = root.join("target/release/examples/engine_replay");
+    let window = std::time::Duration::from_secs(8);
+    // Enough for the paced run's warm-up and window, with a margin.
+    let wanted = (rate * (window.as_secs_f64() + 4.0)) as usize;
+    let (capture, events, capture_rate) = repeated_capture(wanted.max(1_000_000))?;
+    let speed = rate / capture_rate;
+    println!(
+        "capture: {events} events ({MONITOR_CAPTURE} repeated), {capture_rate:.0} events/s as recorded; TUI replays at x{speed:.2}"
+    );
+    let mut engine = Vec::new();
+    let mut whole = Vec::new();
+    let mut tui: Vec<(f64, f64, f64)> = Vec::new();
+    for round in 1..=rounds {
+        let out = Command::new(&engine_replay)
+            .arg(root.join(MONITOR_CAPTURE))
+            .arg("4000000")
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        match (field("events="), field("ns=")) {
+            (Some(n), Some(ns)) if out.status.success() => engine.push(n / ns * 1e9),
+            _ => bail!(
+                "engine_replay: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+
+        let t = std::time::Instant::now();
+        let out = Command::new(&odp_ctl)
+            .args(["--json", "monitor", "--summary", "--replay"])
+            .arg(&capture)
+            .output()?;
+        let secs = t.elapsed().as_secs_f64();
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+        let n = summary["events"].as_u64().unwrap_or(0);
+        if n as usize != events {
+            bail!("replay summary counted {n} events of {events}");
+        }
+        whole.push(n as f64 / secs);
+
+        tui.push(tui_round(&odp_ctl, &capture, speed, window)?);
+        println!(
+            "round {round}: engine {:.2}M/s, replay --summary {:.2}M/s, TUI at {:.0}/s: screen {:.1}%, replay thread {:.1}%",
+            engine[round - 1] / 1e6,
+            whole[round - 1] / 1e6,
+            tui[round - 1].0,
+            tui[round - 1].1,
+            tui[round - 1].2
+        );
+    }
+    let column = |i: usize| median(&mut tui.iter().map(|r| [r.0, r.1, r.2][i]).collect::<Vec<_>>());
+    let (achieved, screen, replay) = (column(0), column(1), column(2));
+    println!("medians of {rounds} rounds:");
+    println!(
+        "  engine alone          {:>8.2}M events/s  (target >= 2M/s)",
+        median(&mut engine) / 1e6
+    );
+    println!(
+        "  replay --summary      {:>8.2}M events/s  (JSON parse + engine, one process)",
+        median(&mut whole) / 1e6
+    );
+    println!("  TUI, 10 fps, {achieved:.0} events/s: screen thread {screen:.1}% of a core (target < 5%), replay thread {replay:.1}%");
+    Ok(())
+}

@@ -238,6 +238,10 @@ step "odp-ctl trace: registration, prefetch, device faults, invalidations, dereg
 odp-ctl trace --output /tmp/trace.txt -- odp-ctl prefetch --size 256K --advice prefetch-write --range 0:64K >/dev/null
 grep -v page_fault_user /tmp/trace.txt | head -24
 echo "... $(grep -c . /tmp/trace.txt) events in all (/tmp/trace.txt)"
+step "odp-ctl monitor --summary: the correlation engine over a live workload (faults, invalidations, races, retries, latencies per MR)"
+odp-ctl monitor --summary --record /tmp/monitor.jsonl -- odp-ctl register --size 4M --traffic --message-size 256K
+step "odp-ctl monitor --replay: the same run again from its recording, as on any machine without RDMA"
+odp-ctl --json monitor --summary --replay /tmp/monitor.jsonl | grep -A6 '"counts"' | head -8
 step "a third-party client on the same device: ibv_rc_pingpong with ODP (-o) and prefetch (-P)"
 ibv_rc_pingpong -d rxe0 -g 1 -o -n 100 >/tmp/srv.log 2>&1 &
 sleep 1

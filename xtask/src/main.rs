@@ -91,6 +91,14 @@ enum BenchCmd {
         #[arg(long, default_value_t = 8)]
         loops: usize,
     },
+    /// The monitor: engine events/s, `--replay --summary` events/s, TUI CPU under a paced stream.
+    Monitor {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Events per second for the TUI run.
+        #[arg(long, default_value_t = 100_000.0)]
+        rate: f64,
+    },
     /// Loopback RDMA throughput on an ODP MR in the VM, full probe set on vs off.
     VmProbes {
         #[arg(long, default_value_t = 3)]
@@ -174,6 +182,7 @@ fn run(cli: Cli) -> Result<()> {
                 pages,
                 loops,
             } => bench::probes(rounds, pages, loops),
+            BenchCmd::Monitor { rounds, rate } => bench::monitor(rounds, rate),
             BenchCmd::VmProbes { rounds, opts } => bench::vm_probes(&opts, rounds),
         },
         Cmd::Vm { command } => match command {

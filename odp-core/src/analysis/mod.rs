@@ -647,13 +647,20 @@ impl Engine {
         if let Some(space) = self.spaces.get(&mm) {
             for call in subcalls.iter().filter(|c| c.read_begin) {
                 let call_end = call.ts + call.duration;
-                let collided = space.invalidations.iter().rev().any(|inv| {
-                    inv.start_ts < call_end
-                        && call.ts < inv.end_ts
-                        && inv.lo < hi
-                        && lo < inv.hi
-                        && inv.mr.is_none_or(|m| m == mr)
-                });
+                // Newest first, and only as far back as could still overlap the call: a
+                // full scan of the window per call was the engine's hottest loop.
+                let collided = space
+                    .invalidations
+                    .iter()
+                    .rev()
+                    .take_while(|inv| inv.end_ts + REORDER_NS >= call.ts)
+                    .any(|inv| {
+                        inv.start_ts < call_end
+                            && call.ts < inv.end_ts
+                            && inv.lo < hi
+                            && lo < inv.hi
+                            && inv.mr.is_none_or(|m| m == mr)
+                    });
                 if collided {
                     waits.push(call.duration);
                 }
@@ -1017,7 +1024,6 @@ impl Engine {
                 timeouts: rate(c.timeouts()),
                 prefetches: rate(c.prefetches),
             },
-            invalidations_by_cause: causes(c),
             invalidations_by_task: self.by_task.clone(),
             prefetch_effectiveness: PrefetchEffectiveness {
                 prefetched_pages: c.prefetched_pages,
@@ -1044,15 +1050,6 @@ impl Engine {
             findings: self.findings.iter().cloned().collect(),
         }
     }
-}
-
-fn causes(c: &Counts) -> BTreeMap<String, u64> {
-    c.invalidations_by_cause
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n > 0)
-        .map(|(i, n)| (mmu_event_name(i as u32).to_string(), *n))
-        .collect()
 }
 
 fn overlaps(f: &FaultSpan, inv: &InvSpan) -> bool {
@@ -1104,7 +1101,6 @@ pub struct Summary {
     pub totals: StatsSummary,
     /// Per second of event time covered.
     pub rates: Rates,
-    pub invalidations_by_cause: BTreeMap<String, u64>,
     pub invalidations_by_task: BTreeMap<String, u64>,
     pub prefetch_effectiveness: PrefetchEffectiveness,
     pub devices: Vec<DeviceSummary>,
@@ -1161,7 +1157,6 @@ pub struct MrSummary {
     pub released: bool,
     pub lkey: Option<u32>,
     pub rkey: Option<u32>,
-    pub invalidations_by_cause: BTreeMap<String, u64>,
     #[serde(flatten)]
     pub stats: StatsSummary,
 }
@@ -1181,15 +1176,8 @@ impl MrSummary {
             released: m.released_ns.is_some(),
             lkey: m.lkey,
             rkey: m.rkey,
-            invalidations_by_cause: causes(&m.stats.counts),
             stats: m.stats.summary(),
         }
-    }
-}
-
-impl Mr {
-    pub fn invalidations_by_cause(&self) -> BTreeMap<String, u64> {
-        causes(&self.stats.counts)
     }
 }
 

@@ -1,5 +1,8 @@
 //! Counters and latency histograms kept per MR, process, device and in total.
 
+use std::collections::BTreeMap;
+
+use bpf_common::mmu_event_name;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -23,7 +26,8 @@ pub struct Counts {
     /// Driver invalidate callbacks (the device's mappings being zapped).
     pub invalidations: u64,
     pub invalidated_bytes: u64,
-    /// Invalidations by `enum mmu_notifier_event` (last slot: unknown).
+    /// Invalidations by `enum mmu_notifier_event` (last slot: unknown); JSON names the kinds.
+    #[serde(serialize_with = "cause_names")]
     pub invalidations_by_cause: [u64; CAUSES + 1],
     /// Faults that an overlapping invalidation ran into while they were in flight.
     pub races: u64,
@@ -50,6 +54,27 @@ impl Counts {
     pub fn timeouts(&self) -> u64 {
         self.hmm_timeouts + self.unresolved + self.slow
     }
+
+    /// Invalidations by mmu_notifier_event name, the kinds seen only.
+    pub fn causes(&self) -> BTreeMap<&'static str, u64> {
+        self.invalidations_by_cause
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| (mmu_event_name(i as u32), *n))
+            .collect()
+    }
+}
+
+fn cause_names<S: serde::Serializer>(
+    by_cause: &[u64; CAUSES + 1],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let counts = Counts {
+        invalidations_by_cause: *by_cause,
+        ..Counts::default()
+    };
+    s.collect_map(counts.causes())
 }
 
 /// An HDR histogram in nanoseconds, allocated on first use (most entities never see most kinds).

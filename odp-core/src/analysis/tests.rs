@@ -344,9 +344,9 @@ fn invalidations_are_counted_by_cause_and_task() {
         callback(300, 5, 0, 8).aux(6).kworker(9),
     ]);
     let summary = engine.summary();
-    assert_eq!(summary.invalidations_by_cause.get("CLEAR"), Some(&1));
-    assert_eq!(summary.invalidations_by_cause.get("UNMAP"), Some(&1));
-    assert_eq!(summary.invalidations_by_cause.get("MIGRATE"), Some(&1));
+    assert_eq!(summary.totals.counts.causes().get("CLEAR"), Some(&1));
+    assert_eq!(summary.totals.counts.causes().get("UNMAP"), Some(&1));
+    assert_eq!(summary.totals.counts.causes().get("MIGRATE"), Some(&1));
     assert_eq!(summary.invalidations_by_task.get("app"), Some(&2));
     assert_eq!(summary.invalidations_by_task.get("kworker"), Some(&1));
     assert_eq!(summary.totals.counts.invalidated_bytes, (4 + 64 + 8) * PAGE);
@@ -416,9 +416,19 @@ fn a_reused_umem_address_is_a_new_mr() {
 
 #[test]
 fn the_summary_serializes_with_hex_addresses_and_percentiles() {
-    let engine = run(&[register(UMEM), fault(100, 30, 0, 4)]);
+    let engine = run(&[
+        register(UMEM),
+        fault(100, 30, 0, 4),
+        callback(200, 5, 0, 4).aux(0),
+    ]);
     let json = serde_json::to_value(engine.summary()).expect("json");
     assert_eq!(json["totals"]["faults"], 1);
+    // Causes by name, once per object (no raw array, no duplicate key from the flattening).
+    let by_cause = serde_json::json!({"UNMAP": 1});
+    assert_eq!(json["totals"]["invalidations_by_cause"], by_cause);
+    assert_eq!(json["mrs"][0]["invalidations_by_cause"], by_cause);
+    let text = serde_json::to_string(&engine.summary()).expect("json");
+    assert_eq!(text.matches("invalidations_by_cause").count(), 1 + 1 + 1 + 1, "{text}");
     assert_eq!(json["mrs"][0]["start"], format!("{BASE:#x}"));
     assert_eq!(json["mrs"][0]["device"], "rxe0");
     assert!(json["totals"]["latency"]["fault"]["p99_ns"]

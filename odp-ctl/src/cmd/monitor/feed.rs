@@ -87,63 +87,66 @@ pub fn live(
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(usize, usize), odp_ebpf::Error>>();
     let thread = {
         let shared = Arc::clone(&shared);
-        std::thread::spawn(move || {
-            let session = match Session::start(&config) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    shared.done.store(true, Ordering::Release);
-                    return;
-                }
-            };
-            let plans = session.plans();
-            let attached = plans
-                .iter()
-                .filter(|p| p.status == Status::Attached)
-                .count();
-            let _ = ready_tx.send(Ok((attached, plans.len())));
-            let mut since_drops = 0u32;
-            let mut write_error = None;
-            let result = session.run(&stop, deadline, |e| {
-                if let Ok(mut pending) = shared.pending.lock() {
-                    pending.push(*e);
-                }
-                if let Some(w) = recorder.as_mut() {
-                    if write_error.is_none() {
-                        let line =
-                            serde_json::to_string(&Record::from_event(e)).unwrap_or_default();
-                        if let Err(err) = writeln!(w, "{line}") {
-                            write_error = Some(err);
+        // Named so that per-thread CPU (top -H, the benchmark) tells source from screen.
+        std::thread::Builder::new()
+            .name("odp-probes".into())
+            .spawn(move || {
+                let session = match Session::start(&config) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        shared.done.store(true, Ordering::Release);
+                        return;
+                    }
+                };
+                let plans = session.plans();
+                let attached = plans
+                    .iter()
+                    .filter(|p| p.status == Status::Attached)
+                    .count();
+                let _ = ready_tx.send(Ok((attached, plans.len())));
+                let mut since_drops = 0u32;
+                let mut write_error = None;
+                let result = session.run(&stop, deadline, |e| {
+                    if let Ok(mut pending) = shared.pending.lock() {
+                        pending.push(*e);
+                    }
+                    if let Some(w) = recorder.as_mut() {
+                        if write_error.is_none() {
+                            let line =
+                                serde_json::to_string(&Record::from_event(e)).unwrap_or_default();
+                            if let Err(err) = writeln!(w, "{line}") {
+                                write_error = Some(err);
+                            }
                         }
                     }
+                    // Drops only happen while events flow, so sampling here keeps the count fresh.
+                    since_drops += 1;
+                    if since_drops >= 4096 {
+                        since_drops = 0;
+                        shared.drops.store(session.drops(), Ordering::Relaxed);
+                    }
+                });
+                shared.drops.store(session.drops(), Ordering::Relaxed);
+                if let Err(e) = result {
+                    fail(
+                        &shared,
+                        anyhow::Error::from(e).context("reading probe events"),
+                    );
                 }
-                // Drops only happen while events flow, so sampling here keeps the count fresh.
-                since_drops += 1;
-                if since_drops >= 4096 {
-                    since_drops = 0;
-                    shared.drops.store(session.drops(), Ordering::Relaxed);
+                if let Some(mut w) = recorder {
+                    if let Err(e) = w.flush() {
+                        write_error.get_or_insert(e);
+                    }
                 }
-            });
-            shared.drops.store(session.drops(), Ordering::Relaxed);
-            if let Err(e) = result {
-                fail(
-                    &shared,
-                    anyhow::Error::from(e).context("reading probe events"),
-                );
-            }
-            if let Some(mut w) = recorder {
-                if let Err(e) = w.flush() {
-                    write_error.get_or_insert(e);
+                if let Some(e) = write_error {
+                    fail(
+                        &shared,
+                        anyhow::Error::from(e).context("writing the recording"),
+                    );
                 }
-            }
-            if let Some(e) = write_error {
-                fail(
-                    &shared,
-                    anyhow::Error::from(e).context("writing the recording"),
-                );
-            }
-            shared.done.store(true, Ordering::Release);
-        })
+                shared.done.store(true, Ordering::Release);
+            })?
     };
     match ready_rx.recv() {
         Ok(Ok((attached, total))) => Ok(Feed {
@@ -201,6 +204,11 @@ pub fn read_recording(
     Ok(events)
 }
 
+/// How far ahead of its schedule a paced replay may run before it sleeps; well under a frame.
+const REPLAY_SLACK: Duration = Duration::from_millis(2);
+/// Events handed to the screen at once when the replay is not sleeping.
+const REPLAY_BATCH: usize = 4096;
+
 /// Replays a recording paced by its timestamps (`speed` times as fast; 0: no pacing).
 pub fn replay(path: PathBuf, speed: f64, stop: Arc<AtomicBool>) -> anyhow::Result<Feed> {
     // Fail on a missing file before the screen is taken over.
@@ -222,32 +230,48 @@ pub fn replay(path: PathBuf, speed: f64, stop: Arc<AtomicBool>) -> anyhow::Resul
     );
     let thread = {
         let shared = Arc::clone(&shared);
-        std::thread::spawn(move || {
-            let started = Instant::now();
-            let mut first_ts = None;
-            let result = read_recording(&path, &stop, |e| {
-                let t0 = *first_ts.get_or_insert(e.ts_ns);
-                if speed > 0.0 {
-                    let due =
-                        Duration::from_secs_f64(e.ts_ns.saturating_sub(t0) as f64 / 1e9 / speed);
-                    // Sleep in slices so a quit is not held up by a long gap in the recording.
-                    while !stop.load(Ordering::Relaxed) {
-                        let left = due.saturating_sub(started.elapsed());
-                        if left.is_zero() {
-                            break;
-                        }
-                        std::thread::sleep(left.min(Duration::from_millis(50)));
+        std::thread::Builder::new()
+            .name("odp-replay".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let mut first_ts = None;
+                // Events go over in batches, and the thread sleeps only when it is a few
+                // milliseconds ahead: a lock and a sleep per event cost more than the parse.
+                let mut batch = Vec::new();
+                let hand_over = |batch: &mut Vec<OdpEvent>| {
+                    if let Ok(mut pending) = shared.pending.lock() {
+                        pending.append(batch);
                     }
+                };
+                let result = read_recording(&path, &stop, |e| {
+                    let t0 = *first_ts.get_or_insert(e.ts_ns);
+                    if speed > 0.0 {
+                        let due = Duration::from_secs_f64(
+                            e.ts_ns.saturating_sub(t0) as f64 / 1e9 / speed,
+                        );
+                        if due.saturating_sub(started.elapsed()) >= REPLAY_SLACK {
+                            hand_over(&mut batch);
+                            // In slices, so a quit is not held up by a long gap.
+                            while !stop.load(Ordering::Relaxed) {
+                                let left = due.saturating_sub(started.elapsed());
+                                if left.is_zero() {
+                                    break;
+                                }
+                                std::thread::sleep(left.min(Duration::from_millis(50)));
+                            }
+                        }
+                    }
+                    batch.push(e);
+                    if batch.len() >= REPLAY_BATCH {
+                        hand_over(&mut batch);
+                    }
+                });
+                hand_over(&mut batch);
+                if let Err(e) = result {
+                    fail(&shared, e);
                 }
-                if let Ok(mut pending) = shared.pending.lock() {
-                    pending.push(e);
-                }
-            });
-            if let Err(e) = result {
-                fail(&shared, e);
-            }
-            shared.done.store(true, Ordering::Release);
-        })
+                shared.done.store(true, Ordering::Release);
+            })?
     };
     Ok(Feed {
         shared,

@@ -303,9 +303,9 @@ fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
         lat.add_row(vec![name.to_string(), n, p50, p99, max]);
     }
     println!("{lat}");
-    if !s.invalidations_by_cause.is_empty() {
-        let parts: Vec<String> = s
-            .invalidations_by_cause
+    let causes = c.causes();
+    if !causes.is_empty() {
+        let parts: Vec<String> = causes
             .iter()
             .map(|(k, v)| format!("{k} {v}"))
             .collect();

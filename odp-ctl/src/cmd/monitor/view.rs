@@ -398,8 +398,8 @@ fn draw_detail(frame: &mut Frame, app: &App, engine: &Engine, mr: &Mr) {
         (Some(l), Some(r)) => format!("lkey {l:#x} rkey {r:#x}"),
         _ => "keys unknown".into(),
     };
-    let causes: Vec<String> = mr
-        .invalidations_by_cause()
+    let causes: Vec<String> = c
+        .causes()
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
