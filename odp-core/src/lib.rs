@@ -8,9 +8,11 @@
 pub mod analysis;
 pub mod error;
 pub mod memory;
+pub mod stress;
 pub mod testing;
 pub mod trace;
 pub mod traffic;
+pub mod units;
 pub mod verbs;
 
 pub use error::{Error, ErrorKind, Result};

@@ -270,6 +270,107 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    fn sub_range(&self, offset: usize, len: usize) -> Result<*mut u8> {
+        self.check_range(offset, len)?;
+        let page = page_size();
+        if offset % page != 0 || len % page != 0 {
+            return Err(Error::invalid("the range must be page-aligned"));
+        }
+        // SAFETY: offset was checked to lie inside the mapping.
+        Ok(unsafe { self.addr.as_ptr().add(offset) })
+    }
+
+    /// Replaces a sub-range with fresh pages of the same backing at the same address: one
+    /// mmap(MAP_FIXED), in which the kernel unmaps the old pages (an UNMAP invalidation) and maps
+    /// new ones, so the address is never free for anything else to take. Private memory reads
+    /// back as zero afterwards; a file mapping shows the file's contents again.
+    pub fn remap(&self, offset: usize, len: usize) -> Result<()> {
+        let at = self.sub_range(offset, len)?;
+        let (flags, fd, file_offset) = match &self.backing {
+            Backing::Anonymous | Backing::Thp => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0),
+            Backing::Hugetlb => (
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                -1,
+                0,
+            ),
+            Backing::Shared => (libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0),
+            Backing::File(_) => (
+                libc::MAP_SHARED,
+                self._file.as_ref().map_or(-1, |f| f.as_raw_fd()),
+                offset as libc::off_t,
+            ),
+        };
+        // SAFETY: MAP_FIXED over a page-aligned sub-range of this mapping only; the range stays
+        // mapped read-write, and all access to it goes through explicit copies.
+        let ptr = unsafe {
+            libc::mmap(
+                at.cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags | libc::MAP_FIXED,
+                fd,
+                file_offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::last_os("mmap(MAP_FIXED)"));
+        }
+        if self.backing == Backing::Thp {
+            self.madvise(offset, len, libc::MADV_HUGEPAGE, "madvise(MADV_HUGEPAGE)")?;
+        }
+        Ok(())
+    }
+
+    /// mprotect over a sub-range. While it is read-only, CPU writes to it would fault: callers
+    /// keep their own writes out of that window.
+    pub fn protect(&self, offset: usize, len: usize, writable: bool) -> Result<()> {
+        let at = self.sub_range(offset, len)?;
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+        // SAFETY: a page-aligned sub-range of this mapping; nothing is unmapped.
+        if unsafe { libc::mprotect(at.cast(), len, prot) } != 0 {
+            return Err(Error::last_os("mprotect"));
+        }
+        Ok(())
+    }
+
+    /// fork(); the child writes every page of the sub-range (breaking copy-on-write on its side)
+    /// and exits; the parent waits for it.
+    pub fn fork_and_touch(&self, offset: usize, len: usize) -> Result<()> {
+        let at = self.sub_range(offset, len)?;
+        let page = page_size();
+        // SAFETY: the child only stores to its own copy of this mapping and calls _exit: no
+        // locks, no allocation, nothing of the parent's other threads.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(Error::last_os("fork"));
+        }
+        if pid == 0 {
+            // SAFETY: see above; the range is inside the mapping, inherited by the child.
+            unsafe {
+                for off in (0..len).step_by(page) {
+                    let p = at.add(off);
+                    std::ptr::write_volatile(p, std::ptr::read_volatile(p) ^ 0xff);
+                }
+                libc::_exit(0);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting on our own child; status is a valid out-pointer.
+        let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if waited != pid {
+            return Err(Error::last_os("waitpid"));
+        }
+        if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+            return Err(Error::os(
+                "the forked child (it died or failed)",
+                libc::ECHILD,
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: addr/len are exactly what mmap returned, and this is the only unmap.

@@ -5,7 +5,6 @@
 
 mod cmd;
 mod output;
-mod units;
 
 use clap::{Parser, Subcommand};
 
@@ -55,6 +54,9 @@ enum Command {
     /// Live view of ODP faults, invalidations, races, retries and timeouts per MR, process and
     /// device (a TUI; --summary for a table or --json), from probes or a --replay recording.
     Monitor(cmd::monitor::Args),
+    /// Run a stress scenario: RDMA traffic over ODP MRs while the CPU side invalidates the
+    /// same memory (madvise, remap, mprotect, fork), every byte verified, probes watching.
+    Stress(cmd::stress::Args),
 }
 
 fn main() {
@@ -68,6 +70,7 @@ fn main() {
         Command::Probes => cmd::probes::run(&out),
         Command::Trace(args) => cmd::trace::run(&out, &args),
         Command::Monitor(args) => cmd::monitor::run(&out, &args),
+        Command::Stress(args) => cmd::stress::run(&out, &args),
     };
     if let Err(err) = result {
         std::process::exit(out.error(&err));

@@ -169,7 +169,10 @@ fn replayed_capture_summary_agrees_with_a_brute_force_count() {
         "one ODP MR"
     );
     // MADV_DONTNEED reaches the driver as MMU_NOTIFY_CLEAR, and nothing else ran.
-    assert_eq!(summary["totals"]["invalidations_by_cause"]["CLEAR"], invalidations);
+    assert_eq!(
+        summary["totals"]["invalidations_by_cause"]["CLEAR"],
+        invalidations
+    );
 }
 
 #[test]

@@ -428,7 +428,11 @@ fn the_summary_serializes_with_hex_addresses_and_percentiles() {
     assert_eq!(json["totals"]["invalidations_by_cause"], by_cause);
     assert_eq!(json["mrs"][0]["invalidations_by_cause"], by_cause);
     let text = serde_json::to_string(&engine.summary()).expect("json");
-    assert_eq!(text.matches("invalidations_by_cause").count(), 1 + 1 + 1 + 1, "{text}");
+    assert_eq!(
+        text.matches("invalidations_by_cause").count(),
+        1 + 1 + 1 + 1,
+        "{text}"
+    );
     assert_eq!(json["mrs"][0]["start"], format!("{BASE:#x}"));
     assert_eq!(json["mrs"][0]["device"], "rxe0");
     assert!(json["totals"]["latency"]["fault"]["p99_ns"]

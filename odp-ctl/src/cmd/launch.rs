@@ -6,11 +6,10 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use odp_ebpf::Config;
 
-use crate::units::parse_size;
+use odp_core::units::parse_size;
 
 /// Which activity the probes report.
 #[derive(clap::Args, Clone)]
@@ -69,29 +68,6 @@ pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
     Ok(stop)
-}
-
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (num, unit) = t.split_at(
-        t.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(t.len()),
-    );
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {text:?}: use 10s, 500ms, 2m"))?;
-    let secs = match unit {
-        "" | "s" => value,
-        "ms" => value / 1e3,
-        "us" => value / 1e6,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("bad duration unit in {text:?}: use ms, s, m or h")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("bad duration {text:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// A child that waits on a pipe until the probes are attached, so none of its calls are missed.

@@ -6,4 +6,5 @@ pub mod mr;
 pub mod prefetch;
 pub mod probes;
 pub mod register;
+pub mod stress;
 pub mod trace;

@@ -9,7 +9,7 @@ use odp_core::verbs::{Access, Context, MemoryRegion, ProtectionDomain};
 use serde::Serialize;
 
 use crate::output::pairs;
-use crate::units::parse_size;
+use odp_core::units::parse_size;
 
 #[derive(clap::Args, Clone)]
 pub struct MrArgs {

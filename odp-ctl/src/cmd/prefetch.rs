@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::mr::{setup, MrArgs, MrReport};
 use crate::output::{table, AlreadyReported, Output};
-use crate::units::{parse_key, parse_range};
+use odp_core::units::{parse_key, parse_range};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::mr::{setup, MrArgs, MrReport};
 use crate::output::{table, DataMismatch, Output};
-use crate::units::parse_size;
+use odp_core::units::parse_size;
 
 #[derive(clap::Args)]
 pub struct Args {

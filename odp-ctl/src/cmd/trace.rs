@@ -11,10 +11,9 @@ use odp_core::trace::{monotonic_ns, Record};
 use odp_ebpf::{Config, Session, Status};
 use serde::Serialize;
 
-use super::launch::{
-    parse_duration, report_child_status, spawn_gated, stop_on_signals, Gated, ProbeFilter,
-};
+use super::launch::{report_child_status, spawn_gated, stop_on_signals, Gated, ProbeFilter};
 use crate::output::Output;
+use odp_core::units::parse_duration;
 
 #[derive(clap::Args)]
 pub struct Args {

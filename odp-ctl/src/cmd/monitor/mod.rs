@@ -2,7 +2,7 @@
 //! and timeouts, from live probes or a recording.
 
 mod app;
-mod feed;
+pub(crate) mod feed;
 mod view;
 
 use std::path::PathBuf;
@@ -13,12 +13,11 @@ use std::time::{Duration, Instant};
 use odp_core::analysis::{fmt_ns, AnalysisConfig, Engine, LatencySummary, Summary};
 use ratatui::crossterm::event::{self, Event};
 
-use super::launch::{
-    parse_duration, report_child_status, spawn_gated, stop_on_signals, Gated, ProbeFilter,
-};
+use super::launch::{report_child_status, spawn_gated, stop_on_signals, Gated, ProbeFilter};
 use crate::output::{table, Output};
 use app::{Action, App};
 use feed::Feed;
+use odp_core::units::parse_duration;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -70,7 +69,16 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         }
         let source_stop = Arc::new(AtomicBool::new(false));
         let feed = feed::replay(path.clone(), args.speed, Arc::clone(&source_stop))?;
-        return watch(feed, config, &stop, &source_stop, deadline, args.fps);
+        return watch(
+            feed,
+            config,
+            &stop,
+            &source_stop,
+            deadline,
+            args.fps,
+            &mut |_| {},
+        )
+        .map(drop);
     }
 
     args.filter.check_command(&args.command)?;
@@ -111,7 +119,16 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let result = if args.summary {
         summarize_live(out, feed, config, &stop, &source_stop)
     } else {
-        watch(feed, config, &stop, &source_stop, deadline, args.fps)
+        watch(
+            feed,
+            config,
+            &stop,
+            &source_stop,
+            deadline,
+            args.fps,
+            &mut |_| {},
+        )
+        .map(drop)
     };
     // The view may end first (q): the child keeps running, so only reap it if it is done.
     let status = watcher.and_then(|w| w.is_finished().then(|| w.join().ok()).flatten());
@@ -176,14 +193,17 @@ impl Drop for TerminalGuard {
     }
 }
 
-fn watch(
+/// The live screen until q, a signal or the deadline; every event also goes to `tap`. Returns
+/// the engine, for a report after the screen is gone.
+pub(crate) fn watch(
     feed: Feed,
     config: AnalysisConfig,
     stop: &AtomicBool,
     source_stop: &AtomicBool,
     deadline: Option<Instant>,
     fps: u32,
-) -> anyhow::Result<()> {
+    tap: &mut dyn FnMut(&bpf_common::OdpEvent),
+) -> anyhow::Result<Engine> {
     let mut engine = Engine::new(config);
     engine.source.probes_attached = feed.probes_attached;
     engine.source.probes_total = feed.probes_total;
@@ -202,6 +222,7 @@ fn watch(
         for e in &batch {
             engine.ingest(e);
             app.push(e);
+            tap(e);
         }
         app.drops = feed.drops();
         engine.source.drops = app.drops;
@@ -232,8 +253,9 @@ fn watch(
     drop(guard);
     // Ends the source thread: live probes detach, a replay stops reading.
     source_stop.store(true, Ordering::Relaxed);
+    engine.source.drops = feed.drops();
     feed.finish()?;
-    result
+    result.map(|()| engine)
 }
 
 fn latency_cell(l: &Option<LatencySummary>) -> [String; 4] {
@@ -248,7 +270,7 @@ fn latency_cell(l: &Option<LatencySummary>) -> [String; 4] {
     }
 }
 
-fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
+pub(crate) fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
     if out.json {
         return out.json(s);
     }
@@ -305,10 +327,7 @@ fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
     println!("{lat}");
     let causes = c.causes();
     if !causes.is_empty() {
-        let parts: Vec<String> = causes
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
+        let parts: Vec<String> = causes.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("invalidations by cause: {}", parts.join(", "));
         let parts: Vec<String> = s
             .invalidations_by_task

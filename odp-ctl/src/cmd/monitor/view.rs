@@ -398,11 +398,7 @@ fn draw_detail(frame: &mut Frame, app: &App, engine: &Engine, mr: &Mr) {
         (Some(l), Some(r)) => format!("lkey {l:#x} rkey {r:#x}"),
         _ => "keys unknown".into(),
     };
-    let causes: Vec<String> = c
-        .causes()
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
+    let causes: Vec<String> = c.causes().iter().map(|(k, v)| format!("{k} {v}")).collect();
     // Five short lines, so that an 80-column terminal shows them all without wrapping.
     let info_lines = vec![
         Line::from(vec![

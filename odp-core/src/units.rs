@@ -1,4 +1,7 @@
-//! Sizes and ranges as people type them: `4096`, `64K`, `2MiB`, `0x1000`, `1M:64K`.
+//! Sizes, ranges and durations as people type them: `4096`, `64K`, `2MiB`, `0x1000`, `1M:64K`,
+//! `500ms`, `10s`, `2m`.
+
+use std::time::Duration;
 
 /// Parses a byte count with an optional binary suffix (K, M, G, T; `iB`/`B` tolerated).
 pub fn parse_size(text: &str) -> Result<usize, String> {
@@ -48,6 +51,30 @@ pub fn parse_key(text: &str) -> Result<u32, String> {
     parsed.map_err(|_| format!("bad key {text:?}: expected a 32-bit number"))
 }
 
+/// Parses a duration: a number with ms, us, s (default), m or h.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(
+        t.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len()),
+    );
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}: use 10s, 500ms, 2m"))?;
+    let secs = match unit {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "us" => value / 1e6,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("bad duration unit in {text:?}: use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("bad duration {text:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +99,16 @@ mod tests {
         assert!(parse_size("99999999999T")
             .expect_err("must be refused")
             .contains("overflows"));
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3d").expect_err("unit").contains("unit"));
     }
 
     #[test]

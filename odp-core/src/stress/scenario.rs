@@ -1,0 +1,631 @@
+//! The scenario file: what memory to register, what traffic to run over it, and what the CPU
+//! side does to that memory meanwhile. TOML, documented in `scenarios/README.md`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::memory::Backing;
+use crate::units::{parse_duration, parse_range, parse_size};
+use crate::verbs::{Access, Advice};
+
+/// A size as typed in the file: `4096`, `"64K"`, `"2M"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Size(pub usize);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => usize::try_from(n)
+                .map(Size)
+                .map_err(|_| serde::de::Error::custom("size overflows the address space")),
+            Raw::Text(t) => parse_size(&t).map(Size).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A duration as typed in the file: `"10s"`, `"500ms"`, or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Span(#[serde(with = "secs")] pub Duration);
+
+mod secs {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) if n.is_finite() && n >= 0.0 => Ok(Span(Duration::from_secs_f64(n))),
+            Raw::Number(_) => Err(serde::de::Error::custom("a duration must be >= 0")),
+            Raw::Text(t) => parse_duration(&t)
+                .map(Span)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// `OFFSET:LENGTH` inside an MR, e.g. `"0:2M"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Window {
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl<'de> Deserialize<'de> for Window {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let (offset, len) = parse_range(&text).map_err(serde::de::Error::custom)?;
+        Ok(Window { offset, len })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    #[serde(default = "default_name")]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Seeds every worker's random choices (ranges, jitter), so a run can be repeated.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Total length of the run when there are no phases.
+    #[serde(default = "default_duration")]
+    pub duration: Span,
+    #[serde(default)]
+    pub device: DeviceSpec,
+    #[serde(rename = "mr", default)]
+    pub mrs: Vec<MrSpec>,
+    #[serde(default)]
+    pub traffic: Vec<TrafficSpec>,
+    #[serde(rename = "invalidate", default)]
+    pub invalidations: Vec<InvalidateSpec>,
+    #[serde(default)]
+    pub prefetch: Vec<PrefetchSpec>,
+    /// Run in order; each names the workers active in it. None: everything for `duration`.
+    #[serde(rename = "phase", default)]
+    pub phases: Vec<PhaseSpec>,
+}
+
+fn default_name() -> String {
+    "unnamed".into()
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+fn default_duration() -> Span {
+    Span(Duration::from_secs(5))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSpec {
+    /// RDMA device; default: the first one.
+    pub name: Option<String>,
+    #[serde(default = "default_port")]
+    pub port: u8,
+    /// GID index for RoCE; default: a RoCE v2 IPv4 entry.
+    pub gid_index: Option<u32>,
+    /// Path MTU in bytes (256..4096); default: the port's active MTU.
+    pub mtu: Option<u32>,
+    /// Work requests each queue can hold.
+    #[serde(default = "default_qp_depth")]
+    pub qp_depth: u32,
+}
+
+impl Default for DeviceSpec {
+    fn default() -> Self {
+        DeviceSpec {
+            name: None,
+            port: default_port(),
+            gid_index: None,
+            mtu: None,
+            qp_depth: default_qp_depth(),
+        }
+    }
+}
+
+fn default_port() -> u8 {
+    1
+}
+
+fn default_qp_depth() -> u32 {
+    64
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MrSpec {
+    pub name: String,
+    pub size: Size,
+    #[serde(default = "default_backing")]
+    pub backing: String,
+    /// Register the whole address space (implicit ODP) instead of this buffer's range.
+    #[serde(default)]
+    pub implicit: bool,
+    /// Access flags as `register --access` takes them; on-demand is always added.
+    #[serde(default = "default_access")]
+    pub access: String,
+}
+
+fn default_backing() -> String {
+    "anon".into()
+}
+
+fn default_access() -> String {
+    "local-write,remote-write,remote-read,remote-atomic".into()
+}
+
+/// What the device does with the ODP MR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrafficOp {
+    /// RDMA WRITE into the ODP MR (the device writes ODP memory; checked by reading it back).
+    Write,
+    /// RDMA READ out of the ODP MR (the device reads ODP memory the CPU just filled).
+    Read,
+    /// SEND received into the ODP MR.
+    Send,
+}
+
+impl TrafficOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            TrafficOp::Write => "write",
+            TrafficOp::Read => "read",
+            TrafficOp::Send => "send",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub mr: String,
+    pub op: TrafficOp,
+    /// Bytes per operation.
+    #[serde(default = "default_message")]
+    pub message: Size,
+    /// Operations in flight at once (each on its own part of the range).
+    #[serde(default = "default_depth")]
+    pub depth: u32,
+    /// Operations per second; 0 runs as fast as completions allow.
+    #[serde(default)]
+    pub rate: f64,
+    /// Part of the MR this worker uses; default the whole MR.
+    #[serde(default)]
+    pub range: Option<Window>,
+}
+
+fn default_message() -> Size {
+    Size(64 << 10)
+}
+
+fn default_depth() -> u32 {
+    1
+}
+
+/// What the CPU side does to the ODP memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// madvise(MADV_DONTNEED): private pages dropped (they read back as zero).
+    Dontneed,
+    /// madvise(MADV_FREE): lazily freed; contents may vanish under memory pressure.
+    Free,
+    /// madvise(MADV_PAGEOUT): reclaim now (needs swap for anonymous memory).
+    Pageout,
+    /// madvise(MADV_COLD): deactivate.
+    Cold,
+    /// mmap(MAP_FIXED) over the range: the old pages are unmapped and fresh ones mapped at the
+    /// same address in one step.
+    Remap,
+    /// mprotect to read-only and back.
+    Mprotect,
+    /// fork(); the child writes to every page of the range (copy-on-write), then exits.
+    Fork,
+}
+
+impl Action {
+    pub const ALL: [Action; 7] = [
+        Action::Dontneed,
+        Action::Free,
+        Action::Pageout,
+        Action::Cold,
+        Action::Remap,
+        Action::Mprotect,
+        Action::Fork,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Dontneed => "dontneed",
+            Action::Free => "free",
+            Action::Pageout => "pageout",
+            Action::Cold => "cold",
+            Action::Remap => "remap",
+            Action::Mprotect => "mprotect",
+            Action::Fork => "fork",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidateSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub mr: String,
+    pub action: Action,
+    /// Actions per second.
+    #[serde(default = "default_action_rate")]
+    pub rate: f64,
+    /// Bytes each action covers, at a random page-aligned place inside `range`.
+    #[serde(default = "default_action_len")]
+    pub length: Size,
+    #[serde(default)]
+    pub range: Option<Window>,
+    /// 0..1: how much of each interval is randomised (0 is a metronome).
+    #[serde(default)]
+    pub jitter: f64,
+    /// How long mprotect keeps the range read-only.
+    #[serde(default = "default_hold")]
+    pub hold: Span,
+}
+
+fn default_action_rate() -> f64 {
+    200.0
+}
+
+fn default_action_len() -> Size {
+    Size(64 << 10)
+}
+
+fn default_hold() -> Span {
+    Span(Duration::from_micros(200))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefetchSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub mr: String,
+    #[serde(default = "default_advice")]
+    pub advice: String,
+    /// Wait for the prefetch (IBV_ADVISE_MR_FLAG_FLUSH) or not.
+    #[serde(default)]
+    pub sync: bool,
+    #[serde(default = "default_prefetch_rate")]
+    pub rate: f64,
+    #[serde(default = "default_action_len")]
+    pub length: Size,
+    #[serde(default)]
+    pub range: Option<Window>,
+}
+
+fn default_advice() -> String {
+    "prefetch-write".into()
+}
+
+fn default_prefetch_rate() -> f64 {
+    50.0
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub duration: Span,
+    /// Worker names active in this phase; absent: all of them.
+    pub workers: Option<Vec<String>>,
+}
+
+/// The built-in scenario: RDMA WRITE and READ over a 4 MiB anonymous ODP MR while MADV_DONTNEED
+/// drops 64 KiB pieces of it 500 times a second.
+pub const DEFAULT_SCENARIO: &str = r#"
+name = "default"
+description = "RDMA WRITE and READ on an anonymous ODP MR while MADV_DONTNEED drops pieces of it"
+seed = 1
+duration = "5s"
+
+[[mr]]
+name = "buf"
+size = "4M"
+
+[[traffic]]
+name = "writer"
+mr = "buf"
+op = "write"
+range = "0:2M"
+
+[[traffic]]
+name = "reader"
+mr = "buf"
+op = "read"
+range = "2M:2M"
+
+[[invalidate]]
+name = "dontneed"
+mr = "buf"
+action = "dontneed"
+rate = 500
+length = "64K"
+jitter = 0.5
+"#;
+
+impl Scenario {
+    /// Parses and checks a scenario; errors name the file, line and column.
+    pub fn parse(text: &str, origin: &str) -> Result<Scenario> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| {
+            let place = e.span().map_or_else(String::new, |span| {
+                let (line, column) = line_column(text, span.start);
+                format!("{origin}:{line}:{column}: ")
+            });
+            Error::invalid(format!("{place}{}", e.message()))
+        })?;
+        scenario
+            .check()
+            .map_err(|e| Error::invalid(format!("{origin}: {e}")))?;
+        Ok(scenario)
+    }
+
+    pub fn mr_index(&self, name: &str) -> Option<usize> {
+        self.mrs.iter().position(|m| m.name == name)
+    }
+
+    /// Every name a phase may list: traffic, invalidation and prefetch workers.
+    fn worker_names(&self) -> Vec<&str> {
+        self.traffic
+            .iter()
+            .filter_map(|t| t.name.as_deref())
+            .chain(self.invalidations.iter().filter_map(|i| i.name.as_deref()))
+            .chain(self.prefetch.iter().filter_map(|p| p.name.as_deref()))
+            .collect()
+    }
+
+    /// How long the whole run lasts.
+    pub fn total_duration(&self) -> Duration {
+        if self.phases.is_empty() {
+            self.duration.0
+        } else {
+            self.phases.iter().map(|p| p.duration.0).sum()
+        }
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.mrs.is_empty() {
+            return Err("no [[mr]]: a scenario needs memory to register".into());
+        }
+        if self.traffic.is_empty() {
+            return Err("no [[traffic]]: nothing would touch the memory".into());
+        }
+        let page = crate::memory::page_size();
+        for (i, m) in self.mrs.iter().enumerate() {
+            if self.mrs[..i].iter().any(|o| o.name == m.name) {
+                return Err(format!("two MRs are named {:?}", m.name));
+            }
+            if m.size.0 == 0 || m.size.0 % page != 0 {
+                return Err(format!(
+                    "mr {:?}: size must be a non-zero multiple of the page size ({page})",
+                    m.name
+                ));
+            }
+            Backing::parse(&m.backing, None).map_err(|e| format!("mr {:?}: {e}", m.name))?;
+            Access::parse(&m.access).map_err(|e| format!("mr {:?}: {e}", m.name))?;
+        }
+        let mr_size = |name: &str, what: &str| -> std::result::Result<usize, String> {
+            self.mr_index(name)
+                .map(|i| self.mrs[i].size.0)
+                .ok_or_else(|| format!("{what}: no MR named {name:?}"))
+        };
+        let window = |w: Option<Window>, size: usize, what: &str| {
+            let w = w.unwrap_or(Window {
+                offset: 0,
+                len: size,
+            });
+            if w.offset % page != 0 || w.len % page != 0 || w.len == 0 {
+                return Err(format!("{what}: range must be non-empty and page-aligned"));
+            }
+            match w.offset.checked_add(w.len) {
+                Some(end) if end <= size => Ok(w),
+                _ => Err(format!(
+                    "{what}: range {:#x}+{:#x} is outside the MR",
+                    w.offset, w.len
+                )),
+            }
+        };
+        // Traffic workers own their ranges: two on the same bytes would overwrite each other's
+        // patterns and every check would fail for the wrong reason.
+        let mut owned: Vec<(usize, Window, String)> = Vec::new();
+        for (i, t) in self.traffic.iter().enumerate() {
+            let what = format!(
+                "traffic #{} ({})",
+                i + 1,
+                t.name.as_deref().unwrap_or(t.op.name())
+            );
+            let size = mr_size(&t.mr, &what)?;
+            let w = window(t.range, size, &what)?;
+            if t.message.0 == 0 || t.message.0 % page != 0 {
+                return Err(format!(
+                    "{what}: message must be a non-zero multiple of the page size"
+                ));
+            }
+            if t.depth == 0 || t.depth > self.device.qp_depth {
+                return Err(format!(
+                    "{what}: depth must be 1..={}",
+                    self.device.qp_depth
+                ));
+            }
+            if (t.depth as usize).saturating_mul(t.message.0) > w.len {
+                return Err(format!(
+                    "{what}: depth x message ({} x {}) does not fit in its range ({} bytes)",
+                    t.depth, t.message.0, w.len
+                ));
+            }
+            if !(t.rate.is_finite() && t.rate >= 0.0) {
+                return Err(format!("{what}: rate must be >= 0"));
+            }
+            let mr = self.mr_index(&t.mr).unwrap_or(0);
+            if let Some((_, _, other)) = owned.iter().find(|(m, o, _)| {
+                *m == mr && o.offset < w.offset + w.len && w.offset < o.offset + o.len
+            }) {
+                return Err(format!(
+                    "{what}: range overlaps {other}'s; give each worker its own"
+                ));
+            }
+            owned.push((mr, w, what));
+        }
+        for (i, a) in self.invalidations.iter().enumerate() {
+            let what = format!(
+                "invalidate #{} ({})",
+                i + 1,
+                a.name.as_deref().unwrap_or(a.action.name())
+            );
+            let size = mr_size(&a.mr, &what)?;
+            let w = window(a.range, size, &what)?;
+            if a.length.0 == 0 || a.length.0 % page != 0 || a.length.0 > w.len {
+                return Err(format!(
+                    "{what}: length must be whole pages and fit in the range"
+                ));
+            }
+            if !(a.rate.is_finite() && a.rate > 0.0) {
+                return Err(format!("{what}: rate must be > 0"));
+            }
+            if !(0.0..=1.0).contains(&a.jitter) {
+                return Err(format!("{what}: jitter must be between 0 and 1"));
+            }
+        }
+        for (i, p) in self.prefetch.iter().enumerate() {
+            let what = format!("prefetch #{}", i + 1);
+            let size = mr_size(&p.mr, &what)?;
+            let w = window(p.range, size, &what)?;
+            if p.length.0 == 0 || p.length.0 > w.len {
+                return Err(format!("{what}: length must be > 0 and fit in the range"));
+            }
+            Advice::parse(&p.advice).map_err(|e| format!("{what}: {e}"))?;
+            if !(p.rate.is_finite() && p.rate > 0.0) {
+                return Err(format!("{what}: rate must be > 0"));
+            }
+        }
+        let names = self.worker_names();
+        for (i, n) in names.iter().enumerate() {
+            if names[..i].contains(n) {
+                return Err(format!("two workers are named {n:?}"));
+            }
+        }
+        for (i, p) in self.phases.iter().enumerate() {
+            for w in p.workers.iter().flatten() {
+                if !names.contains(&w.as_str()) {
+                    return Err(format!("phase #{}: no worker named {w:?}", i + 1));
+                }
+            }
+        }
+        if self.total_duration().is_zero() {
+            return Err("the run would last no time: set duration (or phase durations)".into());
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_scenario_parses() {
+        let s = Scenario::parse(DEFAULT_SCENARIO, "default").expect("default");
+        assert_eq!(s.traffic.len(), 2);
+        assert_eq!(s.invalidations[0].action, Action::Dontneed);
+        assert_eq!(s.mrs[0].size, Size(4 << 20));
+        assert_eq!(s.total_duration(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column() {
+        let text = "name = \"x\"\n[[mr]]\nname = \"buf\"\nsize = \"4M\"\nbacking = anon\n";
+        let err = Scenario::parse(text, "s.toml")
+            .expect_err("bad")
+            .to_string();
+        assert!(err.contains("s.toml:5:11"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        let base =
+            "[[mr]]\nname = \"buf\"\nsize = \"4M\"\n[[traffic]]\nmr = \"buf\"\nop = \"write\"\n";
+        let cases = [
+            (format!("{base}colour = 3\n"), "unknown field"),
+            (
+                format!("{base}[[invalidate]]\nmr = \"buf\"\naction = \"explode\"\n"),
+                "unknown variant",
+            ),
+            (
+                format!("{base}[[invalidate]]\nmr = \"nope\"\naction = \"dontneed\"\n"),
+                "no MR named",
+            ),
+            (format!("{base}range = \"0:8M\"\n"), "outside the MR"),
+            (
+                format!("{base}message = \"1000\"\n"),
+                "multiple of the page size",
+            ),
+            (
+                format!("{base}[[traffic]]\nmr = \"buf\"\nop = \"read\"\nrange = \"1M:1M\"\n"),
+                "overlaps",
+            ),
+            (
+                format!("{base}[[phase]]\nduration = \"1s\"\nworkers = [\"ghost\"]\n"),
+                "no worker named",
+            ),
+            (
+                "[[traffic]]\nmr = \"buf\"\nop = \"write\"\n".to_string(),
+                "no [[mr]]",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = Scenario::parse(&text, "t.toml")
+                .expect_err(want)
+                .to_string();
+            assert!(err.contains(want), "{want:?} not in {err:?}");
+        }
+    }
+
+    #[test]
+    fn line_column_counts_from_one() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    }
+}

@@ -1,0 +1,388 @@
+//! `odp-ctl stress`: a scenario of RDMA traffic over ODP MRs while the CPU side invalidates the
+//! same memory, every byte checked, with the probes watching the kernel meanwhile.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bpf_common::{OdpEvent, Point};
+use odp_core::analysis::{AnalysisConfig, Engine, Summary};
+use odp_core::stress::{self, Action, Matching, Report, Scenario, SeenInvalidation};
+use odp_core::units::parse_duration;
+use serde::Serialize;
+
+use super::launch::stop_on_signals;
+use super::monitor::{feed, print_summary, watch};
+use crate::output::{table, DataMismatch, Output};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Scenario file (TOML; see scenarios/README.md). Default: the built-in scenario.
+    pub scenario: Option<PathBuf>,
+    /// RDMA device (overrides the scenario's).
+    #[arg(short, long)]
+    pub device: Option<String>,
+    /// Run length (overrides the scenario's duration; not allowed with phases).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Seed for every random choice (overrides the scenario's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Show the live monitor while the scenario runs (q ends the run early).
+    #[arg(long)]
+    pub monitor: bool,
+    /// Run without the probes (no root needed; no kernel-side figures).
+    #[arg(long)]
+    pub no_probes: bool,
+    /// Also write every probe event to this file (the `trace --json` format).
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+    /// Print the built-in scenario (a starting point for your own) and exit.
+    #[arg(long)]
+    pub print_default: bool,
+}
+
+/// What the probes saw, or why there are no probe figures.
+#[derive(Serialize)]
+struct Probes {
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summary: Option<Summary>,
+    /// Per action kind: actions on registered memory, and how many an invalidation event matched.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    matching: BTreeMap<Action, Matching>,
+}
+
+#[derive(Serialize)]
+struct Document<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    probes: &'a Probes,
+}
+
+fn load(args: &Args) -> anyhow::Result<Scenario> {
+    let (text, origin) = match &args.scenario {
+        Some(path) => (
+            std::fs::read_to_string(path).map_err(|e| {
+                odp_core::Error::invalid(format!("cannot read {}: {e}", path.display()))
+            })?,
+            path.display().to_string(),
+        ),
+        None => (
+            stress::DEFAULT_SCENARIO.to_string(),
+            "built-in scenario".into(),
+        ),
+    };
+    let mut scenario = Scenario::parse(&text, &origin)?;
+    if let Some(d) = &args.device {
+        scenario.device.name = Some(d.clone());
+    }
+    if let Some(seed) = args.seed {
+        scenario.seed = seed;
+    }
+    if let Some(d) = args.duration {
+        if !scenario.phases.is_empty() {
+            return Err(odp_core::Error::invalid(
+                "--duration cannot override a scenario with phases (set their durations)",
+            )
+            .into());
+        }
+        if d.is_zero() {
+            return Err(odp_core::Error::invalid("--duration must be more than 0").into());
+        }
+        scenario.duration.0 = d;
+    }
+    Ok(scenario)
+}
+
+/// Invalidations the kernel reported, for matching against the actions.
+fn seen_invalidation(e: &OdpEvent) -> Option<SeenInvalidation> {
+    matches!(
+        e.point(),
+        Some(Point::RxeInvalidate | Point::Mlx5Invalidate | Point::InvRangeStart)
+    )
+    .then(|| SeenInvalidation {
+        start_ns: e.ts_ns,
+        end_ns: e.ts_ns + e.duration_ns,
+        lo: e.start,
+        hi: e.end,
+    })
+}
+
+pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
+    if args.print_default {
+        print!("{}", stress::DEFAULT_SCENARIO.trim_start());
+        return Ok(());
+    }
+    let scenario = load(args)?;
+    let stop = stop_on_signals()?;
+    let source_stop = Arc::new(AtomicBool::new(false));
+    let probe_feed = if args.no_probes {
+        Err("off (--no-probes)".to_string())
+    } else if !odp_ebpf::is_root() {
+        Err("skipped: loading BPF needs root (or run with --no-probes)".to_string())
+    } else {
+        let config = odp_ebpf::Config {
+            pid: Some(std::process::id()),
+            ..odp_ebpf::Config::default()
+        };
+        feed::live(
+            config,
+            args.record.as_deref(),
+            Arc::clone(&source_stop),
+            None,
+        )
+        .map_err(|e| format!("unavailable: {e:#}"))
+    };
+    if let Err(why) = &probe_feed {
+        // Without probes there is nothing to show live.
+        if args.monitor {
+            return Err(odp_core::Error::invalid(format!(
+                "--monitor needs the probes, which are {why}"
+            ))
+            .into());
+        }
+        eprintln!("odp-ctl: probes {why}");
+    }
+    let (probe_feed, probe_status) = match probe_feed {
+        Ok(f) => (Some(f), "attached".to_string()),
+        Err(why) => (None, why),
+    };
+    if let Some(f) = &probe_feed {
+        eprintln!(
+            "stress {:?}: {}/{} probes attached, running for {:.1}s",
+            scenario.name,
+            f.probes_attached,
+            f.probes_total,
+            scenario.total_duration().as_secs_f64()
+        );
+    }
+
+    let progress_on_tty = !args.monitor && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut seen = Vec::new();
+    let (report, engine) = std::thread::scope(|scope| {
+        let stress_stop = Arc::clone(&stop);
+        let source_stop_after = Arc::clone(&source_stop);
+        let worker = scope.spawn(move || {
+            let result = stress::run(&scenario, &stress_stop, |p| {
+                if progress_on_tty {
+                    eprint!(
+                        "\r{:>5.1}/{:.0}s phase {} ops {} ({:.1} MB) actions {} mismatches {} wc errors {}   ",
+                        p.elapsed.as_secs_f64(),
+                        p.total.as_secs_f64(),
+                        p.phase + 1,
+                        p.ops,
+                        p.bytes as f64 / 1e6,
+                        p.actions,
+                        p.mismatches,
+                        p.wc_errors
+                    );
+                }
+            });
+            if progress_on_tty {
+                eprintln!();
+            }
+            // The run is over: let the probes drain and stop.
+            source_stop_after.store(true, Ordering::Relaxed);
+            result
+        });
+        let engine = match probe_feed {
+            Some(feed) if args.monitor => {
+                let engine = watch(
+                    feed,
+                    AnalysisConfig::default(),
+                    &stop,
+                    &source_stop,
+                    None,
+                    10,
+                    &mut |e| seen.extend(seen_invalidation(e)),
+                );
+                // q ends the run too.
+                stop.store(true, Ordering::Relaxed);
+                Some(engine)
+            }
+            Some(feed) => Some(collect(feed, &mut seen)),
+            None => None,
+        };
+        let report = worker
+            .join()
+            .unwrap_or_else(|_| Err(odp_core::Error::invalid("the stress run panicked")));
+        (report, engine)
+    });
+    let report = report?;
+    let probes = match engine {
+        Some(Ok(engine)) => Probes {
+            status: probe_status,
+            summary: Some(engine.summary()),
+            matching: stress::match_actions(&report.action_log, &seen),
+        },
+        Some(Err(e)) => Probes {
+            status: format!("failed: {e:#}"),
+            summary: None,
+            matching: BTreeMap::new(),
+        },
+        None => Probes {
+            status: probe_status,
+            summary: None,
+            matching: BTreeMap::new(),
+        },
+    };
+    print_report(out, &report, &probes)?;
+    verdict(&report)
+}
+
+/// Without a screen: every event into the engine until the run ends and the probes drain.
+fn collect(feed: feed::Feed, seen: &mut Vec<SeenInvalidation>) -> anyhow::Result<Engine> {
+    let mut engine = Engine::new(AnalysisConfig::default());
+    engine.source.probes_attached = feed.probes_attached;
+    engine.source.probes_total = feed.probes_total;
+    let mut batch = Vec::new();
+    loop {
+        let done = feed.done();
+        feed.drain(&mut batch);
+        for e in &batch {
+            engine.ingest(e);
+            seen.extend(seen_invalidation(e));
+        }
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    engine.source.drops = feed.drops();
+    feed.finish()?;
+    Ok(engine)
+}
+
+fn verdict(report: &Report) -> anyhow::Result<()> {
+    if !report.worker_errors.is_empty() {
+        anyhow::bail!(
+            "{} worker(s) failed: {}",
+            report.worker_errors.len(),
+            report.worker_errors.join("; ")
+        );
+    }
+    if report.mismatches > 0 || report.wc_errors > 0 {
+        return Err(DataMismatch(format!(
+            "{} mismatched pages, {} failed work completions",
+            report.mismatches, report.wc_errors
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn print_report(out: &Output, report: &Report, probes: &Probes) -> anyhow::Result<()> {
+    if out.json {
+        return out.json(&Document { report, probes });
+    }
+    println!(
+        "scenario {:?} on {}, seed {}, {:.2}s{}",
+        report.scenario,
+        report.device,
+        report.seed,
+        report.duration_s,
+        if report.stopped_early {
+            " (stopped early)"
+        } else {
+            ""
+        }
+    );
+    let mut traffic = table(&[
+        "worker",
+        "op",
+        "MR",
+        "ops",
+        "MB/s",
+        "pages checked",
+        "zeroed by actions",
+        "mismatches",
+        "wc errors",
+    ]);
+    for t in &report.traffic {
+        traffic.add_row(vec![
+            t.worker.clone(),
+            t.op.map_or("-", |o| o.name()).to_string(),
+            t.mr.clone(),
+            t.ops.to_string(),
+            format!("{:.1}", t.mb_per_s),
+            t.pages_checked.to_string(),
+            t.pages_zeroed_by_actions.to_string(),
+            t.mismatches.to_string(),
+            t.wc_errors.to_string(),
+        ]);
+    }
+    println!("{traffic}");
+    if !report.actions.is_empty() {
+        let mut actions = table(&["action", "done", "failed", "per s", "seen by probes"]);
+        for (action, s) in &report.actions {
+            let seen = probes.matching.get(action).map_or_else(
+                || "-".to_string(),
+                |m| format!("{}/{}", m.matched, m.actions),
+            );
+            actions.add_row(vec![
+                action.name().to_string(),
+                s.done.to_string(),
+                s.failed.to_string(),
+                format!("{:.0}", s.per_s),
+                seen,
+            ]);
+        }
+        println!("{actions}");
+    }
+    for p in &report.prefetch {
+        println!(
+            "prefetch {}: {} calls, {} failed, {:.1} MB advised",
+            p.worker,
+            p.calls,
+            p.failed,
+            p.bytes as f64 / 1e6
+        );
+    }
+    for m in &report.first_mismatches {
+        println!(
+            "MISMATCH {} {} {} page {:#x}: {} bad bytes from {:#x}; expected MR {} gen {} offset {:#x}, found {:#018x} (MR {} gen {} offset {:#x}){}",
+            m.worker,
+            m.op.name(),
+            m.mr,
+            m.page_offset,
+            m.bad_bytes,
+            m.first_bad,
+            m.expected.mr,
+            m.expected.generation,
+            m.expected.offset,
+            m.actual_raw,
+            m.actual.mr,
+            m.actual.generation,
+            m.actual.offset,
+            if m.page_was_invalidated { "; the page was invalidated meanwhile" } else { "" }
+        );
+        for a in &m.nearby_actions {
+            println!(
+                "    nearby: {} {:#x}+{:#x} at {}..{} ns",
+                a.action.name(),
+                a.addr,
+                a.len,
+                a.start_ns,
+                a.end_ns
+            );
+        }
+    }
+    for e in &report.first_wc_errors {
+        println!("WC ERROR {e}");
+    }
+    for e in &report.worker_errors {
+        println!("WORKER FAILED {e}");
+    }
+    println!();
+    match &probes.summary {
+        Some(summary) => {
+            println!("kernel side (probes):");
+            print_summary(out, summary)?;
+        }
+        None => println!("kernel side: probes {}", probes.status),
+    }
+    Ok(())
+}
