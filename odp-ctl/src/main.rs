@@ -60,6 +60,10 @@ enum Command {
 }
 
 fn main() {
+    // `odp-ctl ... | head` should end quietly like any Unix tool, not panic in println!: restore
+    // the default SIGPIPE action that Rust's runtime sets to ignore.
+    // SAFETY: setting a signal disposition to SIG_DFL before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let out = output::Output { json: cli.json };
     let result = match cli.command {

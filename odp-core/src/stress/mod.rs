@@ -5,8 +5,9 @@
 //! device wrote it legitimately reads back as zero. So each MR keeps a sequence number per page,
 //! bumped before and after every action that destroys contents; a transfer whose pages' numbers
 //! did not move between its start and its check must be exact, and a page whose number moved may
-//! be exact or all zero. Anything else (a stale generation, another offset's data, a half-written
-//! page) is a mismatch.
+//! hold expected words and zero words only (dropped before, after, or while it was written).
+//! Anything else (a stale generation, another offset's data, a zero word in a page no action
+//! touched) is a mismatch.
 
 pub mod pattern;
 pub mod scenario;
@@ -87,6 +88,8 @@ pub struct TrafficStats {
     pub pages_checked: u64,
     /// Pages that read back as zero because an action dropped them mid-transfer (expected).
     pub pages_zeroed_by_actions: u64,
+    /// Pages partly zero for the same reason: dropped while being written (expected).
+    pub pages_torn_by_actions: u64,
     pub mismatches: u64,
     pub wc_errors: u64,
     /// QPs rebuilt after an error completion left them in the error state.
@@ -270,6 +273,9 @@ pub fn run(
     for (i, spec) in scenario.mrs.iter().enumerate() {
         let backing = Backing::parse(&spec.backing, None)?;
         let mapping = Arc::new(Mapping::new(spec.size.0, backing)?);
+        if spec.populate {
+            mapping.touch();
+        }
         let access = Access::parse(&spec.access)? | Access::ON_DEMAND;
         let (mr, base) = if spec.implicit {
             let mr = MemoryRegion::register_implicit(&pd, access)?;
@@ -700,6 +706,16 @@ fn traffic_worker(
                     stats.pages_zeroed_by_actions += 1;
                     None
                 }
+                pattern::PageCheck::Torn { .. } if moved => {
+                    stats.pages_torn_by_actions += 1;
+                    None
+                }
+                pattern::PageCheck::Torn { zero_bytes } => Some((
+                    op.chunk + p * page,
+                    zero_bytes,
+                    pattern::word(target.number, op.generation, op.chunk + p * page),
+                    0,
+                )),
                 pattern::PageCheck::Zero => Some((
                     op.chunk + p * page,
                     page,
@@ -878,6 +894,8 @@ fn prefetch_worker(
 pub struct Matching {
     pub actions: u64,
     pub matched: u64,
+    /// The first few actions no event matched, to look up in a recording.
+    pub unmatched: Vec<ActionRecord>,
 }
 
 /// An invalidation the probes reported: its time span and address range.
@@ -907,7 +925,11 @@ pub fn match_actions(
             .iter()
             .take_while(|s| s.start_ns <= a.end_ns)
             .any(|s| s.lo < hi && lo < s.hi);
-        m.matched += u64::from(hit);
+        if hit {
+            m.matched += 1;
+        } else if m.unmatched.len() < 5 {
+            m.unmatched.push(a.clone());
+        }
     }
     out
 }
@@ -963,6 +985,7 @@ mod tests {
         assert_eq!(m[&Action::Dontneed].actions, 2);
         assert_eq!(m[&Action::Dontneed].matched, 1);
         assert_eq!(m[&Action::Remap].matched, 0);
+        assert_eq!(m[&Action::Remap].unmatched[0].start_ns, 500);
     }
 
     #[test]

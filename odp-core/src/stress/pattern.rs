@@ -41,7 +41,12 @@ pub enum PageCheck {
     Exact,
     /// All zero: what a page dropped by the CPU side (DONTNEED, remap) reads as.
     Zero,
-    /// Anything else; the first differing word's place and contents.
+    /// Expected words and zero words only: a page dropped while it was being written (by the
+    /// CPU filling it for a READ, or by the device), so part of the copy landed in the old page.
+    Torn {
+        zero_bytes: usize,
+    },
+    /// Anything else; the first word that is neither expected nor zero.
     Wrong {
         first_bad: usize,
         bad_bytes: usize,
@@ -64,23 +69,30 @@ pub fn check_pages(
             let base = offset + p * page;
             let mut first = None;
             let mut bad = 0;
+            let mut zero = 0;
             for (i, w) in bytes.chunks_exact(8).enumerate() {
                 let expected = word(mr, generation, base + i * 8);
                 let actual = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
-                if actual != expected {
+                if actual == expected {
+                    continue;
+                }
+                if actual == 0 {
+                    zero += 8;
+                } else {
                     bad += 8;
                     first.get_or_insert((base + i * 8, expected, actual));
                 }
             }
             match first {
-                None => PageCheck::Exact,
-                Some(_) if bytes.iter().all(|b| *b == 0) => PageCheck::Zero,
                 Some((first_bad, expected, actual)) => PageCheck::Wrong {
                     first_bad,
-                    bad_bytes: bad,
+                    bad_bytes: bad + zero,
                     expected,
                     actual,
                 },
+                None if zero == 0 => PageCheck::Exact,
+                None if zero == bytes.len() => PageCheck::Zero,
+                None => PageCheck::Torn { zero_bytes: zero },
             }
         })
         .collect()
@@ -107,13 +119,20 @@ mod tests {
     #[test]
     fn pages_are_exact_zero_or_wrong() {
         let page = 4096;
-        let mut data = vec![0u8; 3 * page];
+        let mut data = vec![0u8; 4 * page];
         fill(&mut data, 1, 7, 8192);
         data[page..2 * page].fill(0);
-        fill(&mut data[2 * page..], 1, 6, 8192 + 2 * page); // a stale generation
+        fill(&mut data[2 * page..3 * page], 1, 6, 8192 + 2 * page); // a stale generation
+        data[3 * page + 32..].fill(0); // torn: the head landed, the rest was dropped
         let checks = check_pages(&data, 1, 7, 8192, page);
         assert_eq!(checks[0], PageCheck::Exact);
         assert_eq!(checks[1], PageCheck::Zero);
+        assert_eq!(
+            checks[3],
+            PageCheck::Torn {
+                zero_bytes: page - 32
+            }
+        );
         match checks[2] {
             PageCheck::Wrong {
                 first_bad,

@@ -165,6 +165,15 @@ pub struct MrSpec {
     /// Access flags as `register --access` takes them; on-demand is always added.
     #[serde(default = "default_access")]
     pub access: String,
+    /// Write every page before the run starts, so the CPU side has pages to invalidate from the
+    /// first action on (a fork before any page exists copies nothing and invalidates nothing).
+    /// False starts with an empty MR: the device's first touches fault pages in.
+    #[serde(default = "default_populate")]
+    pub populate: bool,
+}
+
+fn default_populate() -> bool {
+    true
 }
 
 fn default_backing() -> String {

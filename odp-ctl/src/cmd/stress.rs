@@ -309,7 +309,7 @@ fn print_report(out: &Output, report: &Report, probes: &Probes) -> anyhow::Resul
             t.ops.to_string(),
             format!("{:.1}", t.mb_per_s),
             t.pages_checked.to_string(),
-            t.pages_zeroed_by_actions.to_string(),
+            format!("{}/{}", t.pages_zeroed_by_actions, t.pages_torn_by_actions),
             t.mismatches.to_string(),
             t.wc_errors.to_string(),
         ]);

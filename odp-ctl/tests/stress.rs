@@ -1,0 +1,276 @@
+//! `odp-ctl stress` as users run it: the example scenarios in the VM on rxe, each checked for
+//! clean data and for agreement between the tool's own log of actions and the probe events;
+//! bad scenario files refused with their line and column; Ctrl-C ends a run with a report.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use odp_core::testing::device_or_skip;
+use serde_json::Value;
+
+fn odp_ctl() -> Command {
+    let path =
+        std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").to_string());
+    Command::new(path)
+}
+
+/// The repository's example scenarios, built into this binary so the guest has them too.
+fn scenario(name: &str) -> PathBuf {
+    let text = match name {
+        "baseline" => include_str!("../../scenarios/baseline.toml"),
+        "dontneed-storm" => include_str!("../../scenarios/dontneed-storm.toml"),
+        "remap" => include_str!("../../scenarios/remap.toml"),
+        "fork-cow" => include_str!("../../scenarios/fork-cow.toml"),
+        "mprotect" => include_str!("../../scenarios/mprotect.toml"),
+        "phases" => include_str!("../../scenarios/phases.toml"),
+        other => panic!("no scenario {other}"),
+    };
+    let dir = std::env::temp_dir().join(format!("odp-stress-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write scenario");
+    path
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn skip(test: &str) -> Option<String> {
+    let device = device_or_skip(test)?;
+    if !odp_ebpf::is_root() {
+        let _ = writeln!(std::io::stderr(), "SKIP {test}: loading BPF needs root");
+        return None;
+    }
+    Some(device)
+}
+
+/// Runs a scenario for `seconds` with probes and returns the report, asserting the data check
+/// passed and every traffic worker moved data.
+fn run_clean(name: &str, seconds: &str) -> Value {
+    let mut cmd = odp_ctl();
+    cmd.args(["--json", "stress"]).arg(scenario(name));
+    if name != "phases" {
+        cmd.args(["--duration", seconds]);
+    }
+    let out = cmd.output().expect("run stress");
+    let report = json(&out);
+    assert!(
+        out.status.success(),
+        "{name}: exit {}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        serde_json::to_string_pretty(&report["first_mismatches"]).unwrap_or_default()
+    );
+    assert_eq!(report["mismatches"], 0, "{name}");
+    assert_eq!(report["wc_errors"], 0, "{name}");
+    assert_eq!(report["probes"]["status"], "attached", "{name}");
+    assert_eq!(report["probes"]["summary"]["source"]["drops"], 0, "{name}");
+    for t in report["traffic"].as_array().expect("traffic") {
+        assert!(t["ops"].as_u64().unwrap_or(0) > 0, "{name}: {t}");
+        assert!(t["pages_checked"].as_u64().unwrap_or(0) > 0, "{name}: {t}");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "{name}: traffic {} actions {} matching {} races {} retries {}",
+        report["traffic"],
+        report["actions"],
+        report["probes"]["matching"],
+        report["probes"]["summary"]["totals"]["races"],
+        report["probes"]["summary"]["totals"]["retries"]
+    );
+    report
+}
+
+/// Every action of this kind that succeeded has an invalidation event inside its time window
+/// over its range, and the driver saw at least that many invalidations of `cause`.
+fn every_action_seen(report: &Value, action: &str, cause: &str) {
+    let done = report["actions"][action]["done"].as_u64().unwrap_or(0);
+    assert!(done > 0, "no {action} ran: {}", report["actions"]);
+    let m = &report["probes"]["matching"][action];
+    assert_eq!(m["actions"], done, "{action}");
+    assert_eq!(m["matched"], done, "{action} not seen by the probes: {m}");
+    let by_cause = report["probes"]["summary"]["totals"]["invalidations_by_cause"][cause]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        by_cause >= done,
+        "{cause} invalidations {by_cause} < {done} {action}"
+    );
+}
+
+#[test]
+fn baseline_moves_exact_bytes_with_no_invalidations_or_races() {
+    if skip("baseline_moves_exact_bytes_with_no_invalidations_or_races").is_none() {
+        return;
+    }
+    let report = run_clean("baseline", "2s");
+    let totals = &report["probes"]["summary"]["totals"];
+    assert!(
+        totals["faults"].as_u64().unwrap_or(0) > 0,
+        "ODP faulted: {totals}"
+    );
+    assert_eq!(totals["invalidations"], 0);
+    assert_eq!(totals["races"], 0);
+    assert_eq!(report["traffic"].as_array().map(Vec::len), Some(3));
+}
+
+#[test]
+fn dontneed_storm_keeps_data_and_every_drop_reaches_the_driver() {
+    if skip("dontneed_storm_keeps_data_and_every_drop_reaches_the_driver").is_none() {
+        return;
+    }
+    let report = run_clean("dontneed-storm", "3s");
+    every_action_seen(&report, "dontneed", "CLEAR");
+    let zeroed: u64 = report["traffic"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            t["pages_zeroed_by_actions"].as_u64().unwrap_or(0)
+                + t["pages_torn_by_actions"].as_u64().unwrap_or(0)
+        })
+        .sum();
+    assert!(zeroed > 0, "the storm dropped pages under transfers");
+}
+
+#[test]
+fn remap_keeps_data_and_every_remap_unmaps_at_the_driver() {
+    if skip("remap_keeps_data_and_every_remap_unmaps_at_the_driver").is_none() {
+        return;
+    }
+    let report = run_clean("remap", "3s");
+    every_action_seen(&report, "remap", "UNMAP");
+}
+
+#[test]
+fn fork_cow_keeps_the_parents_data() {
+    if skip("fork_cow_keeps_the_parents_data").is_none() {
+        return;
+    }
+    let report = run_clean("fork-cow", "3s");
+    let done = report["actions"]["fork"]["done"].as_u64().unwrap_or(0);
+    assert!(done > 0, "forks ran");
+    // Copy-on-write: nothing the parent owns may read back as zero.
+    for t in report["traffic"].as_array().expect("traffic") {
+        assert_eq!(t["pages_zeroed_by_actions"], 0, "{t}");
+        assert_eq!(t["pages_torn_by_actions"], 0, "{t}");
+    }
+    every_action_seen(&report, "fork", "PROTECTION_PAGE");
+}
+
+#[test]
+fn mprotect_toggling_keeps_reads_exact_and_reaches_the_driver() {
+    if skip("mprotect_toggling_keeps_reads_exact_and_reaches_the_driver").is_none() {
+        return;
+    }
+    let report = run_clean("mprotect", "3s");
+    every_action_seen(&report, "mprotect", "PROTECTION_VMA");
+}
+
+#[test]
+fn ctrl_c_ends_a_run_early_with_a_full_report() {
+    if skip("ctrl_c_ends_a_run_early_with_a_full_report").is_none() {
+        return;
+    }
+    let child = odp_ctl()
+        .args(["--json", "stress", "--duration", "60s"])
+        .arg(scenario("dontneed-storm"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Probes attach in a few seconds in the guest; interrupt once the run is under way.
+    std::thread::sleep(Duration::from_secs(10));
+    let started = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?} to stop",
+        started.elapsed()
+    );
+    let report = json(&out);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["stopped_early"], true);
+    assert!(report["duration_s"].as_f64().unwrap_or(99.0) < 30.0);
+    assert_eq!(report["mismatches"], 0);
+}
+
+#[test]
+fn bad_scenarios_are_refused_with_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "name = \"bad\"\n[[mr]]\nname = \"buf\"\nsize = \"4M\"\n\n[[traffic]]\nmr = \"buf\"\nop = \"scribble\"\n",
+    )
+    .expect("write");
+    let out = odp_ctl().arg("stress").arg(&path).output().expect("run");
+    assert_eq!(out.status.code(), Some(6), "invalid input");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:8:6"), "{err}");
+    assert!(err.contains("scribble"), "{err}");
+
+    let out = odp_ctl()
+        .args(["stress", "--duration", "1s"])
+        .arg(scenario("phases"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("phases"));
+
+    let out = odp_ctl()
+        .args(["stress", "/nonexistent/s.toml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn every_example_scenario_parses() {
+    for name in [
+        "baseline",
+        "dontneed-storm",
+        "remap",
+        "fork-cow",
+        "mprotect",
+        "phases",
+    ] {
+        let text = std::fs::read_to_string(scenario(name)).expect("read");
+        odp_core::stress::Scenario::parse(&text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let out = odp_ctl()
+        .args(["stress", "--print-default"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    odp_core::stress::Scenario::parse(&String::from_utf8_lossy(&out.stdout), "default")
+        .expect("the printed default parses");
+}
+
+#[test]
+fn the_phases_example_runs_its_phases() {
+    if skip("the_phases_example_runs_its_phases").is_none() {
+        return;
+    }
+    let report = run_clean("phases", "");
+    let d = report["duration_s"].as_f64().unwrap_or(0.0);
+    assert!((4.9..8.0).contains(&d), "three phases of 1+2+2 s took {d}");
+    assert!(report["prefetch"][0]["calls"].as_u64().unwrap_or(0) > 0);
+    every_action_seen(&report, "dontneed", "CLEAR");
+}
