@@ -7,6 +7,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+mod common;
+use common::Terminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -221,57 +224,23 @@ fn a_bad_recording_is_refused_with_its_line_and_column() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot open the recording"));
 }
 
-fn tmux(args: &[&str]) -> Output {
-    Command::new("tmux").args(args).output().expect("tmux")
-}
-
-fn screen(session: &str) -> String {
-    String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", session]).stdout).into_owned()
-}
-
-fn wait_for(session: &str, what: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = screen(session);
-        if text.contains(what) || Instant::now() > deadline {
-            return text;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn the_tui_shows_a_replay_in_a_real_terminal_and_restores_it_on_quit() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP the_tui_shows_a_replay_in_a_real_terminal_and_restores_it_on_quit: no tmux"
-        );
-        return;
-    }
-    let session = format!("odp-monitor-{}", std::process::id());
     let bin = std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").into());
     let command = format!(
         "{bin} monitor --replay {} --speed 0; echo monitor-exit=$?; sleep 30",
         fixture().display()
     );
-    let started = tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "100",
-        "-y",
-        "30",
+    let Some(term) = Terminal::start(
+        "the_tui_shows_a_replay_in_a_real_terminal_and_restores_it_on_quit",
+        100,
+        30,
         &command,
-    ]);
-    assert!(started.status.success(), "{started:?}");
-    let main = wait_for(&session, "source ended");
-    let cleanup = || {
-        tmux(&["kill-session", "-t", &session]);
+    ) else {
+        return;
     };
-    let checks = [
+    let main = term.wait_for("source ended", 20);
+    for want in [
         "odp-ctl monitor",
         "replay rxe-dontneed-race.jsonl",
         "faults",
@@ -280,24 +249,19 @@ fn the_tui_shows_a_replay_in_a_real_terminal_and_restores_it_on_quit() {
         "rxe0",
         "per second",
         "events",
-    ];
-    for want in checks {
-        if !main.contains(want) {
-            cleanup();
-            panic!("{want:?} not on the screen:\n{main}");
-        }
+    ] {
+        assert!(main.contains(want), "{want:?} not on the screen:\n{main}");
     }
     // Findings panel, then the MR detail, then help.
-    tmux(&["send-keys", "-t", &session, "Tab"]);
-    let findings = wait_for(&session, "findings: races");
-    tmux(&["send-keys", "-t", &session, "Enter"]);
-    let detail = wait_for(&session, "fault latency");
-    tmux(&["send-keys", "-t", &session, "?"]);
-    let help = wait_for(&session, "any key closes");
-    tmux(&["send-keys", "-t", &session, "Escape"]);
-    tmux(&["send-keys", "-t", &session, "q"]);
-    let after = wait_for(&session, "monitor-exit=");
-    cleanup();
+    term.keys("Tab");
+    let findings = term.wait_for("findings: races", 20);
+    term.keys("Enter");
+    let detail = term.wait_for("fault latency", 20);
+    term.keys("?");
+    let help = term.wait_for("any key closes", 20);
+    term.keys("Escape");
+    term.keys("q");
+    let after = term.wait_for("monitor-exit=", 20);
     assert!(findings.contains("findings: races"), "{findings}");
     assert!(
         detail.contains("MR #1") && detail.contains("latency") && detail.contains("p99"),
@@ -306,9 +270,10 @@ fn the_tui_shows_a_replay_in_a_real_terminal_and_restores_it_on_quit() {
     assert!(help.contains("q, Ctrl-C"), "{help}");
     assert!(after.contains("monitor-exit=0"), "{after}");
     // The alternate screen is gone: the shell's line is all that shows, no monitor frame.
+    let visible = term.text(0);
     assert!(
-        !after.contains("per second"),
-        "terminal not restored:\n{after}"
+        !visible.contains("per second"),
+        "terminal not restored:\n{visible}"
     );
 }
 

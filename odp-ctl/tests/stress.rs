@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use odp_core::testing::device_or_skip;
 use serde_json::Value;
 
+mod common;
+use common::Terminal;
+
 fn odp_ctl() -> Command {
     let path =
         std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").to_string());
@@ -273,4 +276,39 @@ fn the_phases_example_runs_its_phases() {
     assert!((4.9..8.0).contains(&d), "three phases of 1+2+2 s took {d}");
     assert!(report["prefetch"][0]["calls"].as_u64().unwrap_or(0) > 0);
     every_action_seen(&report, "dontneed", "CLEAR");
+}
+
+#[test]
+fn stress_with_monitor_shows_the_run_live_then_reports_after_q() {
+    let test = "stress_with_monitor_shows_the_run_live_then_reports_after_q";
+    if skip(test).is_none() {
+        return;
+    }
+    let bin = std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").into());
+    let command = format!(
+        "{bin} stress --monitor --duration 60s {}; echo stress-exit=$?; sleep 60",
+        scenario("dontneed-storm").display()
+    );
+    let Some(term) = Terminal::start(test, 120, 40, &command) else {
+        return;
+    };
+    // The live view, with the stress process's ODP MR in the table and faults counting up.
+    let live = term.wait_for("rxe0", 60);
+    assert!(
+        live.contains("odp-ctl monitor") && live.contains("live"),
+        "{live}"
+    );
+    assert!(live.contains("MRs ("), "{live}");
+    std::thread::sleep(Duration::from_secs(3));
+    let later = term.text(0);
+    assert!(
+        later.contains("races") && later.contains("inval"),
+        "{later}"
+    );
+    term.keys("q");
+    let report = term.wait_for("stress-exit=", 60);
+    assert!(report.contains("stress-exit=0"), "{report}");
+    assert!(report.contains("(stopped early)"), "{report}");
+    assert!(report.contains("dontneed"), "{report}");
+    assert!(report.contains("kernel side (probes)"), "{report}");
 }

@@ -14,9 +14,13 @@ deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian
 ";
 
 /// The guest userspace: a shell, module loading, the `rdma` tool, verbs with the rxe provider
-/// (rdma-core >= 59 for prefetch), third-party verbs clients, and libbpf's runtime libraries.
+/// (rdma-core >= 59 for prefetch), third-party verbs clients, libbpf's runtime libraries, and
+/// tmux (with libc-bin's C.UTF-8 locale, which it insists on) for driving the TUIs in a real
+/// terminal.
 pub const GUEST_PACKAGES: &[&str] = &[
     "busybox-static",
+    "tmux",
+    "libc-bin",
     "libc6",
     "kmod",
     "iproute2",

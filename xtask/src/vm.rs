@@ -67,7 +67,9 @@ pub fn prepare(opts: &Prepare) -> Result<Guest> {
     let root = cache.join(format!("root-{}", kernel.abi));
     let initramfs = cache.join(format!("initramfs-{}.cpio", kernel.abi));
     let marker = root.join(".odp-complete");
-    if !marker.exists() {
+    // The marker holds the package list, so adding a package reassembles cached roots.
+    let contents = apt::GUEST_PACKAGES.join(" ");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(contents.as_str()) {
         let started = Instant::now();
         eprintln!("xtask: assembling guest root for kernel {}", kernel.abi);
         let kernel_debs = apt.download_exact(&apt.kernel_packages(&kernel)?)?;
@@ -83,6 +85,11 @@ pub fn prepare(opts: &Prepare) -> Result<Guest> {
             )?;
         }
         merge_usr(&root)?;
+        // busybox-static installs no applet links; programs that run `sh -c` (tmux) need one.
+        let sh = root.join("usr/bin/sh");
+        if !sh.exists() {
+            std::os::unix::fs::symlink("busybox", sh)?;
+        }
         for dir in [
             "proc", "sys", "dev", "tmp", "run", "job", "root", "mnt", "var/tmp",
         ] {
@@ -90,7 +97,7 @@ pub fn prepare(opts: &Prepare) -> Result<Guest> {
         }
         depmod(&root, &kernel.abi)?;
         build_initramfs(&root, &kernel.abi, &initramfs)?;
-        std::fs::write(&marker, "")?;
+        std::fs::write(&marker, &contents)?;
         eprintln!(
             "xtask: guest assembled in {:.1}s",
             started.elapsed().as_secs_f64()

@@ -1,0 +1,72 @@
+//! A real terminal for the TUI tests: a detached tmux session, read with capture-pane, killed
+//! on drop (also when an assertion fails).
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub struct Terminal {
+    name: String,
+}
+
+fn tmux(args: &[&str]) -> Output {
+    Command::new("tmux")
+        // tmux refuses to start without a UTF-8 locale; C.UTF-8 is built into glibc.
+        .env("LC_ALL", "C.UTF-8")
+        .args(args)
+        .output()
+        .expect("tmux")
+}
+
+impl Terminal {
+    /// None (after printing a named skip) where tmux is missing.
+    pub fn start(test: &str, width: u16, height: u16, command: &str) -> Option<Terminal> {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            eprintln!("SKIP {test}: no tmux");
+            return None;
+        }
+        let name = format!("odp-{}-{}", std::process::id(), test.len());
+        let (w, h) = (width.to_string(), height.to_string());
+        let started = tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &name,
+            "-x",
+            &w,
+            "-y",
+            &h,
+            command,
+        ]);
+        assert!(started.status.success(), "tmux: {started:?}");
+        Some(Terminal { name })
+    }
+
+    /// The visible screen, plus `history` lines of scrollback.
+    pub fn text(&self, history: u32) -> String {
+        let start = format!("-{history}");
+        let out = tmux(&["capture-pane", "-p", "-S", &start, "-t", &self.name]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits up to `secs` for `what` on the screen (or in scrollback) and returns what shows.
+    pub fn wait_for(&self, what: &str, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let text = self.text(500);
+            if text.contains(what) || Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn keys(&self, keys: &str) {
+        tmux(&["send-keys", "-t", &self.name, keys]);
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        tmux(&["kill-session", "-t", &self.name]);
+    }
+}
