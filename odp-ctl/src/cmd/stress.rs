@@ -297,7 +297,7 @@ fn print_report(out: &Output, report: &Report, probes: &Probes) -> anyhow::Resul
         "ops",
         "MB/s",
         "pages checked",
-        "zeroed by actions",
+        "zeroed/torn by actions",
         "mismatches",
         "wc errors",
     ]);
