@@ -459,3 +459,133 @@ pub fn monitor(rounds: usize, rate: f64) -> Result<()> {
     println!("  TUI, 10 fps, {achieved:.0} events/s: screen thread {screen:.1}% of a core (target < 5%), replay thread {replay:.1}%");
     Ok(())
 }
+
+const VM_STRESS_BENCH: &str = r#"
+cat > /tmp/actions.toml <<'TOML'
+name = "bench-actions"
+duration = "SECONDS"
+[[mr]]
+name = "buf"
+size = "4M"
+[[traffic]]
+mr = "buf"
+op = "read"
+message = "4K"
+range = "0:4K"
+rate = 1
+[[invalidate]]
+mr = "buf"
+action = "dontneed"
+rate = 100000000
+length = "64K"
+TOML
+cat > /tmp/throughput.toml <<'TOML'
+name = "bench-throughput"
+duration = "SECONDS"
+[[mr]]
+name = "buf"
+size = "8M"
+[[traffic]]
+name = "writer"
+mr = "buf"
+op = "write"
+range = "0:4M"
+depth = 4
+[[traffic]]
+name = "reader"
+mr = "buf"
+op = "read"
+range = "4M:4M"
+depth = 4
+TOML
+for round in $(seq 1 ROUNDS); do
+  madvise_loop 4M 64K SECONDS rxe0 | sed 's/^/BARE /'
+  odp-ctl --json stress /tmp/actions.toml --no-probes > /job/actions-$round.json
+  odp-ctl --json stress /tmp/throughput.toml --no-probes > /job/plain-$round.json
+  odp-ctl --json stress /tmp/throughput.toml > /job/probed-$round.json
+done
+"#;
+
+fn stress_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let doc: serde_json::Value = serde_json::from_str(&text)?;
+    if doc["mismatches"] != 0 || doc["wc_errors"] != 0 {
+        bail!("{}: the stress run reported bad data", path.display());
+    }
+    Ok(doc)
+}
+
+/// The stress engine in the VM: DONTNEED actions per second its generator sustains against a
+/// bare madvise loop on the same registered memory, and loopback throughput over ODP MRs with
+/// and without the probe session; interleaved rounds, medians.
+pub fn vm_stress(vm_opts: &crate::VmOpts, rounds: usize, seconds: u32) -> Result<()> {
+    crate::host::ensure()?;
+    cargo_build_release(&["-p", "odp-ctl"])?;
+    cargo_build_release(&["-p", "odp-core", "--example", "madvise_loop"])?;
+    let root = workspace_root();
+    let binaries = vec![
+        root.join("target/release/odp-ctl"),
+        root.join("target/release/examples/madvise_loop"),
+    ];
+    let guest = crate::prepare(vm_opts)?;
+    let script = VM_STRESS_BENCH
+        .replace("ROUNDS", &rounds.to_string())
+        .replace("SECONDS", &seconds.to_string());
+    let outcome = crate::vm::run_job(&guest, &crate::job(vm_opts, script, binaries))?;
+    if outcome.status != 0 {
+        bail!("the benchmark failed in the VM (status {})", outcome.status);
+    }
+    let job = crate::vm::job_dir();
+    let mut bare = Vec::new();
+    for line in outcome.output.lines() {
+        let Some(rest) = line.strip_prefix("BARE ") else {
+            continue;
+        };
+        let field = |name: &str| {
+            rest.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        if let (Some(n), Some(ns)) = (field("actions="), field("ns=")) {
+            bare.push(n / ns * 1e9);
+        }
+    }
+    let (mut generated, mut plain, mut probed) = (Vec::new(), Vec::new(), Vec::new());
+    let total_mb = |doc: &serde_json::Value| -> f64 {
+        doc["traffic"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| t["mb_per_s"].as_f64().unwrap_or(0.0))
+            .sum()
+    };
+    for round in 1..=rounds {
+        let actions = stress_json(&job.join(format!("actions-{round}.json")))?;
+        generated.push(
+            actions["actions"]["dontneed"]["per_s"]
+                .as_f64()
+                .unwrap_or(0.0),
+        );
+        plain.push(total_mb(&stress_json(
+            &job.join(format!("plain-{round}.json")),
+        )?));
+        let p = stress_json(&job.join(format!("probed-{round}.json")))?;
+        if p["probes"]["status"] != "attached" {
+            bail!("probes did not attach: {}", p["probes"]["status"]);
+        }
+        probed.push(total_mb(&p));
+        println!(
+            "round {round}: bare {:.0}/s, generator {:.0}/s; throughput {:.1} MB/s plain, {:.1} MB/s probed",
+            bare.get(round - 1).copied().unwrap_or(f64::NAN),
+            generated[round - 1],
+            plain[round - 1],
+            probed[round - 1]
+        );
+    }
+    let (b, g) = (median(&mut bare), median(&mut generated));
+    let (p0, p1) = (median(&mut plain), median(&mut probed));
+    println!("medians of {rounds} rounds of {seconds}s:");
+    println!("  DONTNEED 64K on a registered 4M ODP MR: bare loop {b:.0}/s, stress generator {g:.0}/s (ratio {:.2})", g / b);
+    println!("  loopback WRITE+READ on ODP MRs: {p0:.1} MB/s without probes, {p1:.1} MB/s with (ratio {:.2})", p1 / p0);
+    Ok(())
+}

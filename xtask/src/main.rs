@@ -99,6 +99,16 @@ enum BenchCmd {
         #[arg(long, default_value_t = 100_000.0)]
         rate: f64,
     },
+    /// The stress engine in the VM: action generator vs a bare madvise loop, throughput with
+    /// and without probes.
+    VmStress {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        #[command(flatten)]
+        opts: VmOpts,
+    },
     /// Loopback RDMA throughput on an ODP MR in the VM, full probe set on vs off.
     VmProbes {
         #[arg(long, default_value_t = 3)]
@@ -184,6 +194,11 @@ fn run(cli: Cli) -> Result<()> {
             } => bench::probes(rounds, pages, loops),
             BenchCmd::Monitor { rounds, rate } => bench::monitor(rounds, rate),
             BenchCmd::VmProbes { rounds, opts } => bench::vm_probes(&opts, rounds),
+            BenchCmd::VmStress {
+                rounds,
+                seconds,
+                opts,
+            } => bench::vm_stress(&opts, rounds, seconds),
         },
         Cmd::Vm { command } => match command {
             VmCmd::Prepare { opts } => {

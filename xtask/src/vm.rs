@@ -255,7 +255,7 @@ pub struct Outcome {
 }
 
 /// Where each job's share lives: inside the target dir, so `cargo clean` removes it.
-fn job_dir() -> PathBuf {
+pub fn job_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::workspace_root().join("target"));
