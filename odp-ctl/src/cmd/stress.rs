@@ -161,10 +161,12 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     }
 
     let progress_on_tty = !args.monitor && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let run_over = AtomicBool::new(false);
     let mut seen = Vec::new();
     let (report, engine) = std::thread::scope(|scope| {
         let stress_stop = Arc::clone(&stop);
         let source_stop_after = Arc::clone(&source_stop);
+        let run_over = &run_over;
         let worker = scope.spawn(move || {
             let result = stress::run(&scenario, &stress_stop, |p| {
                 if progress_on_tty {
@@ -185,6 +187,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
                 eprintln!();
             }
             // The run is over: let the probes drain and stop.
+            run_over.store(true, Ordering::Release);
             source_stop_after.store(true, Ordering::Relaxed);
             result
         });
@@ -198,9 +201,17 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
                     None,
                     10,
                     &mut |e| seen.extend(seen_invalidation(e)),
+                    // q ends the run too, and the workers stop before the probes detach: taking
+                    // a fentry trampoline off a function that other CPUs are hammering is what
+                    // the kernel's text patching has to get right, and in the TCG guest it
+                    // did not (an int3 oops in __mmu_notifier_invalidate_range_start).
+                    &|| {
+                        stop.store(true, Ordering::Relaxed);
+                        while !run_over.load(Ordering::Acquire) {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    },
                 );
-                // q ends the run too.
-                stop.store(true, Ordering::Relaxed);
                 Some(engine)
             }
             Some(feed) => Some(collect(feed, &mut seen)),

@@ -77,6 +77,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             deadline,
             args.fps,
             &mut |_| {},
+            &|| {},
         )
         .map(drop);
     }
@@ -127,6 +128,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             deadline,
             args.fps,
             &mut |_| {},
+            &|| {},
         )
         .map(drop)
     };
@@ -193,8 +195,10 @@ impl Drop for TerminalGuard {
     }
 }
 
-/// The live screen until q, a signal or the deadline; every event also goes to `tap`. Returns
-/// the engine, for a report after the screen is gone.
+/// The live screen until q, a signal or the deadline; every event also goes to `tap`, and
+/// `before_detach` runs once the screen is gone but before the probes are. Returns the engine,
+/// for a report.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn watch(
     feed: Feed,
     config: AnalysisConfig,
@@ -203,6 +207,7 @@ pub(crate) fn watch(
     deadline: Option<Instant>,
     fps: u32,
     tap: &mut dyn FnMut(&bpf_common::OdpEvent),
+    before_detach: &dyn Fn(),
 ) -> anyhow::Result<Engine> {
     let mut engine = Engine::new(config);
     engine.source.probes_attached = feed.probes_attached;
@@ -251,6 +256,7 @@ pub(crate) fn watch(
         }
     };
     drop(guard);
+    before_detach();
     // Ends the source thread: live probes detach, a replay stops reading.
     source_stop.store(true, Ordering::Relaxed);
     engine.source.drops = feed.drops();
