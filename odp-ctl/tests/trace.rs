@@ -397,7 +397,17 @@ fn odp_lifecycle_on_rxe_is_traced_with_matching_kinds_ranges_and_counts() {
             r.obj == umem && r.event.as_deref() == Some("CLEAR") && r.start <= dn.0 && r.end >= dn.1
         })
         .collect();
-    assert_eq!(rxe_clear.len(), 1, "{:?}", of("rxe_invalidate"));
+    let exact = rxe_clear.iter().filter(|r| (r.start, r.end) == dn).count();
+    assert_eq!(exact, 1, "{:?}", of("rxe_invalidate"));
+    // The kernel may add a CLEAR over the whole 2 MiB page-table range around it (freeing the
+    // page table the zap emptied, or splitting a huge PMD): seen on 7.3, depending on layout.
+    const PMD: u64 = 2 << 20;
+    for r in rxe_clear.iter().filter(|r| (r.start, r.end) != dn) {
+        assert!(
+            r.start % PMD == 0 && r.end % PMD == 0,
+            "an extra CLEAR that is not a page-table range: {r:?}"
+        );
+    }
     assert!(of("unmap")
         .iter()
         .any(|r| r.obj == umem && r.start <= dn.0 && r.end >= dn.1));
