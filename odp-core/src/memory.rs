@@ -334,6 +334,19 @@ impl Mapping {
         Ok(())
     }
 
+    /// Splits the transparent huge pages in a sub-range into base pages, keeping their
+    /// contents, through debugfs (`split_huge_pages`: "pid,start,end"; needs debugfs mounted).
+    pub fn split_huge_pages(&self, offset: usize, len: usize) -> Result<()> {
+        let at = self.sub_range(offset, len)? as u64;
+        let request = format!("{},{at:#x},{:#x}", std::process::id(), at + len as u64);
+        std::fs::write("/sys/kernel/debug/split_huge_pages", request).map_err(|e| {
+            Error::os(
+                "writing /sys/kernel/debug/split_huge_pages",
+                e.raw_os_error().unwrap_or(libc::EIO),
+            )
+        })
+    }
+
     /// fork(); the child writes every page of the sub-range (breaking copy-on-write on its side)
     /// and exits; the parent waits for it.
     pub fn fork_and_touch(&self, offset: usize, len: usize) -> Result<()> {

@@ -28,6 +28,7 @@ fn scenario(name: &str) -> PathBuf {
         "fork-cow" => include_str!("../../scenarios/fork-cow.toml"),
         "mprotect" => include_str!("../../scenarios/mprotect.toml"),
         "phases" => include_str!("../../scenarios/phases.toml"),
+        "thp" => include_str!("../../scenarios/thp.toml"),
         other => panic!("no scenario {other}"),
     };
     let dir = std::env::temp_dir().join(format!("odp-stress-{}", std::process::id()));
@@ -177,6 +178,28 @@ fn mprotect_toggling_keeps_reads_exact_and_reaches_the_driver() {
     }
     let report = run_clean("mprotect", "3s");
     every_action_seen(&report, "mprotect", "PROTECTION_VMA");
+}
+
+#[test]
+fn thp_collapse_and_split_keep_data_and_reach_the_driver() {
+    if skip("thp_collapse_and_split_keep_data_and_reach_the_driver").is_none() {
+        return;
+    }
+    let report = run_clean("thp", "3s");
+    // Contents are kept: nothing may read back as zero.
+    for t in report["traffic"].as_array().expect("traffic") {
+        assert_eq!(t["pages_zeroed_by_actions"], 0, "{t}");
+        assert_eq!(t["pages_torn_by_actions"], 0, "{t}");
+    }
+    // A collapse of what is already huge, or a split of what is not, changes nothing and need
+    // not reach the driver; some of each must.
+    for action in ["collapse", "split"] {
+        let done = report["actions"][action]["done"].as_u64().unwrap_or(0);
+        let seen = report["probes"]["matching"][action]["matched"]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(done > 0 && seen > 0, "{action}: {done} done, {seen} seen");
+    }
 }
 
 #[test]

@@ -184,7 +184,12 @@ fn destroys_contents(action: Action, backing: &Backing) -> bool {
     match action {
         Action::Dontneed | Action::Free => private,
         Action::Remap => private || *backing == Backing::Shared,
-        Action::Pageout | Action::Cold | Action::Mprotect | Action::Fork => false,
+        Action::Pageout
+        | Action::Cold
+        | Action::Mprotect
+        | Action::Fork
+        | Action::Collapse
+        | Action::Split => false,
     }
 }
 
@@ -777,7 +782,8 @@ fn action_worker(
         len: target.mapping.len(),
     });
     let len = spec.length.0;
-    let slots = (window.len - len) / page + 1;
+    let step = spec.align.map_or(page, |a| a.0);
+    let slots = (window.len - len) / step + 1;
     let mut rng = SmallRng::seed_from_u64(seed);
     let interval = 1.0 / spec.rate;
     let destroys = destroys_contents(spec.action, target.mapping.backing());
@@ -793,7 +799,7 @@ fn action_worker(
             next_ns = monotonic_ns();
             continue;
         }
-        let offset = window.offset + rng.random_range(0..slots) * page;
+        let offset = window.offset + rng.random_range(0..slots) * step;
         if destroys {
             target.bump(offset, len, page);
         }
@@ -819,6 +825,10 @@ fn action_worker(
                 })
             }
             Action::Fork => m.fork_and_touch(offset, len),
+            Action::Collapse => {
+                m.madvise(offset, len, libc::MADV_COLLAPSE, "madvise(MADV_COLLAPSE)")
+            }
+            Action::Split => m.split_huge_pages(offset, len),
         };
         let end_ns = monotonic_ns();
         if destroys {

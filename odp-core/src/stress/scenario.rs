@@ -254,10 +254,15 @@ pub enum Action {
     Mprotect,
     /// fork(); the child writes to every page of the range (copy-on-write), then exits.
     Fork,
+    /// madvise(MADV_COLLAPSE): small pages into a transparent huge page (THP backing).
+    Collapse,
+    /// Split the transparent huge pages in the range, contents kept (debugfs
+    /// `split_huge_pages`).
+    Split,
 }
 
 impl Action {
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 9] = [
         Action::Dontneed,
         Action::Free,
         Action::Pageout,
@@ -265,6 +270,8 @@ impl Action {
         Action::Remap,
         Action::Mprotect,
         Action::Fork,
+        Action::Collapse,
+        Action::Split,
     ];
 
     pub fn name(self) -> &'static str {
@@ -276,6 +283,8 @@ impl Action {
             Action::Remap => "remap",
             Action::Mprotect => "mprotect",
             Action::Fork => "fork",
+            Action::Collapse => "collapse",
+            Action::Split => "split",
         }
     }
 }
@@ -295,6 +304,9 @@ pub struct InvalidateSpec {
     pub length: Size,
     #[serde(default)]
     pub range: Option<Window>,
+    /// Offsets are multiples of this (e.g. "2M" so collapse and split act on whole huge pages).
+    #[serde(default)]
+    pub align: Option<Size>,
     /// 0..1: how much of each interval is randomised (0 is a metronome).
     #[serde(default)]
     pub jitter: f64,
@@ -522,6 +534,13 @@ impl Scenario {
             }
             if !(a.rate.is_finite() && a.rate > 0.0) {
                 return Err(format!("{what}: rate must be > 0"));
+            }
+            if let Some(Size(align)) = a.align {
+                if align == 0 || align % page != 0 || (w.offset % align) != 0 {
+                    return Err(format!(
+                        "{what}: align must be whole pages and the range must start on it"
+                    ));
+                }
             }
             if !(0.0..=1.0).contains(&a.jitter) {
                 return Err(format!("{what}: jitter must be between 0 and 1"));
