@@ -29,6 +29,7 @@ fn scenario(name: &str) -> PathBuf {
         "mprotect" => include_str!("../../scenarios/mprotect.toml"),
         "phases" => include_str!("../../scenarios/phases.toml"),
         "thp" => include_str!("../../scenarios/thp.toml"),
+        "atomics" => include_str!("../../scenarios/atomics.toml"),
         other => panic!("no scenario {other}"),
     };
     let dir = std::env::temp_dir().join(format!("odp-stress-{}", std::process::id()));
@@ -200,6 +201,23 @@ fn thp_collapse_and_split_keep_data_and_reach_the_driver() {
             .unwrap_or(0);
         assert!(done > 0 && seen > 0, "{action}: {done} done, {seen} seen");
     }
+}
+
+#[test]
+fn atomics_count_exactly_through_dontneed() {
+    if skip("atomics_count_exactly_through_dontneed").is_none() {
+        return;
+    }
+    let report = run_clean("atomics", "3s");
+    let adder = &report["traffic"][0];
+    assert_eq!(adder["op"], "fetch-add");
+    assert!(adder["ops"].as_u64().unwrap_or(0) > 100, "{adder}");
+    // Drops reset some counts (accepted only where a drop hit that page), and reached rxe.
+    assert!(
+        adder["pages_zeroed_by_actions"].as_u64().unwrap_or(0) > 0,
+        "{adder}"
+    );
+    every_action_seen(&report, "dontneed", "CLEAR");
 }
 
 #[test]

@@ -66,6 +66,9 @@ pub struct Mismatch {
     pub expected: pattern::Decoded,
     /// The first wrong word, decoded as if it were a pattern word, and raw.
     pub actual: pattern::Decoded,
+    /// Raw words (for fetch-add: the count expected and the old value returned).
+    #[serde(serialize_with = "hex")]
+    pub expected_raw: u64,
     #[serde(serialize_with = "hex")]
     pub actual_raw: u64,
     pub generation: u32,
@@ -272,6 +275,14 @@ pub fn run(
     mut progress: impl FnMut(&Progress),
 ) -> Result<Report> {
     let ctx = Context::open(scenario.device.name.as_deref())?;
+    if scenario.traffic.iter().any(|t| t.op == TrafficOp::FetchAdd)
+        && !ctx.attributes().odp.rc.atomic
+    {
+        return Err(Error::os(
+            "fetch-add traffic: the device does not advertise RC ODP atomics",
+            libc::EOPNOTSUPP,
+        ));
+    }
     let pd = ctx.alloc_pd()?;
     let page = page_size();
     let mut targets = Vec::new();
@@ -354,7 +365,12 @@ pub fn run(
                     };
                     let mut mismatches = Vec::new();
                     let mut wc_errors = Vec::new();
-                    let result = traffic_worker(
+                    let worker = if spec.op == TrafficOp::FetchAdd {
+                        atomic_worker
+                    } else {
+                        traffic_worker
+                    };
+                    let result = worker(
                         spec,
                         target,
                         pd,
@@ -629,6 +645,9 @@ fn traffic_worker(
                     )?;
                     (id, None, seqs)
                 }
+                TrafficOp::FetchAdd => {
+                    return Err(Error::invalid("fetch-add runs in the atomic worker"))
+                }
                 TrafficOp::Send => {
                     staging_map.write(slot_off, &buf)?;
                     let seqs = target.seqs(chunk, msg, page);
@@ -697,7 +716,7 @@ fn traffic_worker(
         // The bytes to check: the ODP MR for writes and sends, the staging buffer for reads.
         match spec.op {
             TrafficOp::Write | TrafficOp::Send => target.mapping.read(op.chunk, &mut buf)?,
-            TrafficOp::Read => staging_map.read(op.slot * msg, &mut buf)?,
+            TrafficOp::Read | TrafficOp::FetchAdd => staging_map.read(op.slot * msg, &mut buf)?,
         }
         let checked_ns = monotonic_ns();
         let after = target.seqs(op.chunk, msg, page);
@@ -747,6 +766,7 @@ fn traffic_worker(
                         bad_bytes,
                         expected: pattern::decode(expected),
                         actual: pattern::decode(actual),
+                        expected_raw: expected,
                         actual_raw: actual,
                         generation: op.generation,
                         posted_ns: op.posted_ns,
@@ -765,6 +785,166 @@ fn traffic_worker(
             .counters
             .bytes
             .fetch_add(msg as u64, Ordering::Relaxed);
+        free_slots.push(op.slot);
+    }
+}
+
+/// One fetch-and-add in flight.
+struct AtomicInFlight {
+    wr_id: u64,
+    slot: usize,
+    page: usize,
+    /// The page's destroy sequence number when the previous operation on it was posted: drops
+    /// after that one landed reset the count, and it landed after that post.
+    seq_before: u32,
+    posted_ns: u64,
+}
+
+/// Fetch-and-add of 1 on the first word of each page of the range in turn. The old value that
+/// comes back must be the count of earlier adds to that word, or 0 where a content-destroying
+/// action could have dropped the page since the previous add.
+#[allow(clippy::too_many_arguments)]
+fn atomic_worker(
+    spec: &TrafficSpec,
+    target: &Target,
+    pd: &Arc<crate::verbs::ProtectionDomain>,
+    loopback: &LoopbackConfig,
+    shared: &Shared,
+    stats: &mut TrafficStats,
+    mismatches: &mut Vec<Mismatch>,
+    wc_errors: &mut Vec<String>,
+) -> Result<()> {
+    let page = shared.page;
+    let depth = spec.depth as usize;
+    let window = spec.range.unwrap_or(Window {
+        offset: 0,
+        len: target.mapping.len(),
+    });
+    let pages = window.len / page;
+    let staging_map = Arc::new(Mapping::new(page, Backing::Anonymous)?);
+    let staging = MemoryRegion::register(pd, &staging_map, 0, page, Access::FULL)?;
+    let mut lb = LoopbackRc::new(pd, loopback)?;
+    let seq = |p: usize| target.seqs(window.offset + p * page, page, page)[0];
+    // Per page: the count the word should hold (None after an error left it unknown).
+    let mut expected: Vec<Option<u64>> = vec![Some(0); pages];
+    let mut seq_at_last_post: Vec<u32> = (0..pages).map(seq).collect();
+    let mut in_flight: std::collections::VecDeque<AtomicInFlight> = Default::default();
+    let mut free_slots: Vec<usize> = (0..depth).rev().collect();
+    let mut next_page = 0usize;
+    let interval = (spec.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / spec.rate));
+    let mut next_post = Instant::now();
+    let name = stats.worker.clone();
+    loop {
+        let stopping = shared.clock.stopping();
+        let active = !stopping && shared.clock.active(spec.name.as_deref());
+        while active
+            && !free_slots.is_empty()
+            && interval.is_none_or(|_| Instant::now() >= next_post)
+        {
+            let Some(slot) = free_slots.pop() else { break };
+            let p = next_page % pages;
+            next_page += 1;
+            let seq_before = std::mem::replace(&mut seq_at_last_post[p], seq(p));
+            staging_map.write(slot * 8, &[0xee; 8])?;
+            let wr_id = lb.post_fetch_add(
+                &staging,
+                slot * 8,
+                &target.mr,
+                target.base + window.offset + p * page,
+                1,
+            )?;
+            in_flight.push_back(AtomicInFlight {
+                wr_id,
+                slot,
+                page: p,
+                seq_before,
+                posted_ns: monotonic_ns(),
+            });
+            if let Some(i) = interval {
+                next_post += i;
+                if next_post + Duration::from_secs(1) < Instant::now() {
+                    next_post = Instant::now();
+                }
+            }
+        }
+        let Some(op) = in_flight.pop_front() else {
+            if stopping {
+                return Ok(());
+            }
+            if active {
+                sleep_until(next_post, &shared.clock);
+            } else {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            continue;
+        };
+        match lb.wait(op.wr_id) {
+            Ok(_) => {}
+            Err(e @ (Error::Completion { .. } | Error::CompletionTimeout { .. })) => {
+                stats.wc_errors += 1;
+                shared.counters.wc_errors.fetch_add(1, Ordering::Relaxed);
+                if wc_errors.len() < ERRORS_KEPT {
+                    wc_errors.push(format!(
+                        "{name}: fetch-add on {}+{:#x}: {e}",
+                        target.name,
+                        window.offset + op.page * page
+                    ));
+                }
+                // Whether the flushed adds happened is unknown: those words resynchronise.
+                expected[op.page] = None;
+                for other in in_flight.drain(..) {
+                    expected[other.page] = None;
+                }
+                free_slots = (0..depth).rev().collect();
+                drop(lb);
+                lb = LoopbackRc::new(pd, loopback)?;
+                stats.qp_rebuilds += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        let mut word = [0u8; 8];
+        staging_map.read(op.slot * 8, &mut word)?;
+        let old = u64::from_le_bytes(word);
+        let now = seq(op.page);
+        let moved = op.seq_before != now || op.seq_before % 2 == 1 || now % 2 == 1;
+        let offset = window.offset + op.page * page;
+        match expected[op.page] {
+            Some(e) if old == e => {}
+            Some(e) if old == 0 && moved => {
+                stats.pages_zeroed_by_actions += u64::from(e != 0);
+            }
+            Some(e) => {
+                stats.mismatches += 1;
+                shared.counters.mismatches.fetch_add(1, Ordering::Relaxed);
+                if mismatches.len() < MISMATCHES_KEPT {
+                    mismatches.push(Mismatch {
+                        worker: name.clone(),
+                        op: spec.op,
+                        mr: target.name.clone(),
+                        page_offset: offset,
+                        first_bad: offset,
+                        bad_bytes: 8,
+                        expected: pattern::decode(e),
+                        actual: pattern::decode(old),
+                        expected_raw: e,
+                        actual_raw: old,
+                        generation: 0,
+                        posted_ns: op.posted_ns,
+                        checked_ns: monotonic_ns(),
+                        page_was_invalidated: moved,
+                        nearby_actions: Vec::new(),
+                    });
+                }
+            }
+            None => {}
+        }
+        expected[op.page] = Some(old.wrapping_add(1));
+        stats.pages_checked += 1;
+        stats.ops += 1;
+        stats.bytes += 8;
+        shared.counters.ops.fetch_add(1, Ordering::Relaxed);
+        shared.counters.bytes.fetch_add(8, Ordering::Relaxed);
         free_slots.push(op.slot);
     }
 }

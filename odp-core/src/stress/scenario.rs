@@ -194,6 +194,9 @@ pub enum TrafficOp {
     Read,
     /// SEND received into the ODP MR.
     Send,
+    /// Atomic fetch-and-add of 1 on the first word of each page of the range in turn; the old
+    /// value that comes back must be the count so far (or 0 where an action dropped the page).
+    FetchAdd,
 }
 
 impl TrafficOp {
@@ -202,6 +205,7 @@ impl TrafficOp {
             TrafficOp::Write => "write",
             TrafficOp::Read => "read",
             TrafficOp::Send => "send",
+            TrafficOp::FetchAdd => "fetch-add",
         }
     }
 }
@@ -500,10 +504,16 @@ impl Scenario {
                     self.device.qp_depth
                 ));
             }
-            if (t.depth as usize).saturating_mul(t.message.0) > w.len {
+            // An atomic moves one word per page: the range needs a page per operation in flight.
+            let unit = if t.op == TrafficOp::FetchAdd {
+                page
+            } else {
+                t.message.0
+            };
+            if (t.depth as usize).saturating_mul(unit) > w.len {
                 return Err(format!(
-                    "{what}: depth x message ({} x {}) does not fit in its range ({} bytes)",
-                    t.depth, t.message.0, w.len
+                    "{what}: depth x message ({} x {unit}) does not fit in its range ({} bytes)",
+                    t.depth, w.len
                 ));
             }
             if !(t.rate.is_finite() && t.rate >= 0.0) {

@@ -45,6 +45,7 @@ pub enum Opcode {
     Read,
     Send,
     Recv,
+    FetchAdd,
 }
 
 impl Opcode {
@@ -54,6 +55,7 @@ impl Opcode {
             Opcode::Read => "RDMA READ",
             Opcode::Send => "SEND",
             Opcode::Recv => "RECV",
+            Opcode::FetchAdd => "ATOMIC FETCH_ADD",
         }
     }
 }
@@ -303,6 +305,41 @@ impl LoopbackRc {
         wr.send_flags = sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
         wr.wr.rdma = sys::rdma_t {
             remote_addr: target.addr,
+            rkey: remote.rkey(),
+        };
+        self.post_send_wr(wr_id, &mut wr)
+    }
+
+    /// Posts an atomic fetch-and-add of `add` to the 8-byte word at `remote_offset` of `remote`;
+    /// the word's old value lands in `local` at `local_offset`.
+    pub fn post_fetch_add(
+        &mut self,
+        local: &MemoryRegion,
+        local_offset: usize,
+        remote: &MemoryRegion,
+        remote_offset: usize,
+        add: u64,
+    ) -> Result<u64> {
+        if remote_offset % 8 != 0 {
+            return Err(Error::invalid(
+                "atomics need an 8-byte aligned remote address",
+            ));
+        }
+        let sge = local.sge(local_offset, 8)?;
+        let target = remote.sge(remote_offset, 8)?;
+        let wr_id = self.take_wr_id(Opcode::FetchAdd);
+        let mut raw_sge = sge.raw();
+        // SAFETY: ibv_send_wr is plain old data (pointers and integers); zero is valid.
+        let mut wr: sys::ibv_send_wr = unsafe { std::mem::zeroed() };
+        wr.wr_id = wr_id;
+        wr.sg_list = &mut raw_sge;
+        wr.num_sge = 1;
+        wr.opcode = sys::ibv_wr_opcode::IBV_WR_ATOMIC_FETCH_AND_ADD;
+        wr.send_flags = sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        wr.wr.atomic = sys::atomic_t {
+            remote_addr: target.addr,
+            compare_add: add,
+            swap: 0,
             rkey: remote.rkey(),
         };
         self.post_send_wr(wr_id, &mut wr)

@@ -353,6 +353,22 @@ fn print_report(out: &Output, report: &Report, probes: &Probes) -> anyhow::Resul
         );
     }
     for m in &report.first_mismatches {
+        if m.op == stress::TrafficOp::FetchAdd {
+            println!(
+                "MISMATCH {} fetch-add {} word {:#x}: expected count {}, found {:#x}{}",
+                m.worker,
+                m.mr,
+                m.first_bad,
+                m.expected_raw,
+                m.actual_raw,
+                if m.page_was_invalidated {
+                    "; the page was invalidated meanwhile"
+                } else {
+                    ""
+                }
+            );
+            continue;
+        }
         println!(
             "MISMATCH {} {} {} page {:#x}: {} bad bytes from {:#x}; expected MR {} gen {} offset {:#x}, found {:#018x} (MR {} gen {} offset {:#x}){}",
             m.worker,
