@@ -72,6 +72,10 @@ unsafe impl Send for Mapping {}
 // SAFETY: see Send; shared references only copy bytes in or out at the caller's chosen time.
 unsafe impl Sync for Mapping {}
 
+/// move_pages(2) flag from <numaif.h>, which the libc crate does not carry: move pages used by
+/// this process only.
+const MPOL_MF_MOVE: libc::c_int = 1 << 1;
+
 /// The system page size.
 pub fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
@@ -332,6 +336,46 @@ impl Mapping {
             return Err(Error::last_os("mprotect"));
         }
         Ok(())
+    }
+
+    /// Moves the sub-range's pages to NUMA node `node` with move_pages(2), contents kept; returns
+    /// how many pages moved (pages not present, or already there, do not).
+    pub fn migrate(&self, offset: usize, len: usize, node: i32) -> Result<usize> {
+        let at = self.sub_range(offset, len)?;
+        let page = page_size();
+        let pages: Vec<*mut libc::c_void> = (0..len / page)
+            // SAFETY: each address lies inside the checked sub-range; only passed to the kernel.
+            .map(|i| unsafe { at.add(i * page) }.cast())
+            .collect();
+        let move_pages = |nodes: Option<&[i32]>, status: &mut [i32]| {
+            // SAFETY: the arrays hold pages.len() entries each and outlive the call (a null
+            // node list only queries); pid 0 is this process.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_move_pages,
+                    0,
+                    pages.len(),
+                    pages.as_ptr(),
+                    nodes.map_or(std::ptr::null(), |n| n.as_ptr()),
+                    status.as_mut_ptr(),
+                    MPOL_MF_MOVE,
+                )
+            };
+            if rc < 0 {
+                return Err(Error::last_os("move_pages"));
+            }
+            Ok(())
+        };
+        // Where each page is now (a negative errno for pages not present), then the move.
+        let mut before = vec![0i32; pages.len()];
+        move_pages(None, &mut before)?;
+        let mut after = vec![0i32; pages.len()];
+        move_pages(Some(&vec![node; pages.len()]), &mut after)?;
+        Ok(before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| **b >= 0 && **b != node && **a == node)
+            .count())
     }
 
     /// Splits the transparent huge pages in a sub-range into base pages, keeping their

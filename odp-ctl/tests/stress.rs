@@ -30,6 +30,7 @@ fn scenario(name: &str) -> PathBuf {
         "phases" => include_str!("../../scenarios/phases.toml"),
         "thp" => include_str!("../../scenarios/thp.toml"),
         "atomics" => include_str!("../../scenarios/atomics.toml"),
+        "migrate" => include_str!("../../scenarios/migrate.toml"),
         other => panic!("no scenario {other}"),
     };
     let dir = std::env::temp_dir().join(format!("odp-stress-{}", std::process::id()));
@@ -218,6 +219,36 @@ fn atomics_count_exactly_through_dontneed() {
         "{adder}"
     );
     every_action_seen(&report, "dontneed", "CLEAR");
+}
+
+#[test]
+fn numa_migration_keeps_data_and_every_move_reaches_the_driver() {
+    if skip("numa_migration_keeps_data_and_every_move_reaches_the_driver").is_none() {
+        return;
+    }
+    let report = run_clean("migrate", "3s");
+    for t in report["traffic"].as_array().expect("traffic") {
+        assert_eq!(t["pages_zeroed_by_actions"], 0, "contents are kept: {t}");
+    }
+    // Every migrate that moved a page was seen; one that moved none changed nothing.
+    let m = &report["probes"]["matching"]["migrate"];
+    let moved = m["actions"].as_u64().unwrap_or(0);
+    assert!(moved > 0, "{m}");
+    assert_eq!(m["matched"], moved, "{m}");
+    // CPU page migration reaches the driver as whatever event try_to_migrate uses (MIGRATE is
+    // for device memory); the matching above already tied each move to one.
+    let causes = &report["probes"]["summary"]["totals"]["invalidations_by_cause"];
+    let total: u64 = causes
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(_, n)| n.as_u64().unwrap_or(0))
+        .sum();
+    assert!(total >= moved, "invalidations {causes} < {moved} moves");
+    let _ = writeln!(
+        std::io::stderr(),
+        "migrate: invalidations by cause {causes}"
+    );
 }
 
 #[test]

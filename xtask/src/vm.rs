@@ -255,6 +255,21 @@ pub struct Outcome {
 }
 
 /// Where each job's share lives: inside the target dir, so `cargo clean` removes it.
+fn numa_args(memory_mb: u32, cpus: u32) -> Vec<String> {
+    let first = memory_mb / 2;
+    let second = memory_mb - first;
+    vec![
+        "-object".into(),
+        format!("memory-backend-ram,id=node0,size={first}M"),
+        "-object".into(),
+        format!("memory-backend-ram,id=node1,size={second}M"),
+        "-numa".into(),
+        format!("node,nodeid=0,memdev=node0,cpus=0-{}", cpus.max(1) - 1),
+        "-numa".into(),
+        "node,nodeid=1,memdev=node1".into(),
+    ]
+}
+
 pub fn job_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -314,6 +329,9 @@ fn run_once(guest: &Guest, job: &Job) -> Result<Outcome> {
             "-m",
             &format!("{}M", job.memory_mb),
         ])
+        // Two NUMA nodes (the second memory-only), so page migration between nodes can be
+        // provoked under the device (`stress` action "migrate").
+        .args(numa_args(job.memory_mb, job.cpus))
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
         .arg("-kernel")
         .arg(&guest.vmlinuz)

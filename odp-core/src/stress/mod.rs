@@ -45,6 +45,9 @@ pub struct ActionRecord {
     pub len: usize,
     pub start_ns: u64,
     pub end_ns: u64,
+    /// For migrate: pages actually moved (0: nothing changed, nothing to invalidate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pages_moved: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -192,7 +195,8 @@ fn destroys_contents(action: Action, backing: &Backing) -> bool {
         | Action::Mprotect
         | Action::Fork
         | Action::Collapse
-        | Action::Split => false,
+        | Action::Split
+        | Action::Migrate => false,
     }
 }
 
@@ -967,6 +971,19 @@ fn action_worker(
     let mut rng = SmallRng::seed_from_u64(seed);
     let interval = 1.0 / spec.rate;
     let destroys = destroys_contents(spec.action, target.mapping.backing());
+    let nodes = if spec.action == Action::Migrate {
+        let nodes = numa_nodes_with_memory();
+        if nodes.len() < 2 {
+            return Err(Error::os(
+                "migrate needs two NUMA nodes with memory (see /sys/devices/system/node/has_memory)",
+                libc::EOPNOTSUPP,
+            ));
+        }
+        nodes
+    } else {
+        Vec::new()
+    };
+    let mut migrations = 0usize;
     // Shared, not copied, into every record: an allocation per action showed in the rate.
     let worker: Arc<str> = name.into();
     let mr_name: Arc<str> = target.name.as_str().into();
@@ -985,6 +1002,7 @@ fn action_worker(
         }
         let start_ns = monotonic_ns();
         let m = &target.mapping;
+        let mut pages_moved = None;
         let result = match spec.action {
             Action::Dontneed => {
                 m.madvise(offset, len, libc::MADV_DONTNEED, "madvise(MADV_DONTNEED)")
@@ -1009,6 +1027,11 @@ fn action_worker(
                 m.madvise(offset, len, libc::MADV_COLLAPSE, "madvise(MADV_COLLAPSE)")
             }
             Action::Split => m.split_huge_pages(offset, len),
+            Action::Migrate => {
+                migrations += 1;
+                m.migrate(offset, len, nodes[migrations % nodes.len()])
+                    .map(|moved| pages_moved = Some(moved))
+            }
         };
         let end_ns = monotonic_ns();
         if destroys {
@@ -1024,6 +1047,7 @@ fn action_worker(
             len,
             start_ns,
             end_ns,
+            pages_moved,
             error: result.as_ref().err().map(|e| e.to_string()),
         };
         if let Ok(mut log) = shared.log.lock() {
@@ -1046,6 +1070,22 @@ fn action_worker(
         }
     }
     Ok(())
+}
+
+/// NUMA nodes with memory, from sysfs ("0-1", "0,2-3").
+fn numa_nodes_with_memory() -> Vec<i32> {
+    let text = std::fs::read_to_string("/sys/devices/system/node/has_memory").unwrap_or_default();
+    text.trim()
+        .split(',')
+        .filter(|part| !part.is_empty())
+        .flat_map(|part| {
+            let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+            match (lo.parse::<i32>(), hi.parse::<i32>()) {
+                (Ok(lo), Ok(hi)) => (lo..=hi).collect(),
+                _ => Vec::new(),
+            }
+        })
+        .collect()
 }
 
 fn prefetch_worker(
@@ -1094,6 +1134,8 @@ fn prefetch_worker(
 pub struct Matching {
     pub actions: u64,
     pub matched: u64,
+    /// Actions known to have changed nothing (a migrate that moved no page); not counted above.
+    pub no_change: u64,
     /// The first few actions no event matched, to look up in a recording.
     pub unmatched: Vec<ActionRecord>,
 }
@@ -1116,6 +1158,10 @@ pub fn match_actions(
     let mut out: BTreeMap<Action, Matching> = BTreeMap::new();
     for a in log.iter().filter(|a| a.error.is_none()) {
         let m = out.entry(a.action).or_default();
+        if a.pages_moved == Some(0) {
+            m.no_change += 1;
+            continue;
+        }
         m.actions += 1;
         let lo = a.addr;
         let hi = a.addr + a.len as u64;
@@ -1147,6 +1193,7 @@ mod tests {
             len,
             start_ns,
             end_ns,
+            pages_moved: None,
             error: None,
         }
     }
@@ -1181,7 +1228,17 @@ mod tests {
                 hi: 0xb000,
             },
         ];
+        let mut no_op = record(Action::Migrate, 0x1000, 0x1000, 120, 130);
+        no_op.pages_moved = Some(0);
+        let mut log = log.to_vec();
+        log.push(no_op);
         let m = match_actions(&log, &seen);
+        assert_eq!(
+            m[&Action::Migrate].no_change,
+            1,
+            "a migrate that moved nothing"
+        );
+        assert_eq!(m[&Action::Migrate].actions, 0);
         assert_eq!(m[&Action::Dontneed].actions, 2);
         assert_eq!(m[&Action::Dontneed].matched, 1);
         assert_eq!(m[&Action::Remap].matched, 0);

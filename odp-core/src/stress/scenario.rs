@@ -263,10 +263,12 @@ pub enum Action {
     /// Split the transparent huge pages in the range, contents kept (debugfs
     /// `split_huge_pages`).
     Split,
+    /// move_pages(2) to the other NUMA node, turn about (needs two nodes with memory).
+    Migrate,
 }
 
 impl Action {
-    pub const ALL: [Action; 9] = [
+    pub const ALL: [Action; 10] = [
         Action::Dontneed,
         Action::Free,
         Action::Pageout,
@@ -276,6 +278,7 @@ impl Action {
         Action::Fork,
         Action::Collapse,
         Action::Split,
+        Action::Migrate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -289,6 +292,7 @@ impl Action {
             Action::Fork => "fork",
             Action::Collapse => "collapse",
             Action::Split => "split",
+            Action::Migrate => "migrate",
         }
     }
 }

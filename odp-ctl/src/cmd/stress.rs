@@ -331,7 +331,13 @@ fn print_report(out: &Output, report: &Report, probes: &Probes) -> anyhow::Resul
         for (action, s) in &report.actions {
             let seen = probes.matching.get(action).map_or_else(
                 || "-".to_string(),
-                |m| format!("{}/{}", m.matched, m.actions),
+                |m| {
+                    let mut text = format!("{}/{}", m.matched, m.actions);
+                    if m.no_change > 0 {
+                        text.push_str(&format!(" (+{} changed nothing)", m.no_change));
+                    }
+                    text
+                },
             );
             actions.add_row(vec![
                 action.name().to_string(),
