@@ -44,7 +44,8 @@ pub struct Record {
     pub aux: u32,
 }
 
-mod hex {
+/// Addresses as "0x..." strings in JSON, for every serialized type of the crate.
+pub mod hex {
     use serde::de::Visitor;
     use serde::{Deserializer, Serializer};
 

@@ -29,15 +29,17 @@ fn ns_per_fault(cmd: &mut Command) -> Result<f64> {
     if !out.status.success() {
         bail!("benchmark command failed: {text}");
     }
-    let field = |name: &str| {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(name))
-            .and_then(|v| v.parse::<f64>().ok())
-    };
-    match (field("faults="), field("ns=")) {
+    match (field(&text, "faults="), field(&text, "ns=")) {
         (Some(f), Some(ns)) if f > 0.0 => Ok(ns / f),
         _ => bail!("no faults=/ns= in output: {text}"),
     }
+}
+
+/// The number after `name` (e.g. "ns=") among the words of a benchmark program's output line.
+fn field(text: &str, name: &str) -> Option<f64> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(name))
+        .and_then(|v| v.parse::<f64>().ok())
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -293,8 +295,11 @@ fn thread_ticks(pid: &str) -> Result<Vec<(String, u64)>> {
         // Fields after the parenthesised name; utime and stime are the 14th and 15th.
         let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
-        out.push((comm, field(14).unwrap_or(0) + field(15).unwrap_or(0)));
+        let stat_field = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
+        out.push((
+            comm,
+            stat_field(14).unwrap_or(0) + stat_field(15).unwrap_or(0),
+        ));
     }
     Ok(out)
 }
@@ -408,12 +413,7 @@ pub fn monitor(rounds: usize, rate: f64) -> Result<()> {
             .arg("4000000")
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let field = |name: &str| {
-            text.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .and_then(|v| v.parse::<f64>().ok())
-        };
-        match (field("events="), field("ns=")) {
+        match (field(&text, "events="), field(&text, "ns=")) {
             (Some(n), Some(ns)) if out.status.success() => engine.push(n / ns * 1e9),
             _ => bail!(
                 "engine_replay: {text}{}",
@@ -541,12 +541,7 @@ pub fn vm_stress(vm_opts: &crate::VmOpts, rounds: usize, seconds: u32) -> Result
         let Some(rest) = line.strip_prefix("BARE ") else {
             continue;
         };
-        let field = |name: &str| {
-            rest.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .and_then(|v| v.parse::<f64>().ok())
-        };
-        if let (Some(n), Some(ns)) = (field("actions="), field("ns=")) {
+        if let (Some(n), Some(ns)) = (field(rest, "actions="), field(rest, "ns=")) {
             bare.push(n / ns * 1e9);
         }
     }

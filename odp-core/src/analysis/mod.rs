@@ -80,9 +80,9 @@ pub struct Finding {
     pub kind: FindingKind,
     pub mr: Option<u64>,
     pub pid: u32,
-    #[serde(with = "hex")]
+    #[serde(serialize_with = "crate::trace::hex::serialize")]
     pub start: u64,
-    #[serde(with = "hex")]
+    #[serde(serialize_with = "crate::trace::hex::serialize")]
     pub end: u64,
     pub detail: String,
 }
@@ -1143,14 +1143,14 @@ pub struct ProcessSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct MrSummary {
     pub id: u64,
-    #[serde(with = "hex")]
+    #[serde(serialize_with = "crate::trace::hex::serialize")]
     pub umem: u64,
     pub device: String,
     pub pid: u32,
     pub comm: String,
-    #[serde(with = "hex")]
+    #[serde(serialize_with = "crate::trace::hex::serialize")]
     pub start: u64,
-    #[serde(with = "hex")]
+    #[serde(serialize_with = "crate::trace::hex::serialize")]
     pub end: u64,
     pub implicit: bool,
     pub registration_seen: bool,
@@ -1178,14 +1178,6 @@ impl MrSummary {
             rkey: m.rkey,
             stats: m.stats.summary(),
         }
-    }
-}
-
-mod hex {
-    use serde::Serializer;
-
-    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{v:#x}"))
     }
 }
 

@@ -40,7 +40,7 @@ pub struct ActionRecord {
     pub action: Action,
     pub worker: Arc<str>,
     pub mr: Arc<str>,
-    #[serde(serialize_with = "hex")]
+    #[serde(serialize_with = "crate::trace::hex::serialize")]
     pub addr: u64,
     pub len: usize,
     pub start_ns: u64,
@@ -50,10 +50,6 @@ pub struct ActionRecord {
     pub pages_moved: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-}
-
-fn hex<S: serde::Serializer>(v: &u64, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{v:#x}"))
 }
 
 /// Wrong bytes after a transfer.
@@ -70,9 +66,9 @@ pub struct Mismatch {
     /// The first wrong word, decoded as if it were a pattern word, and raw.
     pub actual: pattern::Decoded,
     /// Raw words (for fetch-add: the count expected and the old value returned).
-    #[serde(serialize_with = "hex")]
+    #[serde(serialize_with = "crate::trace::hex::serialize")]
     pub expected_raw: u64,
-    #[serde(serialize_with = "hex")]
+    #[serde(serialize_with = "crate::trace::hex::serialize")]
     pub actual_raw: u64,
     pub generation: u32,
     pub posted_ns: u64,
@@ -121,7 +117,7 @@ pub struct PrefetchStats {
 #[derive(Debug, Clone, Serialize)]
 pub struct MrInfo {
     pub name: String,
-    #[serde(serialize_with = "hex")]
+    #[serde(serialize_with = "crate::trace::hex::serialize")]
     pub addr: u64,
     pub len: usize,
     pub backing: &'static str,
@@ -566,6 +562,81 @@ struct InFlight {
     posted_ns: u64,
 }
 
+/// What every traffic worker has: its QP pair, its pace, and a way back after an error
+/// completion.
+struct Lane<'a> {
+    lb: LoopbackRc,
+    pd: &'a Arc<crate::verbs::ProtectionDomain>,
+    loopback: &'a LoopbackConfig,
+    interval: Option<Duration>,
+    next_post: Instant,
+}
+
+impl<'a> Lane<'a> {
+    fn new(
+        spec: &TrafficSpec,
+        pd: &'a Arc<crate::verbs::ProtectionDomain>,
+        loopback: &'a LoopbackConfig,
+    ) -> Result<Self> {
+        Ok(Lane {
+            lb: LoopbackRc::new(pd, loopback)?,
+            pd,
+            loopback,
+            interval: (spec.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / spec.rate)),
+            next_post: Instant::now(),
+        })
+    }
+
+    /// The rate allows another post now.
+    fn due(&self) -> bool {
+        self.interval
+            .is_none_or(|_| Instant::now() >= self.next_post)
+    }
+
+    fn posted(&mut self) {
+        if let Some(i) = self.interval {
+            self.next_post += i;
+            // Behind by more than a second: do not try to catch up in a burst.
+            if self.next_post + Duration::from_secs(1) < Instant::now() {
+                self.next_post = Instant::now();
+            }
+        }
+    }
+
+    /// Nothing in flight: true when the worker is done, else it waits for the next post time
+    /// (or for a phase that wants it).
+    fn idle(&self, active: bool, stopping: bool, clock: &Clock) -> bool {
+        if stopping {
+            return true;
+        }
+        if active {
+            sleep_until(self.next_post, clock);
+        } else {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// An error completion: counted and kept, then a new QP pair, since the old one is in the
+    /// error state and flushes everything else in flight.
+    fn recover(
+        &mut self,
+        what: String,
+        stats: &mut TrafficStats,
+        counters: &Counters,
+        wc_errors: &mut Vec<String>,
+    ) -> Result<()> {
+        stats.wc_errors += 1;
+        counters.wc_errors.fetch_add(1, Ordering::Relaxed);
+        if wc_errors.len() < ERRORS_KEPT {
+            wc_errors.push(what);
+        }
+        self.lb = LoopbackRc::new(self.pd, self.loopback)?;
+        stats.qp_rebuilds += 1;
+        Ok(())
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn traffic_worker(
     spec: &TrafficSpec,
@@ -587,14 +658,12 @@ fn traffic_worker(
     let chunks = window.len / msg;
     let staging_map = Arc::new(Mapping::new(depth * msg, Backing::Anonymous)?);
     let staging = MemoryRegion::register(pd, &staging_map, 0, depth * msg, Access::FULL)?;
-    let mut lb = LoopbackRc::new(pd, loopback)?;
+    let mut lane = Lane::new(spec, pd, loopback)?;
     let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
     let mut free_slots: Vec<usize> = (0..depth).rev().collect();
     let mut next_chunk = 0usize;
     let mut generation = 0u32;
     let mut buf = vec![0u8; msg];
-    let interval = (spec.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / spec.rate));
-    let mut next_post = Instant::now();
     let poison = vec![0xeeu8; msg];
     let name = stats.worker.clone();
 
@@ -602,11 +671,9 @@ fn traffic_worker(
         let stopping = shared.clock.stopping();
         let active = !stopping && shared.clock.active(spec.name.as_deref());
         // Post while there is room, the phase allows it and the rate says so.
-        while active
-            && !free_slots.is_empty()
-            && interval.is_none_or(|_| Instant::now() >= next_post)
-        {
+        while active && !free_slots.is_empty() && lane.due() {
             let Some(slot) = free_slots.pop() else { break };
+            let lb = &mut lane.lb;
             let chunk = window.offset + (next_chunk % chunks) * msg;
             next_chunk += 1;
             generation = generation % 0xff_fffe + 1;
@@ -669,50 +736,32 @@ fn traffic_worker(
                 seqs,
                 posted_ns,
             });
-            if let Some(i) = interval {
-                next_post += i;
-                // Behind by more than a second: do not try to catch up in a burst.
-                if next_post + Duration::from_secs(1) < Instant::now() {
-                    next_post = Instant::now();
-                }
-            }
+            lane.posted();
         }
         let Some(op) = in_flight.pop_front() else {
-            if stopping {
+            if lane.idle(active, stopping, &shared.clock) {
                 return Ok(());
-            }
-            if active {
-                sleep_until(next_post, &shared.clock);
-            } else {
-                std::thread::sleep(Duration::from_millis(5));
             }
             continue;
         };
         // RC completes in order: the oldest finishes first.
-        let mut done = lb.wait(op.wr_id);
+        let mut done = lane.lb.wait(op.wr_id);
         if let (Ok(_), Some(recv)) = (&done, op.recv_id) {
-            done = lb.wait(recv);
+            done = lane.lb.wait(recv);
         }
         match done {
             Ok(_) => {}
             Err(e @ (Error::Completion { .. } | Error::CompletionTimeout { .. })) => {
-                stats.wc_errors += 1;
-                shared.counters.wc_errors.fetch_add(1, Ordering::Relaxed);
-                if wc_errors.len() < ERRORS_KEPT {
-                    wc_errors.push(format!(
-                        "{name}: {} of {}+{:#x} (generation {}): {e}",
-                        spec.op.name(),
-                        target.name,
-                        op.chunk,
-                        op.generation
-                    ));
-                }
-                // The QP is in the error state and flushes the rest: start over on a new one.
+                let what = format!(
+                    "{name}: {} of {}+{:#x} (generation {}): {e}",
+                    spec.op.name(),
+                    target.name,
+                    op.chunk,
+                    op.generation
+                );
+                lane.recover(what, stats, &shared.counters, wc_errors)?;
                 in_flight.clear();
                 free_slots = (0..depth).rev().collect();
-                drop(lb);
-                lb = LoopbackRc::new(pd, loopback)?;
-                stats.qp_rebuilds += 1;
                 continue;
             }
             Err(e) => return Err(e),
@@ -827,7 +876,7 @@ fn atomic_worker(
     let pages = window.len / page;
     let staging_map = Arc::new(Mapping::new(page, Backing::Anonymous)?);
     let staging = MemoryRegion::register(pd, &staging_map, 0, page, Access::FULL)?;
-    let mut lb = LoopbackRc::new(pd, loopback)?;
+    let mut lane = Lane::new(spec, pd, loopback)?;
     let seq = |p: usize| target.seqs(window.offset + p * page, page, page)[0];
     // Per page: the count the word should hold (None after an error left it unknown).
     let mut expected: Vec<Option<u64>> = vec![Some(0); pages];
@@ -835,22 +884,17 @@ fn atomic_worker(
     let mut in_flight: std::collections::VecDeque<AtomicInFlight> = Default::default();
     let mut free_slots: Vec<usize> = (0..depth).rev().collect();
     let mut next_page = 0usize;
-    let interval = (spec.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / spec.rate));
-    let mut next_post = Instant::now();
     let name = stats.worker.clone();
     loop {
         let stopping = shared.clock.stopping();
         let active = !stopping && shared.clock.active(spec.name.as_deref());
-        while active
-            && !free_slots.is_empty()
-            && interval.is_none_or(|_| Instant::now() >= next_post)
-        {
+        while active && !free_slots.is_empty() && lane.due() {
             let Some(slot) = free_slots.pop() else { break };
             let p = next_page % pages;
             next_page += 1;
             let seq_before = std::mem::replace(&mut seq_at_last_post[p], seq(p));
             staging_map.write(slot * 8, &[0xee; 8])?;
-            let wr_id = lb.post_fetch_add(
+            let wr_id = lane.lb.post_fetch_add(
                 &staging,
                 slot * 8,
                 &target.mr,
@@ -864,45 +908,29 @@ fn atomic_worker(
                 seq_before,
                 posted_ns: monotonic_ns(),
             });
-            if let Some(i) = interval {
-                next_post += i;
-                if next_post + Duration::from_secs(1) < Instant::now() {
-                    next_post = Instant::now();
-                }
-            }
+            lane.posted();
         }
         let Some(op) = in_flight.pop_front() else {
-            if stopping {
+            if lane.idle(active, stopping, &shared.clock) {
                 return Ok(());
-            }
-            if active {
-                sleep_until(next_post, &shared.clock);
-            } else {
-                std::thread::sleep(Duration::from_millis(5));
             }
             continue;
         };
-        match lb.wait(op.wr_id) {
+        match lane.lb.wait(op.wr_id) {
             Ok(_) => {}
             Err(e @ (Error::Completion { .. } | Error::CompletionTimeout { .. })) => {
-                stats.wc_errors += 1;
-                shared.counters.wc_errors.fetch_add(1, Ordering::Relaxed);
-                if wc_errors.len() < ERRORS_KEPT {
-                    wc_errors.push(format!(
-                        "{name}: fetch-add on {}+{:#x}: {e}",
-                        target.name,
-                        window.offset + op.page * page
-                    ));
-                }
+                let what = format!(
+                    "{name}: fetch-add on {}+{:#x}: {e}",
+                    target.name,
+                    window.offset + op.page * page
+                );
+                lane.recover(what, stats, &shared.counters, wc_errors)?;
                 // Whether the flushed adds happened is unknown: those words resynchronise.
                 expected[op.page] = None;
                 for other in in_flight.drain(..) {
                     expected[other.page] = None;
                 }
                 free_slots = (0..depth).rev().collect();
-                drop(lb);
-                lb = LoopbackRc::new(pd, loopback)?;
-                stats.qp_rebuilds += 1;
                 continue;
             }
             Err(e) => return Err(e),
