@@ -59,6 +59,46 @@ fn malformed_arguments_are_usage_errors() {
 }
 
 #[test]
+fn filters_that_cannot_work_are_refused_before_anything_starts() {
+    let out = run(&["trace", "--count-only", "--range", "0x7f0000000000:4M"]);
+    assert_eq!(out.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--count-only"));
+    let out = run(&["trace", "--range", "0x1000:0"]);
+    assert_eq!(out.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("non-empty"));
+    let out = run(&["trace", "--range", "nowhere"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a malformed range is a usage error"
+    );
+}
+
+/// `odp-ctl ... | head` ends quietly: killed by SIGPIPE like any Unix tool, never a panic.
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    use std::io::Read;
+    let mut child = odp_ctl()
+        .args(["stress", "--print-default"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let status = child.wait().expect("wait");
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        status.success() || status.signal() == Some(libc::SIGPIPE),
+        "{status:?}"
+    );
+}
+
+#[test]
 fn zero_length_is_invalid_input_before_any_device_is_touched() {
     // Runs everywhere: the buffer is validated before the device is opened.
     let out = run(&["register", "--size", "0"]);

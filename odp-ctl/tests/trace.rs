@@ -91,7 +91,7 @@ fn page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does() {
     let config = Config {
         pid: Some(child.id()),
         points: Some(vec![Point::PageFaultUser, Point::VerbsGetDevices]),
-        page_fault_range: Some((addr, addr + pages * page_size() as u64)),
+        range: Some((addr, addr + pages * page_size() as u64)),
         ..Config::default()
     };
     let session = Session::start(&config).expect("probe session");
@@ -438,6 +438,77 @@ fn odp_lifecycle_on_rxe_is_traced_with_matching_kinds_ranges_and_counts() {
 
 /// A client nobody here wrote, traced end to end: ibv_rc_pingpong with ODP, with and without
 /// prefetch, both sides in this VM.
+#[test]
+fn the_range_filter_keeps_one_mr_and_drops_the_other_in_the_kernel() {
+    let test = "the_range_filter_keeps_one_mr_and_drops_the_other_in_the_kernel";
+    let Some(device) = device_or_skip(test) else {
+        return;
+    };
+    if !root_or_skip(test) {
+        return;
+    }
+    let size = 1 << 20;
+    let kept = Arc::new(Mapping::new(size, Backing::Anonymous).expect("map"));
+    let other = Arc::new(Mapping::new(size, Backing::Anonymous).expect("map"));
+    let (lo, hi) = (kept.addr(), kept.addr() + size as u64);
+    let session = Session::start(&Config {
+        pid: Some(std::process::id()),
+        range: Some((lo, hi)),
+        ..Config::default()
+    })
+    .expect("probe session");
+    let stop = Arc::new(AtomicBool::new(false));
+    let workload = {
+        let stop = Arc::clone(&stop);
+        let (kept, other) = (Arc::clone(&kept), Arc::clone(&other));
+        std::thread::spawn(move || {
+            let result = (|| -> odp_core::Result<()> {
+                let pd = Context::open(Some(&device))?.alloc_pd()?;
+                let odp = Access::FULL | Access::ON_DEMAND;
+                let mut lb = LoopbackRc::new(&pd, &LoopbackConfig::default())?;
+                let peer_map = Arc::new(Mapping::new(size, Backing::Anonymous)?);
+                let peer = MemoryRegion::register(&pd, &peer_map, 0, size, Access::FULL)?;
+                for map in [&kept, &other] {
+                    let mr = MemoryRegion::register(&pd, map, 0, size, odp)?;
+                    verify_loopback(&mut lb, &mr, &peer, 64 << 10)?;
+                }
+                Ok(())
+            })();
+            std::thread::sleep(Duration::from_millis(300));
+            stop.store(true, Ordering::Relaxed);
+            result
+        })
+    };
+    let mut records = Vec::new();
+    session
+        .run(
+            &stop,
+            Some(Instant::now() + Duration::from_secs(120)),
+            |e| records.push(Record::from_event(e)),
+        )
+        .expect("read events");
+    workload.join().expect("workload thread").expect("workload");
+    let ranged: Vec<&Record> = records.iter().filter(|r| r.end > r.start).collect();
+    for r in &ranged {
+        assert!(r.start < hi && lo < r.end, "outside the filter: {r:?}");
+    }
+    let count = |point: &str| ranged.iter().filter(|r| r.point == point).count();
+    assert_eq!(count("umem_get"), 1, "only the kept MR's registration");
+    assert_eq!(
+        count("verbs_reg_mr"),
+        1,
+        "the library call for it, not the other two"
+    );
+    assert!(count("fault") > 0, "its faults");
+    let other_lo = other.addr();
+    assert!(
+        !records
+            .iter()
+            .any(|r| r.start >= other_lo && r.start < other_lo + size as u64),
+        "nothing from the other MR"
+    );
+}
+
 #[test]
 fn ibv_rc_pingpong_with_odp_is_traced_end_to_end() {
     let test = "ibv_rc_pingpong_with_odp_is_traced_end_to_end";

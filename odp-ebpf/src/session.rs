@@ -29,8 +29,10 @@ pub struct Config {
     pub emit_events: bool,
     /// Report notifier/HMM activity of every address space, not only those owning ODP memory.
     pub all_mms: bool,
-    /// Limit CPU page-fault events to [start, end).
-    pub page_fault_range: Option<(u64, u64)>,
+    /// Only events whose address range overlaps [start, end) (events without a range pass). In
+    /// count-only mode this limits CPU page faults only: other calls are counted before their
+    /// range is known.
+    pub range: Option<(u64, u64)>,
     /// Ring buffer size in bytes (a power of two, at least one page).
     pub ring_bytes: u32,
     /// libibverbs to uprobe (default: where the dynamic loader would find it).
@@ -46,7 +48,7 @@ impl Default for Config {
             points: None,
             emit_events: true,
             all_mms: false,
-            page_fault_range: None,
+            range: None,
             ring_bytes: 8 << 20,
             libibverbs: None,
         }
@@ -450,9 +452,9 @@ fn configure(open: &mut OpenObject, config: &Config) -> Result<()> {
             value.emit_events = config.emit_events;
             value.wakeup_bytes = u64::from(config.ring_bytes / 8);
             value.all_mms = config.all_mms;
-            if let Some((lo, hi)) = config.page_fault_range {
-                value.pf_lo = lo;
-                value.pf_hi = hi;
+            if let Some((lo, hi)) = config.range {
+                value.range_lo = lo;
+                value.range_hi = hi;
             }
             // SAFETY: as above.
             unsafe { std::ptr::write_unaligned(ro, value) };

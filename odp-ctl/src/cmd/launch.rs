@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use odp_ebpf::Config;
 
-use odp_core::units::parse_size;
+use odp_core::units::{parse_range, parse_size};
 
 /// Which activity the probes report.
 #[derive(clap::Args, Clone)]
@@ -23,6 +23,10 @@ pub struct ProbeFilter {
     /// Only ODP memory of this RDMA device (e.g. rxe0, mlx5_0).
     #[arg(long)]
     pub device: Option<String>,
+    /// Only events whose address range overlaps ADDR:LEN (e.g. an MR: 0x7f3a00000000:4M);
+    /// events without a range (library calls without one) pass.
+    #[arg(long, value_name = "ADDR:LEN", value_parser = parse_range)]
+    pub range: Option<(usize, usize)>,
     /// Report notifier and HMM activity of every process, not only those owning ODP memory.
     #[arg(long)]
     pub all_mms: bool,
@@ -40,10 +44,22 @@ impl ProbeFilter {
             .ok_or_else(|| {
                 odp_core::Error::invalid("--ring-size must be a power of two >= 4K and < 4G")
             })?;
+        let range = match self.range {
+            Some((addr, len)) => {
+                let end = addr.checked_add(len).filter(|_| len > 0).ok_or_else(|| {
+                    odp_core::Error::invalid(
+                        "--range must be non-empty and inside the address space",
+                    )
+                })?;
+                Some((addr as u64, end as u64))
+            }
+            None => None,
+        };
         Ok(Config {
             pid: self.pid.or(child),
             comm: self.comm.clone(),
             device: self.device.clone(),
+            range,
             all_mms: self.all_mms,
             ring_bytes,
             ..Config::default()

@@ -74,6 +74,13 @@ fn select_points(names: &[String]) -> anyhow::Result<Option<Vec<Point>>> {
 pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let points = select_points(&args.points)?;
     args.filter.check_command(&args.command)?;
+    if args.count_only && args.filter.range.is_some() {
+        // Calls are counted when they start, before their range is known.
+        return Err(odp_core::Error::invalid(
+            "--range filters events as they complete; it does not combine with --count-only",
+        )
+        .into());
+    }
     // Validated before anything is started.
     args.filter.config(None)?;
     let stop = stop_on_signals()?;

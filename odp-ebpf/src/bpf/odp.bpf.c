@@ -29,8 +29,10 @@ const volatile char filter_device[16] = {};
 const volatile bool filter_device_set = false;
 const volatile bool emit_events = true;
 const volatile bool all_mms = false;
-const volatile __u64 pf_lo = 0;
-const volatile __u64 pf_hi = 0;
+/* Address filter [range_lo, range_hi), off when range_hi is 0: CPU page faults are checked at
+ * the tracepoint, every other event with an address range when it completes. */
+const volatile __u64 range_lo = 0;
+const volatile __u64 range_hi = 0;
 /* Wake the reader only once this much is waiting: a wake-up per event costs the traced task an
  * IPI and a context switch on the reader's CPU; the reader's poll timeout collects the rest. */
 const volatile __u64 wakeup_bytes = 1 << 20;
@@ -530,6 +532,23 @@ static __always_inline void fill(struct odp_event *e, __u32 point, const __u64 *
 	}
 }
 
+/* False for an event with an address range outside the address filter. */
+static __always_inline bool range_selected(const struct odp_event *e)
+{
+	if (!range_hi || e->end <= e->start)
+		return true;
+	return e->start < range_hi && range_lo < e->end;
+}
+
+/* A completed event goes out, or back, by the address filter. */
+static __always_inline void submit_selected(struct odp_event *e)
+{
+	if (range_selected(e))
+		submit(e);
+	else
+		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+}
+
 static __always_inline int leave(__u32 point, __u64 ret, __u8 method)
 {
 	__u64 key = inflight_key(point);
@@ -547,7 +566,7 @@ static __always_inline int leave(__u32 point, __u64 ret, __u8 method)
 			e->ts_ns = v->ts;
 			e->duration_ns = bpf_ktime_get_ns() - v->ts;
 			fill(e, point, v->args, ret);
-			submit(e);
+			submit_selected(e);
 		}
 	}
 	bpf_map_delete_elem(&inflight, &key);
@@ -638,14 +657,14 @@ FUNC_POINT(mlx5_ib_page_fault_resume, ODP_POINT_MLX5_PF_RESUME)
 FUNC_POINT(mlx5_ib_advise_mr_prefetch, ODP_POINT_MLX5_ADVISE)
 FUNC_POINT(mlx5_ib_prefetch_mr_work, ODP_POINT_MLX5_PREFETCH_WORK)
 
-/* CPU page faults of the watched processes (optionally within [pf_lo, pf_hi)). */
+/* CPU page faults of the watched processes (optionally within [range_lo, range_hi)). */
 static __always_inline int page_fault(__u64 address, __u64 error_code, __u8 method)
 {
 	struct odp_event *e;
 
 	if (!((filtering() && task_selected()) || (!filtering() && mm_watched(current_mm()))))
 		return 0;
-	if (pf_hi && (address < pf_lo || address >= pf_hi))
+	if (range_hi && (address < range_lo || address >= range_hi))
 		return 0;
 	count(ODP_POINT_PAGE_FAULT_USER);
 	if (!emit_events)
@@ -794,7 +813,7 @@ static __always_inline int user_leave(__u32 point, __u64 ret)
 		break;
 	}
 	}
-	submit(e);
+	submit_selected(e);
 out:
 	bpf_map_delete_elem(&inflight, &key);
 	return 0;
