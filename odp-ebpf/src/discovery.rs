@@ -52,6 +52,8 @@ pub struct KernelFacts {
     #[serde(skip)]
     btf_funcs: HashSet<String>,
     pub tp_btf_page_fault: bool,
+    /// Why an empty tp_btf program on the page-fault tracepoint could not attach, if it could not.
+    pub tp_btf_refused: Option<String>,
     pub tracefs_page_fault: bool,
 }
 
@@ -206,6 +208,7 @@ fn try_feature(target: &str, fentry: bool) -> Result<(), String> {
     let mut open = FeatureSkelBuilder::default()
         .open(&mut storage)
         .map_err(|e| format!("open: {e}"))?;
+    open.progs.feature_tp_btf.set_autoload(false);
     if fentry {
         open.progs.feature_kprobe.set_autoload(false);
         open.progs
@@ -225,6 +228,56 @@ fn try_feature(target: &str, fentry: bool) -> Result<(), String> {
     };
     link.map(drop)
         .map_err(|e| format!("attach refused: {}", short_error(&e)))
+}
+
+/// An empty program attached to the page-fault tracepoint through tp_btf, detached on drop.
+/// Discovery attaches one for real before choosing tp_btf; held attached, it measures what the
+/// hook itself costs.
+pub struct EmptyPageFaultProbe {
+    link: Option<libbpf_rs::Link>,
+    skel: Option<crate::feature_skel::FeatureSkel<'static>>,
+    /// The open object the skeleton borrows; freed in Drop after the skeleton.
+    storage: *mut MaybeUninit<libbpf_rs::OpenObject>,
+}
+
+impl EmptyPageFaultProbe {
+    pub fn attach() -> Result<Self, String> {
+        let storage = Box::into_raw(Box::new(MaybeUninit::uninit()));
+        // Constructed first so that every early return below frees the storage.
+        let mut probe = EmptyPageFaultProbe {
+            link: None,
+            skel: None,
+            storage,
+        };
+        // SAFETY: the storage lives until Drop, which drops the skeleton (the only borrower)
+        // before freeing it.
+        let storage_ref: &'static mut MaybeUninit<libbpf_rs::OpenObject> = unsafe { &mut *storage };
+        let mut open = FeatureSkelBuilder::default()
+            .open(storage_ref)
+            .map_err(|e| format!("open: {e}"))?;
+        open.progs.feature_fentry.set_autoload(false);
+        open.progs.feature_kprobe.set_autoload(false);
+        let skel = open
+            .load()
+            .map_err(|e| format!("load refused: {}", short_error(&e)))?;
+        let link = skel
+            .progs
+            .feature_tp_btf
+            .attach()
+            .map_err(|e| format!("attach refused: {}", short_error(&e)))?;
+        probe.skel = Some(skel);
+        probe.link = Some(link);
+        Ok(probe)
+    }
+}
+
+impl Drop for EmptyPageFaultProbe {
+    fn drop(&mut self) {
+        self.link.take();
+        self.skel.take();
+        // SAFETY: came from Box::into_raw in attach; the skeleton borrowing it is gone.
+        drop(unsafe { Box::from_raw(self.storage) });
+    }
 }
 
 pub(crate) fn short_error(e: &libbpf_rs::Error) -> String {
@@ -252,6 +305,11 @@ impl KernelFacts {
             btf_funcs: btf.funcs,
             loaded_modules,
             libibverbs: find_libibverbs(),
+            tp_btf_refused: if btf.page_fault_tp {
+                crate::quiet_libbpf(|| EmptyPageFaultProbe::attach().err())
+            } else {
+                None
+            },
             tp_btf_page_fault: btf.page_fault_tp,
             tracefs_page_fault: tracefs_event("exceptions/page_fault_user"),
         }
@@ -289,7 +347,7 @@ impl KernelFacts {
     fn decide(&self, point: Point) -> Result<(Method, String), String> {
         match point.group() {
             Group::Cpu => {
-                if self.tp_btf_page_fault {
+                if self.tp_btf_page_fault && self.tp_btf_refused.is_none() {
                     Ok((Method::TpBtf, point.target().into()))
                 } else if self.tracefs_page_fault {
                     Ok((Method::Tracepoint, point.target().into()))

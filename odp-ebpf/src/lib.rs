@@ -32,7 +32,7 @@ mod session;
 
 use std::sync::Mutex;
 
-pub use discovery::{find_libibverbs, KernelFacts, PointPlan, Status};
+pub use discovery::{find_libibverbs, EmptyPageFaultProbe, KernelFacts, PointPlan, Status};
 pub use session::{Config, Session};
 
 #[derive(Debug, thiserror::Error)]

@@ -86,9 +86,11 @@ pub fn probes(rounds: usize, pages: usize, loops: usize) -> Result<()> {
     }
     cargo_build_release(&["-p", "odp-ctl"])?;
     cargo_build_release(&["-p", "odp-ebpf", "--example", "fault_loop"])?;
+    cargo_build_release(&["-p", "odp-ebpf", "--example", "empty_probe"])?;
     let root = workspace_root();
     let odp_ctl = root.join("target/release/odp-ctl");
     let fault_loop = root.join("target/release/examples/fault_loop");
+    let empty_probe = root.join("target/release/examples/empty_probe");
     let workload = [
         fault_loop.display().to_string(),
         pages.to_string(),
@@ -97,7 +99,13 @@ pub fn probes(rounds: usize, pages: usize, loops: usize) -> Result<()> {
     let stream_file = std::env::temp_dir().join("odp-bench-stream.jsonl");
     let bt_file = std::env::temp_dir().join("odp-bench-bpftrace.txt");
 
-    let conditions = ["untraced", "count-only", "stream-json", "bpftrace-printf"];
+    let conditions = [
+        "untraced",
+        "empty-program",
+        "count-only",
+        "stream-json",
+        "bpftrace-printf",
+    ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); conditions.len()];
     let mut drops = 0u64;
     let mut streamed_events = Vec::new();
@@ -105,6 +113,7 @@ pub fn probes(rounds: usize, pages: usize, loops: usize) -> Result<()> {
         for (i, name) in conditions.iter().enumerate() {
             let ns = match *name {
                 "untraced" => ns_per_fault(Command::new(&workload[0]).args(&workload[1..]))?,
+                "empty-program" => ns_per_fault(Command::new(&empty_probe).args(&workload))?,
                 "count-only" => ns_per_fault(
                     Command::new(&odp_ctl)
                         .args(["trace", "--count-only", "--points", "cpu", "--"])

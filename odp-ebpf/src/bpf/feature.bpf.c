@@ -17,3 +17,11 @@ int feature_kprobe(void *ctx)
 {
 	return 0;
 }
+
+/* Empty on purpose: attaching it shows whether tp_btf works, and held attached it is the floor
+ * of what any program on the page-fault hook costs (the host benchmark's "empty program"). */
+SEC("tp_btf/page_fault_user")
+int feature_tp_btf(void *ctx)
+{
+	return 0;
+}
