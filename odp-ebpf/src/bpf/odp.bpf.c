@@ -154,16 +154,79 @@ static __always_inline bool mm_watched(__u64 mm)
 	return mm && bpf_map_lookup_elem(&watched_mms, &mm);
 }
 
+/*
+ * Fields of structs that live in modules (ib_core, rxe) and in HMM are read only through these
+ * accessors, each guarded with bpf_core_field_exists: on a kernel where a field is gone or
+ * renamed, the relocation resolves to "absent", the programs still load, and the value reads
+ * as 0 (shown as an unknown mm, device or range) instead of the whole object being refused.
+ */
 static __always_inline __u64 umem_of_notifier(__u64 sub)
 {
-	return sub ? sub - bpf_core_field_offset(struct ib_umem_odp___odp, notifier) : 0;
+	if (!sub || !bpf_core_field_exists(struct ib_umem_odp___odp, notifier))
+		return 0;
+	return sub - bpf_core_field_offset(struct ib_umem_odp___odp, notifier);
 }
 
 static __always_inline __u64 umem_mm(__u64 umem)
 {
 	struct ib_umem_odp___odp *u = (void *)umem;
 
-	return umem ? (__u64)BPF_CORE_READ(u, umem.owning_mm) : 0;
+	if (!umem || !bpf_core_field_exists(u->umem.owning_mm))
+		return 0;
+	return (__u64)BPF_CORE_READ(u, umem.owning_mm);
+}
+
+static __always_inline __u64 umem_device(__u64 umem)
+{
+	struct ib_umem_odp___odp *u = (void *)umem;
+
+	if (!umem || !bpf_core_field_exists(u->umem.ibdev))
+		return 0;
+	return (__u64)BPF_CORE_READ(u, umem.ibdev);
+}
+
+static __always_inline __u64 umem_address(__u64 umem)
+{
+	struct ib_umem_odp___odp *u = (void *)umem;
+
+	if (!umem || !bpf_core_field_exists(u->umem.address))
+		return 0;
+	return BPF_CORE_READ(u, umem.address);
+}
+
+static __always_inline __u64 umem_length(__u64 umem)
+{
+	struct ib_umem_odp___odp *u = (void *)umem;
+
+	if (!umem || !bpf_core_field_exists(u->umem.length))
+		return 0;
+	return BPF_CORE_READ(u, umem.length);
+}
+
+/* rxe_mr's umem: the ib_umem at the start of its ib_umem_odp, so the umem_* accessors apply. */
+static __always_inline __u64 rxe_mr_umem(__u64 rxe_mr)
+{
+	struct rxe_mr___odp *mr = (void *)rxe_mr;
+
+	if (!rxe_mr || !bpf_core_field_exists(mr->umem))
+		return 0;
+	return (__u64)BPF_CORE_READ(mr, umem);
+}
+
+static __always_inline __u64 hmm_range_notifier(__u64 range)
+{
+	struct hmm_range___odp *r = (void *)range;
+
+	if (!range || !bpf_core_field_exists(r->notifier))
+		return 0;
+	return (__u64)BPF_CORE_READ(r, notifier);
+}
+
+static __always_inline __u64 notifier_mm(__u64 sub)
+{
+	struct mmu_interval_notifier *n = (void *)sub;
+
+	return sub ? (__u64)BPF_CORE_READ(n, mm) : 0;
 }
 
 static __always_inline bool is_err_ptr(__u64 p)
@@ -193,17 +256,11 @@ static __always_inline __u64 point_mm(__u32 point, const __u64 *a)
 		return (__u64)BPF_CORE_READ(sub, mm);
 	}
 	case ODP_POINT_HMM_FAULT:
-	case ODP_POINT_HMM_FAULT_TIMEOUT: {
-		struct hmm_range___odp *r = (void *)a[0];
-
-		return (__u64)BPF_CORE_READ(r, notifier, mm);
-	}
+	case ODP_POINT_HMM_FAULT_TIMEOUT:
+		return notifier_mm(hmm_range_notifier(a[0]));
 	case ODP_POINT_RXE_MAP_RANGE:
-	case ODP_POINT_RXE_MR_COPY: {
-		struct rxe_mr___odp *mr = (void *)a[0];
-
-		return (__u64)BPF_CORE_READ(mr, umem, owning_mm);
-	}
+	case ODP_POINT_RXE_MR_COPY:
+		return umem_mm(rxe_mr_umem(a[0]));
 	default:
 		return 0;
 	}
@@ -219,23 +276,14 @@ static __always_inline __u64 point_device(__u32 point, const __u64 *a)
 	case ODP_POINT_UMEM_ALLOC_CHILD:
 	case ODP_POINT_UMEM_RELEASE:
 	case ODP_POINT_MAP_DMA:
-	case ODP_POINT_UNMAP_DMA: {
-		struct ib_umem_odp___odp *u = (void *)a[0];
-
-		return (__u64)BPF_CORE_READ(u, umem.ibdev);
-	}
+	case ODP_POINT_UNMAP_DMA:
+		return umem_device(a[0]);
 	case ODP_POINT_RXE_INVALIDATE:
-	case ODP_POINT_MLX5_INVALIDATE: {
-		struct ib_umem_odp___odp *u = (void *)umem_of_notifier(a[0]);
-
-		return (__u64)BPF_CORE_READ(u, umem.ibdev);
-	}
+	case ODP_POINT_MLX5_INVALIDATE:
+		return umem_device(umem_of_notifier(a[0]));
 	case ODP_POINT_RXE_MAP_RANGE:
-	case ODP_POINT_RXE_MR_COPY: {
-		struct rxe_mr___odp *mr = (void *)a[0];
-
-		return (__u64)BPF_CORE_READ(mr, umem, ibdev);
-	}
+	case ODP_POINT_RXE_MR_COPY:
+		return umem_device(rxe_mr_umem(a[0]));
 	default:
 		return 0;
 	}
@@ -244,7 +292,7 @@ static __always_inline __u64 point_device(__u32 point, const __u64 *a)
 /* Copies the first 16 bytes of an ib_device's name (room enough for rxe0, mlx5_12...). */
 static __always_inline void device_name(__u64 dev, char out[16])
 {
-	if (dev)
+	if (dev && bpf_core_field_exists(struct ib_device___odp, name))
 		bpf_probe_read_kernel(out, 16,
 				      (void *)dev + bpf_core_field_offset(struct ib_device___odp, name));
 }
@@ -463,12 +511,14 @@ static __always_inline void fill(struct odp_event *e, __u32 point, const __u64 *
 	case ODP_POINT_HMM_FAULT:
 	case ODP_POINT_HMM_FAULT_TIMEOUT: {
 		struct hmm_range___odp *r = (void *)a[0];
-		__u64 sub = (__u64)BPF_CORE_READ(r, notifier);
+		__u64 sub = hmm_range_notifier(a[0]);
 
 		e->obj = umem_of_notifier(sub);
-		e->mm = (__u64)BPF_CORE_READ(r, notifier, mm);
-		e->start = BPF_CORE_READ(r, start);
-		e->end = BPF_CORE_READ(r, end);
+		e->mm = notifier_mm(sub);
+		if (bpf_core_field_exists(r->start) && bpf_core_field_exists(r->end)) {
+			e->start = BPF_CORE_READ(r, start);
+			e->end = BPF_CORE_READ(r, end);
+		}
 		break;
 	}
 	case ODP_POINT_RXE_INVALIDATE:
@@ -487,11 +537,11 @@ static __always_inline void fill(struct odp_event *e, __u32 point, const __u64 *
 		break;
 	case ODP_POINT_RXE_MAP_RANGE:
 	case ODP_POINT_RXE_MR_COPY: {
-		struct rxe_mr___odp *mr = (void *)a[0];
+		__u64 umem = rxe_mr_umem(a[0]);
 
 		e->obj = a[0];
-		e->mm = (__u64)BPF_CORE_READ(mr, umem, owning_mm);
-		e->args[1] = (__u64)BPF_CORE_READ(mr, umem);
+		e->mm = umem_mm(umem);
+		e->args[1] = umem;
 		e->start = a[1];
 		if (point == ODP_POINT_RXE_MAP_RANGE) {
 			e->end = a[1] + (__u32)a[2];
@@ -576,11 +626,9 @@ static __always_inline int leave(__u32 point, __u64 ret, __u8 method)
 /* umem_release: remember the range and mm at entry, the umem is freed before the exit. */
 static __always_inline void save_release_state(__u64 *a)
 {
-	struct ib_umem_odp___odp *u = (void *)a[0];
-
-	a[1] = BPF_CORE_READ(u, umem.address);
-	a[2] = BPF_CORE_READ(u, umem.length);
-	a[5] = (__u64)BPF_CORE_READ(u, umem.owning_mm);
+	a[1] = umem_address(a[0]);
+	a[2] = umem_length(a[0]);
+	a[5] = umem_mm(a[0]);
 }
 
 static __always_inline int fentry_enter(void *ctx, __u32 point)
