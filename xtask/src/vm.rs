@@ -322,7 +322,9 @@ fn run_once(guest: &Guest, job: &Job) -> Result<Outcome> {
 
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-nodefaults", "-no-user-config", "-no-reboot"])
-        .args(["-accel", "tcg,thread=multi", "-cpu", "max"])
+        // Single-threaded TCG: with one host thread per vCPU, BPF attach/detach (int3 text
+        // poking) under load oopsed the guest (docs/FINDINGS.md #6).
+        .args(["-accel", "tcg,thread=single", "-cpu", "max"])
         .args([
             "-smp",
             &job.cpus.to_string(),
