@@ -326,6 +326,77 @@ impl Mapping {
         Ok(())
     }
 
+    /// Moves a sub-range's pages away with mremap(MREMAP_DONTUNMAP) to a scratch address, then
+    /// unmaps the scratch. The range stays mapped (so the device never meets a hole) and private
+    /// memory reads back as zero, but unlike DONTNEED the kernel gets there through mremap's
+    /// page-table move, which invalidates the range as UNMAP while its VMA lives on.
+    pub fn move_pages_out(&self, offset: usize, len: usize) -> Result<()> {
+        let at = self.sub_range(offset, len)?;
+        // SAFETY: a fresh PROT_NONE reservation the kernel places; nothing else refers to it.
+        let scratch = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if scratch == libc::MAP_FAILED {
+            return Err(Error::last_os("mmap (mremap scratch)"));
+        }
+        // SAFETY: moves a page-aligned sub-range of this mapping onto our own reservation;
+        // with DONTUNMAP the source stays mapped read-write, so the mapping stays valid.
+        let moved = unsafe {
+            libc::mremap(
+                at.cast(),
+                len,
+                len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP,
+                scratch,
+            )
+        };
+        let result = if moved == libc::MAP_FAILED {
+            Err(Error::last_os("mremap(MREMAP_DONTUNMAP)"))
+        } else {
+            Ok(())
+        };
+        // SAFETY: the scratch range (the reservation, or the pages moved onto it) is ours alone.
+        unsafe { libc::munmap(scratch, len) };
+        result
+    }
+
+    /// Zeroes a sub-range so its pages are identical, marks it MADV_MERGEABLE and waits up to
+    /// `wait` for ksmd to merge them (each merge write-protects and replaces a page: a CLEAR
+    /// invalidation), then MADV_UNMERGEABLE (copy-on-write broken again). Returns how many pages
+    /// were seen merged; needs ksmd running (see [`KsmDaemon`]).
+    pub fn ksm_merge(&self, offset: usize, len: usize, wait: std::time::Duration) -> Result<usize> {
+        let at = self.sub_range(offset, len)?;
+        let pages = len / page_size();
+        // SAFETY: the sub-range lies inside this mapping, which is mapped read-write; the
+        // device may write it concurrently, which makes a page unmergeable, never unsafe.
+        unsafe { std::ptr::write_bytes(at, 0, len) };
+        let before = ksm_merging_pages()?;
+        self.madvise(offset, len, libc::MADV_MERGEABLE, "madvise(MADV_MERGEABLE)")?;
+        let deadline = std::time::Instant::now() + wait;
+        let mut merged = 0;
+        loop {
+            merged = merged.max(ksm_merging_pages()?.saturating_sub(before));
+            if merged >= pages || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        self.madvise(
+            offset,
+            len,
+            libc::MADV_UNMERGEABLE,
+            "madvise(MADV_UNMERGEABLE)",
+        )?;
+        Ok(merged)
+    }
+
     /// mprotect over a sub-range. While it is read-only, CPU writes to it would fault: callers
     /// keep their own writes out of that window.
     pub fn protect(&self, offset: usize, len: usize, writable: bool) -> Result<()> {
@@ -428,6 +499,65 @@ impl Mapping {
     }
 }
 
+/// Pages of this process that KSM has merged (`/proc/self/ksm_merging_pages`, Linux 6.1+).
+fn ksm_merging_pages() -> Result<usize> {
+    let path = "/proc/self/ksm_merging_pages";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::os(path, e.raw_os_error().unwrap_or(libc::ENOENT)))?;
+    text.trim()
+        .parse()
+        .map_err(|_| Error::invalid(format!("{path}: unexpected {text:?}")))
+}
+
+/// ksmd switched on and told to scan fast for the length of a run; the settings it found are
+/// put back on drop, since they are the whole system's.
+#[derive(Debug)]
+pub struct KsmDaemon {
+    saved: Vec<(&'static str, String)>,
+}
+
+impl KsmDaemon {
+    const DIR: &'static str = "/sys/kernel/mm/ksm";
+
+    pub fn start() -> Result<Self> {
+        let mut daemon = KsmDaemon { saved: Vec::new() };
+        // Scanning fast first, so ksmd's first pass is already a fast one.
+        // Zero pages merge into one KSM page, not the shared zero page, so they show in
+        // ksm_merging_pages.
+        for (knob, value) in [
+            ("use_zero_pages", "0"),
+            ("sleep_millisecs", "0"),
+            ("pages_to_scan", "10000"),
+            ("run", "1"),
+        ] {
+            let path = format!("{}/{knob}", Self::DIR);
+            let old = std::fs::read_to_string(&path).map_err(|e| {
+                Error::os(
+                    "reading /sys/kernel/mm/ksm (a kernel with KSM is needed)",
+                    e.raw_os_error().unwrap_or(libc::ENOENT),
+                )
+            })?;
+            std::fs::write(&path, value).map_err(|e| {
+                Error::os(
+                    "writing /sys/kernel/mm/ksm (needs root)",
+                    e.raw_os_error().unwrap_or(libc::EACCES),
+                )
+            })?;
+            daemon.saved.push((knob, old.trim().to_string()));
+        }
+        Ok(daemon)
+    }
+}
+
+impl Drop for KsmDaemon {
+    fn drop(&mut self) {
+        // Restored in reverse, so ksmd stops before its pace slows.
+        for (knob, old) in self.saved.iter().rev() {
+            let _ = std::fs::write(format!("{}/{knob}", Self::DIR), old);
+        }
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: addr/len are exactly what mmap returned, and this is the only unmap.
@@ -491,5 +621,49 @@ mod tests {
             .expect("madvise");
         assert_eq!(m.to_vec(0, 4).expect("read"), vec![0; 4]);
         assert_eq!(m.to_vec(page_size(), 4).expect("read"), vec![0xab; 4]);
+    }
+
+    #[test]
+    fn moving_pages_out_leaves_the_range_mapped_and_zero() {
+        let page = page_size();
+        let m = Mapping::new(3 * page, Backing::Anonymous).expect("map");
+        m.fill(0xab);
+        m.move_pages_out(page, page).expect("mremap");
+        assert_eq!(m.to_vec(page, page).expect("read"), vec![0; page]);
+        assert_eq!(m.to_vec(0, 4).expect("read"), vec![0xab; 4]);
+        assert_eq!(m.to_vec(2 * page, 4).expect("read"), vec![0xab; 4]);
+        // Still mapped read-write: a store lands.
+        m.write(page, &[7]).expect("write");
+        assert_eq!(m.to_vec(page, 1).expect("read"), vec![7]);
+        assert!(m.move_pages_out(1, page).is_err(), "unaligned refused");
+    }
+
+    #[test]
+    fn ksm_merges_identical_pages_and_restores_ksmd() {
+        let test = "ksm_merges_identical_pages_and_restores_ksmd";
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/sys/kernel/mm/ksm").exists() {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP {test}: needs root and a kernel with KSM"
+            );
+            return;
+        }
+        let run_before = std::fs::read_to_string("/sys/kernel/mm/ksm/run").expect("run");
+        let pages = 16;
+        let m = Mapping::new(pages * page_size(), Backing::Anonymous).expect("map");
+        m.fill(0x5a);
+        let merged = {
+            let _ksmd = KsmDaemon::start().expect("ksmd");
+            m.ksm_merge(0, m.len(), std::time::Duration::from_secs(20))
+                .expect("merge")
+        };
+        assert_eq!(merged, pages, "every zeroed page merged");
+        assert_eq!(m.to_vec(0, m.len()).expect("read"), vec![0; m.len()]);
+        assert_eq!(
+            std::fs::read_to_string("/sys/kernel/mm/ksm/run").expect("run"),
+            run_before
+        );
     }
 }

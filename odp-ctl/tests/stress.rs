@@ -19,6 +19,20 @@ fn odp_ctl() -> Command {
     Command::new(path)
 }
 
+const EXAMPLES: [&str; 11] = [
+    "baseline",
+    "dontneed-storm",
+    "remap",
+    "fork-cow",
+    "mprotect",
+    "phases",
+    "thp",
+    "atomics",
+    "migrate",
+    "mremap",
+    "ksm",
+];
+
 /// The repository's example scenarios, built into this binary so the guest has them too.
 fn scenario(name: &str) -> PathBuf {
     let text = match name {
@@ -31,6 +45,8 @@ fn scenario(name: &str) -> PathBuf {
         "thp" => include_str!("../../scenarios/thp.toml"),
         "atomics" => include_str!("../../scenarios/atomics.toml"),
         "migrate" => include_str!("../../scenarios/migrate.toml"),
+        "mremap" => include_str!("../../scenarios/mremap.toml"),
+        "ksm" => include_str!("../../scenarios/ksm.toml"),
         other => panic!("no scenario {other}"),
     };
     let dir = std::env::temp_dir().join(format!("odp-stress-{}", std::process::id()));
@@ -252,6 +268,50 @@ fn numa_migration_keeps_data_and_every_move_reaches_the_driver() {
 }
 
 #[test]
+fn mremap_keeps_data_and_every_move_unmaps_at_the_driver() {
+    if skip("mremap_keeps_data_and_every_move_unmaps_at_the_driver").is_none() {
+        return;
+    }
+    let report = run_clean("mremap", "3s");
+    // The pages left: some device accesses afterwards must have met zeroed ones.
+    let zeroed: u64 = report["traffic"]
+        .as_array()
+        .expect("traffic")
+        .iter()
+        .map(|t| t["pages_zeroed_by_actions"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(zeroed > 0, "{}", report["traffic"]);
+    every_action_seen(&report, "mremap", "UNMAP");
+}
+
+#[test]
+fn ksm_merges_keep_data_and_every_merge_reaches_the_driver() {
+    if skip("ksm_merges_keep_data_and_every_merge_reaches_the_driver").is_none() {
+        return;
+    }
+    let before = std::fs::read_to_string("/sys/kernel/mm/ksm/run").expect("ksm run");
+    let report = run_clean("ksm", "3s");
+    let m = &report["probes"]["matching"]["ksm"];
+    let merged = m["actions"].as_u64().unwrap_or(0);
+    assert!(
+        merged > 0,
+        "no action saw a merge: {m} {}",
+        report["actions"]
+    );
+    assert_eq!(m["matched"], merged, "{m}");
+    let causes = &report["probes"]["summary"]["totals"]["invalidations_by_cause"];
+    assert!(
+        causes["CLEAR"].as_u64().unwrap_or(0) >= merged,
+        "{causes} < {merged} merges"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/sys/kernel/mm/ksm/run").expect("ksm run"),
+        before,
+        "ksmd left as it was"
+    );
+}
+
+#[test]
 fn ctrl_c_ends_a_run_early_with_a_full_report() {
     if skip("ctrl_c_ends_a_run_early_with_a_full_report").is_none() {
         return;
@@ -318,14 +378,28 @@ fn bad_scenarios_are_refused_with_line_and_column() {
 
 #[test]
 fn every_example_scenario_parses() {
-    for name in [
-        "baseline",
-        "dontneed-storm",
-        "remap",
-        "fork-cow",
-        "mprotect",
-        "phases",
-    ] {
+    let listed: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios"))
+            .map(|dir| {
+                dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter_map(|f| f.strip_suffix(".toml").map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+    for name in EXAMPLES {
+        assert!(
+            listed.is_empty() || listed.iter().any(|l| l == name),
+            "{name} is not in scenarios/"
+        );
+    }
+    // The guest has no checkout: there, the list above is all it knows.
+    for name in &listed {
+        assert!(
+            EXAMPLES.contains(&name.as_str()),
+            "scenarios/{name}.toml is not built in"
+        );
+    }
+    for name in EXAMPLES {
         let text = std::fs::read_to_string(scenario(name)).expect("read");
         odp_core::stress::Scenario::parse(&text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
@@ -379,7 +453,29 @@ fn stress_with_monitor_shows_the_run_live_then_reports_after_q() {
     );
     term.keys("q");
     let report = term.wait_for("stress-exit=", 60);
-    assert!(report.contains("stress-exit=0"), "{report}");
+    // A long DONTNEED storm can starve a device fault past HMM's 1 s limit; rxe then fails the
+    // work request (remote access error) and the run rightly exits 7. Accepted only with no
+    // wrong bytes and with the probes having seen such a timeout.
+    if !report.contains("stress-exit=0") {
+        // The report wraps at the pane's width.
+        let joined = report.replace('\n', "");
+        let hmm_timeouts = joined
+            .split("(hmm ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(
+            report.contains("stress-exit=7")
+                && joined.contains("error: 0 mismatched pages")
+                && hmm_timeouts > 0,
+            "{report}"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "{test}: failed completions explained by {hmm_timeouts} HMM timeout(s)"
+        );
+    }
     assert!(report.contains("(stopped early)"), "{report}");
     assert!(report.contains("dontneed"), "{report}");
     assert!(report.contains("kernel side (probes)"), "{report}");

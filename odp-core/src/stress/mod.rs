@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::memory::{page_size, Backing, Mapping};
+use crate::memory::{page_size, Backing, KsmDaemon, Mapping};
 use crate::trace::monotonic_ns;
 use crate::verbs::{Access, Advice, Context, LoopbackConfig, LoopbackRc, MemoryRegion, Opcode};
 pub use scenario::{Action, Scenario, TrafficOp, DEFAULT_SCENARIO};
@@ -45,7 +45,8 @@ pub struct ActionRecord {
     pub len: usize,
     pub start_ns: u64,
     pub end_ns: u64,
-    /// For migrate: pages actually moved (0: nothing changed, nothing to invalidate).
+    /// For migrate: pages actually moved; for ksm: pages merged (0: nothing changed, nothing
+    /// to invalidate).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pages_moved: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,7 +185,7 @@ fn destroys_contents(action: Action, backing: &Backing) -> bool {
         Backing::Anonymous | Backing::Thp | Backing::Hugetlb
     );
     match action {
-        Action::Dontneed | Action::Free => private,
+        Action::Dontneed | Action::Free | Action::Mremap | Action::Ksm => private,
         Action::Remap => private || *backing == Backing::Shared,
         Action::Pageout
         | Action::Cold
@@ -322,6 +323,15 @@ pub fn run(
     };
     // Fail on a bad port or GID before any thread starts.
     drop(LoopbackRc::new(&pd, &loopback)?);
+    let _ksmd = if scenario
+        .invalidations
+        .iter()
+        .any(|a| a.action == Action::Ksm)
+    {
+        Some(KsmDaemon::start()?)
+    } else {
+        None
+    };
 
     let shared = Shared {
         clock: Clock {
@@ -1046,7 +1056,7 @@ fn action_worker(
                     .write()
                     .map_err(|_| Error::invalid("a worker panicked"))?;
                 m.protect(offset, len, false).and_then(|()| {
-                    std::thread::sleep(spec.hold.0);
+                    std::thread::sleep(spec.hold());
                     m.protect(offset, len, true)
                 })
             }
@@ -1059,6 +1069,16 @@ fn action_worker(
                 migrations += 1;
                 m.migrate(offset, len, nodes[migrations % nodes.len()])
                     .map(|moved| pages_moved = Some(moved))
+            }
+            Action::Mremap => m.move_pages_out(offset, len),
+            Action::Ksm => {
+                // CPU fills would make the zeroed pages differ before ksmd compares them.
+                let _exclusive = target
+                    .cpu_writes
+                    .write()
+                    .map_err(|_| Error::invalid("a worker panicked"))?;
+                m.ksm_merge(offset, len, spec.hold())
+                    .map(|merged| pages_moved = Some(merged))
             }
         };
         let end_ns = monotonic_ns();

@@ -265,10 +265,16 @@ pub enum Action {
     Split,
     /// move_pages(2) to the other NUMA node, turn about (needs two nodes with memory).
     Migrate,
+    /// mremap(MREMAP_DONTUNMAP) of the pages to another address, which is then unmapped: the
+    /// range stays mapped and reads as zero (private anonymous memory only).
+    Mremap,
+    /// The range zeroed (identical pages), MADV_MERGEABLE, up to `hold` waiting for ksmd to merge
+    /// it, then MADV_UNMERGEABLE (private anonymous memory only; ksmd is switched on for the run).
+    Ksm,
 }
 
 impl Action {
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 12] = [
         Action::Dontneed,
         Action::Free,
         Action::Pageout,
@@ -279,6 +285,8 @@ impl Action {
         Action::Collapse,
         Action::Split,
         Action::Migrate,
+        Action::Mremap,
+        Action::Ksm,
     ];
 
     pub fn name(self) -> &'static str {
@@ -293,6 +301,8 @@ impl Action {
             Action::Collapse => "collapse",
             Action::Split => "split",
             Action::Migrate => "migrate",
+            Action::Mremap => "mremap",
+            Action::Ksm => "ksm",
         }
     }
 }
@@ -318,9 +328,10 @@ pub struct InvalidateSpec {
     /// 0..1: how much of each interval is randomised (0 is a metronome).
     #[serde(default)]
     pub jitter: f64,
-    /// How long mprotect keeps the range read-only.
-    #[serde(default = "default_hold")]
-    pub hold: Span,
+    /// How long mprotect keeps the range read-only (default 200us); for ksm, the longest wait
+    /// for the merge (default 1s).
+    #[serde(default)]
+    pub hold: Option<Span>,
 }
 
 fn default_action_rate() -> f64 {
@@ -331,8 +342,16 @@ fn default_action_len() -> Size {
     Size(64 << 10)
 }
 
-fn default_hold() -> Span {
-    Span(Duration::from_micros(200))
+impl InvalidateSpec {
+    pub fn hold(&self) -> Duration {
+        self.hold.map_or(
+            match self.action {
+                Action::Ksm => Duration::from_secs(1),
+                _ => Duration::from_micros(200),
+            },
+            |h| h.0,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -559,6 +578,15 @@ impl Scenario {
             if !(0.0..=1.0).contains(&a.jitter) {
                 return Err(format!("{what}: jitter must be between 0 and 1"));
             }
+            let backing = self.mr_index(&a.mr).map(|i| self.mrs[i].backing.as_str());
+            if matches!(a.action, Action::Mremap | Action::Ksm)
+                && !matches!(backing, Some("anon" | "anonymous" | "thp"))
+            {
+                return Err(format!(
+                    "{what}: {} works on private anonymous memory; use backing anon or thp",
+                    a.action.name()
+                ));
+            }
         }
         for (i, p) in self.prefetch.iter().enumerate() {
             let what = format!("prefetch #{}", i + 1);
@@ -655,6 +683,13 @@ mod tests {
             (
                 "[[traffic]]\nmr = \"buf\"\nop = \"write\"\n".to_string(),
                 "no [[mr]]",
+            ),
+            (
+                "[[mr]]\nname = \"buf\"\nsize = \"4M\"\nbacking = \"shared\"\n\
+                 [[traffic]]\nmr = \"buf\"\nop = \"read\"\n\
+                 [[invalidate]]\nmr = \"buf\"\naction = \"ksm\"\n"
+                    .to_string(),
+                "private anonymous memory",
             ),
         ];
         for (text, want) in cases {
