@@ -55,12 +55,17 @@ impl OdpEvent {
     }
 
     pub fn comm(&self) -> String {
+        self.comm_str().into_owned()
+    }
+
+    /// The task name borrowed from the event (copied only if it is not UTF-8).
+    pub fn comm_str(&self) -> std::borrow::Cow<'_, str> {
         let end = self
             .comm
             .iter()
             .position(|&b| b == 0)
             .unwrap_or(self.comm.len());
-        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+        String::from_utf8_lossy(&self.comm[..end])
     }
 
     pub fn has_ret(&self) -> bool {

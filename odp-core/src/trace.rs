@@ -5,19 +5,22 @@ use bpf_common::{
     mmu_event_name, Method, OdpEvent, Point, FLAG_HAS_RET, FLAG_KTHREAD, FLAG_PREFETCH,
 };
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// One probe event, decoded. Addresses are hex strings in JSON so they survive any JSON reader.
+/// Names borrow from the event and the build's static tables, so writing a live event out
+/// allocates nothing; a parsed one owns its strings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
+pub struct Record<'a> {
     /// Nanoseconds on CLOCK_MONOTONIC at entry.
     pub ts_ns: u64,
     pub duration_ns: u64,
-    pub point: String,
-    pub group: String,
-    pub method: String,
+    pub point: Cow<'a, str>,
+    pub group: Cow<'a, str>,
+    pub method: Cow<'a, str>,
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    pub comm: Cow<'a, str>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kthread: bool,
     /// A fault taken on behalf of a prefetch, not by the device.
@@ -39,7 +42,7 @@ pub struct Record {
     pub ret: Option<i64>,
     /// mmu_notifier_event name for invalidations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event: Option<String>,
+    pub event: Option<Cow<'a, str>>,
     /// Raw aux value (event kind, page-fault error code).
     pub aux: u32,
 }
@@ -50,7 +53,22 @@ pub mod hex {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{v:#x}"))
+        // On the stack: a trace streams four of these per event.
+        let mut buf = [0u8; 18];
+        s.serialize_str(format(*v, &mut buf))
+    }
+
+    /// `v` as `{v:#x}` prints it, into `buf`.
+    pub fn format(v: u64, buf: &mut [u8; 18]) -> &str {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let digits = (16 - v.leading_zeros() as usize / 4).max(1);
+        buf[0] = b'0';
+        buf[1] = b'x';
+        for i in 0..digits {
+            buf[1 + digits - i] = DIGITS[((v >> (4 * i)) & 0xf) as usize];
+        }
+        // Only ASCII was written.
+        std::str::from_utf8(&buf[..2 + digits]).unwrap_or("0x?")
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -75,8 +93,8 @@ pub mod hex {
     }
 }
 
-impl Record {
-    pub fn from_event(e: &OdpEvent) -> Self {
+impl<'a> Record<'a> {
+    pub fn from_event(e: &'a OdpEvent) -> Self {
         let point = e.point();
         let invalidation = matches!(
             point,
@@ -90,12 +108,15 @@ impl Record {
         Record {
             ts_ns: e.ts_ns,
             duration_ns: e.duration_ns,
-            point: point.map_or_else(|| format!("unknown_{}", e.point), |p| p.name().to_string()),
-            group: point.map_or("unknown", |p| p.group().name()).to_string(),
-            method: e.method().map_or("unknown", |m| m.name()).to_string(),
+            point: point.map_or_else(
+                || Cow::Owned(format!("unknown_{}", e.point)),
+                |p| Cow::Borrowed(p.name()),
+            ),
+            group: Cow::Borrowed(point.map_or("unknown", |p| p.group().name())),
+            method: Cow::Borrowed(e.method().map_or("unknown", |m| m.name())),
             pid: e.pid,
             tid: e.tid,
-            comm: e.comm(),
+            comm: e.comm_str(),
             kthread: e.in_kernel_thread(),
             prefetch: e.in_prefetch(),
             device: e.device(),
@@ -105,7 +126,7 @@ impl Record {
             end: e.end,
             args: e.args,
             ret: e.has_ret().then_some(e.ret),
-            event: invalidation.then(|| mmu_event_name(e.aux).to_string()),
+            event: invalidation.then(|| Cow::Borrowed(mmu_event_name(e.aux))),
             aux: e.aux,
         }
     }
@@ -202,6 +223,12 @@ impl Record {
     }
 }
 
+/// One event as a line of JSON (the `trace --json` and `monitor --record` format).
+pub fn write_json_line<W: std::io::Write>(out: &mut W, e: &OdpEvent) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, &Record::from_event(e))?;
+    out.write_all(b"\n")
+}
+
 /// CLOCK_MONOTONIC now, in the BPF timestamps' units.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -250,6 +277,43 @@ mod tests {
             Some(e),
             "JSON and back gives the same event"
         );
+    }
+
+    #[test]
+    fn hex_matches_the_standard_formatting() {
+        let mut buf = [0u8; 18];
+        for v in [
+            0,
+            1,
+            0xf,
+            0x10,
+            0xdead_beef,
+            0x7f00_0000_1000,
+            u64::MAX,
+            1 << 63,
+        ] {
+            assert_eq!(hex::format(v, &mut buf), format!("{v:#x}"));
+        }
+    }
+
+    #[test]
+    fn a_json_line_is_the_record_and_a_newline() {
+        let e = OdpEvent {
+            point: Point::InvRangeStart as u16,
+            comm: *b"odp-ctl\0\0\0\0\0\0\0\0\0",
+            start: 0x7f00_0000_0000,
+            end: 0x7f00_0020_0000,
+            ..OdpEvent::default()
+        };
+        let mut out = Vec::new();
+        write_json_line(&mut out, &e).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        let (line, rest) = text.split_once('\n').expect("one line");
+        assert_eq!(rest, "");
+        let back: Record = serde_json::from_str(line).expect("parse");
+        assert_eq!(back, Record::from_event(&e));
+        assert_eq!(back.comm, "odp-ctl");
+        assert_eq!(back.event.as_deref(), Some("UNMAP"));
     }
 
     #[test]

@@ -48,7 +48,7 @@ fn fixture() -> PathBuf {
     .clone()
 }
 
-fn records(path: &Path) -> Vec<Record> {
+fn records(path: &Path) -> Vec<Record<'static>> {
     std::fs::read_to_string(path)
         .expect("read recording")
         .lines()
@@ -68,7 +68,7 @@ fn brute_force(records: &[Record]) -> (u64, u64, u64, u64) {
     let mut open: HashMap<(u32, u64), &Record> = HashMap::new();
     let mut windows = Vec::new(); // (mm, lo, hi, t0, t1)
     for r in records {
-        match r.point.as_str() {
+        match r.point.as_ref() {
             "inv_range_start" => {
                 open.insert((r.tid, r.obj), r);
             }

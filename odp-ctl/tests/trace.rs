@@ -117,12 +117,13 @@ fn page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does() {
             status
         })
     };
-    let mut records = Vec::new();
+    let mut events = Vec::new();
     session
         .run(&stop, Some(Instant::now() + Duration::from_secs(60)), |e| {
-            records.push(Record::from_event(e))
+            events.push(*e)
         })
         .expect("read events");
+    let records: Vec<Record> = events.iter().map(Record::from_event).collect();
     assert!(waiter.join().expect("waiter").expect("child").success());
 
     let faults: BTreeSet<u64> = records
@@ -314,14 +315,15 @@ fn odp_lifecycle_on_rxe_is_traced_with_matching_kinds_ranges_and_counts() {
             result
         })
     };
-    let mut records = Vec::new();
+    let mut events = Vec::new();
     session
         .run(
             &stop,
             Some(Instant::now() + Duration::from_secs(120)),
-            |e| records.push(Record::from_event(e)),
+            |e| events.push(*e),
         )
         .expect("read events");
+    let records: Vec<Record> = events.iter().map(Record::from_event).collect();
     workload.join().expect("workload thread").expect("workload");
     let (addr, size, lkey, tail) = facts.lock().expect("facts").expect("workload facts");
     let end = addr + size;
@@ -479,14 +481,15 @@ fn the_range_filter_keeps_one_mr_and_drops_the_other_in_the_kernel() {
             result
         })
     };
-    let mut records = Vec::new();
+    let mut events = Vec::new();
     session
         .run(
             &stop,
             Some(Instant::now() + Duration::from_secs(120)),
-            |e| records.push(Record::from_event(e)),
+            |e| events.push(*e),
         )
         .expect("read events");
+    let records: Vec<Record> = events.iter().map(Record::from_event).collect();
     workload.join().expect("workload thread").expect("workload");
     let ranged: Vec<&Record> = records.iter().filter(|r| r.end > r.start).collect();
     for r in &ranged {
@@ -548,12 +551,13 @@ fn ibv_rc_pingpong_with_odp_is_traced_end_to_end() {
                 (server, client)
             })
         };
-        let mut records = Vec::new();
+        let mut events = Vec::new();
         session
             .run(&stop, Some(Instant::now() + Duration::from_secs(90)), |e| {
-                records.push(Record::from_event(e))
+                events.push(*e)
             })
             .expect("read events");
+        let records: Vec<Record> = events.iter().map(Record::from_event).collect();
         let (server, client) = runner.join().expect("runner");
         assert!(server.expect("server").success());
         let client = client.expect("client");

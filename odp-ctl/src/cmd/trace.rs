@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bpf_common::Point;
-use odp_core::trace::{monotonic_ns, Record};
+use odp_core::trace::{monotonic_ns, write_json_line, Record};
 use odp_ebpf::{Config, Session, Status};
 use serde::Serialize;
 
@@ -132,14 +132,13 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let watcher = gated.as_ref().map(|g| g.watch(&stop));
     session.run(&stop, deadline, |e| {
         events += 1;
-        let record = Record::from_event(e);
-        let line = if out.json {
-            serde_json::to_string(&record).unwrap_or_default()
-        } else {
-            record.human(t0)
-        };
         if write_error.is_none() {
-            if let Err(err) = writeln!(sink, "{line}") {
+            let written = if out.json {
+                write_json_line(&mut sink, e)
+            } else {
+                writeln!(sink, "{}", Record::from_event(e).human(t0))
+            };
+            if let Err(err) = written {
                 write_error = Some(err);
             }
         }

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bpf_common::OdpEvent;
-use odp_core::trace::Record;
+use odp_core::trace::{write_json_line, Record};
 use odp_ebpf::{Config, Session, Status};
 
 /// Shared between the source thread and the consumer.
@@ -113,9 +113,7 @@ pub fn live(
                     }
                     if let Some(w) = recorder.as_mut() {
                         if write_error.is_none() {
-                            let line =
-                                serde_json::to_string(&Record::from_event(e)).unwrap_or_default();
-                            if let Err(err) = writeln!(w, "{line}") {
+                            if let Err(err) = write_json_line(w, e) {
                                 write_error = Some(err);
                             }
                         }
