@@ -103,14 +103,16 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    let mut sink: Box<dyn Write> = match &args.output {
-        Some(path) => {
-            Box::new(BufWriter::new(File::create(path).map_err(|e| {
-                anyhow::anyhow!("cannot create {}: {e}", path.display())
-            })?))
-        }
-        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    let destination: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(
+            File::create(path)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
     };
+    // The buffer outside the trait object: serde_json writes each event in many small pieces,
+    // and a BufWriter of known type takes them inline.
+    let mut sink = BufWriter::with_capacity(1 << 16, destination);
     let t0 = monotonic_ns();
     let started = Instant::now();
     let deadline = args.duration.map(|d| started + d);
