@@ -218,6 +218,13 @@ impl Target {
             .collect()
     }
 
+    /// Holds CPU writes into the MR off until the guard drops.
+    fn exclusive_cpu_writes(&self) -> Result<std::sync::RwLockWriteGuard<'_, ()>> {
+        self.cpu_writes
+            .write()
+            .map_err(|_| Error::invalid("a worker panicked"))
+    }
+
     fn bump(&self, offset: usize, len: usize, page: usize) {
         for p in offset / page..(offset + len).div_ceil(page) {
             self.destroy_seq[p].fetch_add(1, Ordering::AcqRel);
@@ -1051,10 +1058,7 @@ fn action_worker(
             Action::Remap => m.remap(offset, len),
             Action::Mprotect => {
                 // CPU writes into the MR wait out the read-only window instead of faulting.
-                let _exclusive = target
-                    .cpu_writes
-                    .write()
-                    .map_err(|_| Error::invalid("a worker panicked"))?;
+                let _exclusive = target.exclusive_cpu_writes()?;
                 m.protect(offset, len, false).and_then(|()| {
                     std::thread::sleep(spec.hold());
                     m.protect(offset, len, true)
@@ -1073,10 +1077,7 @@ fn action_worker(
             Action::Mremap => m.move_pages_out(offset, len),
             Action::Ksm => {
                 // CPU fills would make the zeroed pages differ before ksmd compares them.
-                let _exclusive = target
-                    .cpu_writes
-                    .write()
-                    .map_err(|_| Error::invalid("a worker panicked"))?;
+                let _exclusive = target.exclusive_cpu_writes()?;
                 m.ksm_merge(offset, len, spec.hold())
                     .map(|merged| pages_moved = Some(merged))
             }
