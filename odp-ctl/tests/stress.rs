@@ -345,6 +345,100 @@ fn ctrl_c_ends_a_run_early_with_a_full_report() {
     assert_eq!(report["mismatches"], 0);
 }
 
+/// Processes named odp-ctl other than the test's own children still running.
+fn odp_ctl_processes() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "odp-ctl")
+        })
+        .collect()
+}
+
+#[test]
+fn ctrl_c_during_fork_and_ksm_leaves_no_children_and_restores_ksmd() {
+    if skip("ctrl_c_during_fork_and_ksm_leaves_no_children_and_restores_ksmd").is_none() {
+        return;
+    }
+    let text = r#"
+[[mr]]
+name = "buf"
+size = "4M"
+[[traffic]]
+name = "writer"
+mr = "buf"
+op = "write"
+range = "0:2M"
+[[traffic]]
+name = "reader"
+mr = "buf"
+op = "read"
+range = "2M:2M"
+rate = 100
+[[invalidate]]
+name = "fork"
+mr = "buf"
+action = "fork"
+rate = 50
+length = "64K"
+range = "0:2M"
+[[invalidate]]
+name = "ksm"
+mr = "buf"
+action = "ksm"
+rate = 5
+length = "64K"
+range = "2M:2M"
+hold = "1s"
+"#;
+    let path = std::env::temp_dir().join(format!("odp-stress-kill-{}.toml", std::process::id()));
+    std::fs::write(&path, text).expect("write scenario");
+    let ksm_before = std::fs::read_to_string("/sys/kernel/mm/ksm/run").expect("ksm run");
+    assert!(odp_ctl_processes().is_empty(), "an odp-ctl runs already");
+    let child = odp_ctl()
+        .args(["--json", "stress", "--duration", "60s"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_secs(10));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().expect("wait");
+    let report = json(&out);
+    assert_eq!(
+        report["stopped_early"],
+        true,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["mismatches"], 0);
+    assert!(
+        report["actions"]["fork"]["done"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        report["actions"]
+    );
+    assert!(
+        report["actions"]["ksm"]["done"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        report["actions"]
+    );
+    assert_eq!(
+        odp_ctl_processes(),
+        Vec::<u32>::new(),
+        "forked children left behind"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/sys/kernel/mm/ksm/run").expect("ksm run"),
+        ksm_before,
+        "ksmd left running"
+    );
+}
+
 #[test]
 fn bad_scenarios_are_refused_with_line_and_column() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -322,9 +322,11 @@ fn run_once(guest: &Guest, job: &Job) -> Result<Outcome> {
 
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-nodefaults", "-no-user-config", "-no-reboot"])
-        // Single-threaded TCG: with one host thread per vCPU, BPF attach/detach (int3 text
-        // poking) under load oopsed the guest (docs/FINDINGS.md #6).
-        .args(["-accel", "tcg,thread=single", "-cpu", "max"])
+        // Multi-threaded TCG: single-threaded TCG survives BPF attach/detach under load, which
+        // this one does not (docs/FINDINGS.md #6), but halves the guest's speed, and long
+        // invalidation storms then starve device faults past HMM's 1 s limit. Probes attach
+        // before workloads start and detach after they stop instead.
+        .args(["-accel", "tcg,thread=multi", "-cpu", "max"])
         .args([
             "-smp",
             &job.cpus.to_string(),
