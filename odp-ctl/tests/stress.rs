@@ -19,35 +19,27 @@ fn odp_ctl() -> Command {
     Command::new(path)
 }
 
-const EXAMPLES: [&str; 11] = [
-    "baseline",
-    "dontneed-storm",
-    "remap",
-    "fork-cow",
-    "mprotect",
-    "phases",
-    "thp",
-    "atomics",
-    "migrate",
-    "mremap",
-    "ksm",
+/// The repository's example scenarios, built into this binary so the guest has them too.
+const EXAMPLES: [(&str, &str); 11] = [
+    ("baseline", include_str!("../../scenarios/baseline.toml")),
+    (
+        "dontneed-storm",
+        include_str!("../../scenarios/dontneed-storm.toml"),
+    ),
+    ("remap", include_str!("../../scenarios/remap.toml")),
+    ("fork-cow", include_str!("../../scenarios/fork-cow.toml")),
+    ("mprotect", include_str!("../../scenarios/mprotect.toml")),
+    ("phases", include_str!("../../scenarios/phases.toml")),
+    ("thp", include_str!("../../scenarios/thp.toml")),
+    ("atomics", include_str!("../../scenarios/atomics.toml")),
+    ("migrate", include_str!("../../scenarios/migrate.toml")),
+    ("mremap", include_str!("../../scenarios/mremap.toml")),
+    ("ksm", include_str!("../../scenarios/ksm.toml")),
 ];
 
-/// The repository's example scenarios, built into this binary so the guest has them too.
 fn scenario(name: &str) -> PathBuf {
-    let text = match name {
-        "baseline" => include_str!("../../scenarios/baseline.toml"),
-        "dontneed-storm" => include_str!("../../scenarios/dontneed-storm.toml"),
-        "remap" => include_str!("../../scenarios/remap.toml"),
-        "fork-cow" => include_str!("../../scenarios/fork-cow.toml"),
-        "mprotect" => include_str!("../../scenarios/mprotect.toml"),
-        "phases" => include_str!("../../scenarios/phases.toml"),
-        "thp" => include_str!("../../scenarios/thp.toml"),
-        "atomics" => include_str!("../../scenarios/atomics.toml"),
-        "migrate" => include_str!("../../scenarios/migrate.toml"),
-        "mremap" => include_str!("../../scenarios/mremap.toml"),
-        "ksm" => include_str!("../../scenarios/ksm.toml"),
-        other => panic!("no scenario {other}"),
+    let Some((_, text)) = EXAMPLES.iter().find(|(n, _)| *n == name) else {
+        panic!("no scenario {name}");
     };
     let dir = std::env::temp_dir().join(format!("odp-stress-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -386,7 +378,7 @@ fn every_example_scenario_parses() {
                     .collect()
             })
             .unwrap_or_default();
-    for name in EXAMPLES {
+    for (name, _) in EXAMPLES {
         assert!(
             listed.is_empty() || listed.iter().any(|l| l == name),
             "{name} is not in scenarios/"
@@ -395,11 +387,11 @@ fn every_example_scenario_parses() {
     // The guest has no checkout: there, the list above is all it knows.
     for name in &listed {
         assert!(
-            EXAMPLES.contains(&name.as_str()),
+            EXAMPLES.iter().any(|(n, _)| n == name),
             "scenarios/{name}.toml is not built in"
         );
     }
-    for name in EXAMPLES {
+    for (name, _) in EXAMPLES {
         let text = std::fs::read_to_string(scenario(name)).expect("read");
         odp_core::stress::Scenario::parse(&text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
     }

@@ -578,9 +578,11 @@ impl Scenario {
             if !(0.0..=1.0).contains(&a.jitter) {
                 return Err(format!("{what}: jitter must be between 0 and 1"));
             }
-            let backing = self.mr_index(&a.mr).map(|i| self.mrs[i].backing.as_str());
+            let backing = self
+                .mr_index(&a.mr)
+                .and_then(|i| Backing::parse(&self.mrs[i].backing, None).ok());
             if matches!(a.action, Action::Mremap | Action::Ksm)
-                && !matches!(backing, Some("anon" | "anonymous" | "thp"))
+                && !matches!(backing, Some(Backing::Anonymous | Backing::Thp))
             {
                 return Err(format!(
                     "{what}: {} works on private anonymous memory; use backing anon or thp",
