@@ -251,7 +251,6 @@ pub struct Job {
 pub struct Outcome {
     pub status: i32,
     pub output: String,
-    pub job_dir: PathBuf,
 }
 
 /// Where each job's share lives: inside the target dir, so `cargo clean` removes it.
@@ -295,6 +294,20 @@ pub fn run_job(guest: &Guest, job: &Job) -> Result<Outcome> {
             other => return other,
         }
     }
+}
+
+/// How the guest died, if it was the int3 oops multi-threaded TCG causes by running code another
+/// vCPU is patching (docs/FINDINGS.md #6): the oops line and where it hit. Any other oops is a
+/// finding about the kernel or the toolkit, never a reason to boot again.
+pub fn emulator_oops(dir: &Path) -> Option<String> {
+    let console = std::fs::read_to_string(dir.join("console.log")).ok()?;
+    let mut lines = console.lines().skip_while(|l| !l.contains("Oops: int3"));
+    let oops = lines.next()?;
+    let oops = oops.split_once("] ").map_or(oops, |(_, text)| text).trim();
+    let rip = lines
+        .find_map(|l| l.split_once("RIP: ").map(|(_, rip)| rip.trim()))
+        .unwrap_or("unknown RIP");
+    Some(format!("{oops}, RIP {rip}"))
 }
 
 fn booted(dir: &Path) -> bool {
@@ -413,9 +426,36 @@ fn run_once(guest: &Guest, job: &Job) -> Result<Outcome> {
         "xtask: VM finished in {:.1}s with status {status}",
         started.elapsed().as_secs_f64()
     );
-    Ok(Outcome {
-        status,
-        output,
-        job_dir: dir,
-    })
+    Ok(Outcome { status, output })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn console(text: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("console.log"), text).expect("console.log");
+        dir
+    }
+
+    #[test]
+    fn only_the_int3_oops_of_cross_modified_code_counts_as_the_emulators() {
+        let int3 = console(
+            "test dontneed_storm ... [  357.935150] Oops: int3: 0000 [#1] SMP NOPTI\n\
+             [  357.940739] CPU: 0 UID: 0 PID: 0 Comm: swapper/0 Not tainted 7.3.4+deb13-amd64 #1\n\
+             [  357.943597] RIP: 0010:__schedule+0x3ee/0x1080\n\
+             [  357.959142] Kernel panic - not syncing: Fatal exception in interrupt\n",
+        );
+        assert_eq!(
+            emulator_oops(int3.path()).as_deref(),
+            Some("Oops: int3: 0000 [#1] SMP NOPTI, RIP 0010:__schedule+0x3ee/0x1080")
+        );
+        let gpf = console(
+            "[  12.1] Oops: general protection fault, probably for non-canonical address\n\
+             [  12.2] RIP: 0010:rxe_odp_map_range_and_lock+0x42/0x100 [rdma_rxe]\n",
+        );
+        assert_eq!(emulator_oops(gpf.path()), None);
+        assert_eq!(emulator_oops(console("odp-vm: ready\n").path()), None);
+    }
 }
