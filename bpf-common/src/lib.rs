@@ -31,19 +31,61 @@ pub struct OdpEvent {
     pub comm: [u8; 16],
 }
 
+/// `struct odp_cpu_fault`, byte for byte: the compact record of a CPU page fault.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OdpCpuFault {
+    pub ts_ns: u64,
+    pub mm: u64,
+    pub address: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub point: u16,
+    pub method: u8,
+    pub flags: u8,
+    pub error_code: u32,
+    pub comm: [u8; 16],
+}
+
+impl From<OdpCpuFault> for OdpEvent {
+    fn from(f: OdpCpuFault) -> Self {
+        OdpEvent {
+            ts_ns: f.ts_ns,
+            mm: f.mm,
+            start: f.address,
+            end: f.address.wrapping_add(1),
+            pid: f.pid,
+            tid: f.tid,
+            point: f.point,
+            method: f.method,
+            flags: f.flags,
+            aux: f.error_code,
+            comm: f.comm,
+            ..OdpEvent::default()
+        }
+    }
+}
+
+/// Copies a plain-old-data record out of ring-buffer bytes of exactly its size.
+fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() != std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length was checked; read_record is only used with the repr(C) records of
+    // this module, plain old data with no invalid bit patterns, and read_unaligned copes with
+    // the ring buffer's 8-byte alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
 pub const FLAG_HAS_RET: u8 = 1 << 0;
 pub const FLAG_KTHREAD: u8 = 1 << 1;
 pub const FLAG_PREFETCH: u8 = 1 << 2;
 
 impl OdpEvent {
-    /// Decodes a ring-buffer record; None if it is too short to be one.
+    /// Decodes a ring-buffer record, full or compact (told apart by length); None for any
+    /// other length.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < std::mem::size_of::<Self>() {
-            return None;
-        }
-        // SAFETY: the length was checked; OdpEvent is plain old data with no invalid bit
-        // patterns, and read_unaligned copes with the ring buffer's 8-byte alignment or less.
-        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+        read_record::<OdpEvent>(bytes).or_else(|| read_record::<OdpCpuFault>(bytes).map(Into::into))
     }
 
     pub fn point(&self) -> Option<Point> {
@@ -355,6 +397,10 @@ mod tests {
         assert_eq!(std::mem::offset_of!(OdpEvent, ret), 80);
         assert_eq!(std::mem::offset_of!(OdpEvent, point), 96);
         assert_eq!(std::mem::offset_of!(OdpEvent, comm), 104);
+        // With the ring buffer's 8-byte record header: exactly one cache line.
+        assert_eq!(std::mem::size_of::<OdpCpuFault>(), 56);
+        assert_eq!(std::mem::offset_of!(OdpCpuFault, point), 32);
+        assert_eq!(std::mem::offset_of!(OdpCpuFault, comm), 40);
     }
 
     #[test]
@@ -377,5 +423,46 @@ mod tests {
         assert_eq!(d.comm(), "test");
         assert!(d.has_ret() && d.ret == -16);
         assert!(OdpEvent::from_bytes(&bytes[..119]).is_none());
+        assert!(OdpEvent::from_bytes(&[0u8; 129]).is_none());
+    }
+
+    #[test]
+    fn a_compact_cpu_fault_decodes_as_the_full_event_it_stands_for() {
+        let mut f = OdpCpuFault {
+            ts_ns: 7,
+            mm: 0xffff_8880_1234_0000,
+            address: 0x7f00_0000_1000,
+            pid: 42,
+            tid: 43,
+            point: Point::PageFaultUser as u16,
+            method: Method::TpBtf as u8,
+            flags: 0,
+            error_code: 6,
+            comm: [0; 16],
+        };
+        f.comm[..10].copy_from_slice(b"fault_loop");
+        // SAFETY: OdpCpuFault is plain old data; viewing it as bytes is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&f as *const OdpCpuFault).cast::<u8>(),
+                size_of::<OdpCpuFault>(),
+            )
+        };
+        assert_eq!(bytes.len(), 56);
+        let mut expected = OdpEvent {
+            ts_ns: 7,
+            mm: 0xffff_8880_1234_0000,
+            start: 0x7f00_0000_1000,
+            end: 0x7f00_0000_1001,
+            pid: 42,
+            tid: 43,
+            point: Point::PageFaultUser as u16,
+            method: Method::TpBtf as u8,
+            aux: 6,
+            ..OdpEvent::default()
+        };
+        expected.comm = f.comm;
+        assert_eq!(OdpEvent::from_bytes(bytes), Some(expected));
+        assert!(OdpEvent::from_bytes(&bytes[..55]).is_none());
     }
 }

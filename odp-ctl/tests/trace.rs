@@ -573,6 +573,22 @@ fn ibv_rc_pingpong_with_odp_is_traced_end_to_end() {
             .count();
         assert_eq!(odp_regs, 2, "one ODP MR per side (prefetch={prefetch})");
         assert_eq!(count("umem_get"), 2);
+        // The registration's range is read from ibv_reg_mr_ex's struct argument (pingpong
+        // registers through ibv_reg_buf_mr): it must be the range the kernel's umem got.
+        for reg in records
+            .iter()
+            .filter(|r| r.point == "verbs_reg_mr" && r.ret == Some(0))
+        {
+            assert!(
+                records.iter().any(|u| u.point == "umem_get"
+                    && u.pid == reg.pid
+                    && (u.start, u.end) == (reg.start, reg.end)),
+                "verbs_reg_mr {:#x}..{:#x} of pid {} has no umem_get of the same range",
+                reg.start,
+                reg.end,
+                reg.pid
+            );
+        }
         assert!(count("fault") >= 2, "faults: {}", count("fault"));
         if prefetch {
             assert_eq!(count("verbs_advise"), 2, "-P prefetches once per side");

@@ -102,9 +102,9 @@ pub fn is_root() -> bool {
 mod tests {
     use std::mem::{align_of, offset_of, size_of};
 
-    use bpf_common::OdpEvent;
+    use bpf_common::{OdpCpuFault, OdpEvent};
 
-    use crate::skel::types::odp_event as Generated;
+    use crate::skel::types::{odp_cpu_fault as GeneratedCpuFault, odp_event as Generated};
 
     /// The Rust mirror must match what libbpf-cargo generated from the compiled object's BTF,
     /// field by field: a drift in the C header shows up here before it corrupts a decode.
@@ -138,5 +138,21 @@ mod tests {
             aux,
             comm
         );
+    }
+
+    #[test]
+    fn compact_cpu_fault_mirror_matches_the_skeleton_layout() {
+        assert_eq!(size_of::<OdpCpuFault>(), size_of::<GeneratedCpuFault>());
+        assert_eq!(align_of::<OdpCpuFault>(), align_of::<GeneratedCpuFault>());
+        macro_rules! same_offsets {
+            ($($field:ident),*) => {
+                $(assert_eq!(
+                    offset_of!(OdpCpuFault, $field),
+                    offset_of!(GeneratedCpuFault, $field),
+                    stringify!($field)
+                );)*
+            };
+        }
+        same_offsets!(ts_ns, mm, address, pid, tid, point, method, flags, error_code, comm);
     }
 }

@@ -155,15 +155,13 @@ impl Session {
             let mut failure = None;
             if method == Method::Uprobe {
                 match &libibverbs {
-                    Some(path) => {
-                        match attach_library_point(&self.object, plan.point, config.pid, path) {
-                            Ok((mut l, attached)) => {
-                                links.append(&mut l);
-                                plan.symbol = Some(attached.join(","));
-                            }
-                            Err(e) => failure = Some(format!("uprobe attach: {e}")),
+                    Some(path) => match attach_library_point(&self.object, plan.point, path) {
+                        Ok((mut l, attached)) => {
+                            links.append(&mut l);
+                            plan.symbol = Some(attached.join(","));
                         }
-                    }
+                        Err(e) => failure = Some(format!("uprobe attach: {e}")),
+                    },
                     None => failure = Some("libibverbs.so.1 not found".into()),
                 }
             }
@@ -290,10 +288,10 @@ impl Session {
 }
 
 /// (entry program, return program, symbol) for each libibverbs function behind a point. MR
-/// registration has several entry points: `ibv_reg_mr` and `ibv_reg_mr_iova` tail-jump into
-/// `ibv_reg_mr_iova2`, while `ibv_reg_buf_mr` (rdma-core >= 60, with `ibv_alloc_buf`) takes its
-/// own path; the kernel's uprobe tracer confirmed ibv_rc_pingpong 65 reaches only the latter.
-/// `ibv_reg_mr_ex` (arguments in a struct) is not covered yet.
+/// registration has two paths into the provider: `ibv_reg_mr` and `ibv_reg_mr_iova` tail-jump
+/// into `ibv_reg_mr_iova2`, while `ibv_reg_mr_ex` (rdma-core >= 59, arguments in a struct) has
+/// its own, which `ibv_reg_buf_mr` (rdma-core >= 64, with `ibv_alloc_buf`; what ibv_rc_pingpong
+/// 65 uses) calls.
 fn library_targets(point: Point) -> &'static [(&'static str, Option<&'static str>, &'static str)] {
     match point {
         // The entry stubs tail-jump into ibv_reg_mr_iova2; a return probe on each stub as well
@@ -308,9 +306,9 @@ fn library_targets(point: Point) -> &'static [(&'static str, Option<&'static str
             ("uprobe_reg_mr_noiova", None, "ibv_reg_mr"),
             ("uprobe_reg_mr_noiova", None, "__ibv_reg_mr"),
             (
-                "uprobe_reg_buf_mr",
+                "uprobe_reg_mr_ex",
                 Some("uretprobe_reg_mr"),
-                "ibv_reg_buf_mr",
+                "ibv_reg_mr_ex",
             ),
         ],
         Point::VerbsDeregMr => &[(
@@ -336,7 +334,6 @@ fn library_targets(point: Point) -> &'static [(&'static str, Option<&'static str
 fn attach_library_point(
     object: &Object,
     point: Point,
-    pid: Option<u32>,
     path: &std::path::Path,
 ) -> std::result::Result<(Vec<Link>, Vec<String>), String> {
     let mut links = Vec::new();
@@ -348,7 +345,7 @@ fn attach_library_point(
             errors.push(format!("program {entry} missing"));
             continue;
         };
-        let entry_link = match attach_uprobe(&entry_prog, pid, path, symbol, false) {
+        let entry_link = match attach_uprobe(&entry_prog, path, symbol, false) {
             Ok(link) => link,
             Err(e) => {
                 errors.push(format!("{symbol}: {e}"));
@@ -360,7 +357,7 @@ fn attach_library_point(
                 errors.push(format!("program {exit} missing"));
                 continue;
             };
-            match attach_uprobe(&exit_prog, pid, path, symbol, true) {
+            match attach_uprobe(&exit_prog, path, symbol, true) {
                 Ok(link) => links.push(link),
                 Err(e) => {
                     errors.push(format!("{symbol}: {e}"));
@@ -386,7 +383,6 @@ fn with_log(f: impl FnOnce() -> libbpf_rs::Result<Link>) -> std::result::Result<
 /// `@@IBVERBS_1.1`); a plain name is then ambiguous, so the default versions are tried next.
 fn attach_uprobe(
     prog: &libbpf_rs::ProgramMut<'_>,
-    pid: Option<u32>,
     path: &std::path::Path,
     symbol: &str,
     retprobe: bool,
@@ -398,8 +394,12 @@ fn attach_uprobe(
         format!("{symbol}@@IBVERBS_1.0"),
     ] {
         let attempt = with_log(|| {
+            // Every process (-1), never one pid: a perf event bound to a task switches on the
+            // scheduler's perf hook (perf_sched_events), whose code patching in __schedule, on
+            // attach and again a second after detach, is what multi-threaded TCG guests oops
+            // on (docs/FINDINGS.md #6). The programs filter by pid themselves (filter_tgid).
             prog.attach_uprobe_with_opts(
-                pid.map_or(-1, |p| p as i32),
+                -1,
                 path,
                 0,
                 UprobeOpts {

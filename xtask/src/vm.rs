@@ -286,6 +286,7 @@ const READY_MARKER: &str = "odp-vm: ready";
 pub fn run_job(guest: &Guest, job: &Job) -> Result<Outcome> {
     let mut attempt = 1;
     loop {
+        prepare_share(job)?;
         match run_once(guest, job) {
             Err(e) if attempt < BOOT_ATTEMPTS && !booted(&job_dir()) => {
                 eprintln!("xtask: the guest died before it was ready ({e:#}); booting again");
@@ -314,7 +315,8 @@ fn booted(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("console.log")).is_ok_and(|c| c.contains(READY_MARKER))
 }
 
-fn run_once(guest: &Guest, job: &Job) -> Result<Outcome> {
+/// A fresh job share: the binaries, the guest's init and the command.
+fn prepare_share(job: &Job) -> Result<()> {
     let dir = job_dir();
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
@@ -332,7 +334,11 @@ fn run_once(guest: &Guest, job: &Job) -> Result<Outcome> {
     init.push_str(STAGE2);
     std::fs::write(dir.join("init.sh"), init)?;
     std::fs::write(dir.join("cmd.sh"), &job.script)?;
+    Ok(())
+}
 
+fn run_once(guest: &Guest, job: &Job) -> Result<Outcome> {
+    let dir = job_dir();
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-nodefaults", "-no-user-config", "-no-reboot"])
         // Multi-threaded TCG: single-threaded TCG survives BPF attach/detach under load, which

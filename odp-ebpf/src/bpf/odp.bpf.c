@@ -17,9 +17,10 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Puts struct odp_event into the object's BTF, so the skeleton's generated types carry it and
- * the Rust mirror's layout can be tested against it. */
+/* Puts the records into the object's BTF, so the skeleton's generated types carry them and
+ * the Rust mirror's layout can be tested against them. */
 struct odp_event odp_event_abi_anchor = {};
+struct odp_cpu_fault odp_cpu_fault_abi_anchor = {};
 
 /* Filters and mode, set by the loader before load. */
 const volatile __u32 filter_tgid = 0;
@@ -375,21 +376,26 @@ static __always_inline void count(__u32 point)
 		*n += 1;
 }
 
+static __always_inline void count_drop(void)
+{
+	__u32 zero = 0;
+	__u64 *d = bpf_map_lookup_elem(&drops, &zero);
+
+	if (d)
+		*d += 1;
+}
+
 static __always_inline struct odp_event *reserve(void)
 {
 	struct odp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
-	if (!e) {
-		__u32 zero = 0;
-		__u64 *d = bpf_map_lookup_elem(&drops, &zero);
-
-		if (d)
-			*d += 1;
-	}
+	if (!e)
+		count_drop();
 	return e;
 }
 
-static __always_inline void submit(struct odp_event *e)
+/* Submits any record reserved from the events ring. */
+static __always_inline void submit(void *e)
 {
 	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
 			      BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
@@ -708,7 +714,8 @@ FUNC_POINT(mlx5_ib_prefetch_mr_work, ODP_POINT_MLX5_PREFETCH_WORK)
 /* CPU page faults of the watched processes (optionally within [range_lo, range_hi)). */
 static __always_inline int page_fault(__u64 address, __u64 error_code, __u8 method)
 {
-	struct odp_event *e;
+	struct odp_cpu_fault *e;
+	__u64 id;
 
 	if (!((filtering() && task_selected()) || (!filtering() && mm_watched(current_mm()))))
 		return 0;
@@ -717,16 +724,23 @@ static __always_inline int page_fault(__u64 address, __u64 error_code, __u8 meth
 	count(ODP_POINT_PAGE_FAULT_USER);
 	if (!emit_events)
 		return 0;
-	e = reserve();
-	if (!e)
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop();
 		return 0;
-	__builtin_memset(e, 0, sizeof(*e));
-	header(e, ODP_POINT_PAGE_FAULT_USER, method);
+	}
+	id = bpf_get_current_pid_tgid();
+	/* Every field is written, so no memset: a user fault never runs in a kernel thread. */
 	e->ts_ns = bpf_ktime_get_ns();
 	e->mm = current_mm();
-	e->start = address;
-	e->end = address + 1;
-	e->aux = error_code;
+	e->address = address;
+	e->pid = id >> 32;
+	e->tid = (__u32)id;
+	e->point = ODP_POINT_PAGE_FAULT_USER;
+	e->method = method;
+	e->flags = 0;
+	e->error_code = error_code;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	submit(e);
 	return 0;
 }
@@ -884,13 +898,36 @@ int BPF_UPROBE(uprobe_reg_mr_noiova, void *pd, void *addr, size_t length, unsign
 	return user_enter(ODP_POINT_VERBS_REG_MR, a);
 }
 
-/* ibv_reg_buf_mr (rdma-core >= 60, used with ibv_alloc_buf, e.g. by ibv_rc_pingpong): its own
- * path into the provider, not through ibv_reg_mr_iova2. */
-SEC("uprobe")
-int BPF_UPROBE(uprobe_reg_buf_mr, void *pd, void *buf, void *addr, size_t length, unsigned int access)
-{
-	__u64 a[6] = { (__u64)pd, (__u64)addr, length, (__u64)addr, access, 0 };
+/* ibv_reg_mr_ex's argument (struct ibv_mr_init_attr, rdma-core >= 59), up to the fields read. */
+struct ibv_mr_init_attr_user {
+	__u64 length;
+	__s32 access;
+	__u32 pad;
+	__u64 comp_mask;
+	__u64 iova;
+	__u64 addr;
+};
 
+#define IBV_REG_MR_MASK_IOVA (1u << 0)
+#define IBV_REG_MR_MASK_ADDR (1u << 1)
+
+/* ibv_reg_mr_ex: the arguments arrive in a struct, each valid only if its comp_mask bit is set.
+ * ibv_reg_buf_mr (rdma-core >= 64, with ibv_alloc_buf, e.g. ibv_rc_pingpong) calls it. An
+ * fd-based registration without an address reports start 0. */
+SEC("uprobe")
+int BPF_UPROBE(uprobe_reg_mr_ex, void *pd, void *attr)
+{
+	struct ibv_mr_init_attr_user in = {};
+	__u64 a[6] = { (__u64)pd };
+
+	if (attr && !bpf_probe_read_user(&in, sizeof(in), attr)) {
+		__u64 addr = in.comp_mask & IBV_REG_MR_MASK_ADDR ? in.addr : 0;
+
+		a[1] = addr;
+		a[2] = in.length;
+		a[3] = in.comp_mask & IBV_REG_MR_MASK_IOVA ? in.iova : addr;
+		a[4] = (__u32)in.access;
+	}
 	return user_enter(ODP_POINT_VERBS_REG_MR, a);
 }
 
