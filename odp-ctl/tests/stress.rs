@@ -303,38 +303,123 @@ fn ksm_merges_keep_data_and_every_merge_reaches_the_driver() {
     );
 }
 
+/// Processes named odp-ctl still running (the forked children of `fork` actions keep the name).
+fn odp_ctl_processes() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "odp-ctl")
+        })
+        .collect()
+}
+
+/// Traffic on both halves of an MR while one worker forks (children touching the pages) and
+/// another has ksmd merge zeroed pages: the two actions that leave something outside the
+/// process (children, ksmd's settings) if a stop goes wrong.
+const FORK_AND_KSM: &str = r#"
+[[mr]]
+name = "buf"
+size = "4M"
+[[traffic]]
+name = "writer"
+mr = "buf"
+op = "write"
+range = "0:2M"
+[[traffic]]
+name = "reader"
+mr = "buf"
+op = "read"
+range = "2M:2M"
+rate = 100
+[[invalidate]]
+name = "fork"
+mr = "buf"
+action = "fork"
+rate = 50
+length = "64K"
+range = "0:2M"
+[[invalidate]]
+name = "ksm"
+mr = "buf"
+action = "ksm"
+rate = 5
+length = "64K"
+range = "2M:2M"
+hold = "1s"
+"#;
+
 #[test]
-fn ctrl_c_ends_a_run_early_with_a_full_report() {
-    if skip("ctrl_c_ends_a_run_early_with_a_full_report").is_none() {
+fn ctrl_c_ends_a_run_early_with_a_full_report_and_nothing_left_behind() {
+    if skip("ctrl_c_ends_a_run_early_with_a_full_report_and_nothing_left_behind").is_none() {
         return;
     }
-    let child = odp_ctl()
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fork-and-ksm.toml");
+    std::fs::write(&path, FORK_AND_KSM).expect("write scenario");
+    let ksm_before = std::fs::read_to_string("/sys/kernel/mm/ksm/run").expect("ksm run");
+    assert!(odp_ctl_processes().is_empty(), "an odp-ctl runs already");
+    let mut child = odp_ctl()
         .args(["--json", "stress", "--duration", "60s"])
-        .arg(scenario("dontneed-storm"))
+        .arg(&path)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    // Probes attach in a few seconds in the guest; interrupt once the run is under way.
-    std::thread::sleep(Duration::from_secs(10));
-    let started = Instant::now();
+    // Starting takes seconds in the TCG guest (probe discovery, load, attach; longer in a
+    // debug build): interrupt a few seconds after the run says it is under way, not after a
+    // fixed time from spawn.
+    let stderr = child.stderr.take().expect("stderr");
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if line.contains("running for") {
+                let _ = started_tx.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    started_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the run did not start within 60 s");
+    std::thread::sleep(Duration::from_secs(4));
+    let interrupted = Instant::now();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().expect("wait");
+    let stopping = interrupted.elapsed();
+    let stderr = stderr_reader.join().expect("stderr reader");
     assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "took {:?} to stop",
-        started.elapsed()
+        stopping < Duration::from_secs(20),
+        "took {stopping:?} to stop"
     );
+    assert!(out.status.success(), "{stderr}");
     let report = json(&out);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(report["stopped_early"], true);
     assert!(report["duration_s"].as_f64().unwrap_or(99.0) < 30.0);
     assert_eq!(report["mismatches"], 0);
+    for action in ["fork", "ksm"] {
+        assert!(
+            report["actions"][action]["done"].as_u64().unwrap_or(0) > 0,
+            "no {action} action ran: {}",
+            report["actions"]
+        );
+    }
+    assert_eq!(
+        odp_ctl_processes(),
+        Vec::<u32>::new(),
+        "forked children left behind"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/sys/kernel/mm/ksm/run").expect("ksm run"),
+        ksm_before,
+        "ksmd's setting not restored"
+    );
 }
 
 #[test]
