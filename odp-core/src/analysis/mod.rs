@@ -219,8 +219,15 @@ pub struct Engine {
     timeline: VecDeque<Bucket>,
     findings: VecDeque<Finding>,
     findings_total: BTreeMap<FindingKind, u64>,
+    /// The first faults that gave up (HMM timeouts, unresolved), kept apart from `findings`,
+    /// where a storm of races and retries would push them out before anyone asks what made a
+    /// work request fail.
+    gave_up: Vec<Finding>,
     pub source: SourceFacts,
 }
+
+/// How many faults that gave up are kept for explaining failed work requests.
+const GAVE_UP_KEPT: usize = 256;
 
 const SUBCALLS_KEPT: usize = 64;
 
@@ -245,6 +252,7 @@ impl Engine {
             timeline: VecDeque::new(),
             findings: VecDeque::new(),
             findings_total: BTreeMap::new(),
+            gave_up: Vec::new(),
             source: SourceFacts::default(),
         }
     }
@@ -283,6 +291,11 @@ impl Engine {
 
     pub fn findings(&self) -> &VecDeque<Finding> {
         &self.findings
+    }
+
+    /// The first faults that gave up (HMM timeouts and unresolved faults), in event order.
+    pub fn gave_up(&self) -> &[Finding] {
+        &self.gave_up
     }
 
     pub fn invalidations_by_task(&self) -> &BTreeMap<String, u64> {
@@ -577,7 +590,7 @@ impl Engine {
     ) {
         *self.findings_total.entry(kind).or_default() += 1;
         let pid = mr.and_then(|m| self.mrs.get(&m)).map_or(0, |m| m.pid);
-        self.findings.push_back(Finding {
+        let finding = Finding {
             ts_ns: ts,
             kind,
             mr,
@@ -585,7 +598,13 @@ impl Engine {
             start: lo,
             end: hi,
             detail,
-        });
+        };
+        if matches!(kind, FindingKind::HmmTimeout | FindingKind::Unresolved)
+            && self.gave_up.len() < GAVE_UP_KEPT
+        {
+            self.gave_up.push(finding.clone());
+        }
+        self.findings.push_back(finding);
         while self.findings.len() > self.config.findings_kept {
             self.findings.pop_front();
         }
@@ -1048,6 +1067,7 @@ impl Engine {
                 .collect(),
             mrs: self.mrs.values().map(MrSummary::of).collect(),
             findings: self.findings.iter().cloned().collect(),
+            gave_up: self.gave_up.clone(),
         }
     }
 }
@@ -1107,6 +1127,8 @@ pub struct Summary {
     pub processes: Vec<ProcessSummary>,
     pub mrs: Vec<MrSummary>,
     pub findings: Vec<Finding>,
+    /// The first faults that gave up, whatever `findings` had room for.
+    pub gave_up: Vec<Finding>,
 }
 
 #[derive(Debug, Clone, Serialize)]

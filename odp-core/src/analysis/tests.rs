@@ -316,6 +316,37 @@ fn timeouts_hmm_limit_unresolved_and_slow() {
     assert_eq!(c.timeouts(), 4);
     let mr = engine.mrs().next().expect("mr");
     assert_eq!(mr.stats.counts.unresolved, 1, "the rxe failure is the MR's");
+    let gave_up: Vec<FindingKind> = engine.gave_up().iter().map(|f| f.kind).collect();
+    assert_eq!(
+        gave_up,
+        vec![
+            FindingKind::HmmTimeout,
+            FindingKind::Unresolved,
+            FindingKind::Unresolved
+        ],
+        "slow faults did not give up"
+    );
+}
+
+#[test]
+fn faults_that_gave_up_outlive_a_storm_of_other_findings() {
+    let mut engine = Engine::new(AnalysisConfig {
+        findings_kept: 4,
+        ..AnalysisConfig::default()
+    });
+    engine.ingest(&register(UMEM).0);
+    engine.ingest(&fault(100, 1_200_000, 0, 1).ret(-16).0);
+    // Ten slow faults (a finding each) push the timeout out of the display list.
+    for i in 0..10 {
+        engine.ingest(&fault(2_000_000 + i * 300_000, 250_000, 1, 1).0);
+    }
+    assert!(engine
+        .findings()
+        .iter()
+        .all(|f| f.kind != FindingKind::HmmTimeout));
+    assert_eq!(engine.gave_up().len(), 1);
+    assert_eq!(engine.gave_up()[0].start, BASE);
+    assert_eq!(engine.summary().gave_up.len(), 1);
 }
 
 #[test]

@@ -80,6 +80,37 @@ pub struct Mismatch {
     pub nearby_actions: Vec<ActionRecord>,
 }
 
+/// A work request that completed with an error (or never completed), and what it touched.
+#[derive(Debug, Clone, Serialize)]
+pub struct WcError {
+    pub worker: String,
+    pub op: TrafficOp,
+    pub mr: String,
+    /// The ODP memory the request made the device fault on: [addr, addr + len).
+    #[serde(serialize_with = "crate::trace::hex::serialize")]
+    pub addr: u64,
+    pub len: u64,
+    pub posted_ns: u64,
+    pub failed_ns: u64,
+    pub message: String,
+    /// Faults the probes saw give up on this request's memory while it was in flight (filled
+    /// by `Report::explain_wc_errors`); empty when none was seen, or without probes.
+    pub causes: Vec<crate::analysis::Finding>,
+}
+
+impl WcError {
+    /// Whether a kernel-side finding could have caused this error: it is on the request's
+    /// range and began between the post (less the ring buffer's cross-CPU reordering slack)
+    /// and the failed completion.
+    pub fn could_be_caused_by(&self, f: &crate::analysis::Finding) -> bool {
+        const SLACK_NS: u64 = 10_000_000;
+        f.start < self.addr + self.len
+            && self.addr < f.end
+            && f.ts_ns + SLACK_NS >= self.posted_ns
+            && f.ts_ns <= self.failed_ns
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TrafficStats {
     pub worker: String,
@@ -141,7 +172,7 @@ pub struct Report {
     pub mismatches: u64,
     pub wc_errors: u64,
     pub first_mismatches: Vec<Mismatch>,
-    pub first_wc_errors: Vec<String>,
+    pub first_wc_errors: Vec<WcError>,
     /// Workers that failed outright (not a completion error: a post, a syscall setup).
     pub worker_errors: Vec<String>,
     /// Every action, for matching against probe events; not printed.
@@ -150,6 +181,17 @@ pub struct Report {
 }
 
 impl Report {
+    /// Ties each failed work request to the faults that gave up on its memory meanwhile.
+    pub fn explain_wc_errors(&mut self, gave_up: &[crate::analysis::Finding]) {
+        for e in &mut self.first_wc_errors {
+            e.causes = gave_up
+                .iter()
+                .filter(|f| e.could_be_caused_by(f))
+                .cloned()
+                .collect();
+        }
+    }
+
     /// Data survived and nothing failed.
     pub fn clean(&self) -> bool {
         self.mismatches == 0 && self.wc_errors == 0 && self.worker_errors.is_empty()
@@ -638,10 +680,10 @@ impl<'a> Lane<'a> {
     /// error state and flushes everything else in flight.
     fn recover(
         &mut self,
-        what: String,
+        what: WcError,
         stats: &mut TrafficStats,
         counters: &Counters,
-        wc_errors: &mut Vec<String>,
+        wc_errors: &mut Vec<WcError>,
     ) -> Result<()> {
         stats.wc_errors += 1;
         counters.wc_errors.fetch_add(1, Ordering::Relaxed);
@@ -663,7 +705,7 @@ fn traffic_worker(
     shared: &Shared,
     stats: &mut TrafficStats,
     mismatches: &mut Vec<Mismatch>,
-    wc_errors: &mut Vec<String>,
+    wc_errors: &mut Vec<WcError>,
 ) -> Result<()> {
     let page = shared.page;
     let msg = spec.message.0;
@@ -769,13 +811,23 @@ fn traffic_worker(
         match done {
             Ok(_) => {}
             Err(e @ (Error::Completion { .. } | Error::CompletionTimeout { .. })) => {
-                let what = format!(
-                    "{name}: {} of {}+{:#x} (generation {}): {e}",
-                    spec.op.name(),
-                    target.name,
-                    op.chunk,
-                    op.generation
-                );
+                let what = WcError {
+                    worker: name.to_string(),
+                    op: spec.op,
+                    mr: target.name.clone(),
+                    addr: target.mapping.addr() + op.chunk as u64,
+                    len: msg as u64,
+                    posted_ns: op.posted_ns,
+                    failed_ns: monotonic_ns(),
+                    causes: Vec::new(),
+                    message: format!(
+                        "{name}: {} of {}+{:#x} (generation {}): {e}",
+                        spec.op.name(),
+                        target.name,
+                        op.chunk,
+                        op.generation
+                    ),
+                };
                 lane.recover(what, stats, &shared.counters, wc_errors)?;
                 in_flight.clear();
                 free_slots = (0..depth).rev().collect();
@@ -882,7 +934,7 @@ fn atomic_worker(
     shared: &Shared,
     stats: &mut TrafficStats,
     mismatches: &mut Vec<Mismatch>,
-    wc_errors: &mut Vec<String>,
+    wc_errors: &mut Vec<WcError>,
 ) -> Result<()> {
     let page = shared.page;
     let depth = spec.depth as usize;
@@ -936,11 +988,18 @@ fn atomic_worker(
         match lane.lb.wait(op.wr_id) {
             Ok(_) => {}
             Err(e @ (Error::Completion { .. } | Error::CompletionTimeout { .. })) => {
-                let what = format!(
-                    "{name}: fetch-add on {}+{:#x}: {e}",
-                    target.name,
-                    window.offset + op.page * page
-                );
+                let offset = window.offset + op.page * page;
+                let what = WcError {
+                    worker: name.to_string(),
+                    op: TrafficOp::FetchAdd,
+                    mr: target.name.clone(),
+                    addr: target.mapping.addr() + offset as u64,
+                    len: 8,
+                    posted_ns: op.posted_ns,
+                    failed_ns: monotonic_ns(),
+                    causes: Vec::new(),
+                    message: format!("{name}: fetch-add on {}+{offset:#x}: {e}", target.name),
+                };
                 lane.recover(what, stats, &shared.counters, wc_errors)?;
                 // Whether the flushed adds happened is unknown: those words resynchronise.
                 expected[op.page] = None;
@@ -1232,6 +1291,72 @@ pub fn match_actions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::{Finding, FindingKind};
+
+    fn gave_up(ts_ns: u64, start: u64, end: u64) -> Finding {
+        Finding {
+            ts_ns,
+            kind: FindingKind::HmmTimeout,
+            mr: Some(1),
+            pid: 7,
+            start,
+            end,
+            detail: format!("fault at {start:#x}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_request_is_explained_only_by_faults_on_its_memory_while_it_was_in_flight() {
+        let error = WcError {
+            worker: "reader".into(),
+            op: TrafficOp::Read,
+            mr: "buf".into(),
+            addr: 0x10_0000,
+            len: 0x1_0000,
+            posted_ns: 5_000_000_000,
+            failed_ns: 6_500_000_000,
+            message: "reader: read of buf+0x0: remote access error".into(),
+            causes: Vec::new(),
+        };
+        let findings = [
+            // On its last page, begun after the post: the cause.
+            gave_up(5_100_000_000, 0x10_f000, 0x11_0000),
+            // Just inside the reordering slack before the post: still a cause.
+            gave_up(4_995_000_000, 0x10_0000, 0x10_1000),
+            // Adjacent range, right time: another request's memory.
+            gave_up(5_100_000_000, 0x11_0000, 0x11_1000),
+            // Right range, but begun long before this request was posted.
+            gave_up(4_000_000_000, 0x10_0000, 0x10_1000),
+            // Right range, begun after the failure was already seen.
+            gave_up(6_600_000_000, 0x10_0000, 0x10_1000),
+        ];
+        let mut report = Report {
+            scenario: "s".into(),
+            seed: 1,
+            device: "rxe0".into(),
+            duration_s: 1.0,
+            stopped_early: false,
+            mrs: Vec::new(),
+            traffic: Vec::new(),
+            actions: BTreeMap::new(),
+            prefetch: Vec::new(),
+            mismatches: 0,
+            wc_errors: 1,
+            first_mismatches: Vec::new(),
+            first_wc_errors: vec![error],
+            worker_errors: Vec::new(),
+            action_log: Vec::new(),
+        };
+        report.explain_wc_errors(&findings);
+        let causes: Vec<u64> = report.first_wc_errors[0]
+            .causes
+            .iter()
+            .map(|f| f.ts_ns)
+            .collect();
+        assert_eq!(causes, vec![5_100_000_000, 4_995_000_000]);
+        report.explain_wc_errors(&[]);
+        assert!(report.first_wc_errors[0].causes.is_empty());
+    }
 
     fn record(action: Action, addr: u64, len: usize, start_ns: u64, end_ns: u64) -> ActionRecord {
         ActionRecord {

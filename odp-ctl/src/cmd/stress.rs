@@ -222,7 +222,10 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             .unwrap_or_else(|_| Err(odp_core::Error::invalid("the stress run panicked")));
         (report, engine)
     });
-    let report = report?;
+    let mut report = report?;
+    if let Some(Ok(engine)) = &engine {
+        report.explain_wc_errors(engine.gave_up());
+    }
     let probes = match engine {
         Some(Ok(engine)) => Probes {
             status: probe_status,
@@ -404,7 +407,13 @@ fn print_report(out: &Output, report: &Report, probes: &Probes) -> anyhow::Resul
         }
     }
     for e in &report.first_wc_errors {
-        println!("WC ERROR {e}");
+        println!("WC ERROR {}", e.message);
+        for f in &e.causes {
+            println!("    cause: {} {}", f.kind.name(), f.detail);
+        }
+        if e.causes.is_empty() && probes.summary.is_some() {
+            println!("    cause: no fault that gave up on this memory was seen by the probes");
+        }
     }
     for e in &report.worker_errors {
         println!("WORKER FAILED {e}");
