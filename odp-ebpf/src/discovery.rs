@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use bpf_common::{Group, Method, Point};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -47,8 +48,10 @@ pub struct KernelFacts {
     pub kprobe_refused: Option<String>,
     pub loaded_modules: Vec<String>,
     pub libibverbs: Option<PathBuf>,
+    /// kallsyms, read only when some point needs it (a kprobe, or no BTF for its function):
+    /// generating /proc/kallsyms is the slowest step of discovery, seconds in a TCG guest.
     #[serde(skip)]
-    symbols: HashMap<String, String>,
+    symbols: OnceLock<HashMap<String, String>>,
     #[serde(skip)]
     btf_funcs: HashSet<String>,
     pub tp_btf_page_fault: bool,
@@ -288,12 +291,7 @@ pub(crate) fn short_error(e: &libbpf_rs::Error) -> String {
 impl KernelFacts {
     /// Gathers the facts (needs root for kallsyms, BTF and the feature probe).
     pub fn gather() -> Self {
-        let wanted: HashSet<&str> = Point::ALL
-            .iter()
-            .filter(|p| is_function(p.group()))
-            .map(|p| p.target())
-            .chain(FEATURE_TARGETS.iter().copied())
-            .collect();
+        let wanted = wanted_functions();
         let loaded_modules = loaded_modules();
         let btf = scan_btf(&wanted, &loaded_modules);
         let (fentry_refused, kprobe_refused) = crate::quiet_libbpf(|| feature_probe(&btf.funcs));
@@ -301,7 +299,7 @@ impl KernelFacts {
             release: kernel_release(),
             fentry_refused,
             kprobe_refused,
-            symbols: kallsyms(&wanted),
+            symbols: OnceLock::new(),
             btf_funcs: btf.funcs,
             loaded_modules,
             libibverbs: find_libibverbs(),
@@ -361,18 +359,26 @@ impl KernelFacts {
             },
             group => {
                 let target = point.target();
-                let Some(symbol) = self.symbols.get(target) else {
-                    return Err(match group.module() {
-                        Some(m) if !self.loaded_modules.iter().any(|l| l == m) => {
-                            format!("module {m} not loaded")
-                        }
-                        _ => format!("{target} not in this kernel (renamed, inlined or absent)"),
-                    });
+                // A BTF record means the kernel has the function: kallsyms can wait.
+                if self.fentry_refused.is_none() && self.btf_funcs.contains(target) {
+                    return Ok((Method::Fentry, target.to_string()));
+                }
+                let module_absent = group.module().filter(|m| {
+                    !self.loaded_modules.iter().any(|l| l == m)
+                        && !Path::new("/sys/module").join(m).exists()
+                });
+                if let Some(m) = module_absent {
+                    return Err(format!("module {m} not loaded"));
+                }
+                let symbols = self.symbols.get_or_init(|| kallsyms(&wanted_functions()));
+                let Some(symbol) = symbols.get(target) else {
+                    return Err(format!(
+                        "{target} not in this kernel (renamed, inlined or absent)"
+                    ));
                 };
-                let fentry = match (&self.fentry_refused, self.btf_funcs.contains(target)) {
-                    (None, true) => return Ok((Method::Fentry, target.to_string())),
-                    (None, false) => format!("{target} has no BTF"),
-                    (Some(why), _) => format!("fentry {why}"),
+                let fentry = match &self.fentry_refused {
+                    None => format!("{target} has no BTF"),
+                    Some(why) => format!("fentry {why}"),
                 };
                 match &self.kprobe_refused {
                     None => Ok((Method::Kprobe, symbol.clone())),
@@ -381,6 +387,16 @@ impl KernelFacts {
             }
         }
     }
+}
+
+/// The kernel functions discovery looks up: the catalog's and the feature probe's.
+fn wanted_functions() -> HashSet<&'static str> {
+    Point::ALL
+        .iter()
+        .filter(|p| is_function(p.group()))
+        .map(|p| p.target())
+        .chain(FEATURE_TARGETS.iter().copied())
+        .collect()
 }
 
 pub(crate) fn is_function(group: Group) -> bool {
