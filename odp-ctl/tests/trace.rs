@@ -14,7 +14,7 @@ use odp_core::testing::device_or_skip;
 use odp_core::trace::Record;
 use odp_core::traffic::verify_loopback;
 use odp_core::verbs::{Access, Advice, Context, LoopbackConfig, LoopbackRc, MemoryRegion};
-use odp_ebpf::{Config, Session, Status};
+use odp_ebpf::{Config, Delivery, Session, Status};
 
 fn root_or_skip(test: &str) -> bool {
     if odp_ebpf::is_root() {
@@ -119,8 +119,10 @@ fn page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does() {
     };
     let mut events = Vec::new();
     session
-        .run(&stop, Some(Instant::now() + Duration::from_secs(60)), |e| {
-            events.push(*e)
+        .run(&stop, Some(Instant::now() + Duration::from_secs(60)), |d| {
+            if let Delivery::Event(e) = d {
+                events.push(*e)
+            }
         })
         .expect("read events");
     let records: Vec<Record> = events.iter().map(Record::from_event).collect();
@@ -320,7 +322,11 @@ fn odp_lifecycle_on_rxe_is_traced_with_matching_kinds_ranges_and_counts() {
         .run(
             &stop,
             Some(Instant::now() + Duration::from_secs(120)),
-            |e| events.push(*e),
+            |d| {
+                if let Delivery::Event(e) = d {
+                    events.push(*e)
+                }
+            },
         )
         .expect("read events");
     let records: Vec<Record> = events.iter().map(Record::from_event).collect();
@@ -486,7 +492,11 @@ fn the_range_filter_keeps_one_mr_and_drops_the_other_in_the_kernel() {
         .run(
             &stop,
             Some(Instant::now() + Duration::from_secs(120)),
-            |e| events.push(*e),
+            |d| {
+                if let Delivery::Event(e) = d {
+                    events.push(*e)
+                }
+            },
         )
         .expect("read events");
     let records: Vec<Record> = events.iter().map(Record::from_event).collect();
@@ -553,8 +563,10 @@ fn ibv_rc_pingpong_with_odp_is_traced_end_to_end() {
         };
         let mut events = Vec::new();
         session
-            .run(&stop, Some(Instant::now() + Duration::from_secs(90)), |e| {
-                events.push(*e)
+            .run(&stop, Some(Instant::now() + Duration::from_secs(90)), |d| {
+                if let Delivery::Event(e) = d {
+                    events.push(*e)
+                }
             })
             .expect("read events");
         let records: Vec<Record> = events.iter().map(Record::from_event).collect();
@@ -599,4 +611,34 @@ fn ibv_rc_pingpong_with_odp_is_traced_end_to_end() {
         assert_eq!(count("umem_release"), 2);
         assert_eq!(session.drops(), 0);
     }
+}
+
+/// A quiet stream is seen while it happens, not when the trace ends: the kernel side wakes the
+/// reader only for a large backlog, so the reader drains and flushes on its own every 20 ms.
+/// Runs on this host too (the page-fault tracepoint).
+#[test]
+fn a_quiet_stream_is_printed_while_the_traced_command_still_runs() {
+    if !root_or_skip("a_quiet_stream_is_printed_while_the_traced_command_still_runs") {
+        return;
+    }
+    let bin = std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").into());
+    // A few hundred faults while sh and sleep start, then three quiet seconds.
+    let mut child = Command::new(bin)
+        .args(["trace", "--points", "cpu", "--", "sh", "-c", "sleep 3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn odp-ctl trace");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("read the first event");
+    let first_seen = Instant::now();
+    std::io::copy(&mut stdout, &mut std::io::sink()).expect("read the rest");
+    assert!(child.wait().expect("wait").success());
+    let before_the_end = first_seen.elapsed();
+    assert!(first.contains("page_fault_user"), "{first}");
+    assert!(
+        before_the_end > Duration::from_millis(1500),
+        "the first event came only {before_the_end:?} before the trace ended"
+    );
 }

@@ -33,7 +33,7 @@ mod session;
 use std::sync::Mutex;
 
 pub use discovery::{find_libibverbs, EmptyPageFaultProbe, KernelFacts, PointPlan, Status};
-pub use session::{Config, Session};
+pub use session::{Config, Delivery, Session};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

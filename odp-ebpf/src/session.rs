@@ -62,6 +62,14 @@ type Rodata = crate::skel::types::rodata;
 /// for a backlog of an eighth of the buffer, so this bounds how stale a quiet stream gets.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// What `Session::run` hands its callback.
+pub enum Delivery<'a> {
+    Event(&'a OdpEvent),
+    /// The ring buffer was just drained (at least every POLL_INTERVAL while running): the
+    /// moment to flush buffered output, so a quiet stream is seen live.
+    Drained,
+}
+
 pub struct Session {
     // Links before the object: they must detach before the programs go away.
     links: Vec<Link>,
@@ -220,8 +228,11 @@ impl Session {
         &self,
         stop: &AtomicBool,
         deadline: Option<Instant>,
-        mut on_event: impl FnMut(&OdpEvent),
+        on_delivery: impl FnMut(Delivery<'_>),
     ) -> Result<()> {
+        // Shared by the ring buffer's callback and the drained notice after each drain.
+        let on_delivery = std::cell::RefCell::new(on_delivery);
+        let drained = || (on_delivery.borrow_mut())(Delivery::Drained);
         let events = self
             .object
             .maps()
@@ -231,7 +242,7 @@ impl Session {
         builder
             .add(&events, |data: &[u8]| {
                 if let Some(e) = OdpEvent::from_bytes(data) {
-                    on_event(&e);
+                    (on_delivery.borrow_mut())(Delivery::Event(&e));
                 }
                 0
             })
@@ -254,9 +265,15 @@ impl Session {
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::Bpf(short_error(&e))),
             }
+            // poll consumes only after a wake-up, and the kernel side wakes this reader only
+            // for a large backlog: without this, a quiet stream would wait for the session's
+            // end to be seen.
+            ring.consume().map_err(|e| Error::Bpf(short_error(&e)))?;
+            drained();
         }
         // Whatever arrived before the stop is still delivered.
         ring.consume().map_err(|e| Error::Bpf(short_error(&e)))?;
+        drained();
         Ok(())
     }
 

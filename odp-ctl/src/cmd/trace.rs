@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bpf_common::Point;
 use odp_core::trace::{monotonic_ns, write_json_line, Record};
-use odp_ebpf::{Config, Session, Status};
+use odp_ebpf::{Config, Delivery, Session, Status};
 use serde::Serialize;
 
 use super::launch::{report_child_status, spawn_gated, stop_on_signals, Gated, ProbeFilter};
@@ -132,17 +132,23 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let mut events = 0u64;
     let mut write_error = None;
     let watcher = gated.as_ref().map(|g| g.watch(&stop));
-    session.run(&stop, deadline, |e| {
-        events += 1;
-        if write_error.is_none() {
-            let written = if out.json {
-                write_json_line(&mut sink, e)
-            } else {
-                writeln!(sink, "{}", Record::from_event(e).human(t0))
-            };
-            if let Err(err) = written {
-                write_error = Some(err);
+    session.run(&stop, deadline, |delivery| {
+        if write_error.is_some() {
+            return;
+        }
+        let written = match delivery {
+            Delivery::Event(e) => {
+                events += 1;
+                if out.json {
+                    write_json_line(&mut sink, e)
+                } else {
+                    writeln!(sink, "{}", Record::from_event(e).human(t0))
+                }
             }
+            Delivery::Drained => sink.flush(),
+        };
+        if let Err(err) = written {
+            write_error = Some(err);
         }
     })?;
     let child_status = watcher.and_then(|w| w.join().ok());

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bpf_common::OdpEvent;
 use odp_core::trace::{write_json_line, Record};
-use odp_ebpf::{Config, Session, Status};
+use odp_ebpf::{Config, Delivery, Session, Status};
 
 /// Shared between the source thread and the consumer.
 #[derive(Default)]
@@ -107,7 +107,18 @@ pub fn live(
                 let _ = ready_tx.send(Ok((attached, plans.len())));
                 let mut since_drops = 0u32;
                 let mut write_error = None;
-                let result = session.run(&stop, deadline, |e| {
+                let result = session.run(&stop, deadline, |delivery| {
+                    let e = match delivery {
+                        Delivery::Event(e) => e,
+                        Delivery::Drained => {
+                            if let (Some(w), None) = (recorder.as_mut(), &write_error) {
+                                if let Err(err) = w.flush() {
+                                    write_error = Some(err);
+                                }
+                            }
+                            return;
+                        }
+                    };
                     if let Ok(mut pending) = shared.pending.lock() {
                         pending.push(*e);
                     }
