@@ -70,6 +70,14 @@ fn skip(test: &str) -> Option<String> {
 /// Runs a scenario for `seconds` with probes and returns the report, asserting the data check
 /// passed and every traffic worker moved data.
 fn run_clean(name: &str, seconds: &str) -> Value {
+    run_checked(name, seconds, None)
+}
+
+/// Runs an example scenario and checks it: exact data, probes attached, no drops, traffic on
+/// every worker. `known_wc_error`: a failed completion the driver is known to produce under
+/// this scenario (docs/FINDINGS.md), accepted with exit 7 when every failure is exactly that
+/// and named on stderr; anything else fails.
+fn run_checked(name: &str, seconds: &str, known_wc_error: Option<(&str, &str)>) -> Value {
     let mut cmd = odp_ctl();
     cmd.args(["--json", "stress"]).arg(scenario(name));
     if name != "phases" {
@@ -77,15 +85,37 @@ fn run_clean(name: &str, seconds: &str) -> Value {
     }
     let out = cmd.output().expect("run stress");
     let report = json(&out);
+    let known_failure = match (known_wc_error, out.status.code()) {
+        (Some((op, status)), Some(7)) => {
+            let errors = report["first_wc_errors"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let known = !errors.is_empty()
+                && errors.iter().all(|e| {
+                    e["op"] == op && e["message"].as_str().is_some_and(|m| m.contains(status))
+                });
+            assert!(known, "{name}: {errors:?}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "{name}: the driver failed {} {op}(s) with {status}, the known finding",
+                report["wc_errors"]
+            );
+            true
+        }
+        _ => false,
+    };
     assert!(
-        out.status.success(),
+        known_failure || out.status.success(),
         "{name}: exit {}: {}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr),
         serde_json::to_string_pretty(&report["first_mismatches"]).unwrap_or_default()
     );
     assert_eq!(report["mismatches"], 0, "{name}");
-    assert_eq!(report["wc_errors"], 0, "{name}");
+    if !known_failure {
+        assert_eq!(report["wc_errors"], 0, "{name}");
+    }
     assert_eq!(report["probes"]["status"], "attached", "{name}");
     assert_eq!(report["probes"]["summary"]["source"]["drops"], 0, "{name}");
     for t in report["traffic"].as_array().expect("traffic") {
@@ -195,7 +225,13 @@ fn thp_collapse_and_split_keep_data_and_reach_the_driver() {
     if skip("thp_collapse_and_split_keep_data_and_reach_the_driver").is_none() {
         return;
     }
-    let report = run_clean("thp", "3s");
+    // rxe sometimes fails an RDMA WRITE with "remote invalid request" while pages collapse or
+    // split under it, with no fault error or timeout in the probes (docs/FINDINGS.md #7).
+    let report = run_checked(
+        "thp",
+        "3s",
+        Some(("write", "remote invalid request error (9)")),
+    );
     // Contents are kept: nothing may read back as zero.
     for t in report["traffic"].as_array().expect("traffic") {
         assert_eq!(t["pages_zeroed_by_actions"], 0, "{t}");

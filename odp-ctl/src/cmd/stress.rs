@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::launch::stop_on_signals;
 use super::monitor::{feed, print_summary, watch};
-use crate::output::{table, DataMismatch, Output};
+use crate::output::{table, AlreadyReported, DataMismatch, Output};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -244,7 +244,9 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         },
     };
     print_report(out, &report, &probes)?;
-    verdict(&report)
+    // The report says it all already; in --json a second document would break the promise
+    // of one document per command.
+    verdict(&report).map_err(|e| AlreadyReported(e).into())
 }
 
 /// Without a screen: every event into the engine until the run ends and the probes drain.
