@@ -102,9 +102,9 @@ struct odp_event {
  * The record for PAGE_FAULT_USER, the one point that fires at a process's full fault rate: 56
  * bytes, one 64-byte cache line with the ring buffer's 8-byte record header, where struct
  * odp_event takes two, so the faulting CPU writes and the reader's CPU takes over half the
- * lines, and there is no memset or task flags read. Readers tell it
- * from struct odp_event by its length and expand it: start = address, end = address + 1,
- * aux = error_code, the rest zero as in a full PAGE_FAULT_USER event.
+ * lines, and there is no memset or task flags read. Readers tell it from struct odp_event by
+ * its length and expand it: start = address, end = address + 1, aux = error_code, the rest
+ * zero as in a full PAGE_FAULT_USER event.
  */
 struct odp_cpu_fault {
 	__u64 ts_ns;

@@ -403,6 +403,13 @@ mod tests {
         assert_eq!(std::mem::offset_of!(OdpCpuFault, comm), 40);
     }
 
+    /// A record as the ring buffer would hand it over.
+    fn bytes_of<T: Copy>(record: &T) -> &[u8] {
+        // SAFETY: only used with this module's repr(C) records, plain old data without
+        // padding (see event_layout_has_no_hidden_padding); the slice borrows the record.
+        unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }
+    }
+
     #[test]
     fn records_decode_and_short_ones_are_refused() {
         let mut e = OdpEvent {
@@ -413,10 +420,7 @@ mod tests {
             ..OdpEvent::default()
         };
         e.comm[..4].copy_from_slice(b"test");
-        // SAFETY: OdpEvent is plain old data; viewing it as bytes is sound.
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&e as *const OdpEvent).cast::<u8>(), size_of::<OdpEvent>())
-        };
+        let bytes = bytes_of(&e);
         let d = OdpEvent::from_bytes(bytes).expect("decodes");
         assert_eq!(d.point(), Some(Point::MapDma));
         assert_eq!(d.method(), Some(Method::Kprobe));
@@ -441,13 +445,7 @@ mod tests {
             comm: [0; 16],
         };
         f.comm[..10].copy_from_slice(b"fault_loop");
-        // SAFETY: OdpCpuFault is plain old data; viewing it as bytes is sound.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&f as *const OdpCpuFault).cast::<u8>(),
-                size_of::<OdpCpuFault>(),
-            )
-        };
+        let bytes = bytes_of(&f);
         assert_eq!(bytes.len(), 56);
         let mut expected = OdpEvent {
             ts_ns: 7,

@@ -99,6 +99,29 @@ pub struct WcError {
 }
 
 impl WcError {
+    /// A request on `target` at `offset` (of `len` bytes) that failed just now.
+    fn now(
+        worker: &str,
+        op: TrafficOp,
+        target: &Target,
+        offset: usize,
+        len: usize,
+        posted_ns: u64,
+        message: String,
+    ) -> Self {
+        WcError {
+            worker: worker.to_string(),
+            op,
+            mr: target.name.clone(),
+            addr: target.mapping.addr() + offset as u64,
+            len: len as u64,
+            posted_ns,
+            failed_ns: monotonic_ns(),
+            message,
+            causes: Vec::new(),
+        }
+    }
+
     /// Whether a kernel-side finding could have caused this error: it is on the request's
     /// range and began between the post (less the ring buffer's cross-CPU reordering slack)
     /// and the failed completion.
@@ -811,23 +834,15 @@ fn traffic_worker(
         match done {
             Ok(_) => {}
             Err(e @ (Error::Completion { .. } | Error::CompletionTimeout { .. })) => {
-                let what = WcError {
-                    worker: name.to_string(),
-                    op: spec.op,
-                    mr: target.name.clone(),
-                    addr: target.mapping.addr() + op.chunk as u64,
-                    len: msg as u64,
-                    posted_ns: op.posted_ns,
-                    failed_ns: monotonic_ns(),
-                    causes: Vec::new(),
-                    message: format!(
-                        "{name}: {} of {}+{:#x} (generation {}): {e}",
-                        spec.op.name(),
-                        target.name,
-                        op.chunk,
-                        op.generation
-                    ),
-                };
+                let message = format!(
+                    "{name}: {} of {}+{:#x} (generation {}): {e}",
+                    spec.op.name(),
+                    target.name,
+                    op.chunk,
+                    op.generation
+                );
+                let what =
+                    WcError::now(&name, spec.op, target, op.chunk, msg, op.posted_ns, message);
                 lane.recover(what, stats, &shared.counters, wc_errors)?;
                 in_flight.clear();
                 free_slots = (0..depth).rev().collect();
@@ -989,17 +1004,16 @@ fn atomic_worker(
             Ok(_) => {}
             Err(e @ (Error::Completion { .. } | Error::CompletionTimeout { .. })) => {
                 let offset = window.offset + op.page * page;
-                let what = WcError {
-                    worker: name.to_string(),
-                    op: TrafficOp::FetchAdd,
-                    mr: target.name.clone(),
-                    addr: target.mapping.addr() + offset as u64,
-                    len: 8,
-                    posted_ns: op.posted_ns,
-                    failed_ns: monotonic_ns(),
-                    causes: Vec::new(),
-                    message: format!("{name}: fetch-add on {}+{offset:#x}: {e}", target.name),
-                };
+                let message = format!("{name}: fetch-add on {}+{offset:#x}: {e}", target.name);
+                let what = WcError::now(
+                    &name,
+                    TrafficOp::FetchAdd,
+                    target,
+                    offset,
+                    8,
+                    op.posted_ns,
+                    message,
+                );
                 lane.recover(what, stats, &shared.counters, wc_errors)?;
                 // Whether the flushed adds happened is unknown: those words resynchronise.
                 expected[op.page] = None;
