@@ -88,8 +88,9 @@ fn page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does() {
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn child");
+    let child_pid = child.id();
     let config = Config {
-        pid: Some(child.id()),
+        pid: Some(child_pid),
         points: Some(vec![Point::PageFaultUser, Point::VerbsGetDevices]),
         range: Some((addr, addr + pages * page_size() as u64)),
         ..Config::default()
@@ -151,6 +152,20 @@ fn page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does() {
         .collect();
     assert_eq!(verbs.len() as u64, calls, "{verbs:?}");
     assert!(verbs.iter().all(|r| r.method == Method::Uprobe.name()));
+    // The fault program reads the task through its BTF pointer, the uprobe through helpers:
+    // the same thread did both, so both must name the same process, thread, task name and address space.
+    let identity = |r: &Record| (r.pid, r.tid, r.comm.to_string(), r.mm);
+    let fault_identities: BTreeSet<_> = records
+        .iter()
+        .filter(|r| r.point == "page_fault_user")
+        .map(identity)
+        .collect();
+    let verbs_identities: BTreeSet<_> = verbs.iter().map(|r| identity(r)).collect();
+    assert_eq!(fault_identities, verbs_identities);
+    assert_eq!(fault_identities.len(), 1, "{fault_identities:?}");
+    assert!(fault_identities.iter().all(|(pid, tid, comm, mm)| {
+        *pid == child_pid && *tid != 0 && !comm.is_empty() && *mm != 0
+    }));
     assert_eq!(session.hits(Point::PageFaultUser), pages);
     assert_eq!(session.drops(), 0);
 }

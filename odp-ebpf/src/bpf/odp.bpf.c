@@ -116,6 +116,17 @@ static __always_inline bool filtering(void)
 	return filter_tgid != 0 || filter_comm_set;
 }
 
+static __always_inline bool comm_selected(const char *comm)
+{
+	for (int i = 0; i < 16; i++) {
+		if (comm[i] != filter_comm[i])
+			return false;
+		if (!comm[i])
+			break;
+	}
+	return true;
+}
+
 /* Whether the current task is the one the user asked for (true when nothing was asked). */
 static __always_inline bool task_selected(void)
 {
@@ -125,14 +136,17 @@ static __always_inline bool task_selected(void)
 		char comm[16];
 
 		bpf_get_current_comm(comm, sizeof(comm));
-		for (int i = 0; i < 16; i++) {
-			if (comm[i] != filter_comm[i])
-				return false;
-			if (!comm[i])
-				break;
-		}
+		return comm_selected(comm);
 	}
 	return true;
+}
+
+/* task_selected for a task reached through its BTF pointer: plain loads, no helper calls. */
+static __always_inline bool btf_task_selected(struct task_struct *task)
+{
+	if (filter_tgid && task->tgid != filter_tgid)
+		return false;
+	return !filter_comm_set || comm_selected(task->comm);
 }
 
 static __always_inline __u64 current_mm(void)
@@ -368,12 +382,15 @@ static __always_inline int enter(__u32 point, const __u64 *a)
 	return 0;
 }
 
-static __always_inline void count(__u32 point)
+/* Counts a call of the point on this CPU and returns this CPU's count so far. */
+static __always_inline __u64 count(__u32 point)
 {
 	__u64 *n = bpf_map_lookup_elem(&hits, &point);
 
-	if (n)
-		*n += 1;
+	if (!n)
+		return 0;
+	*n += 1;
+	return *n;
 }
 
 static __always_inline void count_drop(void)
@@ -711,17 +728,31 @@ FUNC_POINT(mlx5_ib_page_fault_resume, ODP_POINT_MLX5_PF_RESUME)
 FUNC_POINT(mlx5_ib_advise_mr_prefetch, ODP_POINT_MLX5_ADVISE)
 FUNC_POINT(mlx5_ib_prefetch_mr_work, ODP_POINT_MLX5_PREFETCH_WORK)
 
-/* CPU page faults of the watched processes (optionally within [range_lo, range_hi)). */
-static __always_inline int page_fault(__u64 address, __u64 error_code, __u8 method)
+/*
+ * CPU page faults of the watched processes (optionally within [range_lo, range_hi)). This is the
+ * one point that fires at a process's full fault rate, and on the build host every helper call
+ * here costs the faulting task 1-4% of a fault (BENCHMARKS.md), so with a BTF task pointer
+ * (tp_btf) the task's ids, mm and name are plain loads; `task` is NULL for the classic
+ * tracepoint, which reads them through helpers. The reader's wake-up condition needs the ring's
+ * backlog, another helper call: it is asked once per 64 faults on this CPU, plenty against a
+ * threshold of an eighth of the ring.
+ */
+static __always_inline int page_fault(__u64 address, __u64 error_code, __u8 method,
+				      struct task_struct *task)
 {
 	struct odp_cpu_fault *e;
-	__u64 id;
+	bool selected;
+	__u64 n, flags;
 
-	if (!((filtering() && task_selected()) || (!filtering() && mm_watched(current_mm()))))
+	if (filtering())
+		selected = task ? btf_task_selected(task) : task_selected();
+	else
+		selected = mm_watched(task ? (__u64)task->mm : current_mm());
+	if (!selected)
 		return 0;
 	if (range_hi && (address < range_lo || address >= range_hi))
 		return 0;
-	count(ODP_POINT_PAGE_FAULT_USER);
+	n = count(ODP_POINT_PAGE_FAULT_USER);
 	if (!emit_events)
 		return 0;
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -729,19 +760,30 @@ static __always_inline int page_fault(__u64 address, __u64 error_code, __u8 meth
 		count_drop();
 		return 0;
 	}
-	id = bpf_get_current_pid_tgid();
 	/* Every field is written, so no memset: a user fault never runs in a kernel thread. */
 	e->ts_ns = bpf_ktime_get_ns();
-	e->mm = current_mm();
 	e->address = address;
-	e->pid = id >> 32;
-	e->tid = (__u32)id;
 	e->point = ODP_POINT_PAGE_FAULT_USER;
 	e->method = method;
 	e->flags = 0;
 	e->error_code = error_code;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	submit(e);
+	if (task) {
+		e->mm = (__u64)task->mm;
+		e->pid = task->tgid;
+		e->tid = task->pid;
+		__builtin_memcpy(e->comm, task->comm, sizeof(e->comm));
+	} else {
+		__u64 id = bpf_get_current_pid_tgid();
+
+		e->mm = current_mm();
+		e->pid = id >> 32;
+		e->tid = (__u32)id;
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
+	}
+	flags = n % 64 == 0 && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
+			BPF_RB_FORCE_WAKEUP :
+			BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
 	return 0;
 }
 
@@ -749,7 +791,7 @@ SEC("tp_btf/page_fault_user")
 int BPF_PROG(tp_btf_page_fault_user, unsigned long address, struct pt_regs *regs,
 	     unsigned long error_code)
 {
-	return page_fault(address, error_code, ODP_METHOD_TP_BTF);
+	return page_fault(address, error_code, ODP_METHOD_TP_BTF, bpf_get_current_task_btf());
 }
 
 /* The classic tracepoint's record: common header, then address, ip, error_code. */
@@ -763,7 +805,7 @@ struct page_fault_user_record {
 SEC("tracepoint/exceptions/page_fault_user")
 int tracepoint_page_fault_user(struct page_fault_user_record *rec)
 {
-	return page_fault(rec->address, rec->error_code, ODP_METHOD_TRACEPOINT);
+	return page_fault(rec->address, rec->error_code, ODP_METHOD_TRACEPOINT, NULL);
 }
 
 /* libibverbs, in user space. ibv_mr: context, pd, addr, length, handle, lkey, rkey. */
