@@ -66,6 +66,9 @@ impl From<OdpCpuFault> for OdpEvent {
     }
 }
 
+// A batch of compact records must never have the length of a full one.
+const _: () = assert!(size_of::<OdpEvent>() % size_of::<OdpCpuFault>() != 0);
+
 /// Copies a plain-old-data record out of ring-buffer bytes of exactly its size.
 fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
     if bytes.len() != std::mem::size_of::<T>() {
@@ -82,10 +85,19 @@ pub const FLAG_KTHREAD: u8 = 1 << 1;
 pub const FLAG_PREFETCH: u8 = 1 << 2;
 
 impl OdpEvent {
-    /// Decodes a ring-buffer record, full or compact (told apart by length); None for any
-    /// other length.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        read_record::<OdpEvent>(bytes).or_else(|| read_record::<OdpCpuFault>(bytes).map(Into::into))
+    /// Decodes a ring-buffer record, told apart by length: one full event, or one or more
+    /// compact CPU faults (the BPF side writes them in per-CPU batches); nothing for any other
+    /// length.
+    pub fn records(bytes: &[u8]) -> impl Iterator<Item = OdpEvent> + '_ {
+        let full = read_record::<OdpEvent>(bytes);
+        let compact = size_of::<OdpCpuFault>();
+        let faults = if full.is_none() && !bytes.is_empty() && bytes.len() % compact == 0 {
+            bytes.chunks_exact(compact)
+        } else {
+            bytes[..0].chunks_exact(compact)
+        };
+        full.into_iter()
+            .chain(faults.filter_map(|chunk| read_record::<OdpCpuFault>(chunk).map(Into::into)))
     }
 
     pub fn point(&self) -> Option<Point> {
@@ -421,13 +433,16 @@ mod tests {
         };
         e.comm[..4].copy_from_slice(b"test");
         let bytes = bytes_of(&e);
-        let d = OdpEvent::from_bytes(bytes).expect("decodes");
+        let decoded: Vec<OdpEvent> = OdpEvent::records(bytes).collect();
+        assert_eq!(decoded.len(), 1);
+        let d = decoded[0];
         assert_eq!(d.point(), Some(Point::MapDma));
         assert_eq!(d.method(), Some(Method::Kprobe));
         assert_eq!(d.comm(), "test");
         assert!(d.has_ret() && d.ret == -16);
-        assert!(OdpEvent::from_bytes(&bytes[..119]).is_none());
-        assert!(OdpEvent::from_bytes(&[0u8; 129]).is_none());
+        assert_eq!(OdpEvent::records(&bytes[..119]).count(), 0);
+        assert_eq!(OdpEvent::records(&[0u8; 129]).count(), 0);
+        assert_eq!(OdpEvent::records(&[]).count(), 0);
     }
 
     #[test]
@@ -460,7 +475,22 @@ mod tests {
             ..OdpEvent::default()
         };
         expected.comm = f.comm;
-        assert_eq!(OdpEvent::from_bytes(bytes), Some(expected));
-        assert!(OdpEvent::from_bytes(&bytes[..55]).is_none());
+        assert_eq!(OdpEvent::records(bytes).collect::<Vec<_>>(), vec![expected]);
+        assert_eq!(OdpEvent::records(&bytes[..55]).count(), 0);
+
+        // A batch: consecutive compact records in one ring-buffer record, in order.
+        let mut batch = Vec::new();
+        let mut want = Vec::new();
+        for i in 0..3u64 {
+            let mut g = f;
+            g.address += i * 4096;
+            batch.extend_from_slice(bytes_of(&g));
+            let mut e = expected;
+            e.start += i * 4096;
+            e.end += i * 4096;
+            want.push(e);
+        }
+        assert_eq!(OdpEvent::records(&batch).collect::<Vec<_>>(), want);
+        assert_eq!(OdpEvent::records(&batch[..batch.len() - 1]).count(), 0);
     }
 }

@@ -74,7 +74,8 @@ fn page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does() {
     if !root_or_skip(test) {
         return;
     }
-    let (pages, calls) = (37u64, 3u64);
+    // More than two of the BPF side's 64-fault batches, so full and partial batches are both read.
+    let (pages, calls) = (150u64, 3u64);
     let addr = 0x6f00_0000_0000u64 + u64::from(std::process::id()) * 0x1000_0000;
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
         .args([

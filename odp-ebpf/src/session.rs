@@ -61,6 +61,9 @@ type Rodata = crate::skel::types::rodata;
 /// How often the reader drains the ring buffer without a wake-up: the kernel side wakes it only
 /// for a backlog of an eighth of the buffer, so this bounds how stale a quiet stream gets.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Longer than the BPF side's CPU_FAULT_FLUSH_NS (10 ms), after which a partial batch of CPU
+/// faults is in the ring.
+const CPU_FAULT_FLUSH: Duration = Duration::from_millis(25);
 
 /// What `Session::run` hands its callback.
 pub enum Delivery<'a> {
@@ -241,7 +244,7 @@ impl Session {
         let mut builder = RingBufferBuilder::new();
         builder
             .add(&events, |data: &[u8]| {
-                if let Some(e) = OdpEvent::from_bytes(data) {
+                for e in OdpEvent::records(data) {
                     (on_delivery.borrow_mut())(Delivery::Event(&e));
                 }
                 0
@@ -271,7 +274,9 @@ impl Session {
             ring.consume().map_err(|e| Error::Bpf(short_error(&e)))?;
             drained();
         }
-        // Whatever arrived before the stop is still delivered.
+        // Whatever arrived before the stop is still delivered, including the CPU faults still
+        // in a per-CPU batch, which its timer writes out within CPU_FAULT_FLUSH.
+        std::thread::sleep(CPU_FAULT_FLUSH);
         ring.consume().map_err(|e| Error::Bpf(short_error(&e)))?;
         drained();
         Ok(())
@@ -443,6 +448,12 @@ fn configure(open: &mut OpenObject, config: &Config) -> Result<()> {
         if name == "events" {
             map.set_max_entries(config.ring_bytes)
                 .map_err(|e| Error::Bpf(format!("ring buffer size: {}", short_error(&e))))?;
+        } else if name == "cpu_fault_batches" {
+            let cpus = libbpf_rs::num_possible_cpus()
+                .map_err(|e| Error::Bpf(format!("possible CPUs: {}", short_error(&e))))?;
+            let cpus = u32::try_from(cpus).map_err(|_| Error::Bpf("too many CPUs".into()))?;
+            map.set_max_entries(cpus)
+                .map_err(|e| Error::Bpf(format!("CPU fault batches: {}", short_error(&e))))?;
         } else if name.ends_with(".rodata") {
             let bytes = map
                 .initial_value_mut()
