@@ -24,7 +24,8 @@ pub struct ProbeFilter {
     #[arg(long)]
     pub device: Option<String>,
     /// Only events whose address range overlaps ADDR:LEN (e.g. an MR: 0x7f3a00000000:4M);
-    /// events without a range (library calls without one) pass.
+    /// an empty range counts by its address; events without an address (library calls without
+    /// one) pass.
     #[arg(long, value_name = "ADDR:LEN", value_parser = parse_range)]
     pub range: Option<(usize, usize)>,
     /// Report notifier and HMM activity of every process, not only those owning ODP memory.

@@ -605,11 +605,14 @@ static __always_inline void fill(struct odp_event *e, __u32 point, const __u64 *
 	}
 }
 
-/* False for an event with an address range outside the address filter. */
+/* False for an event with an address outside the address filter. An empty range (a zero-length
+ * copy or unmap) still has its address; only events with no address at all pass. */
 static __always_inline bool range_selected(const struct odp_event *e)
 {
-	if (!range_hi || e->end <= e->start)
+	if (!range_hi || !e->start)
 		return true;
+	if (e->end <= e->start)
+		return e->start >= range_lo && e->start < range_hi;
 	return e->start < range_hi && range_lo < e->end;
 }
 
