@@ -393,13 +393,13 @@ static __always_inline __u64 count(__u32 point)
 	return *n;
 }
 
-static __always_inline void count_drop(void)
+static __always_inline void count_drops(__u64 lost)
 {
 	__u32 zero = 0;
 	__u64 *d = bpf_map_lookup_elem(&drops, &zero);
 
 	if (d)
-		*d += 1;
+		*d += lost;
 }
 
 static __always_inline struct odp_event *reserve(void)
@@ -407,17 +407,21 @@ static __always_inline struct odp_event *reserve(void)
 	struct odp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
 	if (!e)
-		count_drop();
+		count_drops(1);
 	return e;
+}
+
+/* Wakes the reader only once a backlog of wakeup_bytes is waiting. */
+static __always_inline __u64 wakeup_flags(void)
+{
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP :
+									      BPF_RB_NO_WAKEUP;
 }
 
 /* Submits any record reserved from the events ring. */
 static __always_inline void submit(void *e)
 {
-	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
-			      BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-
-	bpf_ringbuf_submit(e, flags);
+	bpf_ringbuf_submit(e, wakeup_flags());
 }
 
 static __always_inline void header(struct odp_event *e, __u32 point, __u8 method)
@@ -605,6 +609,12 @@ static __always_inline void fill(struct odp_event *e, __u32 point, const __u64 *
 	}
 }
 
+/* Whether an address is inside the address filter [range_lo, range_hi) (which is set). */
+static __always_inline bool address_selected(__u64 address)
+{
+	return address >= range_lo && address < range_hi;
+}
+
 /* False for an event with an address outside the address filter. An empty range (a zero-length
  * copy or unmap) still has its address; only events with no address at all pass. */
 static __always_inline bool range_selected(const struct odp_event *e)
@@ -612,7 +622,7 @@ static __always_inline bool range_selected(const struct odp_event *e)
 	if (!range_hi || !e->start)
 		return true;
 	if (e->end <= e->start)
-		return e->start >= range_lo && e->start < range_hi;
+		return address_selected(e->start);
 	return e->start < range_hi && range_lo < e->end;
 }
 
@@ -770,9 +780,7 @@ struct {
  * per 64 faults on this CPU, plenty against a threshold of an eighth of the ring. */
 static __always_inline __u64 cpu_fault_wakeup(__u64 n)
 {
-	return n % 64 == 0 && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
-		       BPF_RB_FORCE_WAKEUP :
-		       BPF_RB_NO_WAKEUP;
+	return n % 64 == 0 ? wakeup_flags() : BPF_RB_NO_WAKEUP;
 }
 
 static __always_inline void write_cpu_fault_batch(struct cpu_fault_batch *b, __u64 flags)
@@ -782,13 +790,8 @@ static __always_inline void write_cpu_fault_batch(struct cpu_fault_batch *b, __u
 	if (n > CPU_FAULT_BATCH)
 		n = CPU_FAULT_BATCH;
 	b->n = 0;
-	if (n && bpf_ringbuf_output(&events, b->rec, n * sizeof(b->rec[0]), flags)) {
-		__u32 zero = 0;
-		__u64 *d = bpf_map_lookup_elem(&drops, &zero);
-
-		if (d)
-			*d += n;
-	}
+	if (n && bpf_ringbuf_output(&events, b->rec, n * sizeof(b->rec[0]), flags))
+		count_drops(n);
 }
 
 static int flush_cpu_fault_batch(void *map, __u32 *key, struct cpu_fault_batch *b)
@@ -828,7 +831,7 @@ static __always_inline int page_fault(__u64 address, __u64 error_code, __u8 meth
 		selected = mm_watched(task ? (__u64)task->mm : current_mm());
 	if (!selected)
 		return 0;
-	if (range_hi && (address < range_lo || address >= range_hi))
+	if (range_hi && !address_selected(address))
 		return 0;
 	n = count(ODP_POINT_PAGE_FAULT_USER);
 	if (!emit_events)
@@ -845,7 +848,7 @@ static __always_inline int page_fault(__u64 address, __u64 error_code, __u8 meth
 	} else {
 		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 		if (!e) {
-			count_drop();
+			count_drops(1);
 			return 0;
 		}
 	}
