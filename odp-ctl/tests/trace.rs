@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bpf_common::{Method, Point};
+use bpf_common::{Method, OdpEvent, Point};
 use odp_core::memory::{page_size, Backing, Mapping};
 use odp_core::testing::device_or_skip;
 use odp_core::trace::Record;
@@ -25,6 +25,7 @@ fn root_or_skip(test: &str) -> bool {
 }
 
 const CHILD_ENV: &str = "ODP_TRACE_CHILD";
+const THREADED_CHILD_ENV: &str = "ODP_TRACE_THREADED_CHILD";
 
 /// Child mode: waits for a line on stdin, then faults `pages` fresh pages at `addr` and calls
 /// ibv_get_device_list `calls` times. Does nothing when run as an ordinary test.
@@ -68,39 +69,103 @@ fn child_workload() {
     }
 }
 
+/// Child mode: pins itself to one CPU, waits for a line on stdin, then faults `pages` fresh
+/// pages per thread at `addr` (thread i owns region i) from threads that follow each other on
+/// that CPU: `sequential` threads one after the other (each may get the stack of the one before),
+/// then two at once yielding after every page. Prints "region tid" for each thread.
 #[test]
-fn page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does() {
-    let test = "page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does";
-    if !root_or_skip(test) {
+fn threaded_child_workload() {
+    let Ok(spec) = std::env::var(THREADED_CHILD_ENV) else {
         return;
+    };
+    let mut parts = spec
+        .split(':')
+        .map(|p| p.parse::<usize>().expect("child spec"));
+    let (addr, pages, sequential) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity get a valid pointer.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
     }
-    // More than two of the BPF side's 64-fault batches, so full and partial batches are both read.
-    let (pages, calls) = (150u64, 3u64);
-    let addr = 0x6f00_0000_0000u64 + u64::from(std::process::id()) * 0x1000_0000;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).expect("gate");
+    let region = pages * page_size();
+    let threads = sequential + 2;
+    // SAFETY: a fresh private mapping at an address the parent chose; NOREPLACE refuses to
+    // clobber anything already there.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            region * threads,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(p as usize, addr, "mmap at the chosen address");
+    // SAFETY: the range was just mapped; no huge pages, so each page faults on its own.
+    unsafe { libc::madvise(p, region * threads, libc::MADV_NOHUGEPAGE) };
+    let fault_region = move |index: usize, yield_each: bool| {
+        for i in 0..pages {
+            // SAFETY: inside region `index` of the mapping; each page faults exactly once.
+            unsafe {
+                std::ptr::write_volatile((addr + index * region + i * page_size()) as *mut u8, 1)
+            };
+            if yield_each {
+                std::thread::yield_now();
+            }
+        }
+        // SAFETY: gettid has no preconditions.
+        (index, unsafe { libc::gettid() })
+    };
+    let mut owners = Vec::new();
+    for index in 0..sequential {
+        owners.push(
+            std::thread::spawn(move || fault_region(index, false))
+                .join()
+                .expect("thread"),
+        );
+    }
+    let pair: Vec<_> = (sequential..threads)
+        .map(|index| std::thread::spawn(move || fault_region(index, true)))
+        .collect();
+    owners.extend(pair.into_iter().map(|t| t.join().expect("thread")));
+    for (index, tid) in owners {
+        println!("region {index} {tid}");
+    }
+}
+
+/// Starts this test binary in a child mode under a probe session, releases it once the probes
+/// are attached, and reads events until it exits: (child pid, events, its stdout, the session).
+fn trace_child(
+    mode: &str,
+    env: &str,
+    spec: String,
+    config: impl FnOnce(u32) -> Config,
+) -> (u32, Vec<OdpEvent>, String, Session) {
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "child_workload",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, format!("{addr}:{pages}:{calls}"))
+        .args(["--exact", mode, "--nocapture", "--test-threads=1"])
+        .env(env, spec)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .expect("spawn child");
     let child_pid = child.id();
-    let config = Config {
-        pid: Some(child_pid),
-        points: Some(vec![Point::PageFaultUser, Point::VerbsGetDevices]),
-        range: Some((addr, addr + pages * page_size() as u64)),
-        ..Config::default()
-    };
+    let config = config(child_pid);
     let session = Session::start(&config).expect("probe session");
     for p in session
         .plans()
         .iter()
-        .filter(|p| p.point == Point::PageFaultUser || p.point == Point::VerbsGetDevices)
+        .filter(|p| config.points.as_ref().is_some_and(|s| s.contains(&p.point)))
     {
         assert_eq!(p.status, Status::Attached, "{p:?}");
     }
@@ -110,13 +175,16 @@ fn page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does() {
         .expect("stdin")
         .write_all(b"go\n")
         .expect("release child");
+    let mut stdout = child.stdout.take().expect("stdout");
     let stop = Arc::new(AtomicBool::new(false));
     let waiter = {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
+            let mut out = String::new();
+            std::io::Read::read_to_string(&mut stdout, &mut out).expect("child stdout");
             let status = child.wait();
             stop.store(true, Ordering::Relaxed);
-            status
+            status.map(|s| (s, out))
         })
     };
     let mut events = Vec::new();
@@ -127,8 +195,32 @@ fn page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does() {
             }
         })
         .expect("read events");
+    let (status, out) = waiter.join().expect("waiter").expect("child");
+    assert!(status.success(), "child failed: {out}");
+    (child_pid, events, out, session)
+}
+
+#[test]
+fn page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does() {
+    let test = "page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does";
+    if !root_or_skip(test) {
+        return;
+    }
+    // More than two of the BPF side's 64-fault batches, so full and partial batches are both read.
+    let (pages, calls) = (150u64, 3u64);
+    let addr = 0x6f00_0000_0000u64 + u64::from(std::process::id()) * 0x1000_0000;
+    let (child_pid, events, _, session) = trace_child(
+        "child_workload",
+        CHILD_ENV,
+        format!("{addr}:{pages}:{calls}"),
+        |pid| Config {
+            pid: Some(pid),
+            points: Some(vec![Point::PageFaultUser, Point::VerbsGetDevices]),
+            range: Some((addr, addr + pages * page_size() as u64)),
+            ..Config::default()
+        },
+    );
     let records: Vec<Record> = events.iter().map(Record::from_event).collect();
-    assert!(waiter.join().expect("waiter").expect("child").success());
 
     let faults: BTreeSet<u64> = records
         .iter()
@@ -168,6 +260,55 @@ fn page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does() {
         *pid == child_pid && *tid != 0 && !comm.is_empty() && *mm != 0
     }));
     assert_eq!(session.hits(Point::PageFaultUser), pages);
+    assert_eq!(session.drops(), 0);
+}
+
+/// The fault program remembers the last faulting task per CPU; threads that take turns on one
+/// CPU, and threads that may inherit the stack of one that just exited, must each still be
+/// named as the thread that faulted.
+#[test]
+fn each_fault_is_attributed_to_the_thread_that_took_it() {
+    if !root_or_skip("each_fault_is_attributed_to_the_thread_that_took_it") {
+        return;
+    }
+    let (pages, sequential) = (40usize, 4usize);
+    let region = pages * page_size();
+    let addr = 0x6e00_0000_0000usize + std::process::id() as usize * 0x1000_0000;
+    let end = addr + region * (sequential + 2);
+    let (child_pid, events, out, session) = trace_child(
+        "threaded_child_workload",
+        THREADED_CHILD_ENV,
+        format!("{addr}:{pages}:{sequential}"),
+        |pid| Config {
+            pid: Some(pid),
+            points: Some(vec![Point::PageFaultUser]),
+            range: Some((addr as u64, end as u64)),
+            ..Config::default()
+        },
+    );
+    let records: Vec<Record> = events.iter().map(Record::from_event).collect();
+    let owner: std::collections::BTreeMap<usize, u32> = out
+        .lines()
+        // The harness's "test ... " may precede the first line.
+        .filter_map(|l| l.split_once("region ").map(|(_, rest)| rest))
+        .map(|l| {
+            let (index, tid) = l.split_once(' ').expect("region line");
+            (index.parse().expect("index"), tid.parse().expect("tid"))
+        })
+        .collect();
+    assert_eq!(owner.len(), sequential + 2, "{out}");
+    let mut per_region = vec![0usize; sequential + 2];
+    for r in records.iter().filter(|r| r.point == "page_fault_user") {
+        let index = (r.start as usize - addr) / region;
+        per_region[index] += 1;
+        assert_eq!(
+            (r.pid, r.tid),
+            (child_pid, owner[&index]),
+            "fault at {:#x} (region {index}) named the wrong thread: {r:?}",
+            r.start
+        );
+    }
+    assert_eq!(per_region, vec![pages; sequential + 2]);
     assert_eq!(session.drops(), 0);
 }
 

@@ -744,13 +744,14 @@ FUNC_POINT(mlx5_ib_prefetch_mr_work, ODP_POINT_MLX5_PREFETCH_WORK)
 /*
  * CPU page faults of the watched processes (optionally within [range_lo, range_hi)). This is the
  * one point that fires at a process's full fault rate, and on the build host every helper call
- * here costs the faulting task 1-4% of a fault (BENCHMARKS.md). So with a BTF task pointer
- * (tp_btf) the task's ids, mm and name are plain loads and records are batched per CPU: one
- * ring-buffer write per CPU_FAULT_BATCH faults, and a timer pinned to the CPU writes out a
- * partial batch within CPU_FAULT_FLUSH_NS, so a quiet stream is still seen live. The timer
- * callback (softirq) and this program (a user-mode fault, interrupts off) never run at the same
- * time on one CPU, so a CPU's batch needs no lock. The classic tracepoint (`task` NULL) reads
- * the task through helpers and writes each record on its own.
+ * here costs the faulting task 1-4% of a fault (BENCHMARKS.md). So under tp_btf the task is
+ * found without a helper on most faults (faulting_task), its ids, mm and name are plain loads,
+ * and records are batched per CPU: one ring-buffer write per CPU_FAULT_BATCH faults, and a
+ * timer pinned to the CPU writes out a partial batch within CPU_FAULT_FLUSH_NS, so a quiet
+ * stream is still seen live. The timer callback (softirq) and this program (a user-mode fault,
+ * interrupts off) never run at the same time on one CPU, so a CPU's batch needs no lock. The
+ * classic tracepoint (`task` NULL) reads the task through helpers and writes each record on its
+ * own.
  */
 #define CPU_FAULT_BATCH 64
 #define CPU_FAULT_FLUSH_CLOCK 1 /* CLOCK_MONOTONIC */
@@ -886,11 +887,58 @@ static __always_inline int page_fault(__u64 address, __u64 error_code, __u8 meth
 	return 0;
 }
 
+/*
+ * The task of the last user fault on each CPU, so that the next fault of the same thread finds
+ * its task without bpf_get_current_task_btf (a helper call: about 1% of a fault on the build
+ * host). A user fault's registers sit at a fixed offset in the faulting task's stack, so the
+ * cached task is the current one exactly when its stack is where the registers are: two live
+ * tasks never share a stack, and a dead task's stack pointer is cleared before its stack can
+ * go to another task. Fields are read afresh on every fault (exec and prctl change them).
+ */
+struct fault_task_cache {
+	__u64 task;
+	/* Where the user registers sit from the stack's base, learned from a real current task. */
+	__u64 regs_offset;
+	/* The registers' address as a number: stored here, it reads back as a scalar. */
+	__u64 regs;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fault_task_cache);
+} fault_tasks SEC(".maps");
+
+/* Since 6.2; without it every fault asks the helper. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+static __always_inline struct task_struct *faulting_task(struct pt_regs *regs)
+{
+	__u32 zero = 0;
+	struct fault_task_cache *c = bpf_map_lookup_elem(&fault_tasks, &zero);
+	struct task_struct *task;
+
+	if (!c || !bpf_ksym_exists(bpf_rdonly_cast))
+		return bpf_get_current_task_btf();
+	c->regs = (__u64)regs;
+	if (c->task) {
+		/* Loads through this pointer are fault-checked: a stale one cannot crash. */
+		task = bpf_rdonly_cast((void *)c->task, bpf_core_type_id_kernel(struct task_struct));
+		if (c->regs - (__u64)task->stack == c->regs_offset)
+			return task;
+	}
+	task = bpf_get_current_task_btf();
+	c->task = (__u64)task;
+	c->regs_offset = c->regs - (__u64)task->stack;
+	return task;
+}
+
 SEC("tp_btf/page_fault_user")
 int BPF_PROG(tp_btf_page_fault_user, unsigned long address, struct pt_regs *regs,
 	     unsigned long error_code)
 {
-	return page_fault(address, error_code, ODP_METHOD_TP_BTF, bpf_get_current_task_btf());
+	return page_fault(address, error_code, ODP_METHOD_TP_BTF, faulting_task(regs));
 }
 
 /* The classic tracepoint's record: common header, then address, ip, error_code. */
