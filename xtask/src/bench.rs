@@ -43,13 +43,18 @@ fn field(text: &str, name: &str) -> Option<f64> {
 }
 
 fn median(v: &mut [f64]) -> f64 {
+    quantile(v, 0.5)
+}
+
+/// The q-quantile (0..=1) with linear interpolation between the two nearest samples.
+fn quantile(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    let Some(last) = v.len().checked_sub(1) else {
+        return f64::NAN;
+    };
+    let at = q * last as f64;
+    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (at - lo as f64)
 }
 
 fn ensure_bpftrace() -> Result<PathBuf> {
@@ -110,7 +115,10 @@ pub fn probes(rounds: usize, pages: usize, loops: usize) -> Result<()> {
     let mut drops = 0u64;
     let mut streamed_events = Vec::new();
     for round in 0..rounds {
-        for (i, name) in conditions.iter().enumerate() {
+        // Each round starts one condition later, so none always runs right after another
+        // (bpftrace's teardown, say) and position effects spread over all of them.
+        for i in (0..conditions.len()).map(|k| (k + round) % conditions.len()) {
+            let name = &conditions[i];
             let ns = match *name {
                 "untraced" => ns_per_fault(Command::new(&workload[0]).args(&workload[1..]))?,
                 "empty-program" => ns_per_fault(Command::new(&empty_probe).args(&workload))?,
@@ -150,27 +158,30 @@ pub fn probes(rounds: usize, pages: usize, loops: usize) -> Result<()> {
     }
     let base = median(&mut samples[0].clone());
     println!(
-        "\nhost probe overhead: {rounds} rounds x {} faults each, medians (interleaved)",
+        "\nhost probe overhead: {rounds} rounds x {} faults each, medians (interleaved, rotated)",
         pages * loops
     );
     // The paired column divides each run by the untraced run of its own round before taking
     // the median, so drifts of this noisy host slower than a round cancel out.
     println!(
-        "{:<16} {:>12} {:>12} {:>12}",
+        "{:<16} {:>12} {:>12} {:>12}   paired quartiles",
         "condition", "ns/fault", "vs untraced", "paired"
     );
-    for (i, name) in conditions.iter().enumerate() {
+    let percent = |ratio: f64| (ratio - 1.0) * 100.0;
+    println!("{:<16} {base:>12.1}", conditions[0]);
+    for (i, name) in conditions.iter().enumerate().skip(1) {
         let mut paired: Vec<f64> = samples[i]
             .iter()
             .zip(&samples[0])
             .map(|(traced, untraced)| traced / untraced)
             .collect();
-        let paired = median(&mut paired);
         let m = median(&mut samples[i]);
         println!(
-            "{name:<16} {m:>12.1} {:>+11.1}% {:>+11.1}%",
-            (m / base - 1.0) * 100.0,
-            (paired - 1.0) * 100.0
+            "{name:<16} {m:>12.1} {:>+11.1}% {:>+11.1}%   {:+.1}% .. {:+.1}%",
+            percent(m / base),
+            percent(median(&mut paired)),
+            percent(quantile(&mut paired, 0.25)),
+            percent(quantile(&mut paired, 0.75)),
         );
     }
     println!(
