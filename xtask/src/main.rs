@@ -83,13 +83,14 @@ pub struct VmOpts {
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Host probe overhead on a page-faulting process: untraced vs counting vs streaming vs
-    /// bpftrace, interleaved, medians.
+    /// bpftrace, interleaved, medians. Many short rounds pair better on a noisy host than a few
+    /// long ones.
     Probes {
-        #[arg(long, default_value_t = 7)]
+        #[arg(long, default_value_t = 21)]
         rounds: usize,
         #[arg(long, default_value_t = 65536)]
         pages: usize,
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 4)]
         loops: usize,
     },
     /// The monitor: engine events/s, `--replay --summary` events/s, TUI CPU under a paced stream.
