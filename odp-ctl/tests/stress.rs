@@ -135,19 +135,35 @@ fn run_checked(name: &str, seconds: &str, known_wc_error: Option<(&str, &str)>) 
 }
 
 /// Every action of this kind that succeeded has an invalidation event inside its time window
-/// over its range, and the driver saw at least that many invalidations of `cause`.
+/// over its range, and the driver saw at least that many invalidations of `cause`, except for
+/// as many as the kernel says it skipped program runs (docs/FINDINGS.md #8): with none skipped,
+/// every action must be seen.
 fn every_action_seen(report: &Value, action: &str, cause: &str) {
     let done = report["actions"][action]["done"].as_u64().unwrap_or(0);
     assert!(done > 0, "no {action} ran: {}", report["actions"]);
     let m = &report["probes"]["matching"][action];
     assert_eq!(m["actions"], done, "{action}");
-    assert_eq!(m["matched"], done, "{action} not seen by the probes: {m}");
+    let missed = report["probes"]["summary"]["source"]["missed"]
+        .as_u64()
+        .expect("the summary counts skipped program runs");
+    let matched = m["matched"].as_u64().unwrap_or(0);
+    assert!(
+        matched + missed >= done,
+        "{action} not seen by the probes ({missed} program runs skipped): {m}"
+    );
+    if matched < done {
+        let _ = writeln!(
+            std::io::stderr(),
+            "{action}: {} of {done} unseen, within the {missed} program runs the kernel skipped",
+            done - matched
+        );
+    }
     let by_cause = report["probes"]["summary"]["totals"]["invalidations_by_cause"][cause]
         .as_u64()
         .unwrap_or(0);
     assert!(
-        by_cause >= done,
-        "{cause} invalidations {by_cause} < {done} {action}"
+        by_cause + missed >= done,
+        "{cause} invalidations {by_cause} < {done} {action} ({missed} program runs skipped)"
     );
 }
 

@@ -27,24 +27,23 @@ fn root_or_skip(test: &str) -> bool {
 const CHILD_ENV: &str = "ODP_TRACE_CHILD";
 const THREADED_CHILD_ENV: &str = "ODP_TRACE_THREADED_CHILD";
 
-/// Child mode: waits for a line on stdin, then faults `pages` fresh pages at `addr` and calls
-/// ibv_get_device_list `calls` times. Does nothing when run as an ordinary test.
-#[test]
-fn child_workload() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
-        return;
-    };
+/// The three numbers a child mode finds in its environment variable; None in an ordinary run.
+fn child_spec(env: &str) -> Option<[usize; 3]> {
+    let spec = std::env::var(env).ok()?;
     let mut parts = spec
         .split(':')
-        .map(|p| p.parse::<u64>().expect("child spec"));
-    let (addr, pages, calls) = (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    );
+        .map(|p| p.parse::<usize>().expect("child spec"));
+    Some([(); 3].map(|_| parts.next().unwrap_or(0)))
+}
+
+/// Waits until the parent has attached its probes and writes a line.
+fn wait_for_gate() {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).expect("gate");
-    let len = pages as usize * page_size();
+}
+
+/// Maps `len` fresh bytes at `addr`, without huge pages so that each page faults on its own.
+fn map_fresh_at(addr: usize, len: usize) {
     // SAFETY: a fresh private mapping at an address the parent chose; NOREPLACE refuses to
     // clobber anything already there.
     let p = unsafe {
@@ -57,12 +56,29 @@ fn child_workload() {
             0,
         )
     };
-    assert_eq!(p as u64, addr, "mmap at the chosen address");
-    // SAFETY: the range was just mapped; no huge pages, so each page faults on its own.
+    assert_eq!(p as usize, addr, "mmap at the chosen address");
+    // SAFETY: the range was just mapped.
     unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
-    for i in 0..pages as usize {
-        // SAFETY: inside the mapping; a volatile write makes each page fault exactly once.
-        unsafe { std::ptr::write_volatile((p as *mut u8).add(i * page_size()), 1) };
+}
+
+/// Faults page `page` of a mapping made by map_fresh_at, exactly once.
+fn touch_page(addr: usize, page: usize) {
+    // SAFETY: callers pass pages inside a live mapping of this process; a volatile write
+    // makes the page fault exactly once.
+    unsafe { std::ptr::write_volatile((addr + page * page_size()) as *mut u8, 1) };
+}
+
+/// Child mode: waits for a line on stdin, then faults `pages` fresh pages at `addr` and calls
+/// ibv_get_device_list `calls` times. Does nothing when run as an ordinary test.
+#[test]
+fn child_workload() {
+    let Some([addr, pages, calls]) = child_spec(CHILD_ENV) else {
+        return;
+    };
+    wait_for_gate();
+    map_fresh_at(addr, pages * page_size());
+    for i in 0..pages {
+        touch_page(addr, i);
     }
     for _ in 0..calls {
         let _ = odp_core::verbs::list_devices();
@@ -75,17 +91,9 @@ fn child_workload() {
 /// then two at once yielding after every page. Prints "region tid" for each thread.
 #[test]
 fn threaded_child_workload() {
-    let Ok(spec) = std::env::var(THREADED_CHILD_ENV) else {
+    let Some([addr, pages, sequential]) = child_spec(THREADED_CHILD_ENV) else {
         return;
     };
-    let mut parts = spec
-        .split(':')
-        .map(|p| p.parse::<usize>().expect("child spec"));
-    let (addr, pages, sequential) = (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    );
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity get a valid pointer.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -95,31 +103,12 @@ fn threaded_child_workload() {
             0
         );
     }
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).expect("gate");
-    let region = pages * page_size();
+    wait_for_gate();
     let threads = sequential + 2;
-    // SAFETY: a fresh private mapping at an address the parent chose; NOREPLACE refuses to
-    // clobber anything already there.
-    let p = unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
-            region * threads,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    assert_eq!(p as usize, addr, "mmap at the chosen address");
-    // SAFETY: the range was just mapped; no huge pages, so each page faults on its own.
-    unsafe { libc::madvise(p, region * threads, libc::MADV_NOHUGEPAGE) };
+    map_fresh_at(addr, pages * page_size() * threads);
     let fault_region = move |index: usize, yield_each: bool| {
         for i in 0..pages {
-            // SAFETY: inside region `index` of the mapping; each page faults exactly once.
-            unsafe {
-                std::ptr::write_volatile((addr + index * region + i * page_size()) as *mut u8, 1)
-            };
+            touch_page(addr, index * pages + i);
             if yield_each {
                 std::thread::yield_now();
             }
@@ -261,6 +250,7 @@ fn page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does() {
     }));
     assert_eq!(session.hits(Point::PageFaultUser), pages);
     assert_eq!(session.drops(), 0);
+    assert_eq!(session.missed(), 0, "program runs the kernel skipped");
 }
 
 /// The fault program remembers the last faulting task per CPU; threads that take turns on one
@@ -310,6 +300,7 @@ fn each_fault_is_attributed_to_the_thread_that_took_it() {
     }
     assert_eq!(per_region, vec![pages; sequential + 2]);
     assert_eq!(session.drops(), 0);
+    assert_eq!(session.missed(), 0, "program runs the kernel skipped");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! links attached, and a ring-buffer reader. Dropping the session detaches every link and closes
 //! the object.
 
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -306,6 +307,30 @@ impl Session {
     /// Events lost because the ring buffer was full.
     pub fn drops(&self) -> u64 {
         self.percpu_sum("drops", 0)
+    }
+
+    /// Program runs the kernel skipped: a program does not run again on a CPU where it is
+    /// already running, and fentry/fexit programs can be preempted, so a call that comes while
+    /// another task is preempted inside the same program on that CPU is never seen.
+    pub fn missed(&self) -> u64 {
+        self.object
+            .progs()
+            .filter(|p| p.as_fd().as_raw_fd() >= 0)
+            .map(|p| {
+                let mut info = libbpf_sys::bpf_prog_info::default();
+                let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+                // SAFETY: the fd is a loaded program's, and info/len describe a writable
+                // bpf_prog_info of exactly that size (the kernel writes at most len bytes).
+                let rc = unsafe {
+                    libbpf_sys::bpf_prog_get_info_by_fd(p.as_fd().as_raw_fd(), &mut info, &mut len)
+                };
+                if rc == 0 {
+                    info.recursion_misses
+                } else {
+                    0
+                }
+            })
+            .sum()
     }
 }
 

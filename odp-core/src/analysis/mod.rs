@@ -193,6 +193,8 @@ struct PendingRange {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct SourceFacts {
     pub drops: u64,
+    /// Program runs the kernel skipped (its recursion protection): events that never existed.
+    pub missed: u64,
     pub probes_attached: usize,
     pub probes_total: usize,
 }

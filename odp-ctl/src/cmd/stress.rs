@@ -267,7 +267,7 @@ fn collect(feed: feed::Feed, seen: &mut Vec<SeenInvalidation>) -> anyhow::Result
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    engine.source.drops = feed.drops();
+    feed.record_losses(&mut engine.source);
     feed.finish()?;
     Ok(engine)
 }

@@ -40,6 +40,8 @@ pub struct Args {
 struct Summary {
     events: u64,
     drops: u64,
+    /// Program runs the kernel skipped (recursion protection); their events never existed.
+    missed: u64,
     duration_s: f64,
     per_point: BTreeMap<&'static str, u64>,
     attached: usize,
@@ -160,6 +162,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let summary = Summary {
         events,
         drops: session.drops(),
+        missed: session.missed(),
         duration_s: started.elapsed().as_secs_f64(),
         per_point: Point::ALL
             .iter()
@@ -206,9 +209,10 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             .map(|(p, n)| format!("{p}={n}"))
             .collect();
         eprintln!(
-            "summary: {} events, {} drops in {:.1}s; calls: {}",
+            "summary: {} events, {} drops, {} missed in {:.1}s; calls: {}",
             summary.events,
             summary.drops,
+            summary.missed,
             summary.duration_s,
             if counts.is_empty() {
                 "none".into()

@@ -18,6 +18,7 @@ use odp_ebpf::{Config, Delivery, Session, Status};
 struct Shared {
     pending: Mutex<Vec<OdpEvent>>,
     drops: AtomicU64,
+    missed: AtomicU64,
     done: AtomicBool,
     error: Mutex<Option<anyhow::Error>>,
 }
@@ -42,6 +43,13 @@ impl Feed {
 
     pub fn drops(&self) -> u64 {
         self.shared.drops.load(Ordering::Relaxed)
+    }
+
+    /// Writes what the source lost (ring-buffer drops, program runs the kernel skipped) into
+    /// the engine's facts about it.
+    pub fn record_losses(&self, source: &mut odp_core::analysis::SourceFacts) {
+        source.drops = self.drops();
+        source.missed = self.shared.missed.load(Ordering::Relaxed);
     }
 
     /// The source has nothing more to give (replay at its end, live probes stopped).
@@ -137,6 +145,7 @@ pub fn live(
                     }
                 });
                 shared.drops.store(session.drops(), Ordering::Relaxed);
+                shared.missed.store(session.missed(), Ordering::Relaxed);
                 if let Err(e) = result {
                     fail(
                         &shared,

@@ -181,7 +181,7 @@ fn summarize_live(
     if progress {
         eprintln!();
     }
-    engine.source.drops = feed.drops();
+    feed.record_losses(&mut engine.source);
     feed.finish()?;
     print_summary(out, &engine.summary())
 }
@@ -259,7 +259,7 @@ pub(crate) fn watch(
     before_detach();
     // Ends the source thread: live probes detach, a replay stops reading.
     source_stop.store(true, Ordering::Relaxed);
-    engine.source.drops = feed.drops();
+    feed.record_losses(&mut engine.source);
     feed.finish()?;
     result.map(|()| engine)
 }
@@ -282,10 +282,11 @@ pub(crate) fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
     }
     let c = &s.totals.counts;
     println!(
-        "{} events over {:.2}s, {} drops{}",
+        "{} events over {:.2}s, {} drops, {} missed{}",
         s.events,
         s.duration_s,
         s.source.drops,
+        s.source.missed,
         if s.source.probes_total > 0 {
             format!(
                 ", {}/{} probes attached",
