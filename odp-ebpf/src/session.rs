@@ -315,7 +315,8 @@ impl Session {
     pub fn missed(&self) -> u64 {
         self.object
             .progs()
-            .filter(|p| p.as_fd().as_raw_fd() >= 0)
+            // The object was loaded with only the planned programs set to load.
+            .filter(|p| p.autoload())
             .map(|p| {
                 let mut info = libbpf_sys::bpf_prog_info::default();
                 let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;

@@ -116,12 +116,13 @@ static __always_inline bool filtering(void)
 	return filter_tgid != 0 || filter_comm_set;
 }
 
-static __always_inline bool comm_selected(const char *comm)
+/* Whether a 16-byte NUL-terminated name (a task's, a device's) is the one a filter asks for. */
+static __always_inline bool name_is(const char *name, const volatile char *want)
 {
 	for (int i = 0; i < 16; i++) {
-		if (comm[i] != filter_comm[i])
+		if (name[i] != want[i])
 			return false;
-		if (!comm[i])
+		if (!name[i])
 			break;
 	}
 	return true;
@@ -136,7 +137,7 @@ static __always_inline bool task_selected(void)
 		char comm[16];
 
 		bpf_get_current_comm(comm, sizeof(comm));
-		return comm_selected(comm);
+		return name_is(comm, filter_comm);
 	}
 	return true;
 }
@@ -146,7 +147,7 @@ static __always_inline bool btf_task_selected(struct task_struct *task)
 {
 	if (filter_tgid && task->tgid != filter_tgid)
 		return false;
-	return !filter_comm_set || comm_selected(task->comm);
+	return !filter_comm_set || name_is(task->comm, filter_comm);
 }
 
 static __always_inline __u64 current_mm(void)
@@ -324,13 +325,7 @@ static __always_inline bool device_selected(__u32 point, const __u64 *a)
 	if (!dev)
 		return true;
 	device_name(dev, name);
-	for (int i = 0; i < 16; i++) {
-		if (name[i] != filter_device[i])
-			return false;
-		if (!name[i])
-			break;
-	}
-	return true;
+	return name_is(name, filter_device);
 }
 
 /* mm-wide points fire for every process; the rest are ODP-specific already. */
