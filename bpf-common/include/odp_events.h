@@ -7,46 +7,193 @@
 #ifndef ODP_EVENTS_H
 #define ODP_EVENTS_H
 
-/* Probe points. Values are part of the ABI: append, never renumber. */
+/*
+ * Probe points. Values are part of the ABI: append, never renumber. Each point is documented
+ * next to the signature its values come from: what obj, [start, end), ret and aux hold, and
+ * the names of args[0..3] ("-": unused), exactly as bpf-common's catalog row names them (a test
+ * holds the two together). Unless said otherwise ret is the function's int return, and mm is
+ * the address space concerned.
+ */
 enum odp_point {
 	ODP_POINT_NONE = 0,
-	/* ib_core ODP umem lifecycle and fault path */
-	ODP_POINT_UMEM_GET = 1,            /* ib_umem_odp_get */
-	ODP_POINT_UMEM_ALLOC_IMPLICIT = 2, /* ib_umem_odp_alloc_implicit */
-	ODP_POINT_UMEM_ALLOC_CHILD = 3,    /* ib_umem_odp_alloc_child */
-	ODP_POINT_UMEM_RELEASE = 4,        /* ib_umem_odp_release */
-	ODP_POINT_MAP_DMA = 5,             /* ib_umem_odp_map_dma_and_lock: the fault */
-	ODP_POINT_UNMAP_DMA = 6,           /* ib_umem_odp_unmap_dma_pages */
-	/* mm: notifiers and HMM */
-	ODP_POINT_INV_RANGE_START = 10,    /* __mmu_notifier_invalidate_range_start */
-	ODP_POINT_INV_RANGE_END = 11,      /* __mmu_notifier_invalidate_range_end */
-	ODP_POINT_READ_BEGIN = 12,         /* mmu_interval_read_begin */
-	ODP_POINT_HMM_FAULT = 13,          /* hmm_range_fault */
-	ODP_POINT_HMM_FAULT_TIMEOUT = 14,  /* hmm_range_fault_unlocked_timeout (7.3+) */
+
+	/* ib_core: the ODP umem lifecycle and the fault path */
+
+	/* struct ib_umem_odp *ib_umem_odp_get(struct ib_device *device, unsigned long addr,
+	 *                                     size_t size, int access, const ops *ops)
+	 * obj: the umem returned (0 on error, ret then -errno); [addr, addr + size)
+	 * args: access, -, device_name, device_name */
+	ODP_POINT_UMEM_GET = 1,
+	/* struct ib_umem_odp *ib_umem_odp_alloc_implicit(struct ib_device *device, int access)
+	 * obj: the umem returned; no range
+	 * args: access, -, device_name, device_name */
+	ODP_POINT_UMEM_ALLOC_IMPLICIT = 2,
+	/* struct ib_umem_odp *ib_umem_odp_alloc_child(struct ib_umem_odp *root, unsigned long addr,
+	 *                                             size_t size, const ops *ops)
+	 * obj: the child umem returned; [addr, addr + size)
+	 * args: root, -, -, - */
+	ODP_POINT_UMEM_ALLOC_CHILD = 3,
+	/* void ib_umem_odp_release(struct ib_umem_odp *umem_odp)
+	 * obj: umem_odp; its range and mm, read at entry (it is freed by the exit)
+	 * args: -, -, -, - */
+	ODP_POINT_UMEM_RELEASE = 4,
+	/* int ib_umem_odp_map_dma_and_lock(struct ib_umem_odp *umem_odp, u64 user_virt, u64 bcnt,
+	 *                                  u64 access_mask, bool fault)
+	 * The fault. obj: umem_odp; [user_virt, user_virt + bcnt); ret: pages mapped or -errno;
+	 * flags: ODP_FLAG_PREFETCH inside an advise call or its work item
+	 * args: access, fault, -, - */
+	ODP_POINT_MAP_DMA = 5,
+	/* void ib_umem_odp_unmap_dma_pages(struct ib_umem_odp *umem_odp, u64 virt, u64 bound)
+	 * obj: umem_odp; [virt, bound)
+	 * args: -, -, -, - */
+	ODP_POINT_UNMAP_DMA = 6,
+
+	/* mm: notifiers and HMM (they fire for every address space: filtered by mm) */
+
+	/* int __mmu_notifier_invalidate_range_start(struct mmu_notifier_range *range)
+	 * obj: range; [range->start, range->end); aux: range->event as enum odp_mmu_event
+	 * args: range_flags, -, -, - */
+	ODP_POINT_INV_RANGE_START = 10,
+	/* void __mmu_notifier_invalidate_range_end(struct mmu_notifier_range *range)
+	 * as INV_RANGE_START, without ret
+	 * args: range_flags, -, -, - */
+	ODP_POINT_INV_RANGE_END = 11,
+	/* unsigned long mmu_interval_read_begin(struct mmu_interval_notifier *interval_sub)
+	 * One attempt of a fault. obj: the umem owning interval_sub; its interval; ret: the seq
+	 * args: -, -, -, - */
+	ODP_POINT_READ_BEGIN = 12,
+	/* int hmm_range_fault(struct hmm_range *range)
+	 * obj: the umem owning range->notifier; [range->start, range->end)
+	 * args: -, -, -, - */
+	ODP_POINT_HMM_FAULT = 13,
+	/* int hmm_range_fault_unlocked_timeout(struct hmm_range *range, ...)  (7.3+)
+	 * as HMM_FAULT
+	 * args: -, -, -, - */
+	ODP_POINT_HMM_FAULT_TIMEOUT = 14,
+
 	/* rxe */
-	ODP_POINT_RXE_INVALIDATE = 20,     /* rxe_ib_invalidate_range */
-	ODP_POINT_RXE_MR_INIT = 21,        /* rxe_odp_mr_init_user */
-	ODP_POINT_RXE_MAP_RANGE = 22,      /* rxe_odp_map_range_and_lock */
-	ODP_POINT_RXE_ADVISE = 23,         /* rxe_ib_advise_mr */
-	ODP_POINT_RXE_PREFETCH_WORK = 24,  /* rxe_ib_prefetch_mr_work */
-	ODP_POINT_RXE_MR_COPY = 25,        /* rxe_odp_mr_copy */
+
+	/* bool rxe_ib_invalidate_range(struct mmu_interval_notifier *mni,
+	 *                              const struct mmu_notifier_range *range,
+	 *                              unsigned long cur_seq)
+	 * obj: the umem owning mni; the range as INV_RANGE_START; ret: the bool
+	 * args: range_flags, cur_seq, -, - */
+	ODP_POINT_RXE_INVALIDATE = 20,
+	/* int rxe_odp_mr_init_user(struct rxe_dev *rxe, u64 start, u64 length, u64 iova,
+	 *                          int access_flags, struct rxe_mr *mr)
+	 * obj: mr; [start, start + length)
+	 * args: access, iova, -, - */
+	ODP_POINT_RXE_MR_INIT = 21,
+	/* int rxe_odp_map_range_and_lock(struct rxe_mr *mr, u64 iova, int length, u32 flags)
+	 * rxe's device fault. obj: mr; [iova, iova + length)
+	 * args: flags, umem, -, - */
+	ODP_POINT_RXE_MAP_RANGE = 22,
+	/* int rxe_ib_advise_mr(struct ib_pd *ibpd, enum ib_uverbs_advise_mr_advice advice,
+	 *                      u32 flags, struct ib_sge *sg_list, u32 num_sge, attrs)
+	 * obj: ibpd
+	 * args: advice, advise_flags, num_sge, - */
+	ODP_POINT_RXE_ADVISE = 23,
+	/* void rxe_ib_prefetch_mr_work(struct work_struct *w)
+	 * obj: w
+	 * args: -, -, -, - */
+	ODP_POINT_RXE_PREFETCH_WORK = 24,
+	/* int rxe_odp_mr_copy(struct rxe_mr *mr, u64 iova, void *addr, unsigned int length,
+	 *                     enum rxe_mr_copy_dir dir)
+	 * obj: mr; [iova, iova + length)
+	 * args: dir, umem, -, - */
+	ODP_POINT_RXE_MR_COPY = 25,
+
 	/* mlx5 */
-	ODP_POINT_MLX5_INVALIDATE = 30,    /* mlx5_ib_invalidate_range */
-	ODP_POINT_MLX5_PAGEFAULT_MR = 31,  /* pagefault_mr */
-	ODP_POINT_MLX5_PAGEFAULT_REAL = 32,     /* pagefault_real_mr */
-	ODP_POINT_MLX5_PAGEFAULT_IMPLICIT = 33, /* pagefault_implicit_mr */
-	ODP_POINT_MLX5_PF_SINGLE_SEG = 34, /* pagefault_single_data_segment */
-	ODP_POINT_MLX5_PF_RESUME = 35,     /* mlx5_ib_page_fault_resume */
-	ODP_POINT_MLX5_ADVISE = 36,        /* mlx5_ib_advise_mr_prefetch */
-	ODP_POINT_MLX5_PREFETCH_WORK = 37, /* mlx5_ib_prefetch_mr_work */
+
+	/* bool mlx5_ib_invalidate_range(struct mmu_interval_notifier *mni,
+	 *                               const struct mmu_notifier_range *range,
+	 *                               unsigned long cur_seq)
+	 * as RXE_INVALIDATE
+	 * args: range_flags, cur_seq, -, - */
+	ODP_POINT_MLX5_INVALIDATE = 30,
+	/* int pagefault_mr(struct mlx5_ib_mr *mr, u64 io_virt, size_t bcnt, u32 *bytes_mapped,
+	 *                  u32 flags, bool permissive_fault)
+	 * obj: mr
+	 * args: io_virt, bcnt, bytes_mapped, pf_flags */
+	ODP_POINT_MLX5_PAGEFAULT_MR = 31,
+	/* int pagefault_real_mr(struct mlx5_ib_mr *mr, struct ib_umem_odp *odp, u64 user_va,
+	 *                       size_t bcnt, u32 *bytes_mapped, u64 flags)
+	 * obj: mr
+	 * args: odp, user_va, bcnt, bytes_mapped */
+	ODP_POINT_MLX5_PAGEFAULT_REAL = 32,
+	/* int pagefault_implicit_mr(struct mlx5_ib_mr *imr, struct ib_umem_odp *odp_imr,
+	 *                           u64 user_va, size_t bcnt, u32 *bytes_mapped, u32 flags)
+	 * obj: imr
+	 * args: odp, user_va, bcnt, bytes_mapped */
+	ODP_POINT_MLX5_PAGEFAULT_IMPLICIT = 33,
+	/* int pagefault_single_data_segment(struct mlx5_ib_dev *dev, struct ib_pd *pd, u32 key,
+	 *                                   u64 io_virt, size_t bcnt, u32 *bytes_committed,
+	 *                                   u32 *bytes_mapped)
+	 * obj: dev
+	 * args: pd, key, io_virt, bcnt */
+	ODP_POINT_MLX5_PF_SINGLE_SEG = 34,
+	/* void mlx5_ib_page_fault_resume(struct mlx5_ib_dev *dev, struct mlx5_pagefault *pfault,
+	 *                                int error)
+	 * obj: pfault; aux: error (1: the fault is left unresolved)
+	 * args: -, -, -, - */
+	ODP_POINT_MLX5_PF_RESUME = 35,
+	/* int mlx5_ib_advise_mr_prefetch(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
+	 *                                u32 flags, struct ib_sge *sg_list, u32 num_sge)
+	 * obj: pd
+	 * args: advice, advise_flags, sg_list, num_sge */
+	ODP_POINT_MLX5_ADVISE = 36,
+	/* void mlx5_ib_prefetch_mr_work(struct work_struct *w)
+	 * obj: w
+	 * args: -, -, -, - */
+	ODP_POINT_MLX5_PREFETCH_WORK = 37,
+
 	/* CPU side */
-	ODP_POINT_PAGE_FAULT_USER = 40,    /* exceptions:page_fault_user */
-	/* libibverbs (uprobes) */
-	ODP_POINT_VERBS_REG_MR = 50,       /* ibv_reg_mr_iova2 */
-	ODP_POINT_VERBS_DEREG_MR = 51,     /* ibv_dereg_mr */
-	ODP_POINT_VERBS_ADVISE = 52,       /* ibv_cmd_advise_mr */
-	ODP_POINT_VERBS_GET_DEVICES = 53,  /* ibv_get_device_list */
+
+	/* TRACE_EVENT page_fault_user(unsigned long address, struct pt_regs *regs,
+	 *                             unsigned long error_code), exceptions:page_fault_user
+	 * Written as struct odp_cpu_fault. [address, address + 1); aux: error_code
+	 * args: -, -, -, - */
+	ODP_POINT_PAGE_FAULT_USER = 40,
+
+	/* libibverbs (uprobes); ret 0/-1 for calls returning a pointer */
+
+	/* struct ibv_mr *ibv_reg_mr_iova2(struct ibv_pd *pd, void *addr, size_t length,
+	 *                                 uint64_t iova, unsigned int access)
+	 * (and ibv_reg_mr, ibv_reg_mr_iova, __ibv_reg_mr, ibv_reg_mr_ex)
+	 * obj: the ibv_mr returned; [addr, addr + length)
+	 * args: access, lkey, rkey, iova */
+	ODP_POINT_VERBS_REG_MR = 50,
+	/* int ibv_dereg_mr(struct ibv_mr *mr)
+	 * obj: mr; [mr->addr, mr->addr + mr->length)
+	 * args: -, lkey, -, - */
+	ODP_POINT_VERBS_DEREG_MR = 51,
+	/* int ibv_cmd_advise_mr(struct ibv_pd *pd, enum ibv_advise_mr_advice advice,
+	 *                       uint32_t flags, struct ibv_sge *sg_list, uint32_t num_sge)
+	 * obj: pd; the first SGE's [addr, addr + length)
+	 * args: advice, advise_flags, num_sge, lkey */
+	ODP_POINT_VERBS_ADVISE = 52,
+	/* struct ibv_device **ibv_get_device_list(int *num_devices)
+	 * obj: the list returned
+	 * args: num_devices, -, -, - */
+	ODP_POINT_VERBS_GET_DEVICES = 53,
+
 	ODP_POINT_MAX = 64,
+};
+
+/*
+ * enum mmu_notifier_event, numbered for the ABI: the BPF side translates the running kernel's
+ * value by name through CO-RE enum relocation, so no reader depends on one kernel's numbering.
+ */
+enum odp_mmu_event {
+	ODP_MMU_UNMAP = 0,
+	ODP_MMU_CLEAR = 1,
+	ODP_MMU_PROTECTION_VMA = 2,
+	ODP_MMU_PROTECTION_PAGE = 3,
+	ODP_MMU_SOFT_DIRTY = 4,
+	ODP_MMU_RELEASE = 5,
+	ODP_MMU_MIGRATE = 6,
+	ODP_MMU_EXCLUSIVE = 7,
+	ODP_MMU_UNKNOWN = 255, /* a value this build has no name for */
 };
 
 /* How a point was attached. */
@@ -67,18 +214,7 @@ enum odp_method {
  * One event per call, emitted when the call returns (or at entry for points without an exit):
  * ts_ns is the entry time and duration_ns the time inside, so intervals can be overlapped.
  *
- * Field meaning per point (others zero):
- *   obj    the ib_umem_odp for ib_core/rxe/mlx5 invalidate and fault points (for READ_BEGIN and
- *          HMM_FAULT: the umem that would own the interval notifier; match it against known
- *          umems), the ibv_mr for verbs points, the mmu_notifier_range for INV_RANGE_*
- *   mm     the mm_struct concerned
- *   start, end   the address range ([start, end))
- *   args   point-specific raw arguments (see odp-ebpf's catalog); for UMEM_GET and
- *          UMEM_ALLOC_IMPLICIT args[2..3] hold the first 16 bytes of the ib_device name, for
- *          RXE_MAP_RANGE and RXE_MR_COPY args[1] is the rxe_mr's ib_umem_odp
- *   ret    return value: pages mapped or -errno for MAP_DMA, seq for READ_BEGIN, 0/-errno for
- *          pointer-returning kernel points, 0/-1 for pointer-returning libibverbs calls
- *   aux    INV_RANGE_* / *_INVALIDATE: mmu_notifier_event; PAGE_FAULT_USER: error code
+ * Field meaning per point is documented at each enum odp_point value above (others zero).
  */
 struct odp_event {
 	__u64 ts_ns;

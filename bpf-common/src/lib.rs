@@ -7,6 +7,10 @@
 
 use serde::Serialize;
 
+mod catalog;
+
+pub use catalog::{Arg, Aux, Group, Kind, Obj, Point, Row, Uprobe};
+
 /// The C header, for tools and tests that need to check themselves against it.
 pub const HEADER: &str = include_str!("../include/odp_events.h");
 
@@ -133,150 +137,6 @@ impl OdpEvent {
     pub fn in_prefetch(&self) -> bool {
         self.flags & FLAG_PREFETCH != 0
     }
-
-    /// The ib_device name carried by umem registrations (UMEM_GET, UMEM_ALLOC_IMPLICIT).
-    pub fn device(&self) -> Option<String> {
-        if !matches!(
-            self.point(),
-            Some(Point::UmemGet | Point::UmemAllocImplicit)
-        ) {
-            return None;
-        }
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&self.args[2].to_ne_bytes());
-        bytes[8..].copy_from_slice(&self.args[3].to_ne_bytes());
-        let end = bytes.iter().position(|&b| b == 0).unwrap_or(16);
-        (end > 0).then(|| String::from_utf8_lossy(&bytes[..end]).into_owned())
-    }
-}
-
-macro_rules! points {
-    ($($variant:ident = $value:literal, $name:literal, $group:ident, $target:literal;)*) => {
-        /// Probe points (`enum odp_point`).
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-        #[serde(rename_all = "snake_case")]
-        #[repr(u16)]
-        pub enum Point {
-            $($variant = $value,)*
-        }
-
-        impl Point {
-            pub const ALL: &'static [Point] = &[$(Point::$variant,)*];
-
-            pub fn from_raw(raw: u16) -> Option<Point> {
-                match raw {
-                    $($value => Some(Point::$variant),)*
-                    _ => None,
-                }
-            }
-
-            /// Short stable name used in output and filters.
-            pub fn name(self) -> &'static str {
-                match self {
-                    $(Point::$variant => $name,)*
-                }
-            }
-
-            pub fn group(self) -> Group {
-                match self {
-                    $(Point::$variant => Group::$group,)*
-                }
-            }
-
-            /// The kernel function, tracepoint or library symbol probed.
-            pub fn target(self) -> &'static str {
-                match self {
-                    $(Point::$variant => $target,)*
-                }
-            }
-
-            /// The C enumerator's name, e.g. ODP_POINT_MAP_DMA.
-            pub fn c_name(self) -> String {
-                let mut out = String::from("ODP_POINT_");
-                for (i, ch) in stringify_variant(self).chars().enumerate() {
-                    if ch.is_ascii_uppercase() && i > 0 {
-                        out.push('_');
-                    }
-                    out.push(ch.to_ascii_uppercase());
-                }
-                out
-            }
-        }
-
-        fn stringify_variant(p: Point) -> &'static str {
-            match p {
-                $(Point::$variant => stringify!($variant),)*
-            }
-        }
-    };
-}
-
-points! {
-    UmemGet = 1, "umem_get", IbCore, "ib_umem_odp_get";
-    UmemAllocImplicit = 2, "umem_alloc_implicit", IbCore, "ib_umem_odp_alloc_implicit";
-    UmemAllocChild = 3, "umem_alloc_child", IbCore, "ib_umem_odp_alloc_child";
-    UmemRelease = 4, "umem_release", IbCore, "ib_umem_odp_release";
-    MapDma = 5, "fault", IbCore, "ib_umem_odp_map_dma_and_lock";
-    UnmapDma = 6, "unmap", IbCore, "ib_umem_odp_unmap_dma_pages";
-    InvRangeStart = 10, "inv_range_start", Mm, "__mmu_notifier_invalidate_range_start";
-    InvRangeEnd = 11, "inv_range_end", Mm, "__mmu_notifier_invalidate_range_end";
-    ReadBegin = 12, "read_begin", Mm, "mmu_interval_read_begin";
-    HmmFault = 13, "hmm_fault", Mm, "hmm_range_fault";
-    HmmFaultTimeout = 14, "hmm_fault_timeout", Mm, "hmm_range_fault_unlocked_timeout";
-    RxeInvalidate = 20, "rxe_invalidate", Rxe, "rxe_ib_invalidate_range";
-    RxeMrInit = 21, "rxe_mr_init", Rxe, "rxe_odp_mr_init_user";
-    RxeMapRange = 22, "rxe_map_range", Rxe, "rxe_odp_map_range_and_lock";
-    RxeAdvise = 23, "rxe_advise", Rxe, "rxe_ib_advise_mr";
-    RxePrefetchWork = 24, "rxe_prefetch_work", Rxe, "rxe_ib_prefetch_mr_work";
-    RxeMrCopy = 25, "rxe_mr_copy", Rxe, "rxe_odp_mr_copy";
-    Mlx5Invalidate = 30, "mlx5_invalidate", Mlx5, "mlx5_ib_invalidate_range";
-    Mlx5PagefaultMr = 31, "mlx5_pagefault_mr", Mlx5, "pagefault_mr";
-    Mlx5PagefaultReal = 32, "mlx5_pagefault_real", Mlx5, "pagefault_real_mr";
-    Mlx5PagefaultImplicit = 33, "mlx5_pagefault_implicit", Mlx5, "pagefault_implicit_mr";
-    Mlx5PfSingleSeg = 34, "mlx5_pf_single_seg", Mlx5, "pagefault_single_data_segment";
-    Mlx5PfResume = 35, "mlx5_pf_resume", Mlx5, "mlx5_ib_page_fault_resume";
-    Mlx5Advise = 36, "mlx5_advise", Mlx5, "mlx5_ib_advise_mr_prefetch";
-    Mlx5PrefetchWork = 37, "mlx5_prefetch_work", Mlx5, "mlx5_ib_prefetch_mr_work";
-    PageFaultUser = 40, "page_fault_user", Cpu, "exceptions:page_fault_user";
-    VerbsRegMr = 50, "verbs_reg_mr", Verbs, "ibv_reg_mr_iova2";
-    VerbsDeregMr = 51, "verbs_dereg_mr", Verbs, "ibv_dereg_mr";
-    VerbsAdvise = 52, "verbs_advise", Verbs, "ibv_cmd_advise_mr";
-    VerbsGetDevices = 53, "verbs_get_devices", Verbs, "ibv_get_device_list";
-}
-
-/// Where a point lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Group {
-    IbCore,
-    Mm,
-    Rxe,
-    Mlx5,
-    Cpu,
-    Verbs,
-}
-
-impl Group {
-    pub fn name(self) -> &'static str {
-        match self {
-            Group::IbCore => "ib_core",
-            Group::Mm => "mm",
-            Group::Rxe => "rxe",
-            Group::Mlx5 => "mlx5",
-            Group::Cpu => "cpu",
-            Group::Verbs => "verbs",
-        }
-    }
-
-    /// The kernel module whose BTF describes the group's functions (None: vmlinux).
-    pub fn module(self) -> Option<&'static str> {
-        match self {
-            Group::IbCore => Some("ib_core"),
-            Group::Rxe => Some("rdma_rxe"),
-            Group::Mlx5 => Some("mlx5_ib"),
-            Group::Mm | Group::Cpu | Group::Verbs => None,
-        }
-    }
 }
 
 /// How a point was attached (`enum odp_method`).
@@ -321,7 +181,8 @@ impl Method {
     }
 }
 
-/// `enum mmu_notifier_event` names (6.18 numbering), for INV_RANGE_* and *_INVALIDATE aux.
+/// `enum odp_mmu_event` names (the kernel's `mmu_notifier_event`, renumbered for the ABI by the
+/// BPF side), for the aux of points whose row says `Aux::MmuEvent`.
 pub fn mmu_event_name(aux: u32) -> &'static str {
     match aux {
         0 => "UNMAP",
@@ -364,6 +225,26 @@ mod tests {
                 Point::from_raw(*value).unwrap_or_else(|| panic!("{name} = {value} missing"));
             assert_eq!(&point.c_name(), name, "value {value}");
         }
+    }
+
+    #[test]
+    fn mmu_event_names_match_the_c_header() {
+        let mut seen = 0;
+        for line in HEADER.lines() {
+            let Some(rest) = line.trim().strip_prefix("ODP_MMU_") else {
+                continue;
+            };
+            let (name, value) = rest.split_once(" = ").expect("NAME = value");
+            let value: u32 = value
+                .split(',')
+                .next()
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a number");
+            assert_eq!(mmu_event_name(value), name, "{line}");
+            seen += 1;
+        }
+        assert_eq!(seen, 9);
+        assert_eq!(mmu_event_name(8), "UNKNOWN");
     }
 
     #[test]

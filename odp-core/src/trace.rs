@@ -96,15 +96,6 @@ pub mod hex {
 impl<'a> Record<'a> {
     pub fn from_event(e: &'a OdpEvent) -> Self {
         let point = e.point();
-        let invalidation = matches!(
-            point,
-            Some(
-                Point::InvRangeStart
-                    | Point::InvRangeEnd
-                    | Point::RxeInvalidate
-                    | Point::Mlx5Invalidate
-            )
-        );
         Record {
             ts_ns: e.ts_ns,
             duration_ns: e.duration_ns,
@@ -126,13 +117,13 @@ impl<'a> Record<'a> {
             end: e.end,
             args: e.args,
             ret: e.has_ret().then_some(e.ret),
-            event: invalidation.then(|| Cow::Borrowed(mmu_event_name(e.aux))),
+            event: e.mmu_event().map(|v| Cow::Borrowed(mmu_event_name(v))),
             aux: e.aux,
         }
     }
 
     pub fn point(&self) -> Option<Point> {
-        Point::ALL.iter().copied().find(|p| p.name() == self.point)
+        Point::by_name(&self.point)
     }
 
     /// Back to the ABI form, so a recorded stream feeds the same analysis as a live one.

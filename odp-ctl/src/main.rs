@@ -4,7 +4,9 @@
 //! Must not: call libibverbs directly; every RDMA operation goes through odp-core.
 
 mod cmd;
+mod live;
 mod output;
+mod tui;
 
 use clap::{Parser, Subcommand};
 

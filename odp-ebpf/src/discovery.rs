@@ -393,12 +393,8 @@ impl KernelFacts {
 fn wanted_functions() -> HashSet<&'static str> {
     Point::ALL
         .iter()
-        .filter(|p| is_function(p.group()))
+        .filter(|p| p.group().is_kernel_function())
         .map(|p| p.target())
         .chain(FEATURE_TARGETS.iter().copied())
         .collect()
-}
-
-pub(crate) fn is_function(group: Group) -> bool {
-    !matches!(group, Group::Cpu | Group::Verbs)
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bpf_common::{Method, OdpEvent, Point};
+use bpf_common::{Method, OdpEvent, Point, Uprobe};
 use libbpf_rs::{Link, MapCore, Object, ObjectBuilder, OpenObject, RingBufferBuilder, UprobeOpts};
 
 use crate::discovery::{short_error, KernelFacts, PointPlan, Status};
@@ -89,11 +89,11 @@ fn prog_names(point: Point, method: Method) -> Vec<String> {
         Method::Kprobe => vec![format!("kprobe_{t}"), format!("kretprobe_{t}")],
         Method::TpBtf => vec!["tp_btf_page_fault_user".into()],
         Method::Tracepoint => vec!["tracepoint_page_fault_user".into()],
-        Method::Uprobe => library_targets(point)
+        Method::Uprobe => point
+            .row()
+            .uprobes
             .iter()
-            .flat_map(|(entry, exit, _)| {
-                std::iter::once(entry.to_string()).chain(exit.map(String::from))
-            })
+            .flat_map(|u| std::iter::once(u.entry.to_string()).chain(u.exit.map(String::from)))
             .collect(),
     }
 }
@@ -335,48 +335,6 @@ impl Session {
     }
 }
 
-/// (entry program, return program, symbol) for each libibverbs function behind a point. MR
-/// registration has two paths into the provider: `ibv_reg_mr` and `ibv_reg_mr_iova` tail-jump
-/// into `ibv_reg_mr_iova2`, while `ibv_reg_mr_ex` (rdma-core >= 59, arguments in a struct) has
-/// its own, which `ibv_reg_buf_mr` (rdma-core >= 64, with `ibv_alloc_buf`; what ibv_rc_pingpong
-/// 65 uses) calls.
-fn library_targets(point: Point) -> &'static [(&'static str, Option<&'static str>, &'static str)] {
-    match point {
-        // The entry stubs tail-jump into ibv_reg_mr_iova2; a return probe on each stub as well
-        // would stack two uretprobes on one return, which loses the event on 7.3.
-        Point::VerbsRegMr => &[
-            (
-                "uprobe_reg_mr",
-                Some("uretprobe_reg_mr"),
-                "ibv_reg_mr_iova2",
-            ),
-            ("uprobe_reg_mr", None, "ibv_reg_mr_iova"),
-            ("uprobe_reg_mr_noiova", None, "ibv_reg_mr"),
-            ("uprobe_reg_mr_noiova", None, "__ibv_reg_mr"),
-            (
-                "uprobe_reg_mr_ex",
-                Some("uretprobe_reg_mr"),
-                "ibv_reg_mr_ex",
-            ),
-        ],
-        Point::VerbsDeregMr => &[(
-            "uprobe_dereg_mr",
-            Some("uretprobe_dereg_mr"),
-            "ibv_dereg_mr",
-        )],
-        Point::VerbsAdvise => &[(
-            "uprobe_advise_mr",
-            Some("uretprobe_advise_mr"),
-            "ibv_cmd_advise_mr",
-        )],
-        _ => &[(
-            "uprobe_get_device_list",
-            Some("uretprobe_get_device_list"),
-            "ibv_get_device_list",
-        )],
-    }
-}
-
 /// Attaches every function behind a library point; symbols this libibverbs lacks are passed
 /// over, and the point fails only if none attached.
 fn attach_library_point(
@@ -387,7 +345,12 @@ fn attach_library_point(
     let mut links = Vec::new();
     let mut attached = Vec::new();
     let mut errors = Vec::new();
-    for (entry, exit, symbol) in library_targets(point) {
+    for &Uprobe {
+        entry,
+        exit,
+        symbol,
+    } in point.row().uprobes
+    {
         let find = |name: &str| object.progs_mut().find(|p| p.name() == name);
         let Some(entry_prog) = find(entry) else {
             errors.push(format!("program {entry} missing"));

@@ -11,7 +11,7 @@ mod stats;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use bpf_common::{mmu_event_name, OdpEvent, Point};
+use bpf_common::{mmu_event_name, Kind, OdpEvent};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
@@ -195,6 +195,8 @@ pub struct SourceFacts {
     pub drops: u64,
     /// Program runs the kernel skipped (its recursion protection): events that never existed.
     pub missed: u64,
+    /// Events shed between the source and the engine because the consumer lagged.
+    pub overflow: u64,
     pub probes_attached: usize,
     pub probes_total: usize,
 }
@@ -315,21 +317,7 @@ impl Engine {
 
     /// The MR an event concerns, if the engine knows it.
     pub fn mr_of_event(&self, e: &OdpEvent) -> Option<u64> {
-        let umem = match e.point()? {
-            Point::RxeMapRange | Point::RxeMrCopy => e.args[1],
-            Point::UmemGet
-            | Point::UmemAllocImplicit
-            | Point::UmemAllocChild
-            | Point::UmemRelease
-            | Point::MapDma
-            | Point::UnmapDma
-            | Point::ReadBegin
-            | Point::HmmFault
-            | Point::HmmFaultTimeout
-            | Point::RxeInvalidate
-            | Point::Mlx5Invalidate => e.obj,
-            _ => return None,
-        };
+        let umem = e.umem()?;
         self.umems.get(&umem).copied().or_else(|| {
             // A released MR's events still belong to it for display.
             self.mrs
@@ -351,43 +339,44 @@ impl Engine {
         let Some(point) = e.point() else {
             return;
         };
-        match point {
-            Point::UmemGet | Point::UmemAllocImplicit => self.on_register(e, point),
-            Point::UmemAllocChild => self.on_child(e),
-            Point::UmemRelease => self.on_release(e),
-            Point::MapDma => self.on_fault(e),
-            Point::ReadBegin | Point::HmmFault | Point::HmmFaultTimeout => {
-                self.on_subcall(e, point)
+        // Every kind is handled or passed over here by name: a new kind is a compile error.
+        match point.kind() {
+            Kind::Register { implicit } => self.on_register(e, implicit),
+            Kind::RegisterChild => self.on_child(e),
+            Kind::Release => self.on_release(e),
+            Kind::Fault => self.on_fault(e),
+            Kind::SequenceRead => self.on_subcall(e, true),
+            Kind::HmmFault => self.on_subcall(e, false),
+            Kind::DriverInvalidate => self.on_callback(e),
+            Kind::NotifierStart => self.on_range_start(e),
+            Kind::NotifierEnd => self.on_range_end(e),
+            Kind::Advise => self.on_advise(e),
+            Kind::PrefetchWork => self.total.prefetch.record(e.duration_ns),
+            Kind::DriverMap => {
+                if e.has_ret() && e.ret < 0 {
+                    let mr = e.umem().and_then(|u| self.umems.get(&u).copied());
+                    self.unresolved(e, mr, format!("rxe could not map the range: ret {}", e.ret));
+                }
             }
-            Point::RxeInvalidate | Point::Mlx5Invalidate => self.on_callback(e),
-            Point::InvRangeStart => self.on_range_start(e),
-            Point::InvRangeEnd => self.on_range_end(e),
-            Point::RxeAdvise | Point::Mlx5Advise => self.on_advise(e),
-            Point::RxePrefetchWork | Point::Mlx5PrefetchWork => {
-                self.total.prefetch.record(e.duration_ns)
+            Kind::FaultResume => {
+                if e.aux != 0 {
+                    self.unresolved(e, None, "mlx5 resumed the fault with an error".into())
+                }
             }
-            Point::RxeMapRange if e.has_ret() && e.ret < 0 => {
-                let mr = self.umems.get(&e.args[1]).copied();
-                self.unresolved(e, mr, format!("rxe could not map the range: ret {}", e.ret));
-            }
-            Point::Mlx5PfResume if e.aux != 0 => {
-                self.unresolved(e, None, "mlx5 resumed the fault with an error".into())
-            }
-            Point::VerbsRegMr => {
+            Kind::VerbsRegister => {
                 self.learn_space(e);
                 self.on_verbs_reg(e)
             }
-            Point::VerbsDeregMr | Point::VerbsAdvise | Point::VerbsGetDevices => {
-                self.learn_space(e)
-            }
-            Point::PageFaultUser => {
+            Kind::VerbsCall => self.learn_space(e),
+            Kind::CpuFault => {
                 self.learn_space(e);
                 self.total.counts.cpu_faults += 1;
                 if let Some(p) = self.processes.get_mut(&e.pid) {
                     p.stats.counts.cpu_faults += 1;
                 }
             }
-            _ => {}
+            // Timed by their own events only; the fault they serve carries the verdict.
+            Kind::Unmap | Kind::DriverRegister | Kind::DriverFault | Kind::DriverCopy => {}
         }
         if self.events % 4096 == 0 {
             self.expire_pending_ranges();
@@ -490,7 +479,7 @@ impl Engine {
         id
     }
 
-    fn on_register(&mut self, e: &OdpEvent, point: Point) {
+    fn on_register(&mut self, e: &OdpEvent, implicit: bool) {
         if e.obj == 0 {
             return; // the registration failed
         }
@@ -505,8 +494,8 @@ impl Engine {
         if let Some(mr) = self.mrs.get_mut(&id) {
             mr.registration_seen = true;
             mr.registered_ns = e.ts_ns;
-            mr.access = e.args[0];
-            mr.implicit = point == Point::UmemAllocImplicit;
+            mr.access = e.access().unwrap_or(0);
+            mr.implicit = implicit;
             if !mr.implicit {
                 mr.start = e.start;
                 mr.end = e.end;
@@ -518,7 +507,9 @@ impl Engine {
         if e.obj == 0 {
             return;
         }
-        let root = e.args[0];
+        let Some(root) = e.root_umem() else {
+            return;
+        };
         let id = match self.umems.get(&root) {
             Some(&id) => id,
             None => self.unknown_mr(root, e),
@@ -612,7 +603,8 @@ impl Engine {
         }
     }
 
-    fn on_subcall(&mut self, e: &OdpEvent, point: Point) {
+    /// A call inside a fault: a sequence read (one per attempt) or an HMM walk.
+    fn on_subcall(&mut self, e: &OdpEvent, read_begin: bool) {
         let calls = self.threads.entry(e.tid).or_default();
         if calls.len() >= SUBCALLS_KEPT {
             calls.remove(0);
@@ -621,9 +613,9 @@ impl Engine {
             ts: e.ts_ns,
             duration: e.duration_ns,
             umem: e.obj,
-            read_begin: point == Point::ReadBegin,
+            read_begin,
         });
-        if point != Point::ReadBegin && e.has_ret() && e.ret == EBUSY {
+        if !read_begin && e.has_ret() && e.ret == EBUSY {
             let mr = self.umems.get(&e.obj).copied();
             match mr {
                 Some(mr) => self.account(mr, |s| s.counts.hmm_busy += 1),
@@ -983,7 +975,7 @@ impl Engine {
         self.total.counts.prefetches += 1;
         // Synchronous advice (IB_UVERBS_ADVISE_MR_FLAG_FLUSH) does the work in the call; the
         // asynchronous kind is timed by its work item instead.
-        let sync = e.args[1] & 1 != 0;
+        let sync = e.advise_flags().is_some_and(|f| f & 1 != 0);
         if sync {
             self.total.prefetch.record(e.duration_ns);
         }
@@ -1018,8 +1010,8 @@ impl Engine {
                 && m.registered_ns <= end
                 && (m.implicit || (m.start == e.start && m.end == e.end))
         }) {
-            mr.lkey = Some(e.args[1] as u32);
-            mr.rkey = Some(e.args[2] as u32);
+            mr.lkey = e.lkey();
+            mr.rkey = e.rkey();
         }
     }
 

@@ -1,7 +1,7 @@
 //! Every rule of the engine against crafted event sequences, near misses included.
 
 use super::*;
-use bpf_common::{FLAG_HAS_RET, FLAG_KTHREAD, FLAG_PREFETCH};
+use bpf_common::{Point, FLAG_HAS_RET, FLAG_KTHREAD, FLAG_PREFETCH};
 
 const MM: u64 = 0xffff_8880_0000_1000;
 const OTHER_MM: u64 = 0xffff_8880_0000_2000;

@@ -7,15 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bpf_common::{OdpEvent, Point};
+use bpf_common::OdpEvent;
 use odp_core::analysis::{AnalysisConfig, Engine, Summary};
 use odp_core::stress::{self, Action, Matching, Report, Scenario, SeenInvalidation};
 use odp_core::units::parse_duration;
 use serde::Serialize;
 
 use super::launch::stop_on_signals;
-use super::monitor::{feed, print_summary, watch};
+use crate::live::{self, print_summary, Recorder, Run, Sink, Source, Until};
 use crate::output::{table, AlreadyReported, DataMismatch, Output};
+use crate::tui::Tui;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -99,16 +100,25 @@ fn load(args: &Args) -> anyhow::Result<Scenario> {
 
 /// Invalidations the kernel reported, for matching against the actions.
 fn seen_invalidation(e: &OdpEvent) -> Option<SeenInvalidation> {
-    matches!(
-        e.point(),
-        Some(Point::RxeInvalidate | Point::Mlx5Invalidate | Point::InvRangeStart)
-    )
-    .then(|| SeenInvalidation {
-        start_ns: e.ts_ns,
-        end_ns: e.ts_ns + e.duration_ns,
-        lo: e.start,
-        hi: e.end,
-    })
+    e.point()
+        .is_some_and(|p| p.kind().starts_invalidation())
+        .then(|| SeenInvalidation {
+            start_ns: e.ts_ns,
+            end_ns: e.ts_ns + e.duration_ns,
+            lo: e.start,
+            hi: e.end,
+        })
+}
+
+/// The invalidations the probes reported, for matching against the actions afterwards.
+#[derive(Default)]
+struct SeenInvalidations(Vec<SeenInvalidation>);
+
+impl Sink for SeenInvalidations {
+    fn event(&mut self, e: &OdpEvent, _engine: &Engine) -> anyhow::Result<()> {
+        self.0.extend(seen_invalidation(e));
+        Ok(())
+    }
 }
 
 pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
@@ -118,25 +128,20 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     }
     let scenario = load(args)?;
     let stop = stop_on_signals()?;
-    let source_stop = Arc::new(AtomicBool::new(false));
-    let probe_feed = if args.no_probes {
+    let mut recorder = None;
+    let source = if args.no_probes {
         Err("off (--no-probes)".to_string())
     } else if !odp_ebpf::is_root() {
         Err("skipped: loading BPF needs root (or run with --no-probes)".to_string())
     } else {
+        recorder = args.record.as_deref().map(Recorder::create).transpose()?;
         let config = odp_ebpf::Config {
             pid: Some(std::process::id()),
             ..odp_ebpf::Config::default()
         };
-        feed::live(
-            config,
-            args.record.as_deref(),
-            Arc::clone(&source_stop),
-            None,
-        )
-        .map_err(|e| format!("unavailable: {e:#}"))
+        Source::probes(config, None).map_err(|e| format!("unavailable: {e:#}"))
     };
-    if let Err(why) = &probe_feed {
+    if let Err(why) = &source {
         // Without probes there is nothing to show live.
         if args.monitor {
             return Err(odp_core::Error::invalid(format!(
@@ -146,26 +151,26 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         }
         eprintln!("odp-ctl: probes {why}");
     }
-    let (probe_feed, probe_status) = match probe_feed {
-        Ok(f) => (Some(f), "attached".to_string()),
+    let (source, probe_status) = match source {
+        Ok(s) => (Some(s), "attached".to_string()),
         Err(why) => (None, why),
     };
-    if let Some(f) = &probe_feed {
+    if let Some(s) = &source {
         eprintln!(
             "stress {:?}: {}/{} probes attached, running for {:.1}s",
             scenario.name,
-            f.probes_attached,
-            f.probes_total,
+            s.probes_attached(),
+            s.plans.len(),
             scenario.total_duration().as_secs_f64()
         );
     }
 
     let progress_on_tty = !args.monitor && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let run_over = AtomicBool::new(false);
-    let mut seen = Vec::new();
+    let mut seen = SeenInvalidations::default();
     let (report, engine) = std::thread::scope(|scope| {
         let stress_stop = Arc::clone(&stop);
-        let source_stop_after = Arc::clone(&source_stop);
+        let source_stop = source.as_ref().map(Source::stopper);
         let run_over = &run_over;
         let worker = scope.spawn(move || {
             let result = stress::run(&scenario, &stress_stop, |p| {
@@ -188,35 +193,51 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             }
             // The run is over: let the probes drain and stop.
             run_over.store(true, Ordering::Release);
-            source_stop_after.store(true, Ordering::Relaxed);
+            if let Some(s) = source_stop {
+                s.store(true, Ordering::Relaxed);
+            }
             result
         });
-        let engine = match probe_feed {
-            Some(feed) if args.monitor => {
-                let engine = watch(
-                    feed,
-                    AnalysisConfig::default(),
-                    &stop,
-                    &source_stop,
-                    None,
-                    10,
-                    &mut |e| seen.extend(seen_invalidation(e)),
-                    // q ends the run too, and the workers stop before the probes detach: taking
-                    // a fentry trampoline off a function that other CPUs are hammering is what
-                    // the kernel's text patching has to get right, and in the TCG guest it
-                    // did not (an int3 oops in __mmu_notifier_invalidate_range_start).
-                    &|| {
-                        stop.store(true, Ordering::Relaxed);
-                        while !run_over.load(Ordering::Acquire) {
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                    },
-                );
-                Some(engine)
+        let engine = source.map(|source| {
+            let mut sinks: Vec<&mut dyn Sink> = vec![&mut seen];
+            if let Some(r) = recorder.as_mut() {
+                sinks.push(r);
             }
-            Some(feed) => Some(collect(feed, &mut seen)),
-            None => None,
-        };
+            let mut screen = if args.monitor {
+                Some(Tui::start(&source, 10)?)
+            } else {
+                None
+            };
+            if let Some(s) = screen.as_mut() {
+                sinks.push(s);
+            }
+            let run = Run {
+                stop: &stop,
+                deadline: None,
+                until: if args.monitor {
+                    Until::SinkStops
+                } else {
+                    Until::SourceEnds
+                },
+                // q or a signal ends the run too, and the workers stop before the probes
+                // detach: taking a fentry trampoline off a function that other CPUs are
+                // hammering is what the kernel's text patching has to get right, and in the
+                // TCG guest it did not (an int3 oops in __mmu_notifier_invalidate_range_start).
+                before_detach: &|| {
+                    stop.store(true, Ordering::Relaxed);
+                    while !run_over.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                },
+            };
+            live::run(
+                source,
+                Engine::new(AnalysisConfig::default()),
+                &mut sinks,
+                run,
+            )
+            .map(|(engine, _)| engine)
+        });
         let report = worker
             .join()
             .unwrap_or_else(|_| Err(odp_core::Error::invalid("the stress run panicked")));
@@ -230,7 +251,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         Some(Ok(engine)) => Probes {
             status: probe_status,
             summary: Some(engine.summary()),
-            matching: stress::match_actions(&report.action_log, &seen),
+            matching: stress::match_actions(&report.action_log, &seen.0),
         },
         Some(Err(e)) => Probes {
             status: format!("failed: {e:#}"),
@@ -247,29 +268,6 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     // The report says it all already; in --json a second document would break the promise
     // of one document per command.
     verdict(&report).map_err(|e| AlreadyReported(e).into())
-}
-
-/// Without a screen: every event into the engine until the run ends and the probes drain.
-fn collect(feed: feed::Feed, seen: &mut Vec<SeenInvalidation>) -> anyhow::Result<Engine> {
-    let mut engine = Engine::new(AnalysisConfig::default());
-    engine.source.probes_attached = feed.probes_attached;
-    engine.source.probes_total = feed.probes_total;
-    let mut batch = Vec::new();
-    loop {
-        let done = feed.done();
-        feed.drain(&mut batch);
-        for e in &batch {
-            engine.ingest(e);
-            seen.extend(seen_invalidation(e));
-        }
-        if done {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    feed.record_losses(&mut engine.source);
-    feed.finish()?;
-    Ok(engine)
 }
 
 fn verdict(report: &Report) -> anyhow::Result<()> {

@@ -6,12 +6,14 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bpf_common::Point;
+use bpf_common::{Group, OdpEvent, Point};
+use odp_core::analysis::{AnalysisConfig, Engine};
 use odp_core::trace::{monotonic_ns, write_json_line, Record};
-use odp_ebpf::{Config, Delivery, Session, Status};
+use odp_ebpf::{Config, Status};
 use serde::Serialize;
 
 use super::launch::{report_child_status, spawn_gated, stop_on_signals, Gated, ProbeFilter};
+use crate::live::{self, Flow, Run, Sink, Source, State, Until};
 use crate::output::Output;
 use odp_core::units::parse_duration;
 
@@ -42,6 +44,8 @@ struct Summary {
     drops: u64,
     /// Program runs the kernel skipped (recursion protection); their events never existed.
     missed: u64,
+    /// Events shed between the probes and the writer because the writer lagged.
+    overflow: u64,
     duration_s: f64,
     per_point: BTreeMap<&'static str, u64>,
     attached: usize,
@@ -63,14 +67,51 @@ fn select_points(names: &[String]) -> anyhow::Result<Option<Vec<Point>>> {
         );
         if points.len() == before {
             let known: Vec<&str> = Point::ALL.iter().map(|p| p.name()).collect();
+            let groups: Vec<&str> = Group::ALL.iter().map(|g| g.name()).collect();
             return Err(odp_core::Error::invalid(format!(
-                "unknown point {name:?}; points: {}; groups: ib_core, mm, rxe, mlx5, cpu, verbs",
-                known.join(", ")
+                "unknown point {name:?}; points: {}; groups: {}",
+                known.join(", "),
+                groups.join(", ")
             ))
             .into());
         }
     }
     Ok(Some(points))
+}
+
+/// Decoded events, as lines or JSON Lines, to stdout or a file.
+struct Writer {
+    out: BufWriter<Box<dyn Write>>,
+    json: bool,
+    /// The session's start, on the events' clock.
+    t0: u64,
+    events: u64,
+}
+
+impl Sink for Writer {
+    fn event(&mut self, e: &OdpEvent, _engine: &Engine) -> anyhow::Result<()> {
+        self.events += 1;
+        let written = if self.json {
+            write_json_line(&mut self.out, e)
+        } else {
+            writeln!(self.out, "{}", Record::from_event(e).human(self.t0))
+        };
+        written.map_err(|err| anyhow::anyhow!("writing events: {err}"))
+    }
+
+    /// Each drain is flushed, so a quiet stream is seen as it happens.
+    fn tick(&mut self, _engine: &Engine, _state: &State) -> anyhow::Result<Flow> {
+        self.out
+            .flush()
+            .map_err(|err| anyhow::anyhow!("writing events: {err}"))?;
+        Ok(Flow::Continue)
+    }
+
+    fn finish(&mut self, _engine: &Engine) -> anyhow::Result<()> {
+        self.out
+            .flush()
+            .map_err(|err| anyhow::anyhow!("writing events: {err}"))
+    }
 }
 
 pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
@@ -96,13 +137,15 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         emit_events: !args.count_only,
         ..args.filter.config(gated.as_ref().map(Gated::pid))?
     };
-    let session = match Session::start(&config) {
+    let started = Instant::now();
+    let deadline = args.duration.map(|d| started + d);
+    let source = match Source::probes(config, deadline) {
         Ok(s) => s,
         Err(e) => {
             if let Some(g) = &mut gated {
                 g.abort();
             }
-            return Err(e.into());
+            return Err(e);
         }
     };
     let destination: Box<dyn Write> = match &args.output {
@@ -112,75 +155,52 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         ),
         None => Box::new(std::io::stdout().lock()),
     };
-    // The buffer outside the trait object: serde_json writes each event in many small pieces,
-    // and a BufWriter of known type takes them inline.
-    let mut sink = BufWriter::with_capacity(1 << 16, destination);
-    let t0 = monotonic_ns();
-    let started = Instant::now();
-    let deadline = args.duration.map(|d| started + d);
+    let mut writer = Writer {
+        // The buffer outside the trait object: serde_json writes each event in many small
+        // pieces, and a BufWriter of known type takes them inline.
+        out: BufWriter::with_capacity(1 << 16, destination),
+        json: out.json,
+        t0: monotonic_ns(),
+        events: 0,
+    };
     // On stderr in every mode, so scripts (and people) know the probes are live.
     eprintln!(
         "tracing {} points; Ctrl-C to stop",
-        session
-            .plans()
-            .iter()
-            .filter(|p| p.status == Status::Attached)
-            .count()
+        source.probes_attached()
     );
+    let plans = source.plans.clone();
     // Let the child run now that every probe is in place.
     if let Some(g) = &mut gated {
         g.release()?;
     }
-    let mut events = 0u64;
-    let mut write_error = None;
     let watcher = gated.as_ref().map(|g| g.watch(&stop));
-    session.run(&stop, deadline, |delivery| {
-        if write_error.is_some() {
-            return;
-        }
-        let written = match delivery {
-            Delivery::Event(e) => {
-                events += 1;
-                if out.json {
-                    write_json_line(&mut sink, e)
-                } else {
-                    writeln!(sink, "{}", Record::from_event(e).human(t0))
-                }
-            }
-            Delivery::Drained => sink.flush(),
-        };
-        if let Err(err) = written {
-            write_error = Some(err);
-        }
-    })?;
+    let run = Run {
+        stop: &stop,
+        deadline,
+        until: Until::SourceEnds,
+        before_detach: &|| {},
+    };
+    let result = live::run(
+        source,
+        Engine::new(AnalysisConfig::default()),
+        &mut [&mut writer],
+        run,
+    );
     let child_status = watcher.and_then(|w| w.join().ok());
-    sink.flush()?;
-    drop(sink);
-    if let Some(err) = write_error {
-        return Err(anyhow::anyhow!("writing events: {err}"));
-    }
+    let (engine, end) = result?;
+    drop(writer);
     let summary = Summary {
-        events,
-        drops: session.drops(),
-        missed: session.missed(),
+        events: engine.events(),
+        drops: engine.source.drops,
+        missed: engine.source.missed,
+        overflow: engine.source.overflow,
         duration_s: started.elapsed().as_secs_f64(),
-        per_point: Point::ALL
-            .iter()
-            .filter(|p| {
-                session
-                    .plans()
-                    .iter()
-                    .any(|pl| pl.point == **p && pl.status == Status::Attached)
-            })
-            .map(|p| (p.name(), session.hits(*p)))
-            .collect(),
-        attached: session
-            .plans()
+        per_point: end.hits.iter().map(|(p, n)| (p.name(), *n)).collect(),
+        attached: plans
             .iter()
             .filter(|p| p.status == Status::Attached)
             .count(),
-        skipped: session
-            .plans()
+        skipped: plans
             .iter()
             .filter_map(|p| match &p.status {
                 Status::Skipped(r) | Status::Failed(r) if r != "not selected" => {
@@ -190,7 +210,6 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             })
             .collect(),
     };
-    drop(session);
     if out.json {
         let line = serde_json::to_string(&serde_json::json!({ "summary": summary }))?;
         match &args.output {
@@ -209,10 +228,15 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             .map(|(p, n)| format!("{p}={n}"))
             .collect();
         eprintln!(
-            "summary: {} events, {} drops, {} missed in {:.1}s; calls: {}",
+            "summary: {} events, {} drops, {} missed{} in {:.1}s; calls: {}",
             summary.events,
             summary.drops,
             summary.missed,
+            if summary.overflow > 0 {
+                format!(", {} shed by a lagging writer", summary.overflow)
+            } else {
+                String::new()
+            },
             summary.duration_s,
             if counts.is_empty() {
                 "none".into()

@@ -434,12 +434,32 @@ static __always_inline void header(struct odp_event *e, __u32 point, __u8 method
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 }
 
+/* The kernel's enum mmu_notifier_event as the ABI numbers it: matched by name through CO-RE,
+ * so a kernel that renumbers or drops a kind still reports the others rightly. */
+#define MMU_EVENT(name)                                                                    \
+	if (bpf_core_enum_value_exists(enum mmu_notifier_event, MMU_NOTIFY_##name) &&      \
+	    event == bpf_core_enum_value(enum mmu_notifier_event, MMU_NOTIFY_##name))      \
+		return ODP_MMU_##name;
+
+static __always_inline __u32 odp_mmu_event(__u32 event)
+{
+	MMU_EVENT(UNMAP)
+	MMU_EVENT(CLEAR)
+	MMU_EVENT(PROTECTION_VMA)
+	MMU_EVENT(PROTECTION_PAGE)
+	MMU_EVENT(SOFT_DIRTY)
+	MMU_EVENT(RELEASE)
+	MMU_EVENT(MIGRATE)
+	MMU_EVENT(EXCLUSIVE)
+	return ODP_MMU_UNKNOWN;
+}
+
 static __always_inline void fill_range(struct odp_event *e, struct mmu_notifier_range *r)
 {
 	e->mm = (__u64)BPF_CORE_READ(r, mm);
 	e->start = BPF_CORE_READ(r, start);
 	e->end = BPF_CORE_READ(r, end);
-	e->aux = BPF_CORE_READ(r, event);
+	e->aux = odp_mmu_event(BPF_CORE_READ(r, event));
 	e->args[0] = BPF_CORE_READ(r, flags);
 }
 

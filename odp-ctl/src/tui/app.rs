@@ -1,8 +1,9 @@
 //! The monitor's screen state and how keys change it. No drawing here (view.rs), no event
-//! sources (feed.rs): the engine's numbers are read, never changed, by this module.
+//! sources (crate::live): the engine's numbers are read, never changed, by this module.
 
 use std::collections::VecDeque;
 
+use crate::live::Flow;
 use bpf_common::OdpEvent;
 use odp_core::analysis::{Engine, Mr};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
@@ -72,12 +73,6 @@ impl SortKey {
         };
         -i128::from(v)
     }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum Action {
-    Continue,
-    Quit,
 }
 
 pub struct App {
@@ -167,12 +162,12 @@ impl App {
         rows
     }
 
-    pub fn on_key(&mut self, key: KeyEvent, live: &Engine) -> Action {
+    pub fn on_key(&mut self, key: KeyEvent, live: &Engine) -> Flow {
         if key.kind == KeyEventKind::Release {
-            return Action::Continue;
+            return Flow::Continue;
         }
         if key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL) {
-            return Action::Quit;
+            return Flow::Stop;
         }
         if self.editing_filter {
             match key.code {
@@ -188,20 +183,20 @@ impl App {
                 _ => {}
             }
             self.selected = 0;
-            return Action::Continue;
+            return Flow::Continue;
         }
         if self.help {
             // Any key closes the help; q still quits.
             self.help = false;
             return if key.code == KeyCode::Char('q') {
-                Action::Quit
+                Flow::Stop
             } else {
-                Action::Continue
+                Flow::Continue
             };
         }
         let rows = self.mr_rows(self.shown(live)).len();
         match key.code {
-            KeyCode::Char('q') => return Action::Quit,
+            KeyCode::Char('q') => return Flow::Stop,
             KeyCode::Char('?') | KeyCode::F(1) => self.help = true,
             KeyCode::Char('/') => self.editing_filter = true,
             KeyCode::Char('s') => self.sort = self.sort.next(),
@@ -233,7 +228,7 @@ impl App {
             }
             _ => {}
         }
-        Action::Continue
+        Flow::Continue
     }
 }
 
@@ -250,15 +245,9 @@ mod tests {
     fn keys_follow_the_htop_habit() {
         let engine = Engine::new(AnalysisConfig::default());
         let mut app = App::new("test".into(), 0, 0);
-        assert_eq!(
-            app.on_key(key(KeyCode::Char('?')), &engine),
-            Action::Continue
-        );
+        assert_eq!(app.on_key(key(KeyCode::Char('?')), &engine), Flow::Continue);
         assert!(app.help);
-        assert_eq!(
-            app.on_key(key(KeyCode::Char('x')), &engine),
-            Action::Continue
-        );
+        assert_eq!(app.on_key(key(KeyCode::Char('x')), &engine), Flow::Continue);
         assert!(!app.help, "any key closes help");
         app.on_key(key(KeyCode::Char('p')), &engine);
         assert!(app.paused());
@@ -270,10 +259,7 @@ mod tests {
         for c in "rxe".chars() {
             app.on_key(key(KeyCode::Char(c)), &engine);
         }
-        assert_eq!(
-            app.on_key(key(KeyCode::Char('q')), &engine),
-            Action::Continue
-        );
+        assert_eq!(app.on_key(key(KeyCode::Char('q')), &engine), Flow::Continue);
         assert_eq!(app.filter, "rxeq", "q is text while typing a filter");
         app.on_key(key(KeyCode::Esc), &engine);
         assert!(app.filter.is_empty() && !app.editing_filter);
@@ -282,8 +268,8 @@ mod tests {
                 KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL),
                 &engine
             ),
-            Action::Quit
+            Flow::Stop
         );
-        assert_eq!(app.on_key(key(KeyCode::Char('q')), &engine), Action::Quit);
+        assert_eq!(app.on_key(key(KeyCode::Char('q')), &engine), Flow::Stop);
     }
 }

@@ -586,7 +586,7 @@ mod tests {
     use ratatui::Terminal;
 
     use super::*;
-    use crate::cmd::monitor::feed::read_recording;
+    use crate::live::read_recording;
 
     /// The screens as a user sees them at the end of the committed capture (the same file the
     /// integration tests replay), driven by the same keys.

@@ -1,0 +1,143 @@
+//! `odp-ctl monitor`: the live view (or a summary) of ODP faults, invalidations, races, retries
+//! and timeouts, from live probes or a recording.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use odp_core::analysis::{AnalysisConfig, Engine};
+use odp_core::units::parse_duration;
+
+use super::launch::{report_child_status, spawn_gated, stop_on_signals, Gated, ProbeFilter};
+use crate::live::{self, print_summary, Progress, Recorder, Run, Sink, Source, Until};
+use crate::output::Output;
+use crate::tui::Tui;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub filter: ProbeFilter,
+    /// Print the aggregates at the end (table, or --json) instead of the live view.
+    #[arg(long)]
+    pub summary: bool,
+    /// Stop after this long (e.g. 30s, 5m); default: until q/Ctrl-C, the command exits, or the
+    /// replay ends (--summary).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Also write every event to this file (the `trace --json` format) for a later --replay.
+    #[arg(long, conflicts_with = "replay")]
+    pub record: Option<PathBuf>,
+    /// Study a recording (from `trace --json` or `monitor --record`) instead of live probes.
+    #[arg(long)]
+    pub replay: Option<PathBuf>,
+    /// Replay pace: 1 as recorded, 10 ten times faster, 0 as fast as possible.
+    #[arg(long, default_value = "1", requires = "replay")]
+    pub speed: f64,
+    /// A fault at least this slow counts as a timeout (kind "slow").
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub slow: Duration,
+    /// Screen refreshes per second.
+    #[arg(long, default_value = "10", value_parser = clap::value_parser!(u32).range(1..=60))]
+    pub fps: u32,
+    /// Run this command and monitor it (implies --pid of the child); the source ends when it exits.
+    #[arg(last = true, conflicts_with = "replay")]
+    pub command: Vec<String>,
+}
+
+pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
+    if !(args.speed.is_finite() && args.speed >= 0.0) {
+        return Err(odp_core::Error::invalid("--speed must be 0 (no pacing) or positive").into());
+    }
+    let config = AnalysisConfig {
+        slow_fault_ns: args.slow.as_nanos().min(u128::from(u64::MAX)) as u64,
+        ..AnalysisConfig::default()
+    };
+    let stop = stop_on_signals()?;
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    if let Some(path) = &args.replay {
+        // A summary reads as fast as the file allows.
+        let speed = if args.summary { 0.0 } else { args.speed };
+        let source = Source::recording(path.clone(), speed)?;
+        return view_or_summarize(out, args, source, config, &stop, deadline, None);
+    }
+
+    args.filter.check_command(&args.command)?;
+    args.filter.config(None)?;
+    let mut recorder = args.record.as_deref().map(Recorder::create).transpose()?;
+    let mut gated = if args.command.is_empty() {
+        None
+    } else {
+        Some(spawn_gated(&args.command)?)
+    };
+    let session_config = args.filter.config(gated.as_ref().map(Gated::pid))?;
+    let source = match Source::probes(session_config, deadline) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(g) = &mut gated {
+                g.abort();
+            }
+            return Err(e);
+        }
+    };
+    eprintln!(
+        "monitoring with {}/{} probes attached",
+        source.probes_attached(),
+        source.plans.len()
+    );
+    // Signals quit; the command's end only stops the source (the view stays for study).
+    let watcher = match &mut gated {
+        Some(g) => {
+            g.release()?;
+            Some(g.watch(&source.stopper()))
+        }
+        None => None,
+    };
+    let result = view_or_summarize(
+        out,
+        args,
+        source,
+        config,
+        &stop,
+        deadline,
+        recorder.as_mut(),
+    );
+    // The view may end first (q): the child keeps running, so only reap it if it is done.
+    let status = watcher.and_then(|w| w.is_finished().then(|| w.join().ok()).flatten());
+    report_child_status(status);
+    result
+}
+
+/// The live screen until q, a signal or the deadline; or, with --summary, the aggregates once
+/// the source ends.
+fn view_or_summarize(
+    out: &Output,
+    args: &Args,
+    source: Source,
+    config: AnalysisConfig,
+    stop: &std::sync::atomic::AtomicBool,
+    deadline: Option<Instant>,
+    recorder: Option<&mut Recorder>,
+) -> anyhow::Result<()> {
+    let mut sinks: Vec<&mut dyn Sink> = Vec::new();
+    if let Some(r) = recorder {
+        sinks.push(r);
+    }
+    let run = Run {
+        stop,
+        deadline,
+        until: if args.summary {
+            Until::SourceEnds
+        } else {
+            Until::SinkStops
+        },
+        before_detach: &|| {},
+    };
+    if args.summary {
+        let mut progress = Progress::on_terminal();
+        sinks.push(&mut progress);
+        let (engine, _) = live::run(source, Engine::new(config), &mut sinks, run)?;
+        return print_summary(out, &engine.summary());
+    }
+    let mut screen = Tui::start(&source, args.fps)?;
+    sinks.push(&mut screen);
+    live::run(source, Engine::new(config), &mut sinks, run).map(drop)
+}

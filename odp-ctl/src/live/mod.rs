@@ -1,0 +1,190 @@
+//! The one live pipeline: a source (probes or a recording) → the correlation engine → sinks.
+//! `trace`, `monitor` and `stress` each pick a source and their sinks and hand them to `run`;
+//! the pump, its pacing, its stop rules and its loss accounting are written once, here.
+//!
+//! A new consumer of the stream (an exporter, a timeline writer) is one new `Sink`.
+
+mod recorder;
+mod source;
+mod summary;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bpf_common::OdpEvent;
+use odp_core::analysis::Engine;
+
+pub use recorder::Recorder;
+#[cfg(test)]
+pub use source::read_recording;
+pub use source::{Losses, ProbeEnd, Source};
+pub use summary::{print_summary, Progress};
+
+/// How often the pump drains the source when it is not busy.
+const PUMP_INTERVAL: Duration = Duration::from_millis(20);
+/// A drain at least this large means the source is busy: drain again without sleeping.
+const BUSY_BATCH: usize = 1024;
+
+/// Whether a sink wants the run to go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// A consumer of the stream. Every method runs on the pump's thread.
+pub trait Sink {
+    /// Each event, in arrival order, after the engine has ingested it.
+    fn event(&mut self, _e: &OdpEvent, _engine: &Engine) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// After each drain (at least every 20 ms while the source runs, and once it has ended):
+    /// the moment to flush output, redraw, read keys.
+    fn tick(&mut self, _engine: &Engine, _state: &State) -> anyhow::Result<Flow> {
+        Ok(Flow::Continue)
+    }
+
+    /// The run is stopping: release what must not wait for the last drain (the terminal).
+    fn close(&mut self) {}
+
+    /// Once, after the last event, with the engine's final state (losses recorded).
+    fn finish(&mut self, _engine: &Engine) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the pump knows of its source, for sinks to show.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// The source has ended (a recording read, the probes detached).
+    pub source_done: bool,
+    pub losses: Losses,
+}
+
+/// When the run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// When the source ends (a signal or the deadline ends the source first).
+    SourceEnds,
+    /// When a sink says so or on a signal or the deadline: a live view stays up for study
+    /// after its source has ended.
+    SinkStops,
+}
+
+pub struct Run<'a> {
+    /// Set by SIGINT/SIGTERM (and a traced command's exit).
+    pub stop: &'a AtomicBool,
+    pub deadline: Option<Instant>,
+    pub until: Until,
+    /// Runs once the run is stopping, before the source is stopped (a stress run's workers
+    /// must stop before the probes detach).
+    pub before_detach: &'a dyn Fn(),
+}
+
+/// Pumps `source` through `engine` into `sinks` until the run ends; returns the engine with the
+/// source's losses and probe counts recorded.
+pub fn run(
+    source: Source,
+    mut engine: Engine,
+    sinks: &mut [&mut dyn Sink],
+    run: Run<'_>,
+) -> anyhow::Result<(Engine, ProbeEnd)> {
+    engine.source.probes_attached = source.probes_attached();
+    engine.source.probes_total = source.plans.len();
+    let mut batch = Vec::new();
+    let mut state = State::default();
+    let mut stopping = false;
+    let mut failure = None;
+    loop {
+        state.source_done = source.done();
+        source.drain(&mut batch);
+        if let Err(e) = feed(&mut engine, sinks, &batch) {
+            failure = Some(e);
+            break;
+        }
+        state.losses = source.losses();
+        engine.source.drops = state.losses.drops;
+        engine.source.overflow = state.losses.overflow;
+        if state.source_done && run.until == Until::SourceEnds {
+            break;
+        }
+        let signalled =
+            run.stop.load(Ordering::Relaxed) || run.deadline.is_some_and(|d| Instant::now() >= d);
+        if signalled && run.until == Until::SinkStops {
+            break;
+        }
+        if signalled && !stopping {
+            stopping = true;
+            (run.before_detach)();
+            source.stop();
+        }
+        match tick(&engine, sinks, &state) {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Stop) => break,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+        if batch.len() < BUSY_BATCH {
+            std::thread::sleep(PUMP_INTERVAL);
+        }
+    }
+    for sink in sinks.iter_mut() {
+        sink.close();
+    }
+    if !stopping {
+        (run.before_detach)();
+    }
+    source.stop();
+    // What arrived before the stop still reaches the engine and the sinks.
+    while failure.is_none() {
+        let done = source.done();
+        source.drain(&mut batch);
+        if let Err(e) = feed(&mut engine, sinks, &batch) {
+            failure = Some(e);
+        }
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let losses = source.losses();
+    let end = source.finish();
+    engine.source.drops = losses.drops;
+    engine.source.missed = losses.missed;
+    engine.source.overflow = losses.overflow;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let end = end?;
+    for sink in sinks.iter_mut() {
+        sink.finish(&engine)?;
+    }
+    Ok((engine, end))
+}
+
+fn feed(
+    engine: &mut Engine,
+    sinks: &mut [&mut dyn Sink],
+    batch: &[OdpEvent],
+) -> anyhow::Result<()> {
+    for e in batch {
+        engine.ingest(e);
+        for sink in sinks.iter_mut() {
+            sink.event(e, engine)?;
+        }
+    }
+    Ok(())
+}
+
+fn tick(engine: &Engine, sinks: &mut [&mut dyn Sink], state: &State) -> anyhow::Result<Flow> {
+    let mut flow = Flow::Continue;
+    for sink in sinks.iter_mut() {
+        if sink.tick(engine, state)? == Flow::Stop {
+            flow = Flow::Stop;
+        }
+    }
+    Ok(flow)
+}

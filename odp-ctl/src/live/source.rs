@@ -1,0 +1,377 @@
+//! Where the pipeline's events come from: live probes or a recording, read in a thread of their
+//! own so that the consumer never waits on the source, nor the source on the consumer. Between
+//! the two sits one bounded queue: live events past its bound are shed and counted (the kernel
+//! side must never wait), a recording waits for room instead (nothing in a file need be lost).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bpf_common::{OdpEvent, Point};
+use odp_core::trace::Record;
+use odp_ebpf::{Config, Delivery, PointPlan, Session, Status};
+
+/// Events waiting between the source thread and the pump, at most (15 MB of events): several
+/// seconds of the busiest stream seen in the VM, far more than one pump interval.
+pub const QUEUE_EVENTS: usize = 1 << 17;
+
+/// The bounded hand-over between the source thread and the pump.
+#[derive(Default)]
+struct Queue {
+    pending: Mutex<Vec<OdpEvent>>,
+    /// Signalled when the pump takes the pending events (a recording waits on it for room).
+    room: Condvar,
+    /// Live events shed because the queue was full.
+    overflow: AtomicU64,
+}
+
+impl Queue {
+    /// A live event: queued if there is room, else counted as shed.
+    fn offer(&self, e: &OdpEvent) {
+        match self.pending.lock() {
+            Ok(mut pending) if pending.len() < QUEUE_EVENTS => pending.push(*e),
+            _ => {
+                self.overflow.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A batch from a recording: waits for room rather than lose events (or until `stop`).
+    fn put(&self, batch: &mut Vec<OdpEvent>, stop: &AtomicBool) {
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        while pending.len() >= QUEUE_EVENTS && !stop.load(Ordering::Relaxed) {
+            match self.room.wait_timeout(pending, Duration::from_millis(50)) {
+                Ok((guard, _)) => pending = guard,
+                Err(_) => return,
+            }
+        }
+        pending.append(batch);
+    }
+
+    fn take(&self, into: &mut Vec<OdpEvent>) {
+        into.clear();
+        if let Ok(mut pending) = self.pending.lock() {
+            std::mem::swap(&mut *pending, into);
+        }
+        self.room.notify_all();
+    }
+}
+
+/// Shared between the source thread and the pump.
+#[derive(Default)]
+struct Shared {
+    queue: Queue,
+    drops: AtomicU64,
+    done: AtomicBool,
+    error: Mutex<Option<anyhow::Error>>,
+    end: Mutex<Option<ProbeEnd>>,
+}
+
+/// What the probes counted by the time they detached.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeEnd {
+    pub missed: u64,
+    /// Calls counted in the kernel per attached point (streamed or not).
+    pub hits: Vec<(Point, u64)>,
+}
+
+/// What the source lost and counted, read when it has finished.
+#[derive(Debug, Clone, Default)]
+pub struct Losses {
+    /// Events the ring buffer had no room for.
+    pub drops: u64,
+    /// Program runs the kernel skipped.
+    pub missed: u64,
+    /// Events shed at the queue between the source and the pump.
+    pub overflow: u64,
+}
+
+pub struct Source {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    /// What a screen shows as the source.
+    pub label: String,
+    /// The probes' plan (empty for a recording).
+    pub plans: Vec<PointPlan>,
+}
+
+fn fail(shared: &Shared, err: anyhow::Error) {
+    if let Ok(mut e) = shared.error.lock() {
+        e.get_or_insert(err);
+    }
+}
+
+impl Source {
+    /// Live probes in a thread of their own (the session is not Send: it lives and dies there).
+    /// Returns once every probe is attached, or with the reason none could be. The probes stop
+    /// at `deadline`, or when `stop()` is called.
+    pub fn probes(config: Config, deadline: Option<Instant>) -> anyhow::Result<Source> {
+        let shared = Arc::new(Shared::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<Vec<PointPlan>, odp_ebpf::Error>>();
+        let thread = {
+            let shared = Arc::clone(&shared);
+            let stop = Arc::clone(&stop);
+            // Named so that per-thread CPU (top -H, the benchmark) tells source from screen.
+            std::thread::Builder::new()
+                .name("odp-probes".into())
+                .spawn(move || {
+                    let session = match Session::start(&config) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            shared.done.store(true, Ordering::Release);
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(session.plans().to_vec()));
+                    let mut since_drops = 0u32;
+                    let result = session.run(&stop, deadline, |delivery| {
+                        let Delivery::Event(e) = delivery else {
+                            return;
+                        };
+                        shared.queue.offer(e);
+                        // Drops only happen while events flow, so sampling here keeps the
+                        // count fresh for a live header.
+                        since_drops += 1;
+                        if since_drops >= 4096 {
+                            since_drops = 0;
+                            shared.drops.store(session.drops(), Ordering::Relaxed);
+                        }
+                    });
+                    shared.drops.store(session.drops(), Ordering::Relaxed);
+                    let end = ProbeEnd {
+                        missed: session.missed(),
+                        hits: session
+                            .plans()
+                            .iter()
+                            .filter(|p| p.status == Status::Attached)
+                            .map(|p| (p.point, session.hits(p.point)))
+                            .collect(),
+                    };
+                    if let Ok(mut slot) = shared.end.lock() {
+                        *slot = Some(end);
+                    }
+                    if let Err(e) = result {
+                        fail(
+                            &shared,
+                            anyhow::Error::from(e).context("reading probe events"),
+                        );
+                    }
+                    // The session detaches here, before the pump is told the source is done.
+                    drop(session);
+                    shared.done.store(true, Ordering::Release);
+                })?
+        };
+        match ready_rx.recv() {
+            Ok(Ok(plans)) => Ok(Source {
+                shared,
+                thread: Some(thread),
+                stop,
+                label: "live".into(),
+                plans,
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e.into())
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(anyhow::anyhow!("the probe thread ended before attaching"))
+            }
+        }
+    }
+
+    /// A recording (`trace --json`, `monitor --record`) paced by its timestamps: `speed` times
+    /// as fast, or as fast as it reads with 0.
+    pub fn recording(path: PathBuf, speed: f64) -> anyhow::Result<Source> {
+        // Fail on a missing file before a screen is taken over.
+        File::open(&path).map_err(|e| {
+            odp_core::Error::invalid(format!("cannot open the recording {}: {e}", path.display()))
+        })?;
+        let shared = Arc::new(Shared::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let label = format!(
+            "replay {}{}",
+            path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into()
+            ),
+            if speed > 0.0 {
+                format!(" x{speed}")
+            } else {
+                " (max speed)".into()
+            }
+        );
+        let thread = {
+            let shared = Arc::clone(&shared);
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("odp-replay".into())
+                .spawn(move || {
+                    if let Err(e) = replay(&path, speed, &stop, &shared.queue) {
+                        fail(&shared, e);
+                    }
+                    shared.done.store(true, Ordering::Release);
+                })?
+        };
+        Ok(Source {
+            shared,
+            thread: Some(thread),
+            stop,
+            label,
+            plans: Vec::new(),
+        })
+    }
+
+    pub fn probes_attached(&self) -> usize {
+        self.plans
+            .iter()
+            .filter(|p| p.status == Status::Attached)
+            .count()
+    }
+
+    /// A handle that ends the source from another thread (a stress run that is over).
+    pub fn stopper(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
+    }
+
+    /// Ends the source: live probes detach, a recording stops being read.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Moves whatever arrived since the last call into `into` (cleared first).
+    pub(super) fn drain(&self, into: &mut Vec<OdpEvent>) {
+        self.shared.queue.take(into);
+    }
+
+    /// The source has nothing more to give (a recording at its end, live probes detached).
+    pub(super) fn done(&self) -> bool {
+        self.shared.done.load(Ordering::Acquire)
+    }
+
+    /// Losses so far (the final figures once the source is done).
+    pub(super) fn losses(&self) -> Losses {
+        Losses {
+            drops: self.shared.drops.load(Ordering::Relaxed),
+            missed: self
+                .shared
+                .end
+                .lock()
+                .ok()
+                .and_then(|e| e.as_ref().map(|e| e.missed))
+                .unwrap_or(0),
+            overflow: self.shared.queue.overflow.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits for the source thread; its failure, if any, or what the probes counted.
+    pub(super) fn finish(mut self) -> anyhow::Result<ProbeEnd> {
+        self.stop();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                anyhow::bail!("the event source thread panicked");
+            }
+        }
+        if let Some(err) = self.shared.error.lock().ok().and_then(|mut e| e.take()) {
+            return Err(err);
+        }
+        Ok(self
+            .shared
+            .end
+            .lock()
+            .ok()
+            .and_then(|mut e| e.take())
+            .unwrap_or_default())
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How far ahead of its schedule a paced replay may run before it sleeps; well under a frame.
+const REPLAY_SLACK: Duration = Duration::from_millis(2);
+/// Events handed over at once when the replay is not sleeping.
+const REPLAY_BATCH: usize = 4096;
+
+fn replay(path: &Path, speed: f64, stop: &AtomicBool, queue: &Queue) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut first_ts = None;
+    // Events go over in batches, and the thread sleeps only when it is a few milliseconds
+    // ahead: a lock and a sleep per event cost more than the parse.
+    let mut batch = Vec::with_capacity(REPLAY_BATCH);
+    let result = read_recording(path, stop, |e| {
+        let t0 = *first_ts.get_or_insert(e.ts_ns);
+        if speed > 0.0 {
+            let due = Duration::from_secs_f64(e.ts_ns.saturating_sub(t0) as f64 / 1e9 / speed);
+            if due.saturating_sub(started.elapsed()) >= REPLAY_SLACK {
+                queue.put(&mut batch, stop);
+                // In slices, so a quit is not held up by a long gap.
+                while !stop.load(Ordering::Relaxed) {
+                    let left = due.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        break;
+                    }
+                    std::thread::sleep(left.min(Duration::from_millis(50)));
+                }
+            }
+        }
+        batch.push(e);
+        if batch.len() >= REPLAY_BATCH {
+            queue.put(&mut batch, stop);
+        }
+    });
+    queue.put(&mut batch, stop);
+    result.map(drop)
+}
+
+/// Reads a recording (`trace --json`, `monitor --record`): one Record per line; the closing
+/// summary line and blank lines are skipped. Calls `on_event` in file order.
+pub fn read_recording(
+    path: &Path,
+    stop: &AtomicBool,
+    mut on_event: impl FnMut(OdpEvent),
+) -> anyhow::Result<u64> {
+    let file = File::open(path).map_err(|e| {
+        odp_core::Error::invalid(format!("cannot open the recording {}: {e}", path.display()))
+    })?;
+    let mut events = 0;
+    for (index, line) in BufReader::with_capacity(1 << 20, file).lines().enumerate() {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let line = line.map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let text = line.trim();
+        if text.is_empty() || text.starts_with("{\"summary\"") {
+            continue;
+        }
+        let record: Record = serde_json::from_str(text).map_err(|e| {
+            odp_core::Error::invalid(format!(
+                "{}:{}:{}: not a trace event: {e}",
+                path.display(),
+                index + 1,
+                e.column()
+            ))
+        })?;
+        // Points this build does not know are skipped, not fatal: recordings outlive builds.
+        if let Some(event) = record.to_event() {
+            on_event(event);
+            events += 1;
+        }
+    }
+    Ok(events)
+}

@@ -1,0 +1,201 @@
+//! The summary: the engine's aggregates as tables (or one JSON document), and the progress line
+//! a summary run shows on a terminal meanwhile.
+
+use std::time::{Duration, Instant};
+
+use odp_core::analysis::{fmt_ns, Engine, LatencySummary, Summary};
+
+use super::{Flow, Sink, State};
+use crate::output::{table, Output};
+
+/// One stderr line a second while a summary run goes on (only on a terminal).
+pub struct Progress {
+    next: Option<Instant>,
+}
+
+impl Progress {
+    pub fn on_terminal() -> Progress {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        Progress {
+            next: tty.then(|| Instant::now() + Duration::from_secs(1)),
+        }
+    }
+}
+
+impl Sink for Progress {
+    fn tick(&mut self, engine: &Engine, _state: &State) -> anyhow::Result<Flow> {
+        if let Some(next) = &mut self.next {
+            if Instant::now() >= *next {
+                let c = &engine.total().counts;
+                eprint!(
+                    "\r{} events, {} faults, {} invalidations, {} races, {} retries   ",
+                    engine.events(),
+                    c.faults,
+                    c.invalidations,
+                    c.races,
+                    c.retries
+                );
+                *next += Duration::from_secs(1);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn close(&mut self) {
+        if self.next.take().is_some() {
+            eprintln!();
+        }
+    }
+}
+
+fn latency_cell(l: &Option<LatencySummary>) -> [String; 4] {
+    match l {
+        Some(l) => [
+            l.count.to_string(),
+            fmt_ns(l.p50_ns),
+            fmt_ns(l.p99_ns),
+            fmt_ns(l.max_ns),
+        ],
+        None => ["0".into(), "-".into(), "-".into(), "-".into()],
+    }
+}
+
+pub fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
+    if out.json {
+        return out.json(s);
+    }
+    let c = &s.totals.counts;
+    println!(
+        "{} events over {:.2}s, {} drops, {} missed{}{}",
+        s.events,
+        s.duration_s,
+        s.source.drops,
+        s.source.missed,
+        if s.source.overflow > 0 {
+            format!(", {} shed by a lagging consumer", s.source.overflow)
+        } else {
+            String::new()
+        },
+        if s.source.probes_total > 0 {
+            format!(
+                ", {}/{} probes attached",
+                s.source.probes_attached, s.source.probes_total
+            )
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "faults {} ({:.1}/s, {} pages, {} errors)  invalidations {} ({:.1}/s)  races {}  retries {} (in {} faults)  timeouts {} (hmm {}, unresolved {}, slow {})",
+        c.faults,
+        s.rates.faults,
+        c.fault_pages,
+        c.fault_errors,
+        c.invalidations,
+        s.rates.invalidations,
+        c.races,
+        c.retries,
+        c.retried_faults,
+        s.totals.timeouts,
+        c.hmm_timeouts,
+        c.unresolved,
+        c.slow
+    );
+    println!(
+        "prefetches {}: {} pages, {} faulted anyway; hmm busy {}; collision waits {}; cpu faults {}",
+        c.prefetches,
+        c.prefetched_pages,
+        c.prefetched_then_faulted_pages,
+        c.hmm_busy,
+        c.collision_waits,
+        c.cpu_faults
+    );
+    let mut lat = table(&["latency", "count", "p50", "p99", "max"]);
+    for (name, l) in [
+        ("fault", &s.totals.latency.fault),
+        ("invalidation", &s.totals.latency.invalidation),
+        ("prefetch", &s.totals.latency.prefetch),
+        ("collision wait", &s.totals.latency.collision_wait),
+    ] {
+        let [n, p50, p99, max] = latency_cell(l);
+        lat.add_row(vec![name.to_string(), n, p50, p99, max]);
+    }
+    println!("{lat}");
+    let causes = c.causes();
+    if !causes.is_empty() {
+        let parts: Vec<String> = causes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("invalidations by cause: {}", parts.join(", "));
+        let parts: Vec<String> = s
+            .invalidations_by_task
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!("invalidations by task: {}", parts.join(", "));
+    }
+    if !s.mrs.is_empty() {
+        let mut mrs = table(&[
+            "MR",
+            "dev",
+            "pid",
+            "comm",
+            "range",
+            "faults",
+            "fault p99",
+            "inval",
+            "races",
+            "retries",
+            "timeouts",
+        ]);
+        for m in &s.mrs {
+            mrs.add_row(vec![
+                format!("#{}{}", m.id, if m.released { " (released)" } else { "" }),
+                m.device.clone(),
+                m.pid.to_string(),
+                m.comm.clone(),
+                if m.implicit {
+                    "implicit".into()
+                } else {
+                    format!("{:#x}+{:#x}", m.start, m.end.saturating_sub(m.start))
+                },
+                m.stats.counts.faults.to_string(),
+                m.stats
+                    .latency
+                    .fault
+                    .map_or_else(|| "-".into(), |l| fmt_ns(l.p99_ns)),
+                m.stats.counts.invalidations.to_string(),
+                m.stats.counts.races.to_string(),
+                m.stats.counts.retries.to_string(),
+                m.stats.timeouts.to_string(),
+            ]);
+        }
+        println!("{mrs}");
+    }
+    for p in &s.processes {
+        println!(
+            "process {} ({}): faults {}, invalidations {}, races {}, retries {}, timeouts {}, prefetches {}",
+            p.pid,
+            p.comm,
+            p.stats.counts.faults,
+            p.stats.counts.invalidations,
+            p.stats.counts.races,
+            p.stats.counts.retries,
+            p.stats.timeouts,
+            p.stats.counts.prefetches
+        );
+    }
+    for d in &s.devices {
+        println!(
+            "device {}: faults {}, invalidations {}, races {}, retries {}, timeouts {}",
+            d.device,
+            d.stats.counts.faults,
+            d.stats.counts.invalidations,
+            d.stats.counts.races,
+            d.stats.counts.retries,
+            d.stats.timeouts
+        );
+    }
+    for f in s.findings.iter().rev().take(10).rev() {
+        println!("{} {}", f.kind.name(), f.detail);
+    }
+    Ok(())
+}
