@@ -65,7 +65,7 @@ fn classify(err: &anyhow::Error) -> (Option<ErrorKind>, i32) {
                 odp_ebpf::Error::NotRoot => ErrorKind::Permission,
                 odp_ebpf::Error::InvalidConfig(_) => ErrorKind::InvalidInput,
                 odp_ebpf::Error::NothingAttached(_) => ErrorKind::Unsupported,
-                odp_ebpf::Error::Load(_) | odp_ebpf::Error::Bpf(_) => ErrorKind::System,
+                odp_ebpf::Error::Load(_) | odp_ebpf::Error::Bpf { .. } => ErrorKind::System,
             };
             return (Some(kind), exit_code(kind));
         }

@@ -237,26 +237,17 @@ fn try_feature(target: &str, fentry: bool) -> Result<(), String> {
 /// Discovery attaches one for real before choosing tp_btf; held attached, it measures what the
 /// hook itself costs.
 pub struct EmptyPageFaultProbe {
-    link: Option<libbpf_rs::Link>,
-    skel: Option<crate::feature_skel::FeatureSkel<'static>>,
-    /// The open object the skeleton borrows; freed in Drop after the skeleton.
-    storage: *mut MaybeUninit<libbpf_rs::OpenObject>,
+    // Dropped in this order: the link, the skeleton, then the room its object lives in.
+    _link: libbpf_rs::Link,
+    _skel: crate::feature_skel::FeatureSkel<'static>,
+    _room: crate::ObjectRoom,
 }
 
 impl EmptyPageFaultProbe {
     pub fn attach() -> Result<Self, String> {
-        let storage = Box::into_raw(Box::new(MaybeUninit::uninit()));
-        // Constructed first so that every early return below frees the storage.
-        let mut probe = EmptyPageFaultProbe {
-            link: None,
-            skel: None,
-            storage,
-        };
-        // SAFETY: the storage lives until Drop, which drops the skeleton (the only borrower)
-        // before freeing it.
-        let storage_ref: &'static mut MaybeUninit<libbpf_rs::OpenObject> = unsafe { &mut *storage };
+        let (room, storage) = crate::ObjectRoom::new();
         let mut open = FeatureSkelBuilder::default()
-            .open(storage_ref)
+            .open(storage)
             .map_err(|e| format!("open: {e}"))?;
         open.progs.feature_fentry.set_autoload(false);
         open.progs.feature_kprobe.set_autoload(false);
@@ -268,18 +259,11 @@ impl EmptyPageFaultProbe {
             .feature_tp_btf
             .attach()
             .map_err(|e| format!("attach refused: {}", short_error(&e)))?;
-        probe.skel = Some(skel);
-        probe.link = Some(link);
-        Ok(probe)
-    }
-}
-
-impl Drop for EmptyPageFaultProbe {
-    fn drop(&mut self) {
-        self.link.take();
-        self.skel.take();
-        // SAFETY: came from Box::into_raw in attach; the skeleton borrowing it is gone.
-        drop(unsafe { Box::from_raw(self.storage) });
+        Ok(EmptyPageFaultProbe {
+            _link: link,
+            _skel: skel,
+            _room: room,
+        })
     }
 }
 

@@ -45,8 +45,43 @@ pub enum Error {
     Load(String),
     #[error("no probe point could be attached here: {0}")]
     NothingAttached(String),
-    #[error("BPF: {0}")]
-    Bpf(String),
+    #[error("BPF: {what}")]
+    Bpf {
+        what: &'static str,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+}
+
+impl Error {
+    fn bpf(what: &'static str, source: libbpf_rs::Error) -> Self {
+        Error::Bpf { what, source }
+    }
+}
+
+/// Heap room for the object a generated skeleton borrows, so the skeleton can live in a struct
+/// beside it (`'static` as far as the borrow checker knows). Declare it after the skeleton:
+/// fields drop in order, and the skeleton must be gone before its room is freed.
+pub(crate) struct ObjectRoom(*mut std::mem::MaybeUninit<libbpf_rs::OpenObject>);
+
+impl ObjectRoom {
+    pub(crate) fn new() -> (
+        ObjectRoom,
+        &'static mut std::mem::MaybeUninit<libbpf_rs::OpenObject>,
+    ) {
+        let room = Box::into_raw(Box::new(std::mem::MaybeUninit::uninit()));
+        // SAFETY: the allocation lives until ObjectRoom is dropped, which its users order after
+        // the skeleton, the only holder of this reference.
+        (ObjectRoom(room), unsafe { &mut *room })
+    }
+}
+
+impl Drop for ObjectRoom {
+    fn drop(&mut self) {
+        // SAFETY: came from Box::into_raw in new; the skeleton that borrowed it (and dropped
+        // the object inside) is gone. MaybeUninit drops nothing of its contents.
+        drop(unsafe { Box::from_raw(self.0) });
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

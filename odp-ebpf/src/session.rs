@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bpf_common::{Method, OdpEvent, Point, Uprobe};
-use libbpf_rs::{Link, MapCore, Object, ObjectBuilder, OpenObject, RingBufferBuilder, UprobeOpts};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, Object, RingBufferBuilder, UprobeOpts};
 
 use crate::discovery::{short_error, KernelFacts, PointPlan, Status};
-use crate::{Error, Result};
-
-const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/odp.bpf.o"));
+use crate::skel::{OdpSkel, OdpSkelBuilder, OpenOdpSkel};
+use crate::{Error, ObjectRoom, Result};
 
 /// What to trace and how.
 #[derive(Debug, Clone)]
@@ -56,9 +56,6 @@ impl Default for Config {
     }
 }
 
-/// Layout of the object's read-only config section (mirrors the skeleton's `types::rodata`).
-type Rodata = crate::skel::types::rodata;
-
 /// How often the reader drains the ring buffer without a wake-up: the kernel side wakes it only
 /// for a backlog of an eighth of the buffer, so this bounds how stale a quiet stream gets.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -75,9 +72,11 @@ pub enum Delivery<'a> {
 }
 
 pub struct Session {
-    // Links before the object: they must detach before the programs go away.
+    // Dropped in this order: links detach before the programs go, and the skeleton goes before
+    // the room its object lives in.
     links: Vec<Link>,
-    object: Object,
+    skel: OdpSkel<'static>,
+    _room: ObjectRoom,
     plans: Vec<PointPlan>,
     facts: KernelFacts,
 }
@@ -108,9 +107,10 @@ impl Session {
         let facts = KernelFacts::gather();
         let selection = config.points.clone();
         let mut plans = facts.plan(&|p| selection.as_ref().is_none_or(|s| s.contains(&p)));
-        let object = match load(config, &plans) {
-            Ok(object) => object,
-            Err(first) => {
+        let (skel, room) = match load(config, &plans) {
+            Ok(loaded) => loaded,
+            Err(LoadError::Config(e)) => return Err(e),
+            Err(LoadError::Refused(first)) => {
                 // One program the plan thought loadable was refused. Retry without fentry, which
                 // is where kernels differ most; report the original error if that fails too.
                 let mut fallback = plans.clone();
@@ -122,14 +122,15 @@ impl Session {
                         }
                     }
                 }
-                let object = load(config, &fallback).map_err(|_| Error::Load(first))?;
+                let loaded = load(config, &fallback).map_err(|_| Error::Load(first))?;
                 plans = fallback;
-                object
+                loaded
             }
         };
         let mut session = Session {
             links: Vec::new(),
-            object,
+            skel,
+            _room: room,
             plans,
             facts,
         };
@@ -167,13 +168,15 @@ impl Session {
             let mut failure = None;
             if method == Method::Uprobe {
                 match &libibverbs {
-                    Some(path) => match attach_library_point(&self.object, plan.point, path) {
-                        Ok((mut l, attached)) => {
-                            links.append(&mut l);
-                            plan.symbol = Some(attached.join(","));
+                    Some(path) => {
+                        match attach_library_point(self.skel.object(), plan.point, path) {
+                            Ok((mut l, attached)) => {
+                                links.append(&mut l);
+                                plan.symbol = Some(attached.join(","));
+                            }
+                            Err(e) => failure = Some(format!("uprobe attach: {e}")),
                         }
-                        Err(e) => failure = Some(format!("uprobe attach: {e}")),
-                    },
+                    }
                     None => failure = Some("libibverbs.so.1 not found".into()),
                 }
             }
@@ -183,7 +186,12 @@ impl Session {
                 prog_names(plan.point, method)
             };
             for (i, name) in names.iter().enumerate() {
-                let Some(prog) = self.object.progs_mut().find(|p| p.name() == name.as_str()) else {
+                let Some(prog) = self
+                    .skel
+                    .object()
+                    .progs_mut()
+                    .find(|p| p.name() == name.as_str())
+                else {
                     failure = Some(format!("program {name} missing from the object"));
                     break;
                 };
@@ -237,21 +245,18 @@ impl Session {
         // Shared by the ring buffer's callback and the drained notice after each drain.
         let on_delivery = std::cell::RefCell::new(on_delivery);
         let drained = || (on_delivery.borrow_mut())(Delivery::Drained);
-        let events = self
-            .object
-            .maps()
-            .find(|m| m.name() == "events")
-            .ok_or_else(|| Error::Bpf("events map missing".into()))?;
         let mut builder = RingBufferBuilder::new();
         builder
-            .add(&events, |data: &[u8]| {
+            .add(&self.skel.maps.events, |data: &[u8]| {
                 for e in OdpEvent::records(data) {
                     (on_delivery.borrow_mut())(Delivery::Event(&e));
                 }
                 0
             })
-            .map_err(|e| Error::Bpf(short_error(&e)))?;
-        let ring = builder.build().map_err(|e| Error::Bpf(short_error(&e)))?;
+            .map_err(|e| Error::bpf("ring buffer reader", e))?;
+        let ring = builder
+            .build()
+            .map_err(|e| Error::bpf("ring buffer reader", e))?;
         while !stop.load(Ordering::Relaxed) {
             let wait = match deadline {
                 Some(d) => {
@@ -267,27 +272,26 @@ impl Session {
                 Ok(()) => {}
                 // A signal interrupted the wait: loop and look at `stop`.
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::Bpf(short_error(&e))),
+                Err(e) => return Err(Error::bpf("polling the ring buffer", e)),
             }
             // poll consumes only after a wake-up, and the kernel side wakes this reader only
             // for a large backlog: without this, a quiet stream would wait for the session's
             // end to be seen.
-            ring.consume().map_err(|e| Error::Bpf(short_error(&e)))?;
+            ring.consume()
+                .map_err(|e| Error::bpf("reading the ring buffer", e))?;
             drained();
         }
         // Whatever arrived before the stop is still delivered, including the CPU faults still
         // in a per-CPU batch, which its timer writes out within CPU_FAULT_FLUSH.
         std::thread::sleep(CPU_FAULT_FLUSH);
-        ring.consume().map_err(|e| Error::Bpf(short_error(&e)))?;
+        ring.consume()
+            .map_err(|e| Error::bpf("reading the ring buffer", e))?;
         drained();
         Ok(())
     }
 
-    fn percpu_sum(&self, map: &str, key: u32) -> u64 {
-        let Some(m) = self.object.maps().find(|m| m.name() == map) else {
-            return 0;
-        };
-        m.lookup_percpu(&key.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+    fn percpu_sum(map: &libbpf_rs::MapMut<'_>, key: u32) -> u64 {
+        map.lookup_percpu(&key.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
             .ok()
             .flatten()
             .map(|cpus| {
@@ -301,19 +305,20 @@ impl Session {
 
     /// Calls counted in the kernel for a point (whether or not events were streamed).
     pub fn hits(&self, point: Point) -> u64 {
-        self.percpu_sum("hits", point as u32)
+        Self::percpu_sum(&self.skel.maps.hits, point as u32)
     }
 
     /// Events lost because the ring buffer was full.
     pub fn drops(&self) -> u64 {
-        self.percpu_sum("drops", 0)
+        Self::percpu_sum(&self.skel.maps.drops, 0)
     }
 
     /// Program runs the kernel skipped: a program does not run again on a CPU where it is
     /// already running, and fentry/fexit programs can be preempted, so a call that comes while
     /// another task is preempted inside the same program on that CPU is never seen.
     pub fn missed(&self) -> u64 {
-        self.object
+        self.skel
+            .object()
             .progs()
             // The object was loaded with only the planned programs set to load.
             .filter(|p| p.autoload())
@@ -430,56 +435,38 @@ fn attach_uprobe(
     Err(first_error.unwrap_or_default())
 }
 
-fn configure(open: &mut OpenObject, config: &Config) -> Result<()> {
-    let mut rodata_done = false;
-    for mut map in open.maps_mut() {
-        let name = map.name().to_string_lossy().into_owned();
-        if name == "events" {
-            map.set_max_entries(config.ring_bytes)
-                .map_err(|e| Error::Bpf(format!("ring buffer size: {}", short_error(&e))))?;
-        } else if name == "cpu_fault_batches" {
-            let cpus = libbpf_rs::num_possible_cpus()
-                .map_err(|e| Error::Bpf(format!("possible CPUs: {}", short_error(&e))))?;
-            let cpus = u32::try_from(cpus).map_err(|_| Error::Bpf("too many CPUs".into()))?;
-            map.set_max_entries(cpus)
-                .map_err(|e| Error::Bpf(format!("CPU fault batches: {}", short_error(&e))))?;
-        } else if name.ends_with(".rodata") {
-            let bytes = map
-                .initial_value_mut()
-                .ok_or_else(|| Error::Bpf("rodata has no initial value".into()))?;
-            if bytes.len() < std::mem::size_of::<Rodata>() {
-                return Err(Error::Bpf(
-                    "rodata is smaller than the skeleton says".into(),
-                ));
-            }
-            let ro = bytes.as_mut_ptr().cast::<Rodata>();
-            // SAFETY: the section holds a `Rodata` (the skeleton generated the type from this
-            // very object) and the length was checked; unaligned access is used throughout.
-            let mut value: Rodata = unsafe { std::ptr::read_unaligned(ro) };
-            value.filter_tgid = config.pid.unwrap_or(0);
-            if let Some(comm) = &config.comm {
-                value.filter_comm = c_name(comm, "--comm", "the kernel's 15-byte task name")?;
-                value.filter_comm_set = true;
-            }
-            if let Some(device) = &config.device {
-                value.filter_device =
-                    c_name(device, "--device", "the 15 bytes the probes compare")?;
-                value.filter_device_set = true;
-            }
-            value.emit_events = config.emit_events;
-            value.wakeup_bytes = u64::from(config.ring_bytes / 8);
-            value.all_mms = config.all_mms;
-            if let Some((lo, hi)) = config.range {
-                value.range_lo = lo;
-                value.range_hi = hi;
-            }
-            // SAFETY: as above.
-            unsafe { std::ptr::write_unaligned(ro, value) };
-            rodata_done = true;
-        }
+/// Sizes the maps and writes the filters into the typed read-only config, before load.
+fn configure(open: &mut OpenOdpSkel<'_>, config: &Config) -> Result<()> {
+    open.maps
+        .events
+        .set_max_entries(config.ring_bytes)
+        .map_err(|e| Error::bpf("ring buffer size", e))?;
+    let cpus = libbpf_rs::num_possible_cpus().map_err(|e| Error::bpf("possible CPUs", e))?;
+    let cpus = u32::try_from(cpus).map_err(|_| Error::InvalidConfig("too many CPUs".into()))?;
+    open.maps
+        .cpu_fault_batches
+        .set_max_entries(cpus)
+        .map_err(|e| Error::bpf("CPU fault batches", e))?;
+    let ro = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .ok_or_else(|| Error::InvalidConfig("the object has no .rodata section".into()))?;
+    ro.filter_tgid = config.pid.unwrap_or(0);
+    if let Some(comm) = &config.comm {
+        ro.filter_comm = c_name(comm, "--comm", "the kernel's 15-byte task name")?;
+        ro.filter_comm_set = true;
     }
-    if !rodata_done {
-        return Err(Error::Bpf("the object has no .rodata section".into()));
+    if let Some(device) = &config.device {
+        ro.filter_device = c_name(device, "--device", "the 15 bytes the probes compare")?;
+        ro.filter_device_set = true;
+    }
+    ro.emit_events = config.emit_events;
+    ro.wakeup_bytes = u64::from(config.ring_bytes / 8);
+    ro.all_mms = config.all_mms;
+    if let Some((lo, hi)) = config.range {
+        ro.range_lo = lo;
+        ro.range_hi = hi;
     }
     Ok(())
 }
@@ -499,25 +486,36 @@ fn c_name(name: &str, flag: &str, limit: &str) -> Result<[i8; 16]> {
     Ok(out)
 }
 
-fn load(config: &Config, plans: &[PointPlan]) -> std::result::Result<Object, String> {
-    crate::quiet_libbpf_result(|| {
-        let mut open = ObjectBuilder::default()
-            .name("odp")
-            .map_err(|e| short_error(&e))?
-            .open_memory(OBJECT)
-            .map_err(|e| format!("open: {}", short_error(&e)))?;
-        configure(&mut open, config).map_err(|e| e.to_string())?;
-        let mut keep: Vec<String> = Vec::new();
-        for plan in plans {
-            if let (Some(method), Status::Planned) = (plan.method, &plan.status) {
-                keep.extend(prog_names(plan.point, method));
-            }
+enum LoadError {
+    /// The configuration cannot be written (a bad filter): no retry helps.
+    Config(Error),
+    /// The kernel refused the object, with libbpf's last words.
+    Refused(String),
+}
+
+/// Opens the skeleton, configures it, keeps only the planned programs, and loads.
+fn load(
+    config: &Config,
+    plans: &[PointPlan],
+) -> std::result::Result<(OdpSkel<'static>, ObjectRoom), LoadError> {
+    let (room, storage) = ObjectRoom::new();
+    let mut open = crate::quiet_libbpf(|| OdpSkelBuilder::default().open(storage))
+        .map_err(|e| LoadError::Refused(format!("open: {}", short_error(&e))))?;
+    configure(&mut open, config).map_err(LoadError::Config)?;
+    let mut keep: Vec<String> = Vec::new();
+    for plan in plans {
+        if let (Some(method), Status::Planned) = (plan.method, &plan.status) {
+            keep.extend(prog_names(plan.point, method));
         }
-        for mut prog in open.progs_mut() {
-            let name = prog.name().to_string_lossy().into_owned();
-            prog.set_autoload(keep.contains(&name));
-        }
+    }
+    for mut prog in open.open_object_mut().progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        prog.set_autoload(keep.contains(&name));
+    }
+    let skel = crate::quiet_libbpf_result(|| {
         open.load()
             .map_err(|e| format!("load: {}", short_error(&e)))
     })
+    .map_err(LoadError::Refused)?;
+    Ok((skel, room))
 }
