@@ -63,9 +63,9 @@ impl Queue {
     }
 }
 
-/// Shared between the source thread and the pump.
+/// What the source thread hands the pump: the queue, its losses, its end.
 #[derive(Default)]
-struct Shared {
+struct Inbox {
     queue: Queue,
     drops: AtomicU64,
     done: AtomicBool,
@@ -93,7 +93,7 @@ pub struct Losses {
 }
 
 pub struct Source {
-    shared: Arc<Shared>,
+    inbox: Arc<Inbox>,
     thread: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     /// What a screen shows as the source.
@@ -102,8 +102,8 @@ pub struct Source {
     pub plans: Vec<PointPlan>,
 }
 
-fn fail(shared: &Shared, err: anyhow::Error) {
-    if let Ok(mut e) = shared.error.lock() {
+fn fail(inbox: &Inbox, err: anyhow::Error) {
+    if let Ok(mut e) = inbox.error.lock() {
         e.get_or_insert(err);
     }
 }
@@ -113,11 +113,11 @@ impl Source {
     /// Returns once every probe is attached, or with the reason none could be. The probes stop
     /// at `deadline`, or when `stop()` is called.
     pub fn probes(config: Config, deadline: Option<Instant>) -> anyhow::Result<Source> {
-        let shared = Arc::new(Shared::default());
+        let inbox = Arc::new(Inbox::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<Vec<PointPlan>, odp_ebpf::Error>>();
         let thread = {
-            let shared = Arc::clone(&shared);
+            let inbox = Arc::clone(&inbox);
             let stop = Arc::clone(&stop);
             // Named so that per-thread CPU (top -H, the benchmark) tells source from screen.
             std::thread::Builder::new()
@@ -127,7 +127,7 @@ impl Source {
                         Ok(s) => s,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
-                            shared.done.store(true, Ordering::Release);
+                            inbox.done.store(true, Ordering::Release);
                             return;
                         }
                     };
@@ -137,16 +137,16 @@ impl Source {
                         let Delivery::Event(e) = delivery else {
                             return;
                         };
-                        shared.queue.offer(e);
+                        inbox.queue.offer(e);
                         // Drops only happen while events flow, so sampling here keeps the
                         // count fresh for a live header.
                         since_drops += 1;
                         if since_drops >= 4096 {
                             since_drops = 0;
-                            shared.drops.store(session.drops(), Ordering::Relaxed);
+                            inbox.drops.store(session.drops(), Ordering::Relaxed);
                         }
                     });
-                    shared.drops.store(session.drops(), Ordering::Relaxed);
+                    inbox.drops.store(session.drops(), Ordering::Relaxed);
                     let end = ProbeEnd {
                         missed: session.missed(),
                         hits: session
@@ -156,23 +156,23 @@ impl Source {
                             .map(|p| (p.point, session.hits(p.point)))
                             .collect(),
                     };
-                    if let Ok(mut slot) = shared.end.lock() {
+                    if let Ok(mut slot) = inbox.end.lock() {
                         *slot = Some(end);
                     }
                     if let Err(e) = result {
                         fail(
-                            &shared,
+                            &inbox,
                             anyhow::Error::from(e).context("reading probe events"),
                         );
                     }
                     // The session detaches here, before the pump is told the source is done.
                     drop(session);
-                    shared.done.store(true, Ordering::Release);
+                    inbox.done.store(true, Ordering::Release);
                 })?
         };
         match ready_rx.recv() {
             Ok(Ok(plans)) => Ok(Source {
-                shared,
+                inbox,
                 thread: Some(thread),
                 stop,
                 label: "live".into(),
@@ -196,7 +196,7 @@ impl Source {
         File::open(&path).map_err(|e| {
             odp_core::Error::invalid(format!("cannot open the recording {}: {e}", path.display()))
         })?;
-        let shared = Arc::new(Shared::default());
+        let inbox = Arc::new(Inbox::default());
         let stop = Arc::new(AtomicBool::new(false));
         let label = format!(
             "replay {}{}",
@@ -211,19 +211,19 @@ impl Source {
             }
         );
         let thread = {
-            let shared = Arc::clone(&shared);
+            let inbox = Arc::clone(&inbox);
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("odp-replay".into())
                 .spawn(move || {
-                    if let Err(e) = replay(&path, speed, &stop, &shared.queue) {
-                        fail(&shared, e);
+                    if let Err(e) = replay(&path, speed, &stop, &inbox.queue) {
+                        fail(&inbox, e);
                     }
-                    shared.done.store(true, Ordering::Release);
+                    inbox.done.store(true, Ordering::Release);
                 })?
         };
         Ok(Source {
-            shared,
+            inbox,
             thread: Some(thread),
             stop,
             label,
@@ -250,26 +250,26 @@ impl Source {
 
     /// Moves whatever arrived since the last call into `into` (cleared first).
     pub(super) fn drain(&self, into: &mut Vec<OdpEvent>) {
-        self.shared.queue.take(into);
+        self.inbox.queue.take(into);
     }
 
     /// The source has nothing more to give (a recording at its end, live probes detached).
     pub(super) fn done(&self) -> bool {
-        self.shared.done.load(Ordering::Acquire)
+        self.inbox.done.load(Ordering::Acquire)
     }
 
     /// Losses so far (the final figures once the source is done).
     pub(super) fn losses(&self) -> Losses {
         Losses {
-            drops: self.shared.drops.load(Ordering::Relaxed),
+            drops: self.inbox.drops.load(Ordering::Relaxed),
             missed: self
-                .shared
+                .inbox
                 .end
                 .lock()
                 .ok()
                 .and_then(|e| e.as_ref().map(|e| e.missed))
                 .unwrap_or(0),
-            overflow: self.shared.queue.overflow.load(Ordering::Relaxed),
+            overflow: self.inbox.queue.overflow.load(Ordering::Relaxed),
         }
     }
 
@@ -281,11 +281,11 @@ impl Source {
                 anyhow::bail!("the event source thread panicked");
             }
         }
-        if let Some(err) = self.shared.error.lock().ok().and_then(|mut e| e.take()) {
+        if let Some(err) = self.inbox.error.lock().ok().and_then(|mut e| e.take()) {
             return Err(err);
         }
         Ok(self
-            .shared
+            .inbox
             .end
             .lock()
             .ok()
@@ -374,4 +374,55 @@ pub fn read_recording(
         }
     }
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_sheds_live_events_and_counts_each_one() {
+        let queue = Queue::default();
+        let e = OdpEvent::default();
+        for _ in 0..QUEUE_EVENTS + 5 {
+            queue.offer(&e);
+        }
+        assert_eq!(queue.overflow.load(Ordering::Relaxed), 5);
+        let mut taken = Vec::new();
+        queue.take(&mut taken);
+        assert_eq!(taken.len(), QUEUE_EVENTS);
+        queue.offer(&e);
+        assert_eq!(
+            queue.overflow.load(Ordering::Relaxed),
+            5,
+            "room again after a take"
+        );
+    }
+
+    #[test]
+    fn a_recording_waits_for_room_instead_of_shedding() {
+        let queue = Arc::new(Queue::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut first = vec![OdpEvent::default(); QUEUE_EVENTS];
+        queue.put(&mut first, &stop);
+        let writer = {
+            let (queue, stop) = (Arc::clone(&queue), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut more = vec![OdpEvent::default(); 3];
+                queue.put(&mut more, &stop);
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !writer.is_finished(),
+            "the writer must wait while the queue is full"
+        );
+        let mut taken = Vec::new();
+        queue.take(&mut taken);
+        assert_eq!(taken.len(), QUEUE_EVENTS);
+        writer.join().expect("writer");
+        queue.take(&mut taken);
+        assert_eq!(taken.len(), 3);
+        assert_eq!(queue.overflow.load(Ordering::Relaxed), 0);
+    }
 }
