@@ -177,6 +177,20 @@ impl Gated {
     }
 }
 
+/// Attaches the probes before the gated command may run; a command that never got to run is
+/// ended if they cannot attach.
+pub fn attach_before(
+    gated: Option<&mut Gated>,
+    config: Config,
+    deadline: Option<std::time::Instant>,
+) -> anyhow::Result<crate::live::Source> {
+    crate::live::Source::probes(config, deadline).inspect_err(|_| {
+        if let Some(g) = gated {
+            g.abort();
+        }
+    })
+}
+
 /// Tells the user when the traced command failed (its status is not ours).
 pub fn report_child_status(status: Option<i32>) {
     if let Some(status) = status {

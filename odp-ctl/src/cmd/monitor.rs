@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use odp_core::analysis::{AnalysisConfig, Engine};
 use odp_core::units::parse_duration;
 
-use super::launch::{report_child_status, spawn_gated, stop_on_signals, Gated, ProbeFilter};
+use super::launch::{
+    attach_before, report_child_status, spawn_gated, stop_on_signals, Gated, ProbeFilter,
+};
 use crate::live::{self, print_summary, Progress, Recorder, Run, Sink, Source, Until};
 use crate::output::Output;
 use crate::tui::Tui;
@@ -69,15 +71,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         Some(spawn_gated(&args.command)?)
     };
     let session_config = args.filter.config(gated.as_ref().map(Gated::pid))?;
-    let source = match Source::probes(session_config, deadline) {
-        Ok(s) => s,
-        Err(e) => {
-            if let Some(g) = &mut gated {
-                g.abort();
-            }
-            return Err(e);
-        }
-    };
+    let source = attach_before(gated.as_mut(), session_config, deadline)?;
     eprintln!(
         "monitoring with {}/{} probes attached",
         source.probes_attached(),

@@ -12,8 +12,10 @@ use odp_core::trace::{monotonic_ns, write_json_line, Record};
 use odp_ebpf::{Config, Status};
 use serde::Serialize;
 
-use super::launch::{report_child_status, spawn_gated, stop_on_signals, Gated, ProbeFilter};
-use crate::live::{self, Flow, Run, Sink, Source, State, Until};
+use super::launch::{
+    attach_before, report_child_status, spawn_gated, stop_on_signals, Gated, ProbeFilter,
+};
+use crate::live::{self, Flow, Run, Sink, State, Until};
 use crate::output::Output;
 use odp_core::units::parse_duration;
 
@@ -139,15 +141,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let deadline = args.duration.map(|d| started + d);
-    let source = match Source::probes(config, deadline) {
-        Ok(s) => s,
-        Err(e) => {
-            if let Some(g) = &mut gated {
-                g.abort();
-            }
-            return Err(e);
-        }
-    };
+    let source = attach_before(gated.as_mut(), config, deadline)?;
     let destination: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(
             File::create(path)
