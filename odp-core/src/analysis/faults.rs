@@ -1,0 +1,295 @@
+//! Device faults: the calls made inside one (sequence reads, HMM walks), its retries, collision
+//! waits, timeouts and races, and prefetches, which take the same path but are not faults.
+
+use bpf_common::{mmu_event_name, OdpEvent};
+
+use super::invalidations::{overlaps, InvSpan};
+use super::{
+    fmt_ns, fmt_range, push_window, Engine, FindingKind, EBUSY, PAGE, REORDER_NS, SUBCALLS_KEPT,
+};
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FaultSpan {
+    pub(super) start_ts: u64,
+    pub(super) end_ts: u64,
+    pub(super) lo: u64,
+    pub(super) hi: u64,
+    pub(super) mr: u64,
+    pub(super) raced: bool,
+}
+
+/// Calls a thread made inside a fault, waiting for the fault's own event (which comes last).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SubCall {
+    pub(super) ts: u64,
+    pub(super) duration: u64,
+    pub(super) umem: u64,
+    pub(super) read_begin: bool,
+}
+
+impl Engine {
+    /// A call inside a fault: a sequence read (one per attempt) or an HMM walk.
+    pub(super) fn on_subcall(&mut self, e: &OdpEvent, read_begin: bool) {
+        let calls = self.threads.entry(e.tid).or_default();
+        if calls.len() >= SUBCALLS_KEPT {
+            calls.remove(0);
+        }
+        calls.push(SubCall {
+            ts: e.ts_ns,
+            duration: e.duration_ns,
+            umem: e.obj,
+            read_begin,
+        });
+        if !read_begin && e.has_ret() && e.ret == EBUSY {
+            let mr = self.umems.get(&e.obj).copied();
+            match mr {
+                Some(mr) => self.account(mr, |s| s.counts.hmm_busy += 1),
+                None => self.total.counts.hmm_busy += 1,
+            }
+        }
+    }
+
+    pub(super) fn on_fault(&mut self, e: &OdpEvent) {
+        let mr = self.mr_for_umem(e.obj, e);
+        let (lo, hi) = (e.start, e.end);
+        let fault_end = e.ts_ns + e.duration_ns;
+        let pages = pages(lo, hi);
+        let failed = e.has_ret() && e.ret < 0;
+
+        // Calls this thread made inside this fault.
+        let subcalls: Vec<SubCall> = self
+            .threads
+            .get_mut(&e.tid)
+            .map(|calls| {
+                let inside = calls
+                    .iter()
+                    .copied()
+                    .filter(|c| c.ts >= e.ts_ns && c.ts <= fault_end)
+                    .filter(|c| c.umem == e.obj || c.umem == 0)
+                    .collect();
+                calls.clear();
+                inside
+            })
+            .unwrap_or_default();
+        let read_begins = subcalls.iter().filter(|c| c.read_begin).count() as u64;
+        let hmm_calls = subcalls.len() as u64 - read_begins;
+        let retries = if read_begins > 0 {
+            read_begins - 1
+        } else {
+            hmm_calls.saturating_sub(1)
+        };
+
+        // Waits behind an invalidation: read_begin calls that overlapped one on this range.
+        let mm = e.mm;
+        let mut waits = Vec::new();
+        if let Some(space) = self.spaces.get(&mm) {
+            for call in subcalls.iter().filter(|c| c.read_begin) {
+                let call_end = call.ts + call.duration;
+                // Newest first, and only as far back as could still overlap the call: a
+                // full scan of the window per call was the engine's hottest loop.
+                let collided = space
+                    .invalidations
+                    .iter()
+                    .rev()
+                    .take_while(|inv| inv.end_ts + REORDER_NS >= call.ts)
+                    .any(|inv| {
+                        inv.start_ts < call_end
+                            && call.ts < inv.end_ts
+                            && inv.lo < hi
+                            && lo < inv.hi
+                            && inv.mr.is_none_or(|m| m == mr)
+                    });
+                if collided {
+                    waits.push(call.duration);
+                }
+            }
+        }
+
+        let prefetch = e.in_prefetch();
+        let slow = self.config.slow_fault_ns;
+        let hmm_timeout = !prefetch
+            && e.has_ret()
+            && e.ret == EBUSY
+            && e.duration_ns >= self.config.hmm_timeout_ns;
+        let is_slow = !prefetch && !hmm_timeout && e.duration_ns >= slow;
+        let mut faulted_anyway = 0;
+        if let Some(m) = self.mrs.get_mut(&mr) {
+            if prefetch {
+                if !failed {
+                    m.prefetched
+                        .insert(lo & !(PAGE - 1), hi.div_ceil(PAGE) * PAGE);
+                }
+            } else {
+                faulted_anyway = m
+                    .prefetched
+                    .take(lo & !(PAGE - 1), hi.div_ceil(PAGE) * PAGE)
+                    / PAGE;
+            }
+            if m.end == 0 && !m.implicit {
+                // First seen through a fault: the MR spans at least what it faulted.
+                m.start = lo;
+                m.end = hi;
+            } else if !m.registration_seen {
+                m.start = m.start.min(lo);
+                m.end = m.end.max(hi);
+            }
+        }
+        let duration = e.duration_ns;
+        self.account(mr, |s| {
+            let c = &mut s.counts;
+            if prefetch {
+                if !failed {
+                    c.prefetched_pages += pages;
+                }
+            } else {
+                c.faults += 1;
+                c.fault_pages += pages;
+                c.fault_errors += u64::from(failed);
+                c.prefetched_then_faulted_pages += faulted_anyway;
+                s.fault.record(duration);
+            }
+            c.retries += retries;
+            c.retried_faults += u64::from(retries > 0);
+            c.hmm_timeouts += u64::from(hmm_timeout);
+            c.slow += u64::from(is_slow);
+            c.collision_waits += waits.len() as u64;
+            for w in &waits {
+                s.collision_wait.record(*w);
+            }
+        });
+        {
+            let b = self.bucket(fault_end);
+            b.faults += u64::from(!prefetch);
+            b.retries += retries;
+            b.timeouts += u64::from(hmm_timeout || is_slow);
+        }
+        if retries > 0 {
+            self.finding(
+                FindingKind::Retry,
+                e.ts_ns,
+                Some(mr),
+                lo,
+                hi,
+                format!(
+                    "{} {} retried {retries}x ({read_begins} read_begin, {hmm_calls} hmm) in {}",
+                    if prefetch { "prefetch" } else { "fault" },
+                    fmt_range(lo, hi),
+                    fmt_ns(duration)
+                ),
+            );
+        }
+        if hmm_timeout {
+            self.finding(
+                FindingKind::HmmTimeout,
+                e.ts_ns,
+                Some(mr),
+                lo,
+                hi,
+                format!(
+                    "fault {} gave up with EBUSY after {}",
+                    fmt_range(lo, hi),
+                    fmt_ns(duration)
+                ),
+            );
+        } else if is_slow {
+            self.finding(
+                FindingKind::Slow,
+                e.ts_ns,
+                Some(mr),
+                lo,
+                hi,
+                format!(
+                    "fault {} took {} (threshold {})",
+                    fmt_range(lo, hi),
+                    fmt_ns(duration),
+                    fmt_ns(slow)
+                ),
+            );
+        }
+
+        // Did an invalidation that already finished run into this fault?
+        let span = FaultSpan {
+            start_ts: e.ts_ns,
+            end_ts: fault_end,
+            lo,
+            hi,
+            mr,
+            raced: false,
+        };
+        let hit = self.spaces.get(&mm).and_then(|space| {
+            space
+                .invalidations
+                .iter()
+                .rev()
+                .take_while(|inv| inv.end_ts + REORDER_NS >= span.start_ts)
+                .find(|inv| overlaps(&span, inv))
+                .copied()
+        });
+        let mut span = span;
+        if let Some(inv) = hit {
+            span.raced = true;
+            self.race(&span, &inv);
+        }
+        let last_ts = self.last_ts;
+        let space = self.space(mm);
+        push_window(&mut space.faults, span, last_ts, |f| f.end_ts);
+    }
+
+    pub(super) fn race(&mut self, fault: &FaultSpan, inv: &InvSpan) {
+        let mr = fault.mr;
+        self.account(mr, |s| s.counts.races += 1);
+        self.bucket(fault.end_ts.max(inv.end_ts)).races += 1;
+        let by = match inv.mr {
+            Some(_) => "driver invalidation",
+            None => "notifier range",
+        };
+        self.finding(
+            FindingKind::Race,
+            fault.start_ts.max(inv.start_ts),
+            Some(mr),
+            fault.lo.max(inv.lo),
+            fault.hi.min(inv.hi),
+            format!(
+                "fault {} ({}) overlapped {by} {} event={} from pid {}",
+                fmt_range(fault.lo, fault.hi),
+                fmt_ns(fault.end_ts - fault.start_ts),
+                fmt_range(inv.lo, inv.hi),
+                mmu_event_name(inv.cause),
+                inv.pid
+            ),
+        );
+    }
+
+    pub(super) fn on_advise(&mut self, e: &OdpEvent) {
+        self.total.counts.prefetches += 1;
+        // Synchronous advice (IB_UVERBS_ADVISE_MR_FLAG_FLUSH) does the work in the call; the
+        // asynchronous kind is timed by its work item instead.
+        let sync = e.advise_flags().is_some_and(|f| f & 1 != 0);
+        if sync {
+            self.total.prefetch.record(e.duration_ns);
+        }
+        let comm = e.comm();
+        let p = self.process_entry(e.pid, &comm);
+        p.stats.counts.prefetches += 1;
+        if sync {
+            p.stats.prefetch.record(e.duration_ns);
+        }
+        self.bucket(e.ts_ns + e.duration_ns).prefetches += 1;
+    }
+
+    pub(super) fn unresolved(&mut self, e: &OdpEvent, mr: Option<u64>, detail: String) {
+        match mr {
+            Some(mr) => self.account(mr, |s| s.counts.unresolved += 1),
+            None => self.total.counts.unresolved += 1,
+        }
+        self.bucket(e.ts_ns + e.duration_ns).timeouts += 1;
+        self.finding(FindingKind::Unresolved, e.ts_ns, mr, e.start, e.end, detail);
+    }
+}
+
+pub(super) fn pages(lo: u64, hi: u64) -> u64 {
+    if hi <= lo {
+        return 0;
+    }
+    hi.div_ceil(PAGE) - lo / PAGE
+}

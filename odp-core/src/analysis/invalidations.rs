@@ -1,0 +1,176 @@
+//! Invalidations: the driver's callback on an MR, and mm-wide notifier ranges (start and end
+//! paired per thread), each matched against the faults it may have run into.
+
+use bpf_common::OdpEvent;
+
+use super::faults::FaultSpan;
+use super::{push_window, Engine, CAUSES, HORIZON_NS, REORDER_NS};
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct InvSpan {
+    pub(super) start_ts: u64,
+    pub(super) end_ts: u64,
+    pub(super) lo: u64,
+    pub(super) hi: u64,
+    /// Some(mr) for a driver callback on that MR; None for an mm-wide notifier range.
+    pub(super) mr: Option<u64>,
+    pub(super) cause: u32,
+    pub(super) pid: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PendingRange {
+    pub(super) ts: u64,
+    pub(super) duration: u64,
+    pub(super) mm: u64,
+    pub(super) lo: u64,
+    pub(super) hi: u64,
+    pub(super) cause: u32,
+    pub(super) pid: u32,
+}
+
+impl Engine {
+    /// An invalidation is complete: match it against faults that finished before it did.
+    pub(super) fn invalidation_done(&mut self, mm: u64, inv: InvSpan) {
+        let mut raced = Vec::new();
+        if let Some(space) = self.spaces.get_mut(&mm) {
+            for fault in space
+                .faults
+                .iter_mut()
+                .rev()
+                .take_while(|f| f.end_ts + REORDER_NS >= inv.start_ts)
+            {
+                if !fault.raced && overlaps(fault, &inv) {
+                    fault.raced = true;
+                    raced.push(*fault);
+                }
+            }
+        }
+        for fault in raced {
+            self.race(&fault, &inv);
+        }
+        let last_ts = self.last_ts;
+        let space = self.space(mm);
+        push_window(&mut space.invalidations, inv, last_ts, |i| i.end_ts);
+    }
+
+    pub(super) fn on_callback(&mut self, e: &OdpEvent) {
+        let mr = self.mr_for_umem(e.obj, e);
+        let (mr_lo, mr_hi) = self
+            .mrs
+            .get(&mr)
+            .map_or((e.start, e.end), |m| (m.start, m.end));
+        let bytes = if mr_hi > mr_lo {
+            e.end.min(mr_hi).saturating_sub(e.start.max(mr_lo))
+        } else {
+            e.end.saturating_sub(e.start)
+        };
+        let cause = (e.aux as usize).min(CAUSES);
+        let duration = e.duration_ns;
+        self.account(mr, |s| {
+            s.counts.invalidations += 1;
+            s.counts.invalidated_bytes += bytes;
+            s.counts.invalidations_by_cause[cause] += 1;
+            s.invalidation.record(duration);
+        });
+        *self.by_task.entry(e.comm()).or_default() += 1;
+        self.bucket(e.ts_ns + e.duration_ns).invalidations += 1;
+        self.invalidation_done(
+            e.mm,
+            InvSpan {
+                start_ts: e.ts_ns,
+                end_ts: e.ts_ns + e.duration_ns,
+                lo: e.start,
+                hi: e.end,
+                mr: Some(mr),
+                cause: e.aux,
+                pid: e.pid,
+            },
+        );
+    }
+
+    pub(super) fn on_range_start(&mut self, e: &OdpEvent) {
+        let pending = PendingRange {
+            ts: e.ts_ns,
+            duration: e.duration_ns,
+            mm: e.mm,
+            lo: e.start,
+            hi: e.end,
+            cause: e.aux,
+            pid: e.pid,
+        };
+        if self.range_ends_seen || self.pending_ranges.len() < 64 {
+            self.pending_ranges.insert((e.tid, e.obj), pending);
+        } else {
+            // No range_end probe: the start call alone is the window we can see.
+            self.range_done(pending, e.ts_ns + e.duration_ns);
+        }
+    }
+
+    pub(super) fn on_range_end(&mut self, e: &OdpEvent) {
+        self.range_ends_seen = true;
+        let end_ts = e.ts_ns + e.duration_ns;
+        let pending = self
+            .pending_ranges
+            .remove(&(e.tid, e.obj))
+            .unwrap_or(PendingRange {
+                ts: e.ts_ns,
+                duration: e.duration_ns,
+                mm: e.mm,
+                lo: e.start,
+                hi: e.end,
+                cause: e.aux,
+                pid: e.pid,
+            });
+        self.range_done(pending, end_ts);
+    }
+
+    pub(super) fn range_done(&mut self, r: PendingRange, end_ts: u64) {
+        let touches_mr = self.spaces.get(&r.mm).is_some_and(|s| {
+            s.mrs.iter().any(|id| {
+                self.mrs
+                    .get(id)
+                    .is_some_and(|m| m.implicit || (r.lo < m.end && m.start < r.hi))
+            })
+        });
+        if !touches_mr {
+            return;
+        }
+        self.invalidation_done(
+            r.mm,
+            InvSpan {
+                start_ts: r.ts,
+                end_ts: end_ts.max(r.ts + r.duration),
+                lo: r.lo,
+                hi: r.hi,
+                mr: None,
+                cause: r.cause,
+                pid: r.pid,
+            },
+        );
+    }
+
+    /// Starts whose end never came (range_end not probed, or lost): judge them as they are.
+    pub(super) fn expire_pending_ranges(&mut self) {
+        let horizon = self.last_ts.saturating_sub(HORIZON_NS);
+        let stale: Vec<(u32, u64)> = self
+            .pending_ranges
+            .iter()
+            .filter(|(_, p)| p.ts < horizon)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            if let Some(p) = self.pending_ranges.remove(&key) {
+                self.range_done(p, p.ts + p.duration);
+            }
+        }
+    }
+}
+
+pub(super) fn overlaps(f: &FaultSpan, inv: &InvSpan) -> bool {
+    inv.start_ts < f.end_ts
+        && f.start_ts < inv.end_ts
+        && inv.lo < f.hi
+        && f.lo < inv.hi
+        && inv.mr.is_none_or(|m| m == f.mr)
+}
