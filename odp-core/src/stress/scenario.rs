@@ -10,6 +10,8 @@ use crate::memory::Backing;
 use crate::units::{parse_duration, parse_range, parse_size};
 use crate::verbs::{Access, Advice};
 
+pub use super::actions::Action;
+
 /// A size as typed in the file: `4096`, `"64K"`, `"2M"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Size(pub usize);
@@ -96,7 +98,7 @@ pub struct Scenario {
     #[serde(default)]
     pub traffic: Vec<TrafficSpec>,
     #[serde(rename = "invalidate", default)]
-    pub invalidations: Vec<InvalidateSpec>,
+    pub actions: Vec<ActionSpec>,
     #[serde(default)]
     pub prefetch: Vec<PrefetchSpec>,
     /// Run in order; each names the workers active in it. None: everything for `duration`.
@@ -239,77 +241,9 @@ fn default_depth() -> u32 {
     1
 }
 
-/// What the CPU side does to the ODP memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Action {
-    /// madvise(MADV_DONTNEED): private pages dropped (they read back as zero).
-    Dontneed,
-    /// madvise(MADV_FREE): lazily freed; contents may vanish under memory pressure.
-    Free,
-    /// madvise(MADV_PAGEOUT): reclaim now (needs swap for anonymous memory).
-    Pageout,
-    /// madvise(MADV_COLD): deactivate.
-    Cold,
-    /// mmap(MAP_FIXED) over the range: the old pages are unmapped and fresh ones mapped at the
-    /// same address in one step.
-    Remap,
-    /// mprotect to read-only and back.
-    Mprotect,
-    /// fork(); the child writes to every page of the range (copy-on-write), then exits.
-    Fork,
-    /// madvise(MADV_COLLAPSE): small pages into a transparent huge page (THP backing).
-    Collapse,
-    /// Split the transparent huge pages in the range, contents kept (debugfs
-    /// `split_huge_pages`).
-    Split,
-    /// move_pages(2) to the other NUMA node, turn about (needs two nodes with memory).
-    Migrate,
-    /// mremap(MREMAP_DONTUNMAP) of the pages to another address, which is then unmapped: the
-    /// range stays mapped and reads as zero (private anonymous memory only).
-    Mremap,
-    /// The range zeroed (identical pages), MADV_MERGEABLE, up to `hold` waiting for ksmd to merge
-    /// it, then MADV_UNMERGEABLE (private anonymous memory only; ksmd is switched on for the run).
-    Ksm,
-}
-
-impl Action {
-    pub const ALL: [Action; 12] = [
-        Action::Dontneed,
-        Action::Free,
-        Action::Pageout,
-        Action::Cold,
-        Action::Remap,
-        Action::Mprotect,
-        Action::Fork,
-        Action::Collapse,
-        Action::Split,
-        Action::Migrate,
-        Action::Mremap,
-        Action::Ksm,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::Dontneed => "dontneed",
-            Action::Free => "free",
-            Action::Pageout => "pageout",
-            Action::Cold => "cold",
-            Action::Remap => "remap",
-            Action::Mprotect => "mprotect",
-            Action::Fork => "fork",
-            Action::Collapse => "collapse",
-            Action::Split => "split",
-            Action::Migrate => "migrate",
-            Action::Mremap => "mremap",
-            Action::Ksm => "ksm",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct InvalidateSpec {
+pub struct ActionSpec {
     #[serde(default)]
     pub name: Option<String>,
     pub mr: String,
@@ -342,15 +276,9 @@ fn default_action_len() -> Size {
     Size(64 << 10)
 }
 
-impl InvalidateSpec {
+impl ActionSpec {
     pub fn hold(&self) -> Duration {
-        self.hold.map_or(
-            match self.action {
-                Action::Ksm => Duration::from_secs(1),
-                _ => Duration::from_micros(200),
-            },
-            |h| h.0,
-        )
+        self.hold.map_or(self.action.default_hold(), |h| h.0)
     }
 }
 
@@ -449,7 +377,7 @@ impl Scenario {
         self.traffic
             .iter()
             .filter_map(|t| t.name.as_deref())
-            .chain(self.invalidations.iter().filter_map(|i| i.name.as_deref()))
+            .chain(self.actions.iter().filter_map(|i| i.name.as_deref()))
             .chain(self.prefetch.iter().filter_map(|p| p.name.as_deref()))
             .collect()
     }
@@ -552,7 +480,7 @@ impl Scenario {
             }
             owned.push((mr, w, what));
         }
-        for (i, a) in self.invalidations.iter().enumerate() {
+        for (i, a) in self.actions.iter().enumerate() {
             let what = format!(
                 "invalidate #{} ({})",
                 i + 1,
@@ -581,7 +509,7 @@ impl Scenario {
             let backing = self
                 .mr_index(&a.mr)
                 .and_then(|i| Backing::parse(&self.mrs[i].backing, None).ok());
-            if matches!(a.action, Action::Mremap | Action::Ksm)
+            if a.action.needs_private_anonymous()
                 && !matches!(backing, Some(Backing::Anonymous | Backing::Thp))
             {
                 return Err(format!(
@@ -641,7 +569,7 @@ mod tests {
     fn the_default_scenario_parses() {
         let s = Scenario::parse(DEFAULT_SCENARIO, "default").expect("default");
         assert_eq!(s.traffic.len(), 2);
-        assert_eq!(s.invalidations[0].action, Action::Dontneed);
+        assert_eq!(s.actions[0].action, Action::Dontneed);
         assert_eq!(s.mrs[0].size, Size(4 << 20));
         assert_eq!(s.total_duration(), Duration::from_secs(5));
     }
