@@ -31,6 +31,7 @@ fn main() {
         "cargo:rerun-if-changed={}",
         abi.join("odp_events.h").display()
     );
-    println!("cargo:rerun-if-changed=src/bpf/vmlinux.h");
+    // The headers the programs include (vmlinux.h, core_fields.bpf.h, cpu_fault.bpf.h...).
+    println!("cargo:rerun-if-changed=src/bpf");
     println!("cargo:rerun-if-env-changed=ODP_CLANG");
 }

@@ -6,14 +6,15 @@
  * carrying the entry time and the duration, so fault and invalidation intervals can be
  * overlapped afterwards.
  *
- * Types that live in modules (ib_core, rdma_rxe, mlx5_ib) or that the build host's BTF lacks
- * (hmm_range) are declared locally with a ___odp flavour and relocated by CO-RE at load time.
+ * Fields of kernel structs are read only through core_fields.bpf.h, the CPU-fault path lives in
+ * cpu_fault.bpf.h.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "odp_events.h"
+#include "core_fields.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -84,32 +85,6 @@ struct {
 	__type(value, __u32);
 } watched_mms SEC(".maps");
 
-struct ib_device___odp {
-	char name[64];
-} __attribute__((preserve_access_index));
-
-struct ib_umem___odp {
-	struct ib_device___odp *ibdev;
-	struct mm_struct *owning_mm;
-	u64 iova;
-	size_t length;
-	unsigned long address;
-} __attribute__((preserve_access_index));
-
-struct ib_umem_odp___odp {
-	struct ib_umem___odp umem;
-	struct mmu_interval_notifier notifier;
-} __attribute__((preserve_access_index));
-
-struct hmm_range___odp {
-	struct mmu_interval_notifier *notifier;
-	unsigned long start;
-	unsigned long end;
-} __attribute__((preserve_access_index));
-
-struct rxe_mr___odp {
-	struct ib_umem___odp *umem;
-} __attribute__((preserve_access_index));
 
 static __always_inline bool filtering(void)
 {
@@ -170,80 +145,6 @@ static __always_inline bool mm_watched(__u64 mm)
 	return mm && bpf_map_lookup_elem(&watched_mms, &mm);
 }
 
-/*
- * Fields of structs that live in modules (ib_core, rxe) and in HMM are read only through these
- * accessors, each guarded with bpf_core_field_exists: on a kernel where a field is gone or
- * renamed, the relocation resolves to "absent", the programs still load, and the value reads
- * as 0 (shown as an unknown mm, device or range) instead of the whole object being refused.
- */
-static __always_inline __u64 umem_of_notifier(__u64 sub)
-{
-	if (!sub || !bpf_core_field_exists(struct ib_umem_odp___odp, notifier))
-		return 0;
-	return sub - bpf_core_field_offset(struct ib_umem_odp___odp, notifier);
-}
-
-static __always_inline __u64 umem_mm(__u64 umem)
-{
-	struct ib_umem_odp___odp *u = (void *)umem;
-
-	if (!umem || !bpf_core_field_exists(u->umem.owning_mm))
-		return 0;
-	return (__u64)BPF_CORE_READ(u, umem.owning_mm);
-}
-
-static __always_inline __u64 umem_device(__u64 umem)
-{
-	struct ib_umem_odp___odp *u = (void *)umem;
-
-	if (!umem || !bpf_core_field_exists(u->umem.ibdev))
-		return 0;
-	return (__u64)BPF_CORE_READ(u, umem.ibdev);
-}
-
-static __always_inline __u64 umem_address(__u64 umem)
-{
-	struct ib_umem_odp___odp *u = (void *)umem;
-
-	if (!umem || !bpf_core_field_exists(u->umem.address))
-		return 0;
-	return BPF_CORE_READ(u, umem.address);
-}
-
-static __always_inline __u64 umem_length(__u64 umem)
-{
-	struct ib_umem_odp___odp *u = (void *)umem;
-
-	if (!umem || !bpf_core_field_exists(u->umem.length))
-		return 0;
-	return BPF_CORE_READ(u, umem.length);
-}
-
-/* rxe_mr's umem: the ib_umem at the start of its ib_umem_odp, so the umem_* accessors apply. */
-static __always_inline __u64 rxe_mr_umem(__u64 rxe_mr)
-{
-	struct rxe_mr___odp *mr = (void *)rxe_mr;
-
-	if (!rxe_mr || !bpf_core_field_exists(mr->umem))
-		return 0;
-	return (__u64)BPF_CORE_READ(mr, umem);
-}
-
-static __always_inline __u64 hmm_range_notifier(__u64 range)
-{
-	struct hmm_range___odp *r = (void *)range;
-
-	if (!range || !bpf_core_field_exists(r->notifier))
-		return 0;
-	return (__u64)BPF_CORE_READ(r, notifier);
-}
-
-static __always_inline __u64 notifier_mm(__u64 sub)
-{
-	struct mmu_interval_notifier *n = (void *)sub;
-
-	return sub ? (__u64)BPF_CORE_READ(n, mm) : 0;
-}
 
 static __always_inline bool is_err_ptr(__u64 p)
 {
@@ -305,13 +206,6 @@ static __always_inline __u64 point_device(__u32 point, const __u64 *a)
 	}
 }
 
-/* Copies the first 16 bytes of an ib_device's name (room enough for rxe0, mlx5_12...). */
-static __always_inline void device_name(__u64 dev, char out[16])
-{
-	if (dev && bpf_core_field_exists(struct ib_device___odp, name))
-		bpf_probe_read_kernel(out, 16,
-				      (void *)dev + bpf_core_field_offset(struct ib_device___odp, name));
-}
 
 /* False when a device filter is set and the point's device is known and another one. */
 static __always_inline bool device_selected(__u32 point, const __u64 *a)
@@ -434,25 +328,6 @@ static __always_inline void header(struct odp_event *e, __u32 point, __u8 method
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 }
 
-/* The kernel's enum mmu_notifier_event as the ABI numbers it: matched by name through CO-RE,
- * so a kernel that renumbers or drops a kind still reports the others rightly. */
-#define MMU_EVENT(name)                                                                    \
-	if (bpf_core_enum_value_exists(enum mmu_notifier_event, MMU_NOTIFY_##name) &&      \
-	    event == bpf_core_enum_value(enum mmu_notifier_event, MMU_NOTIFY_##name))      \
-		return ODP_MMU_##name;
-
-static __always_inline __u32 odp_mmu_event(__u32 event)
-{
-	MMU_EVENT(UNMAP)
-	MMU_EVENT(CLEAR)
-	MMU_EVENT(PROTECTION_VMA)
-	MMU_EVENT(PROTECTION_PAGE)
-	MMU_EVENT(SOFT_DIRTY)
-	MMU_EVENT(RELEASE)
-	MMU_EVENT(MIGRATE)
-	MMU_EVENT(EXCLUSIVE)
-	return ODP_MMU_UNKNOWN;
-}
 
 static __always_inline void fill_range(struct odp_event *e, struct mmu_notifier_range *r)
 {
@@ -479,148 +354,277 @@ static __always_inline bool in_prefetch(void)
 	return false;
 }
 
-/* Point-specific decoding of the saved arguments and the return value. */
+/*
+ * Decoding each point's saved arguments (a[], as at entry) and its return value into the event,
+ * one function per point under the kernel signature it reads (the header documents the same
+ * fields). The return value is kept only where the function has one.
+ */
+static __always_inline void keep_ret(struct odp_event *e, __s64 ret)
+{
+	e->ret = ret;
+	e->flags |= ODP_FLAG_HAS_RET;
+}
+
+/* A pointer return: the object, or 0 with ret -errno (ret 0 for success). */
+static __always_inline __u64 keep_ptr_ret(struct odp_event *e, __u64 ret)
+{
+	bool failed = is_err_ptr(ret);
+
+	keep_ret(e, failed ? (__s64)ret : 0);
+	return failed ? 0 : ret;
+}
+
+/* struct ib_umem_odp *ib_umem_odp_get(struct ib_device *device, unsigned long addr,
+ *                                     size_t size, int access, ops) */
+static __always_inline void fill_umem_get(struct odp_event *e, const __u64 *a, __u64 ret)
+{
+	__u64 device = a[0], addr = a[1], size = a[2], access = a[3];
+
+	e->obj = keep_ptr_ret(e, ret);
+	e->start = addr;
+	e->end = addr + size;
+	e->args[0] = access;
+	device_name(device, (char *)&e->args[2]);
+	e->mm = e->obj ? umem_mm(e->obj) : 0;
+}
+
+/* struct ib_umem_odp *ib_umem_odp_alloc_implicit(struct ib_device *device, int access) */
+static __always_inline void fill_umem_alloc_implicit(struct odp_event *e, const __u64 *a,
+						     __u64 ret)
+{
+	__u64 device = a[0], access = a[1];
+
+	e->obj = keep_ptr_ret(e, ret);
+	e->args[0] = access;
+	device_name(device, (char *)&e->args[2]);
+	e->mm = e->obj ? umem_mm(e->obj) : 0;
+}
+
+/* struct ib_umem_odp *ib_umem_odp_alloc_child(struct ib_umem_odp *root, unsigned long addr,
+ *                                             size_t size, ops) */
+static __always_inline void fill_umem_alloc_child(struct odp_event *e, const __u64 *a, __u64 ret)
+{
+	__u64 root = a[0], addr = a[1], size = a[2];
+
+	e->obj = keep_ptr_ret(e, ret);
+	e->args[0] = root;
+	e->start = addr;
+	e->end = addr + size;
+	e->mm = umem_mm(root);
+}
+
+/* void ib_umem_odp_release(struct ib_umem_odp *umem_odp): its address, length and mm were
+ * saved at entry (save_release_state), the umem is freed by the exit. */
+static __always_inline void fill_umem_release(struct odp_event *e, const __u64 *a)
+{
+	__u64 umem_odp = a[0], address = a[1], length = a[2], mm = a[5];
+
+	e->obj = umem_odp;
+	e->mm = mm;
+	e->start = address;
+	e->end = address + length;
+}
+
+/* int ib_umem_odp_map_dma_and_lock(struct ib_umem_odp *umem_odp, u64 user_virt, u64 bcnt,
+ *                                  u64 access_mask, bool fault) */
+static __always_inline void fill_map_dma(struct odp_event *e, const __u64 *a, __u64 ret)
+{
+	__u64 umem_odp = a[0], user_virt = a[1], bcnt = a[2], access_mask = a[3];
+	__u8 fault = a[4] & 0xff;
+
+	keep_ret(e, (__s32)ret);
+	e->obj = umem_odp;
+	e->mm = umem_mm(umem_odp);
+	e->start = user_virt;
+	e->end = user_virt + bcnt;
+	e->args[0] = access_mask;
+	e->args[1] = fault;
+	if (in_prefetch())
+		e->flags |= ODP_FLAG_PREFETCH;
+}
+
+/* void ib_umem_odp_unmap_dma_pages(struct ib_umem_odp *umem_odp, u64 virt, u64 bound) */
+static __always_inline void fill_unmap_dma(struct odp_event *e, const __u64 *a)
+{
+	__u64 umem_odp = a[0], virt = a[1], bound = a[2];
+
+	e->obj = umem_odp;
+	e->mm = umem_mm(umem_odp);
+	e->start = virt;
+	e->end = bound;
+}
+
+/* unsigned long mmu_interval_read_begin(struct mmu_interval_notifier *interval_sub) */
+static __always_inline void fill_read_begin(struct odp_event *e, const __u64 *a, __u64 ret)
+{
+	struct mmu_interval_notifier *interval_sub = (void *)a[0];
+
+	keep_ret(e, (__s64)ret);
+	e->obj = umem_of_notifier(a[0]);
+	e->mm = (__u64)BPF_CORE_READ(interval_sub, mm);
+	e->start = BPF_CORE_READ(interval_sub, interval_tree.start);
+	e->end = BPF_CORE_READ(interval_sub, interval_tree.last) + 1;
+}
+
+/* int hmm_range_fault(struct hmm_range *range), and hmm_range_fault_unlocked_timeout's range */
+static __always_inline void fill_hmm_fault(struct odp_event *e, const __u64 *a, __u64 ret)
+{
+	struct hmm_range___odp *range = (void *)a[0];
+	__u64 sub = hmm_range_notifier(a[0]);
+
+	keep_ret(e, (__s32)ret);
+	e->obj = umem_of_notifier(sub);
+	e->mm = notifier_mm(sub);
+	if (bpf_core_field_exists(range->start) && bpf_core_field_exists(range->end)) {
+		e->start = BPF_CORE_READ(range, start);
+		e->end = BPF_CORE_READ(range, end);
+	}
+}
+
+/* bool rxe_ib_invalidate_range / mlx5_ib_invalidate_range(struct mmu_interval_notifier *mni,
+ *     const struct mmu_notifier_range *range, unsigned long cur_seq) */
+static __always_inline void fill_driver_invalidate(struct odp_event *e, const __u64 *a, __u64 ret)
+{
+	__u64 mni = a[0], range = a[1], cur_seq = a[2];
+
+	keep_ret(e, ret & 0xff);
+	e->obj = umem_of_notifier(mni);
+	fill_range(e, (void *)range);
+	e->args[1] = cur_seq;
+}
+
+/* int rxe_odp_mr_init_user(struct rxe_dev *rxe, u64 start, u64 length, u64 iova,
+ *                          int access_flags, struct rxe_mr *mr) */
+static __always_inline void fill_rxe_mr_init(struct odp_event *e, const __u64 *a, __u64 ret)
+{
+	__u64 start = a[1], length = a[2], iova = a[3], access_flags = a[4], mr = a[5];
+
+	keep_ret(e, (__s32)ret);
+	e->obj = mr;
+	e->start = start;
+	e->end = start + length;
+	e->args[0] = access_flags;
+	e->args[1] = iova;
+}
+
+/* int rxe_odp_map_range_and_lock(struct rxe_mr *mr, u64 iova, int length, u32 flags)
+ * int rxe_odp_mr_copy(struct rxe_mr *mr, u64 iova, void *addr, unsigned int length,
+ *                     enum rxe_mr_copy_dir dir) */
+static __always_inline void fill_rxe_mr_access(struct odp_event *e, __u32 point, const __u64 *a,
+					       __u64 ret)
+{
+	__u64 mr = a[0], iova = a[1], umem = rxe_mr_umem(mr);
+	bool copy = point == ODP_POINT_RXE_MR_COPY;
+	__u32 length = copy ? a[3] : a[2];
+
+	keep_ret(e, (__s32)ret);
+	e->obj = mr;
+	e->mm = umem_mm(umem);
+	e->args[0] = copy ? a[4] /* dir */ : a[3] /* flags */;
+	e->args[1] = umem;
+	e->start = iova;
+	e->end = iova + length;
+}
+
+/* int rxe_ib_advise_mr(struct ib_pd *ibpd, enum ib_uverbs_advise_mr_advice advice, u32 flags,
+ *                      struct ib_sge *sg_list, u32 num_sge, attrs) */
+static __always_inline void fill_rxe_advise(struct odp_event *e, const __u64 *a, __u64 ret)
+{
+	__u64 ibpd = a[0], advice = a[1], flags = a[2], num_sge = a[4];
+
+	keep_ret(e, (__s32)ret);
+	e->obj = ibpd;
+	e->args[0] = advice;
+	e->args[1] = flags;
+	e->args[2] = num_sge;
+}
+
+/* void mlx5_ib_page_fault_resume(struct mlx5_ib_dev *dev, struct mlx5_pagefault *pfault,
+ *                                int error) */
+static __always_inline void fill_mlx5_pf_resume(struct odp_event *e, const __u64 *a)
+{
+	__u64 pfault = a[1], error = a[2];
+
+	e->obj = pfault;
+	e->aux = error;
+}
+
+/* mlx5's fault handlers and mlx5_ib_advise_mr_prefetch: the first argument, then the next four
+ * as they come (the header names them per point). */
+static __always_inline void fill_first_five(struct odp_event *e, const __u64 *a, __u64 ret)
+{
+	keep_ret(e, (__s32)ret);
+	e->obj = a[0];
+	e->args[0] = a[1];
+	e->args[1] = a[2];
+	e->args[2] = a[3];
+	e->args[3] = a[4];
+}
+
 static __always_inline void fill(struct odp_event *e, __u32 point, const __u64 *a, __u64 ret)
 {
-	bool has_ret = true;
-	__s64 sret = (__s32)ret; /* most points return int */
-
 	switch (point) {
 	case ODP_POINT_UMEM_GET:
-		sret = is_err_ptr(ret) ? (__s64)ret : 0;
-		e->obj = is_err_ptr(ret) ? 0 : ret;
-		e->start = a[1];
-		e->end = a[1] + a[2];
-		e->args[0] = a[3];
-		device_name(a[0], (char *)&e->args[2]);
-		e->mm = e->obj ? umem_mm(e->obj) : 0;
+		fill_umem_get(e, a, ret);
 		break;
 	case ODP_POINT_UMEM_ALLOC_IMPLICIT:
-		sret = is_err_ptr(ret) ? (__s64)ret : 0;
-		e->obj = is_err_ptr(ret) ? 0 : ret;
-		e->args[0] = a[1];
-		device_name(a[0], (char *)&e->args[2]);
-		e->mm = e->obj ? umem_mm(e->obj) : 0;
+		fill_umem_alloc_implicit(e, a, ret);
 		break;
 	case ODP_POINT_UMEM_ALLOC_CHILD:
-		sret = is_err_ptr(ret) ? (__s64)ret : 0;
-		e->obj = is_err_ptr(ret) ? 0 : ret;
-		e->args[0] = a[0];
-		e->start = a[1];
-		e->end = a[1] + a[2];
-		e->mm = umem_mm(a[0]);
+		fill_umem_alloc_child(e, a, ret);
 		break;
 	case ODP_POINT_UMEM_RELEASE:
-		has_ret = false;
-		e->obj = a[0];
-		e->mm = a[5]; /* saved at entry: the umem is gone by now */
-		e->start = a[1];
-		e->end = a[1] + a[2];
+		fill_umem_release(e, a);
 		break;
 	case ODP_POINT_MAP_DMA:
-		e->obj = a[0];
-		e->mm = umem_mm(a[0]);
-		e->start = a[1];
-		e->end = a[1] + a[2];
-		e->args[0] = a[3];
-		e->args[1] = a[4] & 0xff;
-		if (in_prefetch())
-			e->flags |= ODP_FLAG_PREFETCH;
+		fill_map_dma(e, a, ret);
 		break;
 	case ODP_POINT_UNMAP_DMA:
-		has_ret = false;
-		e->obj = a[0];
-		e->mm = umem_mm(a[0]);
-		e->start = a[1];
-		e->end = a[2];
+		fill_unmap_dma(e, a);
 		break;
 	case ODP_POINT_INV_RANGE_START:
-	case ODP_POINT_INV_RANGE_END:
-		has_ret = point == ODP_POINT_INV_RANGE_START;
+		/* int __mmu_notifier_invalidate_range_start(struct mmu_notifier_range *range) */
+		keep_ret(e, (__s32)ret);
 		e->obj = a[0];
 		fill_range(e, (void *)a[0]);
 		break;
-	case ODP_POINT_READ_BEGIN: {
-		struct mmu_interval_notifier *sub = (void *)a[0];
-
-		sret = (__s64)ret;
-		e->obj = umem_of_notifier(a[0]);
-		e->mm = (__u64)BPF_CORE_READ(sub, mm);
-		e->start = BPF_CORE_READ(sub, interval_tree.start);
-		e->end = BPF_CORE_READ(sub, interval_tree.last) + 1;
+	case ODP_POINT_INV_RANGE_END:
+		/* void __mmu_notifier_invalidate_range_end(struct mmu_notifier_range *range) */
+		e->obj = a[0];
+		fill_range(e, (void *)a[0]);
 		break;
-	}
+	case ODP_POINT_READ_BEGIN:
+		fill_read_begin(e, a, ret);
+		break;
 	case ODP_POINT_HMM_FAULT:
-	case ODP_POINT_HMM_FAULT_TIMEOUT: {
-		struct hmm_range___odp *r = (void *)a[0];
-		__u64 sub = hmm_range_notifier(a[0]);
-
-		e->obj = umem_of_notifier(sub);
-		e->mm = notifier_mm(sub);
-		if (bpf_core_field_exists(r->start) && bpf_core_field_exists(r->end)) {
-			e->start = BPF_CORE_READ(r, start);
-			e->end = BPF_CORE_READ(r, end);
-		}
+	case ODP_POINT_HMM_FAULT_TIMEOUT:
+		fill_hmm_fault(e, a, ret);
 		break;
-	}
 	case ODP_POINT_RXE_INVALIDATE:
 	case ODP_POINT_MLX5_INVALIDATE:
-		sret = ret & 0xff; /* bool */
-		e->obj = umem_of_notifier(a[0]);
-		fill_range(e, (void *)a[1]);
-		e->args[1] = a[2];
+		fill_driver_invalidate(e, a, ret);
 		break;
 	case ODP_POINT_RXE_MR_INIT:
-		e->obj = a[5];
-		e->start = a[1];
-		e->end = a[1] + a[2];
-		e->args[0] = a[4];
-		e->args[1] = a[3];
+		fill_rxe_mr_init(e, a, ret);
 		break;
 	case ODP_POINT_RXE_MAP_RANGE:
-	case ODP_POINT_RXE_MR_COPY: {
-		__u64 umem = rxe_mr_umem(a[0]);
-
-		e->obj = a[0];
-		e->mm = umem_mm(umem);
-		e->args[1] = umem;
-		e->start = a[1];
-		if (point == ODP_POINT_RXE_MAP_RANGE) {
-			e->end = a[1] + (__u32)a[2];
-			e->args[0] = a[3];
-		} else {
-			e->end = a[1] + (__u32)a[3];
-			e->args[0] = a[4];
-		}
+	case ODP_POINT_RXE_MR_COPY:
+		fill_rxe_mr_access(e, point, a, ret);
 		break;
-	}
 	case ODP_POINT_RXE_ADVISE:
-		e->obj = a[0];
-		e->args[0] = a[1];
-		e->args[1] = a[2];
-		e->args[2] = a[4];
+		fill_rxe_advise(e, a, ret);
 		break;
 	case ODP_POINT_RXE_PREFETCH_WORK:
 	case ODP_POINT_MLX5_PREFETCH_WORK:
-		has_ret = false;
+		/* void rxe_ib_prefetch_mr_work / mlx5_ib_prefetch_mr_work(struct work_struct *w) */
 		e->obj = a[0];
 		break;
 	case ODP_POINT_MLX5_PF_RESUME:
-		has_ret = false;
-		e->obj = a[1];
-		e->aux = a[2];
+		fill_mlx5_pf_resume(e, a);
 		break;
 	default:
-		e->obj = a[0];
-		e->args[0] = a[1];
-		e->args[1] = a[2];
-		e->args[2] = a[3];
-		e->args[3] = a[4];
+		fill_first_five(e, a, ret);
 		break;
-	}
-	if (has_ret) {
-		e->ret = sret;
-		e->flags |= ODP_FLAG_HAS_RET;
 	}
 }
 
@@ -756,198 +760,7 @@ FUNC_POINT(mlx5_ib_page_fault_resume, ODP_POINT_MLX5_PF_RESUME)
 FUNC_POINT(mlx5_ib_advise_mr_prefetch, ODP_POINT_MLX5_ADVISE)
 FUNC_POINT(mlx5_ib_prefetch_mr_work, ODP_POINT_MLX5_PREFETCH_WORK)
 
-/*
- * CPU page faults of the watched processes (optionally within [range_lo, range_hi)). This is the
- * one point that fires at a process's full fault rate, and on the build host every helper call
- * here costs the faulting task 1-4% of a fault (BENCHMARKS.md). So under tp_btf the task is
- * found without a helper on most faults (faulting_task), its ids, mm and name are plain loads,
- * and records are batched per CPU: one ring-buffer write per CPU_FAULT_BATCH faults, and a
- * timer pinned to the CPU writes out a partial batch within CPU_FAULT_FLUSH_NS, so a quiet
- * stream is still seen live. The timer callback (softirq) and this program (a user-mode fault,
- * interrupts off) never run at the same time on one CPU, so a CPU's batch needs no lock. The
- * classic tracepoint (`task` NULL) reads the task through helpers and writes each record on its
- * own.
- */
-#define CPU_FAULT_BATCH 64
-#define CPU_FAULT_FLUSH_CLOCK 1 /* CLOCK_MONOTONIC */
-#define CPU_FAULT_TIMER_BUSY -16 /* -EBUSY: set up by an earlier batch */
-#define CPU_FAULT_FLUSH_NS 10000000ULL
-
-struct cpu_fault_batch {
-	struct bpf_timer flush;
-	__u32 n;
-	/* The timer is set up and pending. */
-	bool armed;
-	/* This kernel cannot pin the timer to the CPU (before 6.7): write records one by one. */
-	bool unbatched;
-	struct odp_cpu_fault rec[CPU_FAULT_BATCH];
-};
-
-/* One batch per CPU, indexed by CPU number (sized to the possible CPUs by the loader): a
- * per-CPU array cannot hold a bpf_timer. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct cpu_fault_batch);
-} cpu_fault_batches SEC(".maps");
-
-/* The reader's wake-up condition needs the ring's backlog, another helper call: it is asked once
- * per 64 faults on this CPU, plenty against a threshold of an eighth of the ring. */
-static __always_inline __u64 cpu_fault_wakeup(__u64 n)
-{
-	return n % 64 == 0 ? wakeup_flags() : BPF_RB_NO_WAKEUP;
-}
-
-static __always_inline void write_cpu_fault_batch(struct cpu_fault_batch *b, __u64 flags)
-{
-	__u32 n = b->n;
-
-	if (n > CPU_FAULT_BATCH)
-		n = CPU_FAULT_BATCH;
-	b->n = 0;
-	if (n && bpf_ringbuf_output(&events, b->rec, n * sizeof(b->rec[0]), flags))
-		count_drops(n);
-}
-
-static int flush_cpu_fault_batch(void *map, __u32 *key, struct cpu_fault_batch *b)
-{
-	b->armed = false;
-	write_cpu_fault_batch(b, BPF_RB_NO_WAKEUP);
-	return 0;
-}
-
-/* Starts the flush timer for a batch that just got its first record; false if it cannot run
- * pinned to this CPU, in which case the batch is written out now and the CPU stays unbatched. */
-static __always_inline bool arm_cpu_fault_flush(struct cpu_fault_batch *b)
-{
-	long err = bpf_timer_init(&b->flush, &cpu_fault_batches, CPU_FAULT_FLUSH_CLOCK);
-
-	if (err && err != CPU_FAULT_TIMER_BUSY)
-		return false;
-	if (bpf_timer_set_callback(&b->flush, flush_cpu_fault_batch))
-		return false;
-	if (bpf_timer_start(&b->flush, CPU_FAULT_FLUSH_NS, BPF_F_TIMER_CPU_PIN))
-		return false;
-	b->armed = true;
-	return true;
-}
-
-static __always_inline int page_fault(__u64 address, __u64 error_code, __u8 method,
-				      struct task_struct *task)
-{
-	struct cpu_fault_batch *b = NULL;
-	struct odp_cpu_fault *e;
-	bool selected;
-	__u64 n;
-
-	if (filtering())
-		selected = task ? btf_task_selected(task) : task_selected();
-	else
-		selected = mm_watched(task ? (__u64)task->mm : current_mm());
-	if (!selected)
-		return 0;
-	if (range_hi && !address_selected(address))
-		return 0;
-	n = count(ODP_POINT_PAGE_FAULT_USER);
-	if (!emit_events)
-		return 0;
-	if (task) {
-		__u32 cpu = bpf_get_smp_processor_id();
-
-		b = bpf_map_lookup_elem(&cpu_fault_batches, &cpu);
-		if (b && b->unbatched)
-			b = NULL;
-	}
-	if (b) {
-		e = &b->rec[b->n & (CPU_FAULT_BATCH - 1)];
-	} else {
-		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-		if (!e) {
-			count_drops(1);
-			return 0;
-		}
-	}
-	/* Every field is written, so no memset: a user fault never runs in a kernel thread. */
-	e->ts_ns = bpf_ktime_get_ns();
-	e->address = address;
-	e->point = ODP_POINT_PAGE_FAULT_USER;
-	e->method = method;
-	e->flags = 0;
-	e->error_code = error_code;
-	if (task) {
-		e->mm = (__u64)task->mm;
-		e->pid = task->tgid;
-		e->tid = task->pid;
-		__builtin_memcpy(e->comm, task->comm, sizeof(e->comm));
-	} else {
-		__u64 id = bpf_get_current_pid_tgid();
-
-		e->mm = current_mm();
-		e->pid = id >> 32;
-		e->tid = (__u32)id;
-		bpf_get_current_comm(e->comm, sizeof(e->comm));
-	}
-	if (!b) {
-		bpf_ringbuf_submit(e, cpu_fault_wakeup(n));
-		return 0;
-	}
-	b->n += 1;
-	if (b->n >= CPU_FAULT_BATCH)
-		write_cpu_fault_batch(b, cpu_fault_wakeup(0));
-	else if (!b->armed && !arm_cpu_fault_flush(b)) {
-		b->unbatched = true;
-		write_cpu_fault_batch(b, BPF_RB_NO_WAKEUP);
-	}
-	return 0;
-}
-
-/*
- * The task of the last user fault on each CPU, so that the next fault of the same thread finds
- * its task without bpf_get_current_task_btf (a helper call: about 1% of a fault on the build
- * host). A user fault's registers sit at a fixed offset in the faulting task's stack, so the
- * cached task is the current one exactly when its stack is where the registers are: two live
- * tasks never share a stack, and a dead task's stack pointer is cleared before its stack can
- * go to another task. Fields are read afresh on every fault (exec and prctl change them).
- */
-struct fault_task_cache {
-	__u64 task;
-	/* Where the user registers sit from the stack's base, learned from a real current task. */
-	__u64 regs_offset;
-	/* The registers' address as a number: stored here, it reads back as a scalar. */
-	__u64 regs;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct fault_task_cache);
-} fault_tasks SEC(".maps");
-
-/* Since 6.2; without it every fault asks the helper. */
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
-
-static __always_inline struct task_struct *faulting_task(struct pt_regs *regs)
-{
-	__u32 zero = 0;
-	struct fault_task_cache *c = bpf_map_lookup_elem(&fault_tasks, &zero);
-	struct task_struct *task;
-
-	if (!c || !bpf_ksym_exists(bpf_rdonly_cast))
-		return bpf_get_current_task_btf();
-	c->regs = (__u64)regs;
-	if (c->task) {
-		/* Loads through this pointer are fault-checked: a stale one cannot crash. */
-		task = bpf_rdonly_cast((void *)c->task, bpf_core_type_id_kernel(struct task_struct));
-		if (c->regs - (__u64)task->stack == c->regs_offset)
-			return task;
-	}
-	task = bpf_get_current_task_btf();
-	c->task = (__u64)task;
-	c->regs_offset = c->regs - (__u64)task->stack;
-	return task;
-}
+#include "cpu_fault.bpf.h"
 
 SEC("tp_btf/page_fault_user")
 int BPF_PROG(tp_btf_page_fault_user, unsigned long address, struct pt_regs *regs,

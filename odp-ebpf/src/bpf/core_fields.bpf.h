@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Every read of a kernel struct field the probes make, in one place. Types that live in modules
+ * (ib_core, rdma_rxe, mlx5_ib) or that the build host's BTF lacks (hmm_range) are declared here
+ * with a ___odp flavour, holding only the fields read, and relocated by CO-RE at load time
+ * against the running kernel's (module) BTF. Each field says what kernel it needs where that
+ * has moved. The layouts were built against 6.18 and loaded on 7.2 and 7.3.
+ */
+#ifndef ODP_CORE_FIELDS_BPF_H
+#define ODP_CORE_FIELDS_BPF_H
+
+/* ib_core (module BTF) */
+struct ib_device___odp {
+	char name[64];
+} __attribute__((preserve_access_index));
+
+struct ib_umem___odp {
+	struct ib_device___odp *ibdev;	/* older kernels: a ucontext pointer instead (reads 0) */
+	struct mm_struct *owning_mm;
+	u64 iova;
+	size_t length;
+	unsigned long address;
+} __attribute__((preserve_access_index));
+
+struct ib_umem_odp___odp {
+	struct ib_umem___odp umem;
+	struct mmu_interval_notifier notifier;	/* since 5.5 (mmu_interval_notifier) */
+} __attribute__((preserve_access_index));
+
+/* vmlinux, but absent from the build host's BTF when HMM is configured out */
+struct hmm_range___odp {
+	struct mmu_interval_notifier *notifier;	/* since 5.5 */
+	unsigned long start;
+	unsigned long end;
+} __attribute__((preserve_access_index));
+
+/* rdma_rxe (module BTF); struct rxe_mem before 5.12, ODP on it only since 6.15 */
+struct rxe_mr___odp {
+	struct ib_umem___odp *umem;
+} __attribute__((preserve_access_index));
+
+/*
+ * Fields of structs that live in modules (ib_core, rxe) and in HMM are read only through these
+ * accessors, each guarded with bpf_core_field_exists: on a kernel where a field is gone or
+ * renamed, the relocation resolves to "absent", the programs still load, and the value reads
+ * as 0 (shown as an unknown mm, device or range) instead of the whole object being refused.
+ */
+static __always_inline __u64 umem_of_notifier(__u64 sub)
+{
+	if (!sub || !bpf_core_field_exists(struct ib_umem_odp___odp, notifier))
+		return 0;
+	return sub - bpf_core_field_offset(struct ib_umem_odp___odp, notifier);
+}
+
+static __always_inline __u64 umem_mm(__u64 umem)
+{
+	struct ib_umem_odp___odp *u = (void *)umem;
+
+	if (!umem || !bpf_core_field_exists(u->umem.owning_mm))
+		return 0;
+	return (__u64)BPF_CORE_READ(u, umem.owning_mm);
+}
+
+static __always_inline __u64 umem_device(__u64 umem)
+{
+	struct ib_umem_odp___odp *u = (void *)umem;
+
+	if (!umem || !bpf_core_field_exists(u->umem.ibdev))
+		return 0;
+	return (__u64)BPF_CORE_READ(u, umem.ibdev);
+}
+
+static __always_inline __u64 umem_address(__u64 umem)
+{
+	struct ib_umem_odp___odp *u = (void *)umem;
+
+	if (!umem || !bpf_core_field_exists(u->umem.address))
+		return 0;
+	return BPF_CORE_READ(u, umem.address);
+}
+
+static __always_inline __u64 umem_length(__u64 umem)
+{
+	struct ib_umem_odp___odp *u = (void *)umem;
+
+	if (!umem || !bpf_core_field_exists(u->umem.length))
+		return 0;
+	return BPF_CORE_READ(u, umem.length);
+}
+
+/* rxe_mr's umem: the ib_umem at the start of its ib_umem_odp, so the umem_* accessors apply. */
+static __always_inline __u64 rxe_mr_umem(__u64 rxe_mr)
+{
+	struct rxe_mr___odp *mr = (void *)rxe_mr;
+
+	if (!rxe_mr || !bpf_core_field_exists(mr->umem))
+		return 0;
+	return (__u64)BPF_CORE_READ(mr, umem);
+}
+
+static __always_inline __u64 hmm_range_notifier(__u64 range)
+{
+	struct hmm_range___odp *r = (void *)range;
+
+	if (!range || !bpf_core_field_exists(r->notifier))
+		return 0;
+	return (__u64)BPF_CORE_READ(r, notifier);
+}
+
+static __always_inline __u64 notifier_mm(__u64 sub)
+{
+	struct mmu_interval_notifier *n = (void *)sub;
+
+	return sub ? (__u64)BPF_CORE_READ(n, mm) : 0;
+}
+
+/* Copies the first 16 bytes of an ib_device's name (room enough for rxe0, mlx5_12...). */
+static __always_inline void device_name(__u64 dev, char out[16])
+{
+	if (dev && bpf_core_field_exists(struct ib_device___odp, name))
+		bpf_probe_read_kernel(out, 16,
+				      (void *)dev + bpf_core_field_offset(struct ib_device___odp, name));
+}
+
+/* The kernel's enum mmu_notifier_event as the ABI numbers it: matched by name through CO-RE,
+ * so a kernel that renumbers or drops a kind still reports the others rightly. */
+#define MMU_EVENT(name)                                                                    \
+	if (bpf_core_enum_value_exists(enum mmu_notifier_event, MMU_NOTIFY_##name) &&      \
+	    event == bpf_core_enum_value(enum mmu_notifier_event, MMU_NOTIFY_##name))      \
+		return ODP_MMU_##name;
+
+static __always_inline __u32 odp_mmu_event(__u32 event)
+{
+	MMU_EVENT(UNMAP)
+	MMU_EVENT(CLEAR)
+	MMU_EVENT(PROTECTION_VMA)
+	MMU_EVENT(PROTECTION_PAGE)
+	MMU_EVENT(SOFT_DIRTY)
+	MMU_EVENT(RELEASE)
+	MMU_EVENT(MIGRATE)
+	MMU_EVENT(EXCLUSIVE)
+	return ODP_MMU_UNKNOWN;
+}
+
+#endif /* ODP_CORE_FIELDS_BPF_H */
