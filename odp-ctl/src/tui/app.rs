@@ -11,6 +11,103 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 /// Recent raw events kept for the log and the detail view.
 const LOG_KEPT: usize = 20_000;
 
+/// One key binding, as the help lists it and as the footer shows it on the screens it serves:
+/// the footer and the help are both drawn from `KEYS`, and `App::on_key` answers them.
+pub struct KeyHelp {
+    pub keys: &'static str,
+    pub help: &'static str,
+    /// (key, label) in the footer, if it has a place there.
+    pub footer: Option<(&'static str, &'static str)>,
+    pub on_main: bool,
+    pub on_detail: bool,
+}
+
+impl KeyHelp {
+    pub fn serves(&self, screen: Screen) -> bool {
+        match screen {
+            Screen::Main => self.on_main,
+            Screen::Detail(_) => self.on_detail,
+        }
+    }
+}
+
+const fn key(
+    keys: &'static str,
+    help: &'static str,
+    footer: Option<(&'static str, &'static str)>,
+    on_main: bool,
+    on_detail: bool,
+) -> KeyHelp {
+    KeyHelp {
+        keys,
+        help,
+        footer,
+        on_main,
+        on_detail,
+    }
+}
+
+/// The keys, in the order the help and the footers list them.
+pub const KEYS: &[KeyHelp] = &[
+    key(
+        "Esc",
+        "back to the MR list",
+        Some(("Esc", "back")),
+        false,
+        true,
+    ),
+    key("q, Ctrl-C", "quit", Some(("q", "quit")), true, true),
+    key(
+        "/",
+        "filter MRs, events and findings by text",
+        Some(("/", "filter")),
+        true,
+        false,
+    ),
+    key(
+        "s",
+        "cycle the MR sort column",
+        Some(("s", "sort")),
+        true,
+        false,
+    ),
+    key(
+        "p, space",
+        "pause / resume the view",
+        Some(("p", "pause")),
+        true,
+        true,
+    ),
+    key(
+        "Tab",
+        "events log / findings",
+        Some(("Tab", "log/findings")),
+        true,
+        false,
+    ),
+    key(
+        "Up/Down, j/k",
+        "select an MR; PgUp/PgDn, Home/End",
+        None,
+        true,
+        false,
+    ),
+    key(
+        "Enter",
+        "MR detail",
+        Some(("Enter", "MR detail")),
+        true,
+        false,
+    ),
+    key(
+        "?",
+        "this help (any key closes)",
+        Some(("?", "help")),
+        true,
+        true,
+    ),
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Screen {
     Main,
