@@ -18,6 +18,14 @@ pub(super) struct FaultSpan {
     pub(super) raced: bool,
 }
 
+/// The attempts inside one fault: its sequence reads and HMM walks, and the retries they show.
+struct Attempts {
+    calls: Vec<SubCall>,
+    read_begins: u64,
+    hmm_calls: u64,
+    retries: u64,
+}
+
 /// Calls a thread made inside a fault, waiting for the fault's own event (which comes last).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SubCall {
@@ -55,86 +63,18 @@ impl Engine {
         let fault_end = e.ts_ns + e.duration_ns;
         let pages = pages(lo, hi);
         let failed = e.has_ret() && e.ret < 0;
-
-        // Calls this thread made inside this fault.
-        let subcalls: Vec<SubCall> = self
-            .threads
-            .get_mut(&e.tid)
-            .map(|calls| {
-                let inside = calls
-                    .iter()
-                    .copied()
-                    .filter(|c| c.ts >= e.ts_ns && c.ts <= fault_end)
-                    .filter(|c| c.umem == e.obj || c.umem == 0)
-                    .collect();
-                calls.clear();
-                inside
-            })
-            .unwrap_or_default();
-        let read_begins = subcalls.iter().filter(|c| c.read_begin).count() as u64;
-        let hmm_calls = subcalls.len() as u64 - read_begins;
-        let retries = if read_begins > 0 {
-            read_begins - 1
-        } else {
-            hmm_calls.saturating_sub(1)
-        };
-
-        // Waits behind an invalidation: read_begin calls that overlapped one on this range.
-        let mm = e.mm;
-        let mut waits = Vec::new();
-        if let Some(space) = self.spaces.get(&mm) {
-            for call in subcalls.iter().filter(|c| c.read_begin) {
-                let call_end = call.ts + call.duration;
-                // Newest first, and only as far back as could still overlap the call: a
-                // full scan of the window per call was the engine's hottest loop.
-                let collided = space
-                    .invalidations
-                    .iter()
-                    .rev()
-                    .take_while(|inv| inv.end_ts + REORDER_NS >= call.ts)
-                    .any(|inv| {
-                        inv.start_ts < call_end
-                            && call.ts < inv.end_ts
-                            && inv.lo < hi
-                            && lo < inv.hi
-                            && inv.mr.is_none_or(|m| m == mr)
-                    });
-                if collided {
-                    waits.push(call.duration);
-                }
-            }
-        }
+        let attempts = self.attempts_inside(e);
+        let waits = self.collision_waits(e.mm, mr, lo, hi, &attempts.calls);
 
         let prefetch = e.in_prefetch();
-        let slow = self.config.slow_fault_ns;
         let hmm_timeout = !prefetch
             && e.has_ret()
             && e.ret == EBUSY
             && e.duration_ns >= self.config.hmm_timeout_ns;
-        let is_slow = !prefetch && !hmm_timeout && e.duration_ns >= slow;
-        let mut faulted_anyway = 0;
-        if let Some(m) = self.mrs.get_mut(&mr) {
-            if prefetch {
-                if !failed {
-                    m.prefetched
-                        .insert(lo & !(PAGE - 1), hi.div_ceil(PAGE) * PAGE);
-                }
-            } else {
-                faulted_anyway = m
-                    .prefetched
-                    .take(lo & !(PAGE - 1), hi.div_ceil(PAGE) * PAGE)
-                    / PAGE;
-            }
-            if m.end == 0 && !m.implicit {
-                // First seen through a fault: the MR spans at least what it faulted.
-                m.start = lo;
-                m.end = hi;
-            } else if !m.registration_seen {
-                m.start = m.start.min(lo);
-                m.end = m.end.max(hi);
-            }
-        }
+        let is_slow = !prefetch && !hmm_timeout && e.duration_ns >= self.config.slow_fault_ns;
+        let faulted_anyway = self.note_pages(mr, lo, hi, prefetch, failed);
         let duration = e.duration_ns;
+        let retries = attempts.retries;
         self.account(mr, |s| {
             let c = &mut s.counts;
             if prefetch {
@@ -163,7 +103,122 @@ impl Engine {
             b.retries += retries;
             b.timeouts += u64::from(hmm_timeout || is_slow);
         }
-        if retries > 0 {
+        self.fault_findings(e, mr, &attempts, prefetch, hmm_timeout, is_slow);
+        self.race_with_finished_invalidations(
+            e.mm,
+            FaultSpan {
+                start_ts: e.ts_ns,
+                end_ts: fault_end,
+                lo,
+                hi,
+                mr,
+                raced: false,
+            },
+        );
+    }
+
+    /// The calls this thread made inside the fault `e` (its attempts: sequence reads and HMM
+    /// walks), taken out of the thread's pending calls.
+    fn attempts_inside(&mut self, e: &OdpEvent) -> Attempts {
+        let fault_end = e.ts_ns + e.duration_ns;
+        let calls: Vec<SubCall> = self
+            .threads
+            .get_mut(&e.tid)
+            .map(|calls| {
+                let inside = calls
+                    .iter()
+                    .copied()
+                    .filter(|c| c.ts >= e.ts_ns && c.ts <= fault_end)
+                    .filter(|c| c.umem == e.obj || c.umem == 0)
+                    .collect();
+                calls.clear();
+                inside
+            })
+            .unwrap_or_default();
+        let read_begins = calls.iter().filter(|c| c.read_begin).count() as u64;
+        let hmm_calls = calls.len() as u64 - read_begins;
+        let retries = if read_begins > 0 {
+            read_begins - 1
+        } else {
+            hmm_calls.saturating_sub(1)
+        };
+        Attempts {
+            calls,
+            read_begins,
+            hmm_calls,
+            retries,
+        }
+    }
+
+    /// Waits behind an invalidation: the durations of the sequence reads that overlapped one
+    /// on this range of this MR (or an mm-wide one).
+    fn collision_waits(&self, mm: u64, mr: u64, lo: u64, hi: u64, calls: &[SubCall]) -> Vec<u64> {
+        let Some(space) = self.spaces.get(&mm) else {
+            return Vec::new();
+        };
+        calls
+            .iter()
+            .filter(|c| c.read_begin)
+            .filter(|call| {
+                let call_end = call.ts + call.duration;
+                // Newest first, and only as far back as could still overlap the call: a
+                // full scan of the window per call was the engine's hottest loop.
+                space
+                    .invalidations
+                    .iter()
+                    .rev()
+                    .take_while(|inv| inv.end_ts + REORDER_NS >= call.ts)
+                    .any(|inv| {
+                        inv.start_ts < call_end
+                            && call.ts < inv.end_ts
+                            && inv.lo < hi
+                            && lo < inv.hi
+                            && inv.mr.is_none_or(|m| m == mr)
+                    })
+            })
+            .map(|call| call.duration)
+            .collect()
+    }
+
+    /// Records what a prefetch mapped, or takes what a fault hit out of it (returning those
+    /// pages: prefetched, then faulted anyway), and widens the extent of an MR known only from
+    /// its faults.
+    fn note_pages(&mut self, mr: u64, lo: u64, hi: u64, prefetch: bool, failed: bool) -> u64 {
+        let Some(m) = self.mrs.get_mut(&mr) else {
+            return 0;
+        };
+        let (page_lo, page_hi) = (lo & !(PAGE - 1), hi.div_ceil(PAGE) * PAGE);
+        let mut faulted_anyway = 0;
+        if prefetch {
+            if !failed {
+                m.prefetched.insert(page_lo, page_hi);
+            }
+        } else {
+            faulted_anyway = m.prefetched.take(page_lo, page_hi) / PAGE;
+        }
+        if m.end == 0 && !m.implicit {
+            // First seen through a fault: the MR spans at least what it faulted.
+            m.start = lo;
+            m.end = hi;
+        } else if !m.registration_seen {
+            m.start = m.start.min(lo);
+            m.end = m.end.max(hi);
+        }
+        faulted_anyway
+    }
+
+    /// The findings one fault can give: a retry, and an HMM timeout or a slow fault.
+    fn fault_findings(
+        &mut self,
+        e: &OdpEvent,
+        mr: u64,
+        attempts: &Attempts,
+        prefetch: bool,
+        hmm_timeout: bool,
+        is_slow: bool,
+    ) {
+        let (lo, hi, duration) = (e.start, e.end, e.duration_ns);
+        if attempts.retries > 0 {
             self.finding(
                 FindingKind::Retry,
                 e.ts_ns,
@@ -171,9 +226,12 @@ impl Engine {
                 lo,
                 hi,
                 format!(
-                    "{} {} retried {retries}x ({read_begins} read_begin, {hmm_calls} hmm) in {}",
+                    "{} {} retried {}x ({} read_begin, {} hmm) in {}",
                     if prefetch { "prefetch" } else { "fault" },
                     fmt_range(lo, hi),
+                    attempts.retries,
+                    attempts.read_begins,
+                    attempts.hmm_calls,
                     fmt_ns(duration)
                 ),
             );
@@ -202,20 +260,15 @@ impl Engine {
                     "fault {} took {} (threshold {})",
                     fmt_range(lo, hi),
                     fmt_ns(duration),
-                    fmt_ns(slow)
+                    fmt_ns(self.config.slow_fault_ns)
                 ),
             );
         }
+    }
 
-        // Did an invalidation that already finished run into this fault?
-        let span = FaultSpan {
-            start_ts: e.ts_ns,
-            end_ts: fault_end,
-            lo,
-            hi,
-            mr,
-            raced: false,
-        };
+    /// Did an invalidation that already finished run into this fault? Then the fault joins its
+    /// address space's window, for invalidations still to come.
+    fn race_with_finished_invalidations(&mut self, mm: u64, mut span: FaultSpan) {
         let hit = self.spaces.get(&mm).and_then(|space| {
             space
                 .invalidations
@@ -225,7 +278,6 @@ impl Engine {
                 .find(|inv| overlaps(&span, inv))
                 .copied()
         });
-        let mut span = span;
         if let Some(inv) = hit {
             span.raced = true;
             self.race(&span, &inv);
