@@ -240,65 +240,10 @@ pub(super) fn traffic_worker(
             TrafficOp::Read | TrafficOp::FetchAdd => staging_map.read(op.slot * msg, &mut buf)?,
         }
         let checked_ns = monotonic_ns();
-        let after = target.seqs(op.chunk, msg, page);
-        let checks = pattern::check_pages(&buf, target.number, op.generation, op.chunk, page);
-        for (p, check) in checks.iter().enumerate() {
-            // Only content-destroying actions move the numbers, so a moved one allows zeros.
-            let moved = op.seqs[p] != after[p] || op.seqs[p] % 2 == 1;
-            let bad = match *check {
-                pattern::PageCheck::Exact => None,
-                pattern::PageCheck::Zero if moved => {
-                    stats.pages_zeroed_by_actions += 1;
-                    None
-                }
-                pattern::PageCheck::Torn { .. } if moved => {
-                    stats.pages_torn_by_actions += 1;
-                    None
-                }
-                pattern::PageCheck::Torn { zero_bytes } => Some((
-                    op.chunk + p * page,
-                    zero_bytes,
-                    pattern::word(target.number, op.generation, op.chunk + p * page),
-                    0,
-                )),
-                pattern::PageCheck::Zero => Some((
-                    op.chunk + p * page,
-                    page,
-                    pattern::word(target.number, op.generation, op.chunk + p * page),
-                    0,
-                )),
-                pattern::PageCheck::Wrong {
-                    first_bad,
-                    bad_bytes,
-                    expected,
-                    actual,
-                } => Some((first_bad, bad_bytes, expected, actual)),
-            };
-            if let Some((first_bad, bad_bytes, expected, actual)) = bad {
-                stats.mismatches += 1;
-                shared.counters.mismatches.fetch_add(1, Ordering::Relaxed);
-                if mismatches.len() < MISMATCHES_KEPT {
-                    mismatches.push(Mismatch {
-                        worker: name.clone(),
-                        op: spec.op,
-                        mr: target.name.clone(),
-                        page_offset: op.chunk + p * page,
-                        first_bad,
-                        bad_bytes,
-                        expected: pattern::decode(expected),
-                        actual: pattern::decode(actual),
-                        expected_raw: expected,
-                        actual_raw: actual,
-                        generation: op.generation,
-                        posted_ns: op.posted_ns,
-                        checked_ns,
-                        page_was_invalidated: moved,
-                        nearby_actions: Vec::new(),
-                    });
-                }
-            }
-        }
-        stats.pages_checked += checks.len() as u64;
+        let pages = judge_transfer(
+            &buf, &op, spec, target, shared, &name, checked_ns, stats, mismatches,
+        );
+        stats.pages_checked += pages;
         stats.ops += 1;
         stats.bytes += msg as u64;
         shared.counters.ops.fetch_add(1, Ordering::Relaxed);
@@ -308,4 +253,81 @@ pub(super) fn traffic_worker(
             .fetch_add(msg as u64, Ordering::Relaxed);
         free_slots.push(op.slot);
     }
+}
+
+/// Judges the bytes of one finished transfer page by page: exact, or zero or torn where a
+/// content-destroying action moved the page's sequence meanwhile (legitimate); anything else
+/// is a mismatch, counted, the first few kept. Returns the pages checked.
+#[allow(clippy::too_many_arguments)]
+fn judge_transfer(
+    buf: &[u8],
+    op: &InFlight,
+    spec: &TrafficSpec,
+    target: &Target,
+    shared: &Shared,
+    name: &str,
+    checked_ns: u64,
+    stats: &mut TrafficStats,
+    mismatches: &mut Vec<Mismatch>,
+) -> u64 {
+    let page = shared.page;
+    let after = target.seqs(op.chunk, buf.len(), page);
+    let checks = pattern::check_pages(buf, target.number, op.generation, op.chunk, page);
+    for (p, check) in checks.iter().enumerate() {
+        // Only content-destroying actions move the numbers, so a moved one allows zeros.
+        let moved = op.seqs[p] != after[p] || op.seqs[p] % 2 == 1;
+        let bad = match *check {
+            pattern::PageCheck::Exact => None,
+            pattern::PageCheck::Zero if moved => {
+                stats.pages_zeroed_by_actions += 1;
+                None
+            }
+            pattern::PageCheck::Torn { .. } if moved => {
+                stats.pages_torn_by_actions += 1;
+                None
+            }
+            pattern::PageCheck::Torn { zero_bytes } => Some((
+                op.chunk + p * page,
+                zero_bytes,
+                pattern::word(target.number, op.generation, op.chunk + p * page),
+                0,
+            )),
+            pattern::PageCheck::Zero => Some((
+                op.chunk + p * page,
+                page,
+                pattern::word(target.number, op.generation, op.chunk + p * page),
+                0,
+            )),
+            pattern::PageCheck::Wrong {
+                first_bad,
+                bad_bytes,
+                expected,
+                actual,
+            } => Some((first_bad, bad_bytes, expected, actual)),
+        };
+        if let Some((first_bad, bad_bytes, expected, actual)) = bad {
+            stats.mismatches += 1;
+            shared.counters.mismatches.fetch_add(1, Ordering::Relaxed);
+            if mismatches.len() < MISMATCHES_KEPT {
+                mismatches.push(Mismatch {
+                    worker: name.to_string(),
+                    op: spec.op,
+                    mr: target.name.clone(),
+                    page_offset: op.chunk + p * page,
+                    first_bad,
+                    bad_bytes,
+                    expected: pattern::decode(expected),
+                    actual: pattern::decode(actual),
+                    expected_raw: expected,
+                    actual_raw: actual,
+                    generation: op.generation,
+                    posted_ns: op.posted_ns,
+                    checked_ns,
+                    page_was_invalidated: moved,
+                    nearby_actions: Vec::new(),
+                });
+            }
+        }
+    }
+    checks.len() as u64
 }
