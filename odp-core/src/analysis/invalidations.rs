@@ -29,6 +29,21 @@ pub(super) struct PendingRange {
     pub(super) pid: u32,
 }
 
+impl PendingRange {
+    /// A notifier range as one of its events (start or end) describes it.
+    fn of(e: &OdpEvent) -> Self {
+        PendingRange {
+            ts: e.ts_ns,
+            duration: e.duration_ns,
+            mm: e.mm,
+            lo: e.start,
+            hi: e.end,
+            cause: e.aux,
+            pid: e.pid,
+        }
+    }
+}
+
 impl Engine {
     /// An invalidation is complete: match it against faults that finished before it did.
     pub(super) fn invalidation_done(&mut self, mm: u64, inv: InvSpan) {
@@ -90,15 +105,7 @@ impl Engine {
     }
 
     pub(super) fn on_range_start(&mut self, e: &OdpEvent) {
-        let pending = PendingRange {
-            ts: e.ts_ns,
-            duration: e.duration_ns,
-            mm: e.mm,
-            lo: e.start,
-            hi: e.end,
-            cause: e.aux,
-            pid: e.pid,
-        };
+        let pending = PendingRange::of(e);
         if self.range_ends_seen || self.pending_ranges.len() < 64 {
             self.pending_ranges.insert((e.tid, e.obj), pending);
         } else {
@@ -113,15 +120,7 @@ impl Engine {
         let pending = self
             .pending_ranges
             .remove(&(e.tid, e.obj))
-            .unwrap_or(PendingRange {
-                ts: e.ts_ns,
-                duration: e.duration_ns,
-                mm: e.mm,
-                lo: e.start,
-                hi: e.end,
-                cause: e.aux,
-                pid: e.pid,
-            });
+            .unwrap_or_else(|| PendingRange::of(e));
         self.range_done(pending, end_ts);
     }
 
