@@ -202,6 +202,24 @@ macro_rules! points {
                 }
             }
 
+            /// What the point's event means to the engine (the row's kind, read without the
+            /// row: the engine asks it of every event).
+            #[inline]
+            pub fn kind(self) -> Kind {
+                match self {
+                    $(Point::$variant => $kind,)*
+                }
+            }
+
+            /// Short stable name used in output and filters (the row's name, read without the
+            /// row: a recording is read by name, event by event).
+            #[inline]
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Point::$variant => $name,)*
+                }
+            }
+
             /// The point's catalog row.
             pub fn row(self) -> &'static Row {
                 match self {
@@ -415,17 +433,8 @@ points! {
 }
 
 impl Point {
-    /// Short stable name used in output and filters.
-    pub fn name(self) -> &'static str {
-        self.row().name
-    }
-
     pub fn group(self) -> Group {
         self.row().group
-    }
-
-    pub fn kind(self) -> Kind {
-        self.row().kind
     }
 
     /// The kernel function, tracepoint or library symbol probed.
@@ -637,6 +646,14 @@ mod tests {
                     "{point:?}: its target must be probed on return"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn the_fast_accessors_agree_with_the_rows() {
+        for &point in Point::ALL {
+            assert_eq!(point.name(), point.row().name);
+            assert_eq!(point.kind(), point.row().kind);
         }
     }
 

@@ -153,31 +153,31 @@ impl Engine {
     /// Waits behind an invalidation: the durations of the sequence reads that overlapped one
     /// on this range of this MR (or an mm-wide one).
     fn collision_waits(&self, mm: u64, mr: u64, lo: u64, hi: u64, calls: &[SubCall]) -> Vec<u64> {
+        let mut waits = Vec::new();
         let Some(space) = self.spaces.get(&mm) else {
-            return Vec::new();
+            return waits;
         };
-        calls
-            .iter()
-            .filter(|c| c.read_begin)
-            .filter(|call| {
-                let call_end = call.ts + call.duration;
-                // Newest first, and only as far back as could still overlap the call: a
-                // full scan of the window per call was the engine's hottest loop.
-                space
-                    .invalidations
-                    .iter()
-                    .rev()
-                    .take_while(|inv| inv.end_ts + REORDER_NS >= call.ts)
-                    .any(|inv| {
-                        inv.start_ts < call_end
-                            && call.ts < inv.end_ts
-                            && inv.lo < hi
-                            && lo < inv.hi
-                            && inv.mr.is_none_or(|m| m == mr)
-                    })
-            })
-            .map(|call| call.duration)
-            .collect()
+        for call in calls.iter().filter(|c| c.read_begin) {
+            let call_end = call.ts + call.duration;
+            // Newest first, and only as far back as could still overlap the call: a full scan
+            // of the window per call was the engine's hottest loop.
+            let collided = space
+                .invalidations
+                .iter()
+                .rev()
+                .take_while(|inv| inv.end_ts + REORDER_NS >= call.ts)
+                .any(|inv| {
+                    inv.start_ts < call_end
+                        && call.ts < inv.end_ts
+                        && inv.lo < hi
+                        && lo < inv.hi
+                        && inv.mr.is_none_or(|m| m == mr)
+                });
+            if collided {
+                waits.push(call.duration);
+            }
+        }
+        waits
     }
 
     /// Records what a prefetch mapped, or takes what a fault hit out of it (returning those
