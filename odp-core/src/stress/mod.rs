@@ -122,6 +122,27 @@ impl RunControl<'_> {
     }
 }
 
+/// Held by every worker: a worker that panics stops the others, so the run ends now, reports
+/// the panic, and does not go on for its full length without that worker.
+struct StopOthersOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for StopOthersOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The message a panic carried (what `panic!` and failed `expect`s pass).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 /// Sleeps until `when` in slices, so a stop is noticed quickly.
 pub(super) fn sleep_until(when: Instant, control: &RunControl) {
     while !control.stopping() {
@@ -206,35 +227,40 @@ pub fn run(
                     .name
                     .clone()
                     .unwrap_or_else(|| format!("traffic#{}", i + 1));
-                scope.spawn(move || {
-                    let mut stats = TrafficStats {
-                        worker: name.clone(),
-                        op: Some(spec.op),
-                        mr: target.name.clone(),
-                        ..TrafficStats::default()
-                    };
-                    let mut mismatches = Vec::new();
-                    let mut wc_errors = Vec::new();
-                    let worker = if spec.op == TrafficOp::FetchAdd {
-                        atomic_worker
-                    } else {
-                        traffic_worker
-                    };
-                    let result = worker(
-                        spec,
-                        target,
-                        pd,
-                        loopback,
-                        shared,
-                        &mut stats,
-                        &mut mismatches,
-                        &mut wc_errors,
-                    );
-                    if let Err(e) = result {
-                        fail(name, e);
+                let handle = scope.spawn({
+                    let name = name.clone();
+                    move || {
+                        let _stop_others = StopOthersOnPanic(&shared.control.abort);
+                        let mut stats = TrafficStats {
+                            worker: name.clone(),
+                            op: Some(spec.op),
+                            mr: target.name.clone(),
+                            ..TrafficStats::default()
+                        };
+                        let mut mismatches = Vec::new();
+                        let mut wc_errors = Vec::new();
+                        let worker = if spec.op == TrafficOp::FetchAdd {
+                            atomic_worker
+                        } else {
+                            traffic_worker
+                        };
+                        let result = worker(
+                            spec,
+                            target,
+                            pd,
+                            loopback,
+                            shared,
+                            &mut stats,
+                            &mut mismatches,
+                            &mut wc_errors,
+                        );
+                        if let Err(e) = result {
+                            fail(name, e);
+                        }
+                        (stats, mismatches, wc_errors)
                     }
-                    (stats, mismatches, wc_errors)
-                })
+                });
+                (name, handle)
             })
             .collect();
         let actions: Vec<_> = scenario
@@ -245,15 +271,20 @@ pub fn run(
                 let target = &targets[scenario.mr_index(&spec.mr).unwrap_or(0)];
                 let (shared, fail) = (&shared, &fail);
                 let seed = scenario.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1));
-                scope.spawn(move || {
-                    let name = spec
-                        .name
-                        .clone()
-                        .unwrap_or_else(|| format!("{}#{}", spec.action.name(), i + 1));
-                    if let Err(e) = action_worker(spec, &name, target, shared, seed) {
-                        fail(name, e);
+                let name = spec
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("{}#{}", spec.action.name(), i + 1));
+                let handle = scope.spawn({
+                    let name = name.clone();
+                    move || {
+                        let _stop_others = StopOthersOnPanic(&shared.control.abort);
+                        if let Err(e) = action_worker(spec, &name, target, shared, seed) {
+                            fail(name, e);
+                        }
                     }
-                })
+                });
+                (name, handle)
             })
             .collect();
         let prefetch: Vec<_> = scenario
@@ -264,35 +295,51 @@ pub fn run(
                 let target = &targets[scenario.mr_index(&spec.mr).unwrap_or(0)];
                 let (shared, fail) = (&shared, &fail);
                 let seed = scenario.seed ^ (0xd1b5_4a32_d192_ed03u64.wrapping_mul(i as u64 + 1));
-                scope.spawn(move || {
-                    let name = spec
-                        .name
-                        .clone()
-                        .unwrap_or_else(|| format!("prefetch#{}", i + 1));
-                    let mut stats = PrefetchStats {
-                        worker: name.clone(),
-                        ..PrefetchStats::default()
-                    };
-                    if let Err(e) = prefetch_worker(spec, target, shared, seed, &mut stats) {
-                        fail(name, e);
+                let name = spec
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("prefetch#{}", i + 1));
+                let handle = scope.spawn({
+                    let name = name.clone();
+                    move || {
+                        let _stop_others = StopOthersOnPanic(&shared.control.abort);
+                        let mut stats = PrefetchStats {
+                            worker: name.clone(),
+                            ..PrefetchStats::default()
+                        };
+                        if let Err(e) = prefetch_worker(spec, target, shared, seed, &mut stats) {
+                            fail(name, e);
+                        }
+                        stats
                     }
-                    stats
-                })
+                });
+                (name, handle)
             })
             .collect();
 
         conduct(scenario, &shared, started, &mut progress);
         shared.control.abort.store(true, Ordering::Relaxed);
+        // A worker that panicked fails the run by name, with its message; its figures are lost.
+        let panicked = |name: String, payload: Box<dyn std::any::Any + Send>| {
+            if let Ok(mut errors) = worker_errors.lock() {
+                errors.push(format!(
+                    "{name}: panicked: {}",
+                    panic_message(payload.as_ref())
+                ));
+            }
+        };
         let traffic: Vec<_> = traffic
             .into_iter()
-            .map(|h| h.join().unwrap_or_default())
+            .filter_map(|(name, h)| h.join().map_err(|p| panicked(name, p)).ok())
             .collect();
-        for h in actions {
-            let _ = h.join();
+        for (name, h) in actions {
+            if let Err(p) = h.join() {
+                panicked(name, p);
+            }
         }
         let prefetch: Vec<_> = prefetch
             .into_iter()
-            .map(|h| h.join().unwrap_or_default())
+            .filter_map(|(name, h)| h.join().map_err(|p| panicked(name, p)).ok())
             .collect();
         (traffic, prefetch)
     });
@@ -401,5 +448,37 @@ fn conduct(
             next_progress += Duration::from_secs(1);
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_that_panics_stops_the_others_and_says_why() {
+        let abort = AtomicBool::new(false);
+        let result = std::thread::scope(|scope| {
+            let worker = scope.spawn(|| {
+                let _stop_others = StopOthersOnPanic(&abort);
+                panic!("the page count")
+            });
+            worker.join()
+        });
+        assert!(
+            abort.load(Ordering::Relaxed),
+            "a panic must stop the other workers"
+        );
+        let payload = result.expect_err("the worker panicked");
+        assert_eq!(panic_message(payload.as_ref()), "the page count");
+        assert_eq!(panic_message(&String::from("formatted 7")), "formatted 7");
+        assert_eq!(panic_message(&7u32), "a panic without a message");
+
+        let untouched = AtomicBool::new(false);
+        drop(StopOthersOnPanic(&untouched));
+        assert!(
+            !untouched.load(Ordering::Relaxed),
+            "a worker that ends normally stops no one"
+        );
     }
 }

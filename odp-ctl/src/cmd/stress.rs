@@ -238,9 +238,12 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             )
             .map(|(engine, _)| engine)
         });
-        let report = worker
-            .join()
-            .unwrap_or_else(|_| Err(odp_core::Error::invalid("the stress run panicked")));
+        let report = worker.join().unwrap_or_else(|payload| {
+            Err(odp_core::Error::invalid(format!(
+                "the stress run panicked: {}",
+                stress::panic_message(payload.as_ref())
+            )))
+        });
         (report, engine)
     });
     let mut report = report?;
