@@ -340,3 +340,27 @@ fn bad_input_is_refused_clearly_and_leaks_nothing() {
         "QPs leaked"
     );
 }
+
+#[test]
+fn deregistering_reports_the_kernels_answer_while_the_process_lives() {
+    let test = "deregistering_reports_the_kernels_answer_while_the_process_lives";
+    let Some(ctx) = open(test) else {
+        return;
+    };
+    let pd = ctx.alloc_pd().expect("pd");
+    let map = Arc::new(Mapping::new(1 << 20, Backing::Anonymous).expect("map"));
+    let before = kernel_resource_count("mr", current_tid()).expect("rdma resource show mr");
+    let mr = MemoryRegion::register(&pd, &map, 0, 1 << 20, ODP).expect("odp mr");
+    assert_eq!(
+        kernel_resource_count("mr", current_tid()).expect("count"),
+        before + 1,
+        "the kernel should list the new MR"
+    );
+    mr.deregister()
+        .expect("the kernel accepts the deregistration");
+    assert_eq!(
+        kernel_resource_count("mr", current_tid()).expect("count"),
+        before,
+        "deregister() returned Ok: the kernel must have dropped the MR already"
+    );
+}

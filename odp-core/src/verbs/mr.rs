@@ -180,6 +180,7 @@ pub struct MemoryRegion {
     len: usize,
     // Explicit MRs keep their buffer mapped for as long as the device may use the keys.
     mapping: Option<Arc<Mapping>>,
+    deregistered: bool,
 }
 
 // SAFETY: an MR handle is thread-safe in libibverbs and has no thread affinity.
@@ -219,6 +220,7 @@ impl MemoryRegion {
             addr,
             len,
             mapping: Some(Arc::clone(mapping)),
+            deregistered: false,
         })
     }
 
@@ -249,6 +251,7 @@ impl MemoryRegion {
             addr: 0,
             len: usize::MAX,
             mapping: None,
+            deregistered: false,
         })
     }
 
@@ -322,11 +325,33 @@ impl MemoryRegion {
     }
 }
 
+impl MemoryRegion {
+    /// Deregisters now and says whether the kernel agreed; dropping an MR deregisters it too,
+    /// but has nobody to tell of a failure.
+    pub fn deregister(mut self) -> Result<()> {
+        match self.dereg_once() {
+            0 => Ok(()),
+            errno => Err(Error::os("ibv_dereg_mr", errno)),
+        }
+    }
+
+    /// ibv_dereg_mr's result (0, or an errno value), at most once per MR.
+    fn dereg_once(&mut self) -> i32 {
+        if self.deregistered {
+            return 0;
+        }
+        self.deregistered = true;
+        // SAFETY: mr came from ibv_reg_mr* and is deregistered exactly once (the flag above).
+        // Any QP using it is the caller's to quiesce first; dereg itself is safe while work is
+        // outstanding.
+        unsafe { sys::ibv_dereg_mr(self.mr.as_ptr()) }
+    }
+}
+
 impl Drop for MemoryRegion {
     fn drop(&mut self) {
-        // SAFETY: mr came from ibv_reg_mr* and is deregistered exactly once. Any QP using it is
-        // the caller's to quiesce first; dereg itself is safe while work is outstanding.
-        unsafe { sys::ibv_dereg_mr(self.mr.as_ptr()) };
+        // Callers that must know the result call deregister() first.
+        let _ = self.dereg_once();
     }
 }
 

@@ -112,7 +112,8 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     }
     let report_mr = setup.report;
     let mismatch = traffic.as_ref().is_some_and(|t| t.mismatches() > 0);
-    drop(setup.mr);
+    // Reported only once the kernel has said so; a refusal is the command's error.
+    setup.mr.deregister()?;
     if out.json {
         out.json(&Report {
             mr: report_mr,
