@@ -641,13 +641,11 @@ mod tests {
     #[test]
     fn ksm_merges_identical_pages_and_restores_ksmd() {
         let test = "ksm_merges_identical_pages_and_restores_ksmd";
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/sys/kernel/mm/ksm").exists() {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP {test}: needs root and a kernel with KSM"
-            );
+        if !crate::testing::root_or_skip(test, "switching ksmd") {
+            return;
+        }
+        if !std::path::Path::new("/sys/kernel/mm/ksm").exists() {
+            crate::testing::skip(test, "this kernel has no KSM");
             return;
         }
         let run_before = std::fs::read_to_string("/sys/kernel/mm/ksm/run").expect("run");

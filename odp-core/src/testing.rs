@@ -1,35 +1,70 @@
-//! Support for tests that need a real RDMA device: they run for real where one exists (the
-//! soft-RoCE VM, an RDMA host) and print a named skip elsewhere, unless the environment demands
-//! a device (`ODP_REQUIRE_DEVICE=1`, set by `cargo xtask test` in the VM), where absence fails.
+//! Support for tests that need what a machine may lack (an RDMA device, root, tmux, a module):
+//! they run for real where it exists (the soft-RoCE VM, an RDMA host) and skip by name
+//! elsewhere, through `skip`, the one way a test skips. A skip is also a record the test driver
+//! reads (`ODP_SKIP_LOG`), so it is counted apart from passes; where the environment demands
+//! every test run (`ODP_REQUIRE_DEVICE=1`, set by `cargo xtask test` in the VM), a skip fails.
 
 use std::io::Write;
 use std::process::Command;
 
 use crate::verbs;
 
-/// Whether this environment must have a device (so a missing one is a failure, not a skip).
+/// The file, named by the test driver, where each skip appends one JSON line.
+pub const SKIP_LOG_ENV: &str = "ODP_SKIP_LOG";
+
+/// Whether this environment must run every test (so a skip is a failure).
 pub fn device_required() -> bool {
     std::env::var_os("ODP_REQUIRE_DEVICE").is_some_and(|v| v == "1")
 }
 
-/// The first device's name, or None after printing `SKIP <test>: <reason>`.
+/// Skips `test` for `reason`: a failure where every test must run; otherwise a `SKIP` line on
+/// stderr for people and a record in the driver's skip log.
+pub fn skip(test: &str, reason: &str) {
+    assert!(
+        !device_required(),
+        "{test}: must run here, but would skip: {reason}"
+    );
+    // Written to stderr directly: libtest captures print!/eprint! output of passing tests, and
+    // a skip must be seen.
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        let record = serde_json::json!({ "test": test, "reason": reason });
+        // One short append per skip: lines from tests running in parallel stay whole.
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{record}\n").as_bytes()));
+        assert!(
+            appended.is_ok(),
+            "{test}: cannot record the skip in {}: {appended:?}",
+            std::path::Path::new(&path).display()
+        );
+    }
+}
+
+/// The first device's name, or None after skipping `test`.
 pub fn device_or_skip(test: &str) -> Option<String> {
     let reason = match verbs::list_devices() {
         Ok(devices) if !devices.is_empty() => return Some(devices[0].name.clone()),
         Ok(_) => "no RDMA device".to_string(),
         Err(e) => e.to_string(),
     };
-    assert!(
-        !device_required(),
-        "{test}: a device is required here but: {reason}"
-    );
-    // Written to stderr directly: libtest captures print!/eprint! output of passing tests, and a
-    // skip must be seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIP {test}: {reason} (runs in the soft-RoCE VM: cargo xtask test)"
+    skip(
+        test,
+        &format!("{reason} (runs in the soft-RoCE VM: cargo xtask test)"),
     );
     None
+}
+
+/// Whether this process is root, after skipping `test` if it is not (`what` needs root).
+pub fn root_or_skip(test: &str, what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    skip(test, &format!("{what} needs root"));
+    false
 }
 
 /// The calling thread's id: the kernel's resource tracking records the *thread* that created an

@@ -60,11 +60,7 @@ fn json(out: &Output) -> Value {
 
 fn skip(test: &str) -> Option<String> {
     let device = device_or_skip(test)?;
-    if !odp_ebpf::is_root() {
-        let _ = writeln!(std::io::stderr(), "SKIP {test}: loading BPF needs root");
-        return None;
-    }
-    Some(device)
+    odp_core::testing::root_or_skip(test, "loading BPF").then_some(device)
 }
 
 /// Runs a scenario for `seconds` with probes and returns the report, asserting the data check

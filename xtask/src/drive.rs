@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::{vm, workspace_root};
 
-/// Test outcomes read from cargo test output and our named skips.
+/// Test outcomes, disjoint: a skipped test is not also a pass. libtest reports a skipped test
+/// as passed (it returned early), so the skips the tests record (`odp_core::testing::skip`)
+/// are taken out of its passes.
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
     pub passed: u64,
@@ -18,11 +20,8 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Folds one line of test output into the counts.
+    /// Folds one line of test output into the counts: libtest's `test result:` lines.
     pub fn observe(&mut self, line: &str) {
-        if line.starts_with("SKIP ") {
-            self.skipped += 1;
-        }
         if let Some(rest) = line.strip_prefix("test result: ") {
             for part in rest.split(';') {
                 let mut words = part.split_whitespace().rev();
@@ -44,6 +43,39 @@ impl Counts {
         self.failed += other.failed;
         self.skipped += other.skipped;
     }
+
+    /// Moves the recorded skips out of the passes.
+    fn with_skips(mut self, skips: &[Skip]) -> Counts {
+        let n = skips.len() as u64;
+        self.passed = self.passed.saturating_sub(n);
+        self.skipped += n;
+        self
+    }
+
+    fn ran_nothing(&self) -> bool {
+        self.passed + self.failed + self.skipped == 0
+    }
+}
+
+/// One skip as a test recorded it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Skip {
+    pub test: String,
+    pub reason: String,
+}
+
+/// The skips recorded in a skip log (none if it was never written).
+fn read_skips(path: &std::path::Path) -> Result<Vec<Skip>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(Vec::new());
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}: bad skip record {l}", path.display()))
+        })
+        .collect()
 }
 
 fn cargo() -> Command {
@@ -144,12 +176,16 @@ pub fn test(opts: &TestOpts) -> Result<()> {
     let mut ok = true;
     if opts.host {
         println!("== host tests (this kernel: no RDMA; device tests print SKIP and run in the VM)");
+        let skip_log = workspace_root().join("target/xtask-host-skips.jsonl");
+        let _ = std::fs::remove_file(&skip_log);
         let mut cmd = cargo();
-        cmd.args(["test", "--workspace"]);
+        cmd.args(["test", "--workspace"])
+            .env(odp_skip_log_env(), &skip_log);
         if let Some(f) = &opts.filter {
             cmd.args(["--", f]);
         }
         let (success, counts) = run_counted(cmd)?;
+        let counts = counts.with_skips(&read_skips(&skip_log)?);
         ok &= success;
         total.add(counts);
         println!(
@@ -168,10 +204,25 @@ pub fn test(opts: &TestOpts) -> Result<()> {
         total.passed, total.failed, total.skipped
     );
     std::io::stdout().flush()?;
+    if total.ran_nothing() {
+        bail!(
+            "no test ran{}",
+            opts.filter
+                .as_deref()
+                .map(|f| format!(": the filter {f:?} matches no test name"))
+                .unwrap_or_default()
+        );
+    }
     if !ok || total.failed > 0 {
         bail!("tests failed");
     }
     Ok(())
+}
+
+/// The variable a test's skip record goes to (odp_core::testing::SKIP_LOG_ENV; xtask does not
+/// link odp-core).
+fn odp_skip_log_env() -> &'static str {
+    "ODP_SKIP_LOG"
 }
 
 /// Guest boots a VM job may use: a guest killed by the emulator's int3 oops
@@ -179,6 +230,8 @@ pub fn test(opts: &TestOpts) -> Result<()> {
 const VM_BOOTS: u32 = 3;
 /// Where, in the job share, each VM test binary leaves its output and exit status.
 const VM_RESULTS: &str = "results";
+/// The skip log in the results: in the VM every test must run, so any record fails the run.
+const VM_SKIPS: &str = "skips.jsonl";
 
 /// One test binary's run in the guest.
 struct BinaryResult {
@@ -191,7 +244,8 @@ struct BinaryResult {
 fn vm_test_script(names: &[String], filter: Option<&str>) -> String {
     let filter = filter.map(|f| format!(" '{f}'")).unwrap_or_default();
     let mut script = format!(
-        "export ODP_REQUIRE_DEVICE=1 ODP_CTL=/job/bin/odp-ctl RUST_BACKTRACE=1\n\
+        "export ODP_REQUIRE_DEVICE=1 ODP_CTL=/job/bin/odp-ctl RUST_BACKTRACE=1 \
+         ODP_SKIP_LOG=/job/{VM_RESULTS}/{VM_SKIPS}\n\
          mkdir -p /job/{VM_RESULTS}\nfail=0\n"
     );
     for name in names {
@@ -250,9 +304,12 @@ fn vm_tests(opts: &TestOpts) -> Result<(bool, Counts)> {
     }
     let mut results = Vec::new();
     let mut reboots = Vec::new();
+    let mut skips = Vec::new();
     for boot in 1..=VM_BOOTS {
         let script = vm_test_script(&pending, opts.filter.as_deref());
         let run = vm::run_job(&guest, &crate::job(&vm_opts, script, binaries.clone()));
+        // Read before the next boot clears the share.
+        skips.extend(read_skips(&vm::job_dir().join(VM_RESULTS).join(VM_SKIPS))?);
         let finished = finished_binaries(&pending);
         pending.retain(|name| !finished.iter().any(|(done, _)| done == name));
         results.extend(finished);
@@ -277,7 +334,13 @@ fn vm_tests(opts: &TestOpts) -> Result<(bool, Counts)> {
         reboots.push(victim.clone());
     }
     let mut counts = Counts::default();
-    let mut ok = pending.is_empty();
+    let mut ok = pending.is_empty() && skips.is_empty();
+    for skip in &skips {
+        println!(
+            "== VM: {} skipped ({}), but every test must run here",
+            skip.test, skip.reason
+        );
+    }
     for (name, result) in &results {
         counts.add(result.counts);
         if result.status != 0 {
@@ -301,6 +364,7 @@ fn vm_tests(opts: &TestOpts) -> Result<(bool, Counts)> {
             reboots.join(", ")
         )
     };
+    let counts = counts.with_skips(&skips);
     println!(
         "== VM ({}): {} passed, {} failed, {} skipped{reboots}",
         guest.kernel.abi, counts.passed, counts.failed, counts.skipped
@@ -399,14 +463,30 @@ mod tests {
         c.observe("test result: ok. 11 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s");
         c.observe("test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
         c.observe("SKIP devices_and_caps_show_odp_support: no RDMA device");
+        c.observe("test foo ... SKIP devices_and_caps_show_odp_support: no RDMA device");
         c.observe("test foo ... ok");
         assert_eq!(
             c,
             Counts {
                 passed: 14,
                 failed: 1,
-                skipped: 1
-            }
+                skipped: 0
+            },
+            "SKIP lines are for people; skips are counted from their records"
         );
+        let skip = Skip {
+            test: "devices_and_caps_show_odp_support".into(),
+            reason: "no RDMA device".into(),
+        };
+        assert_eq!(
+            c.with_skips(&[skip]),
+            Counts {
+                passed: 13,
+                failed: 1,
+                skipped: 1
+            },
+            "a skipped test is not also a pass"
+        );
+        assert!(Counts::default().ran_nothing());
     }
 }

@@ -362,7 +362,9 @@ fn run_once(guest: &Guest, job: &Job) -> Result<Outcome> {
         .arg(&guest.initramfs)
         .args([
             "-append",
-            "console=ttyS0 rdinit=/init panic=-1 loglevel=4 quiet",
+            // loglevel after quiet, which would set 4: at 5 the kernel's warnings (WARN(), lockdep,
+            // RCU stalls) reach the console, where kernel_problems looks for them.
+            "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=5",
         ])
         .arg("-virtfs")
         .arg(format!(
@@ -378,6 +380,7 @@ fn run_once(guest: &Guest, job: &Job) -> Result<Outcome> {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let started = Instant::now();
+    let console = dir.join("console.log");
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
     let stdout = child.stdout.take().context("qemu stdout")?;
     let console_path = dir.join("console.log");
@@ -432,7 +435,62 @@ fn run_once(guest: &Guest, job: &Job) -> Result<Outcome> {
         "xtask: VM finished in {:.1}s with status {status}",
         started.elapsed().as_secs_f64()
     );
+    let problems = kernel_problems(&std::fs::read_to_string(&console).unwrap_or_default());
+    if !problems.is_empty() {
+        bail!(
+            "the guest kernel reported {} problem(s) (console: {}):\n  {}",
+            problems.len(),
+            console.display(),
+            problems.join("\n  ")
+        );
+    }
     Ok(Outcome { status, output })
+}
+
+/// What a kernel prints when something went wrong in it, after the printk timestamp.
+const KERNEL_PROBLEMS: &[&str] = &[
+    "Oops",
+    "BUG:",
+    "WARNING:",
+    "rcu: INFO:",
+    "detected stalls",
+    "soft lockup",
+    "hard LOCKUP",
+    "blocked for more than",
+    "general protection fault",
+    "Kernel panic",
+];
+
+/// The kernel's own reports of trouble in a console log: lines where a printk timestamp
+/// (`[  123.456789] `) is followed by a message holding one of KERNEL_PROBLEMS. Test output shares the console,
+/// so words alone are not enough; a kernel line can start mid-line after a test's output.
+pub fn kernel_problems(console: &str) -> Vec<String> {
+    console
+        .lines()
+        .filter_map(|line| {
+            let mut rest = line;
+            while let Some(open) = rest.find('[') {
+                let after = &rest[open + 1..];
+                let Some(close) = after.find("] ") else {
+                    break;
+                };
+                let stamp = after[..close].trim();
+                let message = &after[close + 2..];
+                let is_stamp = stamp.split_once('.').is_some_and(|(s, us)| {
+                    !s.is_empty()
+                        && s.bytes().all(|b| b.is_ascii_digit())
+                        && us.len() == 6
+                        && us.bytes().all(|b| b.is_ascii_digit())
+                });
+                if is_stamp && KERNEL_PROBLEMS.iter().any(|p| message.contains(p)) {
+                    return Some(message.trim().to_string());
+                }
+                rest = after;
+            }
+            None
+        })
+        .take(20)
+        .collect()
 }
 
 #[cfg(test)]
@@ -443,6 +501,26 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("console.log"), text).expect("console.log");
         dir
+    }
+
+    #[test]
+    fn kernel_problems_are_found_by_their_timestamp_not_by_words() {
+        let log = "odp-vm: ready\n\
+            test a_warning_in_a_test_name ... WARNING: not the kernel\n\
+            [   12.345678] rdma_rxe: loaded\n\
+            test dontneed ... [  357.935150] Oops: int3: 0000 [#1] SMP NOPTI\n\
+            [   40.000001] WARNING: CPU: 1 PID: 90 at drivers/infiniband/sw/rxe/rxe_odp.c:10\n\
+            [   41.000000] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n\
+            [   42.000000] watchdog: BUG: soft lockup - CPU#0 stuck for 22s!\n\
+            [   43.000000] INFO: task kworker/0:1:12 blocked for more than 120 seconds.\n";
+        let found = kernel_problems(log);
+        assert_eq!(found.len(), 5, "{found:?}");
+        assert!(found[0].starts_with("Oops: int3"));
+        assert!(found[1].starts_with("WARNING: CPU: 1"));
+        assert!(found[2].starts_with("rcu: INFO:"));
+        assert!(found[3].starts_with("watchdog: BUG: soft lockup"));
+        assert!(found[4].starts_with("INFO: task kworker"));
+        assert!(kernel_problems("[   1.000000] rdma_rxe: loaded\n").is_empty());
     }
 
     #[test]

@@ -21,7 +21,7 @@ impl Terminal {
     /// None (after printing a named skip) where tmux is missing.
     pub fn start(test: &str, width: u16, height: u16, command: &str) -> Option<Terminal> {
         if Command::new("tmux").arg("-V").output().is_err() {
-            eprintln!("SKIP {test}: no tmux");
+            odp_core::testing::skip(test, "no tmux");
             return None;
         }
         let name = format!("odp-{}-{}", std::process::id(), test.len());
