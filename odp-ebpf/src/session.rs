@@ -60,7 +60,7 @@ impl Default for Config {
 /// for a backlog of an eighth of the buffer, so this bounds how stale a quiet stream gets.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// Longer than the BPF side's CPU_FAULT_FLUSH_NS (10 ms), after which a partial batch of CPU
-/// faults is in the ring.
+/// faults is in the ring: how long the last drain waits for the batches to empty.
 const CPU_FAULT_FLUSH: Duration = Duration::from_millis(25);
 
 /// What `Session::run` hands its callback.
@@ -74,9 +74,11 @@ pub enum Delivery<'a> {
 pub struct Session {
     // Dropped in this order: links detach before the programs go, and the skeleton goes before
     // the room its object lives in.
-    links: Vec<Link>,
+    /// Each point's links; the CPU-fault ones are taken off early, at the end of `run`.
+    links: std::cell::RefCell<Vec<(Point, Link)>>,
     skel: OdpSkel<'static>,
     _room: ObjectRoom,
+    unflushed: std::cell::Cell<u64>,
     plans: Vec<PointPlan>,
     facts: KernelFacts,
 }
@@ -128,9 +130,10 @@ impl Session {
             }
         };
         let mut session = Session {
-            links: Vec::new(),
+            links: std::cell::RefCell::new(Vec::new()),
             skel,
             _room: room,
+            unflushed: std::cell::Cell::new(0),
             plans,
             facts,
         };
@@ -217,7 +220,9 @@ impl Session {
             match failure {
                 None => {
                     plan.status = Status::Attached;
-                    self.links.extend(links);
+                    self.links
+                        .get_mut()
+                        .extend(links.into_iter().map(|l| (plan.point, l)));
                 }
                 // Partial attachments of this point drop (detach) here.
                 Some(reason) => plan.status = Status::Failed(reason),
@@ -282,12 +287,61 @@ impl Session {
             drained();
         }
         // Whatever arrived before the stop is still delivered, including the CPU faults still
-        // in a per-CPU batch, which its timer writes out within CPU_FAULT_FLUSH.
-        std::thread::sleep(CPU_FAULT_FLUSH);
+        // in a per-CPU batch.
+        self.flush_cpu_faults();
         ring.consume()
             .map_err(|e| Error::bpf("reading the ring buffer", e))?;
         drained();
         Ok(())
+    }
+
+    /// Detaches the CPU-fault program, then waits until every CPU's batch is empty: each
+    /// batch's timer writes it out within CPU_FAULT_FLUSH_NS, and with the program gone no new
+    /// record can come. Records still pending after CPU_FAULT_FLUSH are counted as lost.
+    fn flush_cpu_faults(&self) {
+        let batched = self.plans.iter().any(|p| {
+            p.point == Point::PageFaultUser
+                && p.method == Some(Method::TpBtf)
+                && p.status == Status::Attached
+        });
+        if !batched {
+            return;
+        }
+        self.links
+            .borrow_mut()
+            .retain(|(point, _)| *point != Point::PageFaultUser);
+        let deadline = Instant::now() + CPU_FAULT_FLUSH;
+        loop {
+            let pending = self.pending_cpu_faults();
+            if pending == 0 || Instant::now() >= deadline {
+                self.unflushed.set(pending);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// CPU-fault records waiting in the per-CPU batches.
+    fn pending_cpu_faults(&self) -> u64 {
+        let map = &self.skel.maps.cpu_fault_batches;
+        let n_at = std::mem::offset_of!(crate::skel::types::cpu_fault_batch, n);
+        let cpus = libbpf_rs::num_possible_cpus().unwrap_or(0) as u32;
+        (0..cpus)
+            .filter_map(|cpu| {
+                map.lookup(&cpu.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+                    .ok()
+                    .flatten()
+            })
+            .filter_map(|value| {
+                let bytes = value.get(n_at..n_at + 4)?;
+                Some(u64::from(u32::from_ne_bytes(bytes.try_into().ok()?)))
+            })
+            .sum()
+    }
+
+    /// CPU-fault records that were still in a batch when the session stopped reading: lost.
+    pub fn unflushed(&self) -> u64 {
+        self.unflushed.get()
     }
 
     fn percpu_sum(map: &libbpf_rs::MapMut<'_>, key: u32) -> u64 {
@@ -308,35 +362,56 @@ impl Session {
         Self::percpu_sum(&self.skel.maps.hits, point as u32)
     }
 
+    /// Calls of a point that went unreported because their entry could not be recorded (the
+    /// in-flight map was full).
+    pub fn unpaired(&self, point: Point) -> u64 {
+        Self::percpu_sum(&self.skel.maps.unpaired, point as u32)
+    }
+
     /// Events lost because the ring buffer was full.
     pub fn drops(&self) -> u64 {
         Self::percpu_sum(&self.skel.maps.drops, 0)
     }
 
-    /// Program runs the kernel skipped: a program does not run again on a CPU where it is
-    /// already running, and fentry/fexit programs can be preempted, so a call that comes while
-    /// another task is preempted inside the same program on that CPU is never seen.
-    pub fn missed(&self) -> u64 {
-        self.skel
-            .object()
-            .progs()
-            // The object was loaded with only the planned programs set to load.
-            .filter(|p| p.autoload())
-            .map(|p| {
-                let mut info = libbpf_sys::bpf_prog_info::default();
-                let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-                // SAFETY: the fd is a loaded program's, and info/len describe a writable
-                // bpf_prog_info of exactly that size (the kernel writes at most len bytes).
-                let rc = unsafe {
-                    libbpf_sys::bpf_prog_get_info_by_fd(p.as_fd().as_raw_fd(), &mut info, &mut len)
-                };
-                if rc == 0 {
-                    info.recursion_misses
-                } else {
-                    0
-                }
+    /// Program runs the kernel skipped, per attached point: a program does not run again on a
+    /// CPU where it is already running, and fentry/fexit programs can be preempted, so a call
+    /// that comes while another task is preempted inside the same program on that CPU is never
+    /// seen. A point counts the skips of all its programs (entry and exit).
+    pub fn missed_by_point(&self) -> Vec<(Point, u64)> {
+        self.plans
+            .iter()
+            .filter(|p| p.status == Status::Attached)
+            .filter_map(|p| Some((p.point, prog_names(p.point, p.method?))))
+            .map(|(point, names)| {
+                let missed = self
+                    .skel
+                    .object()
+                    .progs()
+                    .filter(|prog| names.iter().any(|n| prog.name() == n.as_str()))
+                    .map(|prog| recursion_misses(prog.as_fd().as_raw_fd()))
+                    .sum();
+                (point, missed)
             })
-            .sum()
+            .collect()
+    }
+
+    /// Program runs the kernel skipped, over every point.
+    pub fn missed(&self) -> u64 {
+        self.missed_by_point().iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// How many runs of a loaded program the kernel skipped (bpf_prog_info.recursion_misses).
+fn recursion_misses(fd: std::os::fd::RawFd) -> u64 {
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: the fd is a loaded program's, and info/len describe a writable bpf_prog_info of
+    // exactly that size (the kernel writes at most len bytes).
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len) };
+    if rc == 0 {
+        info.recursion_misses
+    } else {
+        0
     }
 }
 

@@ -112,6 +112,13 @@ pub struct SourceFacts {
     pub drops: u64,
     /// Program runs the kernel skipped (its recursion protection): events that never existed.
     pub missed: u64,
+    /// Program runs skipped, per point that had any.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub missed_by_point: std::collections::BTreeMap<String, u64>,
+    /// Calls whose entry the kernel side could not record (its in-flight map was full).
+    pub unpaired: u64,
+    /// CPU-fault records still batched in the kernel when reading stopped.
+    pub unflushed: u64,
     /// Events shed between the source and the engine because the consumer lagged.
     pub overflow: u64,
     pub probes_attached: usize,

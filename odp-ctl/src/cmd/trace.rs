@@ -46,6 +46,13 @@ struct Summary {
     drops: u64,
     /// Program runs the kernel skipped (recursion protection); their events never existed.
     missed: u64,
+    /// The same, per point that had any.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    missed_per_point: BTreeMap<&'static str, u64>,
+    /// Calls whose entry the kernel side could not record (its in-flight map was full).
+    unpaired: u64,
+    /// CPU-fault records still batched in the kernel when reading stopped.
+    unflushed: u64,
     /// Events shed between the probes and the writer because the writer lagged.
     overflow: u64,
     duration_s: f64,
@@ -183,10 +190,19 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let child_status = watcher.and_then(|w| w.join().ok());
     let (engine, end) = result?;
     drop(writer);
+    let rarer = live::rarer_losses(&engine.source);
     let summary = Summary {
         events: engine.events(),
         drops: engine.source.drops,
         missed: engine.source.missed,
+        missed_per_point: end
+            .missed
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(p, n)| (p.name(), *n))
+            .collect(),
+        unpaired: engine.source.unpaired,
+        unflushed: engine.source.unflushed,
         overflow: engine.source.overflow,
         duration_s: started.elapsed().as_secs_f64(),
         per_point: end.hits.iter().map(|(p, n)| (p.name(), *n)).collect(),
@@ -226,11 +242,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             summary.events,
             summary.drops,
             summary.missed,
-            if summary.overflow > 0 {
-                format!(", {} shed by a lagging writer", summary.overflow)
-            } else {
-                String::new()
-            },
+            rarer,
             summary.duration_s,
             if counts.is_empty() {
                 "none".into()

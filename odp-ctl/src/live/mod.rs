@@ -18,7 +18,7 @@ pub use recorder::Recorder;
 #[cfg(test)]
 pub use source::read_recording;
 pub use source::{Losses, ProbeEnd, Source};
-pub use summary::{print_summary, Progress};
+pub use summary::{print_summary, rarer_losses, Progress};
 
 /// How often the pump drains the source when it is not busy.
 const PUMP_INTERVAL: Duration = Duration::from_millis(20);
@@ -154,11 +154,19 @@ pub fn run(
     let end = source.finish();
     engine.source.drops = losses.drops;
     engine.source.missed = losses.missed;
+    engine.source.unpaired = losses.unpaired;
+    engine.source.unflushed = losses.unflushed;
     engine.source.overflow = losses.overflow;
     if let Some(e) = failure {
         return Err(e);
     }
     let end = end?;
+    engine.source.missed_by_point = end
+        .missed
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(p, n)| (p.name().to_string(), *n))
+        .collect();
     for sink in sinks.iter_mut() {
         sink.finish(&engine)?;
     }

@@ -76,9 +76,20 @@ struct Inbox {
 /// What the probes counted by the time they detached.
 #[derive(Debug, Clone, Default)]
 pub struct ProbeEnd {
-    pub missed: u64,
     /// Calls counted in the kernel per attached point (streamed or not).
     pub hits: Vec<(Point, u64)>,
+    /// Program runs the kernel skipped, per attached point.
+    pub missed: Vec<(Point, u64)>,
+    /// Calls whose entry could not be recorded, per attached point.
+    pub unpaired: Vec<(Point, u64)>,
+    /// CPU-fault records still in a batch when reading stopped.
+    pub unflushed: u64,
+}
+
+impl ProbeEnd {
+    fn total(counts: &[(Point, u64)]) -> u64 {
+        counts.iter().map(|(_, n)| n).sum()
+    }
 }
 
 /// What the source lost and counted, read when it has finished.
@@ -88,6 +99,10 @@ pub struct Losses {
     pub drops: u64,
     /// Program runs the kernel skipped.
     pub missed: u64,
+    /// Calls whose entry the kernel side could not record.
+    pub unpaired: u64,
+    /// CPU-fault records still batched when reading stopped.
+    pub unflushed: u64,
     /// Events shed at the queue between the source and the pump.
     pub overflow: u64,
 }
@@ -147,14 +162,17 @@ impl Source {
                         }
                     });
                     inbox.drops.store(session.drops(), Ordering::Relaxed);
+                    let attached: Vec<Point> = session
+                        .plans()
+                        .iter()
+                        .filter(|p| p.status == Status::Attached)
+                        .map(|p| p.point)
+                        .collect();
                     let end = ProbeEnd {
-                        missed: session.missed(),
-                        hits: session
-                            .plans()
-                            .iter()
-                            .filter(|p| p.status == Status::Attached)
-                            .map(|p| (p.point, session.hits(p.point)))
-                            .collect(),
+                        hits: attached.iter().map(|&p| (p, session.hits(p))).collect(),
+                        missed: session.missed_by_point(),
+                        unpaired: attached.iter().map(|&p| (p, session.unpaired(p))).collect(),
+                        unflushed: session.unflushed(),
                     };
                     if let Ok(mut slot) = inbox.end.lock() {
                         *slot = Some(end);
@@ -260,15 +278,13 @@ impl Source {
 
     /// Losses so far (the final figures once the source is done).
     pub(super) fn losses(&self) -> Losses {
+        let end = self.inbox.end.lock().ok().and_then(|e| e.clone());
+        let end = end.as_ref();
         Losses {
             drops: self.inbox.drops.load(Ordering::Relaxed),
-            missed: self
-                .inbox
-                .end
-                .lock()
-                .ok()
-                .and_then(|e| e.as_ref().map(|e| e.missed))
-                .unwrap_or(0),
+            missed: end.map_or(0, |e| ProbeEnd::total(&e.missed)),
+            unpaired: end.map_or(0, |e| ProbeEnd::total(&e.unpaired)),
+            unflushed: end.map_or(0, |e| e.unflushed),
             overflow: self.inbox.queue.overflow.load(Ordering::Relaxed),
         }
     }

@@ -60,6 +60,30 @@ fn latency_cell(l: &Option<LatencySummary>) -> [String; 4] {
     }
 }
 
+/// The losses that are zero in a healthy run, named only when they are not: per-point misses,
+/// unpaired calls, CPU faults left in a batch, events shed by a lagging consumer.
+pub fn rarer_losses(f: &odp_core::analysis::SourceFacts) -> String {
+    let mut text = String::new();
+    if !f.missed_by_point.is_empty() {
+        let per: Vec<String> = f
+            .missed_by_point
+            .iter()
+            .map(|(p, n)| format!("{p}={n}"))
+            .collect();
+        text.push_str(&format!(" ({})", per.join(" ")));
+    }
+    for (n, what) in [
+        (f.unpaired, "calls unpaired (in-flight map full)"),
+        (f.unflushed, "CPU faults left in a batch"),
+        (f.overflow, "shed by a lagging consumer"),
+    ] {
+        if n > 0 {
+            text.push_str(&format!(", {n} {what}"));
+        }
+    }
+    text
+}
+
 pub fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
     if out.json {
         return out.json(s);
@@ -71,11 +95,7 @@ pub fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
         s.duration_s,
         s.source.drops,
         s.source.missed,
-        if s.source.overflow > 0 {
-            format!(", {} shed by a lagging consumer", s.source.overflow)
-        } else {
-            String::new()
-        },
+        rarer_losses(&s.source),
         if s.source.probes_total > 0 {
             format!(
                 ", {}/{} probes attached",

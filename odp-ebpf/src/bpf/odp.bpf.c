@@ -52,6 +52,15 @@ struct {
 	__type(value, __u64);
 } hits SEC(".maps");
 
+/* Calls not reported because their entry could not be recorded (the in-flight map was full),
+ * per point. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ODP_POINT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} unpaired SEC(".maps");
+
 /* Events lost because the ring buffer was full. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -252,6 +261,14 @@ static __always_inline bool wanted(__u32 point, const __u64 *a)
 	return selected || mm_watched(mm);
 }
 
+static __always_inline void count_unpaired(__u32 point)
+{
+	__u64 *n = bpf_map_lookup_elem(&unpaired, &point);
+
+	if (n)
+		*n += 1;
+}
+
 static __always_inline __u64 inflight_key(__u32 point)
 {
 	return ((bpf_get_current_pid_tgid() & 0xffffffff) << 8) | point;
@@ -267,7 +284,8 @@ static __always_inline int enter(__u32 point, const __u64 *a)
 	v.ts = bpf_ktime_get_ns();
 	for (int i = 0; i < 6; i++)
 		v.args[i] = a[i];
-	bpf_map_update_elem(&inflight, &key, &v, BPF_ANY);
+	if (bpf_map_update_elem(&inflight, &key, &v, BPF_ANY))
+		count_unpaired(point);
 	return 0;
 }
 
@@ -822,7 +840,8 @@ static __always_inline int user_enter(__u32 point, __u64 *a)
 		return 0;
 	for (int i = 0; i < 6; i++)
 		v.args[i] = a[i];
-	bpf_map_update_elem(&inflight, &key, &v, BPF_ANY);
+	if (bpf_map_update_elem(&inflight, &key, &v, BPF_ANY))
+		count_unpaired(point);
 	return 0;
 }
 
