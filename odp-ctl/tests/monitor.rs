@@ -179,6 +179,49 @@ fn replayed_capture_summary_agrees_with_a_brute_force_count() {
 }
 
 #[test]
+fn a_recording_that_lost_events_replays_as_one_that_lost_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lossy.jsonl");
+    let mut text = std::fs::read_to_string(fixture()).expect("fixture");
+    // The closing line a recorder writes: what its source lost and attached.
+    text.push_str(
+        r#"{"summary":{"events":8836,"drops":5,"missed":3,"missed_per_point":{"fault":3},"unpaired":1,"unflushed":2,"overflow":4,"attached":29,"skipped":{"mlx5_pagefault_implicit":"not in this kernel"}}}"#,
+    );
+    text.push('\n');
+    std::fs::write(&path, text).expect("write");
+    let out = odp_ctl()
+        .args(["--json", "monitor", "--summary", "--replay"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let summary = summary_json(&out);
+    let source = &summary["source"];
+    assert_eq!(source["drops"], 5, "{source}");
+    assert_eq!(source["missed"], 3, "{source}");
+    assert_eq!(source["missed_per_point"]["fault"], 3, "{source}");
+    assert_eq!(source["unpaired"], 1, "{source}");
+    assert_eq!(source["unflushed"], 2, "{source}");
+    assert_eq!(source["overflow"], 4, "{source}");
+    assert_eq!(source["probes_attached"], 29, "{source}");
+    assert_eq!(source["probes_total"], 30, "{source}");
+    assert_eq!(summary["events"], 8836, "the closing line is not an event");
+    let human = odp_ctl()
+        .args(["monitor", "--summary", "--replay"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&human.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("5 drops, 3 missed (fault=3), 1 calls unpaired")
+            && first.contains("2 CPU faults left in a batch")
+            && first.contains("4 shed by a lagging consumer")
+            && first.contains("29/30 probes attached"),
+        "{first}"
+    );
+}
+
+#[test]
 fn the_human_summary_names_the_totals() {
     let out = odp_ctl()
         .args(["monitor", "--replay"])

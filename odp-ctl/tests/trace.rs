@@ -270,7 +270,7 @@ fn page_fault_tracepoint_and_verbs_uprobe_see_exactly_what_a_child_does() {
     );
     assert_eq!(session.drops(), 0);
     assert_eq!(session.missed(), 0, "program runs the kernel skipped");
-    assert!(session.missed_by_point().iter().all(|(_, n)| *n == 0));
+    assert!(session.missed_per_point().iter().all(|(_, n)| *n == 0));
 }
 
 /// The fault program remembers the last faulting task per CPU; threads that take turns on one

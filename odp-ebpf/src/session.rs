@@ -377,7 +377,7 @@ impl Session {
     /// CPU where it is already running, and fentry/fexit programs can be preempted, so a call
     /// that comes while another task is preempted inside the same program on that CPU is never
     /// seen. A point counts the skips of all its programs (entry and exit).
-    pub fn missed_by_point(&self) -> Vec<(Point, u64)> {
+    pub fn missed_per_point(&self) -> Vec<(Point, u64)> {
         self.plans
             .iter()
             .filter(|p| p.status == Status::Attached)
@@ -397,7 +397,7 @@ impl Session {
 
     /// Program runs the kernel skipped, over every point.
     pub fn missed(&self) -> u64 {
-        self.missed_by_point().iter().map(|(_, n)| n).sum()
+        self.missed_per_point().iter().map(|(_, n)| n).sum()
     }
 }
 

@@ -114,7 +114,7 @@ pub struct SourceFacts {
     pub missed: u64,
     /// Program runs skipped, per point that had any.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub missed_by_point: std::collections::BTreeMap<String, u64>,
+    pub missed_per_point: std::collections::BTreeMap<String, u64>,
     /// Calls whose entry the kernel side could not record (its in-flight map was full).
     pub unpaired: u64,
     /// CPU-fault records still batched in the kernel when reading stopped.

@@ -151,6 +151,7 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(5));
     }
     let losses = source.losses();
+    let recorded = source.recorded();
     let end = source.finish();
     engine.source.drops = losses.drops;
     engine.source.missed = losses.missed;
@@ -161,12 +162,17 @@ pub fn run(
         return Err(e);
     }
     let end = end?;
-    engine.source.missed_by_point = end
+    engine.source.missed_per_point = end
         .missed
         .iter()
         .filter(|(_, n)| *n > 0)
         .map(|(p, n)| (p.name().to_string(), *n))
         .collect();
+    if let Some(recorded) = recorded {
+        engine.source.missed_per_point = recorded.missed_per_point.clone();
+        engine.source.probes_attached = recorded.attached;
+        engine.source.probes_total = recorded.probes_total();
+    }
     for sink in sinks.iter_mut() {
         sink.finish(&engine)?;
     }

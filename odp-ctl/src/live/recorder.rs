@@ -48,7 +48,29 @@ impl Sink for Recorder {
         Ok(Flow::Continue)
     }
 
-    fn finish(&mut self, _engine: &Engine) -> anyhow::Result<()> {
+    /// Ends the recording with the line a replay reads back for what this run lost and
+    /// attached (the names `trace --json`'s closing line uses).
+    fn finish(&mut self, engine: &Engine) -> anyhow::Result<()> {
+        let f = &engine.source;
+        let closing = serde_json::json!({ "summary": {
+            "events": engine.events(),
+            "drops": f.drops,
+            "missed": f.missed,
+            "missed_per_point": f.missed_per_point,
+            "unpaired": f.unpaired,
+            "unflushed": f.unflushed,
+            "overflow": f.overflow,
+            "attached": f.probes_attached,
+            "probes_total": f.probes_total,
+        }});
+        if self.error.is_none() {
+            if let Err(err) = serde_json::to_writer(&mut self.out, &closing)
+                .map_err(std::io::Error::from)
+                .and_then(|()| self.out.write_all(b"\n"))
+            {
+                self.error = Some(err);
+            }
+        }
         if let Err(err) = self.out.flush() {
             self.error.get_or_insert(err);
         }

@@ -71,6 +71,8 @@ struct Inbox {
     done: AtomicBool,
     error: Mutex<Option<anyhow::Error>>,
     end: Mutex<Option<ProbeEnd>>,
+    /// A recording's own closing line, once read.
+    recorded: Mutex<Option<Recorded>>,
 }
 
 /// What the probes counted by the time they detached.
@@ -89,6 +91,46 @@ pub struct ProbeEnd {
 impl ProbeEnd {
     fn total(counts: &[(Point, u64)]) -> u64 {
         counts.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// What a recording's closing `{"summary": ...}` line says its source lost and attached (the
+/// line `trace --json` and `--record` end with). A recording that lost events replays as one
+/// that lost them.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct Recorded {
+    pub drops: u64,
+    pub missed: u64,
+    pub missed_per_point: std::collections::BTreeMap<String, u64>,
+    pub unpaired: u64,
+    pub unflushed: u64,
+    pub overflow: u64,
+    /// Points attached, and in all (trace's line names the skipped points instead).
+    pub attached: usize,
+    pub probes_total: Option<usize>,
+    pub skipped: std::collections::BTreeMap<String, String>,
+}
+
+impl Recorded {
+    /// Adds another closing line (recordings can be concatenated).
+    fn add(&mut self, other: Recorded) {
+        self.drops += other.drops;
+        self.missed += other.missed;
+        for (p, n) in other.missed_per_point {
+            *self.missed_per_point.entry(p).or_default() += n;
+        }
+        self.unpaired += other.unpaired;
+        self.unflushed += other.unflushed;
+        self.overflow += other.overflow;
+        self.attached = self.attached.max(other.attached);
+        self.probes_total = self.probes_total.max(other.probes_total);
+        self.skipped.extend(other.skipped);
+    }
+
+    pub fn probes_total(&self) -> usize {
+        self.probes_total
+            .unwrap_or(self.attached + self.skipped.len())
     }
 }
 
@@ -170,7 +212,7 @@ impl Source {
                         .collect();
                     let end = ProbeEnd {
                         hits: attached.iter().map(|&p| (p, session.hits(p))).collect(),
-                        missed: session.missed_by_point(),
+                        missed: session.missed_per_point(),
                         unpaired: attached.iter().map(|&p| (p, session.unpaired(p))).collect(),
                         unflushed: session.unflushed(),
                     };
@@ -234,8 +276,13 @@ impl Source {
             std::thread::Builder::new()
                 .name("odp-replay".into())
                 .spawn(move || {
-                    if let Err(e) = replay(&path, speed, &stop, &inbox.queue) {
-                        fail(&inbox, e);
+                    match replay(&path, speed, &stop, &inbox.queue) {
+                        Ok(recorded) => {
+                            if let Ok(mut slot) = inbox.recorded.lock() {
+                                *slot = recorded;
+                            }
+                        }
+                        Err(e) => fail(&inbox, e),
                     }
                     inbox.done.store(true, Ordering::Release);
                 })?
@@ -277,7 +324,21 @@ impl Source {
     }
 
     /// Losses so far (the final figures once the source is done).
+    /// What a recording's closing line said, once it has been read.
+    pub(super) fn recorded(&self) -> Option<Recorded> {
+        self.inbox.recorded.lock().ok().and_then(|r| r.clone())
+    }
+
     pub(super) fn losses(&self) -> Losses {
+        if let Some(r) = self.recorded() {
+            return Losses {
+                drops: r.drops,
+                missed: r.missed,
+                unpaired: r.unpaired,
+                unflushed: r.unflushed,
+                overflow: r.overflow + self.inbox.queue.overflow.load(Ordering::Relaxed),
+            };
+        }
         let end = self.inbox.end.lock().ok().and_then(|e| e.clone());
         let end = end.as_ref();
         Losses {
@@ -324,7 +385,12 @@ const REPLAY_SLACK: Duration = Duration::from_millis(2);
 /// Events handed over at once when the replay is not sleeping.
 const REPLAY_BATCH: usize = 4096;
 
-fn replay(path: &Path, speed: f64, stop: &AtomicBool, queue: &Queue) -> anyhow::Result<()> {
+fn replay(
+    path: &Path,
+    speed: f64,
+    stop: &AtomicBool,
+    queue: &Queue,
+) -> anyhow::Result<Option<Recorded>> {
     let started = Instant::now();
     let mut first_ts = None;
     // Events go over in batches, and the thread sleeps only when it is a few milliseconds
@@ -352,27 +418,47 @@ fn replay(path: &Path, speed: f64, stop: &AtomicBool, queue: &Queue) -> anyhow::
         }
     });
     queue.put(&mut batch, stop);
-    result.map(drop)
+    result.map(|(_, recorded)| recorded)
 }
 
-/// Reads a recording (`trace --json`, `monitor --record`): one Record per line; the closing
-/// summary line and blank lines are skipped. Calls `on_event` in file order.
+/// Reads a recording (`trace --json`, `monitor --record`): one Record per line, blank lines
+/// skipped, the closing summary line read for what the source lost. Calls `on_event` in file
+/// order; returns the events read and the closing line's figures, if the file has one.
 pub fn read_recording(
     path: &Path,
     stop: &AtomicBool,
     mut on_event: impl FnMut(OdpEvent),
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, Option<Recorded>)> {
     let file = File::open(path).map_err(|e| {
         odp_core::Error::invalid(format!("cannot open the recording {}: {e}", path.display()))
     })?;
     let mut events = 0;
+    let mut recorded: Option<Recorded> = None;
     for (index, line) in BufReader::with_capacity(1 << 20, file).lines().enumerate() {
         if stop.load(Ordering::Relaxed) {
             break;
         }
         let line = line.map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
         let text = line.trim();
-        if text.is_empty() || text.starts_with("{\"summary\"") {
+        if text.is_empty() {
+            continue;
+        }
+        if text.starts_with("{\"summary\"") {
+            #[derive(serde::Deserialize)]
+            struct Closing {
+                summary: Recorded,
+            }
+            let closing: Closing = serde_json::from_str(text).map_err(|e| {
+                odp_core::Error::invalid(format!(
+                    "{}:{}:{}: not a recording's closing summary: {e}",
+                    path.display(),
+                    index + 1,
+                    e.column()
+                ))
+            })?;
+            recorded
+                .get_or_insert_with(Recorded::default)
+                .add(closing.summary);
             continue;
         }
         let record: Record = serde_json::from_str(text).map_err(|e| {
@@ -389,7 +475,7 @@ pub fn read_recording(
             events += 1;
         }
     }
-    Ok(events)
+    Ok((events, recorded))
 }
 
 #[cfg(test)]

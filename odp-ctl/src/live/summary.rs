@@ -64,9 +64,9 @@ fn latency_cell(l: &Option<LatencySummary>) -> [String; 4] {
 /// unpaired calls, CPU faults left in a batch, events shed by a lagging consumer.
 pub fn rarer_losses(f: &odp_core::analysis::SourceFacts) -> String {
     let mut text = String::new();
-    if !f.missed_by_point.is_empty() {
+    if !f.missed_per_point.is_empty() {
         let per: Vec<String> = f
-            .missed_by_point
+            .missed_per_point
             .iter()
             .map(|(p, n)| format!("{p}={n}"))
             .collect();
