@@ -60,7 +60,7 @@ impl Engine {
     pub(super) fn on_fault(&mut self, e: &OdpEvent) {
         let mr = self.mr_for_umem(e.obj, e);
         let (lo, hi) = (e.start, e.end);
-        let fault_end = e.ts_ns + e.duration_ns;
+        let fault_end = e.ts_ns.saturating_add(e.duration_ns);
         let pages = pages(lo, hi);
         let failed = e.has_ret() && e.ret < 0;
         let attempts = self.attempts_inside(e);
@@ -88,6 +88,12 @@ impl Engine {
                 c.prefetched_then_faulted_pages += faulted_anyway;
                 s.fault.record(duration);
             }
+            if prefetch {
+                // A prefetch takes the fault path but is not a device fault (README): its
+                // attempts and waits stay out of the faults' figures.
+                c.prefetch_retries += retries;
+                return;
+            }
             c.retries += retries;
             c.retried_faults += u64::from(retries > 0);
             c.hmm_timeouts += u64::from(hmm_timeout);
@@ -97,13 +103,17 @@ impl Engine {
                 s.collision_wait.record(*w);
             }
         });
-        {
+        if !prefetch {
             let b = self.bucket(fault_end);
-            b.faults += u64::from(!prefetch);
+            b.faults += 1;
             b.retries += retries;
             b.timeouts += u64::from(hmm_timeout || is_slow);
         }
         self.fault_findings(e, mr, &attempts, prefetch, hmm_timeout, is_slow);
+        if prefetch {
+            // Races are faults the device was waiting on; a prefetch's map is not one.
+            return;
+        }
         self.race_with_finished_invalidations(
             e.mm,
             FaultSpan {
@@ -120,7 +130,7 @@ impl Engine {
     /// The calls this thread made inside the fault `e` (its attempts: sequence reads and HMM
     /// walks), taken out of the thread's pending calls.
     fn attempts_inside(&mut self, e: &OdpEvent) -> Attempts {
-        let fault_end = e.ts_ns + e.duration_ns;
+        let fault_end = e.ts_ns.saturating_add(e.duration_ns);
         let calls: Vec<SubCall> = self
             .threads
             .get_mut(&e.tid)
@@ -158,14 +168,14 @@ impl Engine {
             return waits;
         };
         for call in calls.iter().filter(|c| c.read_begin) {
-            let call_end = call.ts + call.duration;
+            let call_end = call.ts.saturating_add(call.duration);
             // Newest first, and only as far back as could still overlap the call: a full scan
             // of the window per call was the engine's hottest loop.
             let collided = space
                 .invalidations
                 .iter()
                 .rev()
-                .take_while(|inv| inv.end_ts + REORDER_NS >= call.ts)
+                .take_while(|inv| inv.end_ts.saturating_add(REORDER_NS) >= call.ts)
                 .any(|inv| {
                     inv.start_ts < call_end
                         && call.ts < inv.end_ts
@@ -274,7 +284,7 @@ impl Engine {
                 .invalidations
                 .iter()
                 .rev()
-                .take_while(|inv| inv.end_ts + REORDER_NS >= span.start_ts)
+                .take_while(|inv| inv.end_ts.saturating_add(REORDER_NS) >= span.start_ts)
                 .find(|inv| overlaps(&span, inv))
                 .copied()
         });
@@ -326,7 +336,8 @@ impl Engine {
         if sync {
             p.stats.prefetch.record(e.duration_ns);
         }
-        self.bucket(e.ts_ns + e.duration_ns).prefetches += 1;
+        self.bucket(e.ts_ns.saturating_add(e.duration_ns))
+            .prefetches += 1;
     }
 
     pub(super) fn unresolved(&mut self, e: &OdpEvent, mr: Option<u64>, detail: String) {
@@ -334,7 +345,7 @@ impl Engine {
             Some(mr) => self.account(mr, |s| s.counts.unresolved += 1),
             None => self.total.counts.unresolved += 1,
         }
-        self.bucket(e.ts_ns + e.duration_ns).timeouts += 1;
+        self.bucket(e.ts_ns.saturating_add(e.duration_ns)).timeouts += 1;
         self.finding(FindingKind::Unresolved, e.ts_ns, mr, e.start, e.end, detail);
     }
 }

@@ -53,7 +53,7 @@ impl Engine {
                 .faults
                 .iter_mut()
                 .rev()
-                .take_while(|f| f.end_ts + REORDER_NS >= inv.start_ts)
+                .take_while(|f| f.end_ts.saturating_add(REORDER_NS) >= inv.start_ts)
             {
                 if !fault.raced && overlaps(fault, &inv) {
                     fault.raced = true;
@@ -89,12 +89,13 @@ impl Engine {
             s.invalidation.record(duration);
         });
         *self.by_task.entry(e.comm()).or_default() += 1;
-        self.bucket(e.ts_ns + e.duration_ns).invalidations += 1;
+        self.bucket(e.ts_ns.saturating_add(e.duration_ns))
+            .invalidations += 1;
         self.invalidation_done(
             e.mm,
             InvSpan {
                 start_ts: e.ts_ns,
-                end_ts: e.ts_ns + e.duration_ns,
+                end_ts: e.ts_ns.saturating_add(e.duration_ns),
                 lo: e.start,
                 hi: e.end,
                 mr: Some(mr),
@@ -110,13 +111,13 @@ impl Engine {
             self.pending_ranges.insert((e.tid, e.obj), pending);
         } else {
             // No range_end probe: the start call alone is the window we can see.
-            self.range_done(pending, e.ts_ns + e.duration_ns);
+            self.range_done(pending, e.ts_ns.saturating_add(e.duration_ns));
         }
     }
 
     pub(super) fn on_range_end(&mut self, e: &OdpEvent) {
         self.range_ends_seen = true;
-        let end_ts = e.ts_ns + e.duration_ns;
+        let end_ts = e.ts_ns.saturating_add(e.duration_ns);
         let pending = self
             .pending_ranges
             .remove(&(e.tid, e.obj))
@@ -139,7 +140,7 @@ impl Engine {
             r.mm,
             InvSpan {
                 start_ts: r.ts,
-                end_ts: end_ts.max(r.ts + r.duration),
+                end_ts: end_ts.max(r.ts.saturating_add(r.duration)),
                 lo: r.lo,
                 hi: r.hi,
                 mr: None,
@@ -160,7 +161,7 @@ impl Engine {
             .collect();
         for key in stale {
             if let Some(p) = self.pending_ranges.remove(&key) {
-                self.range_done(p, p.ts + p.duration);
+                self.range_done(p, p.ts.saturating_add(p.duration));
             }
         }
     }

@@ -318,6 +318,16 @@ impl Engine {
         }
     }
 
+    /// The stream has ended: notifier ranges whose end never came (the end probe missing, or
+    /// lost) are judged as they are, so a race they hold is not left uncounted.
+    pub fn finish(&mut self) {
+        let mut open: Vec<PendingRange> = self.pending_ranges.drain().map(|(_, p)| p).collect();
+        open.sort_by_key(|p| p.ts);
+        for p in open {
+            self.range_done(p, p.ts.saturating_add(p.duration));
+        }
+    }
+
     pub fn findings_total(&self, kind: FindingKind) -> u64 {
         self.findings_total.get(&kind).copied().unwrap_or(0)
     }
@@ -328,7 +338,7 @@ fn push_window<T>(window: &mut VecDeque<T>, item: T, now: u64, end: impl Fn(&T) 
     window.push_back(item);
     while window
         .front()
-        .is_some_and(|f| end(f) + HORIZON_NS < now || window.len() > WINDOW_CAP)
+        .is_some_and(|f| end(f).saturating_add(HORIZON_NS) < now || window.len() > WINDOW_CAP)
     {
         window.pop_front();
     }

@@ -254,7 +254,7 @@ impl Engine {
         };
         if let Some(mr) = self.mrs.get_mut(&id) {
             if mr.umem == e.obj {
-                mr.released_ns = Some(e.ts_ns + e.duration_ns);
+                mr.released_ns = Some(e.ts_ns.saturating_add(e.duration_ns));
                 let mm = mr.mm;
                 if let Some(space) = self.spaces.get_mut(&mm) {
                     space.mrs.retain(|m| *m != id);
@@ -285,7 +285,7 @@ impl Engine {
         if e.ret != 0 {
             return;
         }
-        let end = e.ts_ns + e.duration_ns;
+        let end = e.ts_ns.saturating_add(e.duration_ns);
         if let Some(mr) = self.mrs.values_mut().rev().find(|m| {
             m.pid == e.pid
                 && m.lkey.is_none()

@@ -23,6 +23,8 @@ pub struct Counts {
     pub prefetched_pages: u64,
     /// Of those, pages the device faulted on later anyway.
     pub prefetched_then_faulted_pages: u64,
+    /// Extra attempts inside prefetches' own map calls (kept apart from the faults' retries).
+    pub prefetch_retries: u64,
     /// Driver invalidate callbacks (the device's mappings being zapped).
     pub invalidations: u64,
     pub invalidated_bytes: u64,

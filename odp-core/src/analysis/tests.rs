@@ -488,3 +488,60 @@ fn latencies_print_in_the_unit_that_keeps_them_short() {
         assert_eq!(fmt_ns(ns), text, "{ns}");
     }
 }
+
+#[test]
+fn a_prefetchs_own_retries_and_waits_stay_out_of_the_fault_figures() {
+    let engine = run(&[
+        register(UMEM),
+        ev(Point::RxeAdvise, 50, 300).args(1, 1).ret(0),
+        ev(Point::ReadBegin, 60, 5).obj(UMEM).kworker(7).ret(2),
+        ev(Point::ReadBegin, 100, 5).obj(UMEM).kworker(7).ret(4),
+        fault(55, 200, 0, 4).prefetch(),
+        // An invalidation over the same pages while the prefetch was in flight.
+        ev(Point::RxeInvalidate, 70, 20)
+            .obj(UMEM)
+            .pages(0, 4)
+            .aux(1)
+            .ret(1),
+    ]);
+    let c = &engine.total().counts;
+    assert_eq!(c.faults, 0);
+    assert_eq!(
+        c.prefetch_retries, 1,
+        "two attempts: one retry, the prefetch's"
+    );
+    assert_eq!(
+        (c.retries, c.retried_faults),
+        (0, 0),
+        "no device fault retried"
+    );
+    assert_eq!(c.collision_waits, 0);
+    assert_eq!(
+        c.races, 0,
+        "a race is a device fault meeting an invalidation"
+    );
+    assert_eq!(c.invalidations, 1);
+}
+
+#[test]
+fn a_notifier_range_whose_end_never_came_is_judged_when_the_stream_ends() {
+    let mut engine = run(&[
+        register(UMEM),
+        fault(100, 50, 0, 1),
+        // The start of a range over the faulting page, its end never recorded.
+        mm_range(Point::InvRangeStart, 110, 5, 0, 4),
+    ]);
+    assert_eq!(engine.total().counts.races, 0, "still waiting for its end");
+    engine.finish();
+    assert_eq!(engine.total().counts.races, 1);
+}
+
+#[test]
+fn absurd_timestamps_saturate_instead_of_overflowing() {
+    let mut late = fault(0, 0, 0, 1);
+    late.0.ts_ns = u64::MAX - 10;
+    late.0.duration_ns = 1_000;
+    let mut engine = run(&[register(UMEM), late, late]);
+    engine.finish();
+    assert_eq!(engine.total().counts.faults, 2);
+}

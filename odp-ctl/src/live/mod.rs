@@ -150,6 +150,7 @@ pub fn run(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    engine.finish();
     let losses = source.losses();
     let recorded = source.recorded();
     let end = source.finish();
