@@ -54,6 +54,13 @@ struct Probes {
     /// Per action kind: actions on registered memory, and how many an invalidation event matched.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     matching: BTreeMap<Action, Matching>,
+    /// Invalidations past the matching bound, counted but not matched.
+    #[serde(skip_serializing_if = "is_zero")]
+    invalidations_not_kept: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -110,13 +117,27 @@ fn seen_invalidation(e: &OdpEvent) -> Option<SeenInvalidation> {
         })
 }
 
+/// Invalidations kept for matching, at most (32 MiB): minutes of the fastest storm the VM
+/// examples run; past it, invalidations are counted, not kept.
+const SEEN_KEPT: usize = 1 << 20;
+
 /// The invalidations the probes reported, for matching against the actions afterwards.
 #[derive(Default)]
-struct SeenInvalidations(Vec<SeenInvalidation>);
+struct SeenInvalidations {
+    kept: Vec<SeenInvalidation>,
+    /// Past SEEN_KEPT: not kept, so actions they would have matched show as unseen.
+    shed: u64,
+}
 
 impl Sink for SeenInvalidations {
     fn event(&mut self, e: &OdpEvent, _engine: &Engine) -> anyhow::Result<()> {
-        self.0.extend(seen_invalidation(e));
+        if let Some(seen) = seen_invalidation(e) {
+            if self.kept.len() < SEEN_KEPT {
+                self.kept.push(seen);
+            } else {
+                self.shed += 1;
+            }
+        }
         Ok(())
     }
 }
@@ -254,17 +275,20 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         Some(Ok(engine)) => Probes {
             status: probe_status,
             summary: Some(engine.summary()),
-            matching: stress::match_actions(&report.action_log, &seen.0),
+            matching: stress::match_actions(&report.action_log, &seen.kept),
+            invalidations_not_kept: seen.shed,
         },
         Some(Err(e)) => Probes {
             status: format!("failed: {e:#}"),
             summary: None,
             matching: BTreeMap::new(),
+            invalidations_not_kept: 0,
         },
         None => Probes {
             status: probe_status,
             summary: None,
             matching: BTreeMap::new(),
+            invalidations_not_kept: 0,
         },
     };
     print_report(out, &report, &probes)?;
@@ -354,6 +378,12 @@ fn print_report(out: &Output, report: &Report, probes: &Probes) -> anyhow::Resul
             ]);
         }
         println!("{actions}");
+        if probes.invalidations_not_kept > 0 {
+            println!(
+                "({} invalidations past the matching bound were counted, not matched)",
+                probes.invalidations_not_kept
+            );
+        }
     }
     for p in &report.prefetch {
         println!(
@@ -430,4 +460,30 @@ fn print_report(out: &Output, report: &Report, probes: &Probes) -> anyhow::Resul
         None => println!("kernel side: probes {}", probes.status),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bpf_common::Point;
+
+    #[test]
+    fn invalidations_past_the_bound_are_counted_not_kept() {
+        let engine = Engine::new(AnalysisConfig::default());
+        let mut seen = SeenInvalidations::default();
+        let invalidation = OdpEvent {
+            point: Point::RxeInvalidate as u16,
+            ..OdpEvent::default()
+        };
+        let unrelated = OdpEvent {
+            point: Point::MapDma as u16,
+            ..OdpEvent::default()
+        };
+        for _ in 0..SEEN_KEPT + 3 {
+            seen.event(&invalidation, &engine).expect("sink");
+        }
+        seen.event(&unrelated, &engine).expect("sink");
+        assert_eq!(seen.kept.len(), SEEN_KEPT);
+        assert_eq!(seen.shed, 3, "a fault is not an invalidation, shed or kept");
+    }
 }
