@@ -38,6 +38,9 @@ echo "odp-vm: ready: kernel $($bb uname -r), rxe0 on dummy0 (10.10.0.1)"
 cd /job
 # The command's output goes to the console (the host streams it as progress) and to the share.
 ( $bb sh /job/cmd.sh; echo $? > /job/status.tmp ) 2>&1 | $bb tee /job/output.log
+# The whole kernel log, warnings included (the console shows errors and worse only), for the
+# host's health check.
+$bb dmesg > /job/dmesg.log
 $bb mv /job/status.tmp /job/status
 $bb sync
 $bb poweroff -f

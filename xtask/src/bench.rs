@@ -218,7 +218,7 @@ for round in $(seq 1 ROUNDS); do
   while ! grep -q tracing /tmp/s.err 2>/dev/null; do sleep 0.2; done
   run stream-json
   kill -INT $t; wait $t
-  grep -o '"drops":[0-9]*' /tmp/s.jsonl | sed 's/^/DROPS /'
+  grep '^{"summary"' /tmp/s.jsonl | sed 's/^/SUMMARY /'
 done
 "#;
 
@@ -237,12 +237,17 @@ pub fn vm_probes(vm_opts: &crate::VmOpts, rounds: usize) -> Result<()> {
     // condition -> per-op MB/s samples
     let mut samples: std::collections::BTreeMap<(String, String), Vec<f64>> = Default::default();
     let mut condition = String::new();
-    let mut drops = Vec::new();
+    // Per streamed round, from trace's closing line: (points attached, events, drops, missed).
+    let mut streamed = Vec::new();
     for line in outcome.output.lines() {
         if let Some(c) = line.strip_prefix("BENCH ") {
             condition = c.trim().to_string();
-        } else if let Some(d) = line.strip_prefix("DROPS ") {
-            drops.push(d.trim().trim_start_matches("\"drops\":").to_string());
+        } else if let Some(text) = line.strip_prefix("SUMMARY ") {
+            let v: serde_json::Value = serde_json::from_str(text.trim())
+                .with_context(|| format!("trace's closing line: {text}"))?;
+            let s = &v["summary"];
+            let n = |k: &str| s[k].as_u64().unwrap_or(0);
+            streamed.push((n("attached"), n("events"), n("drops"), n("missed")));
         } else {
             let cols: Vec<&str> = line.split_whitespace().collect();
             let (op, rest) = match cols.as_slice() {
@@ -277,7 +282,15 @@ pub fn vm_probes(vm_opts: &crate::VmOpts, rounds: usize) -> Result<()> {
             s / u
         );
     }
-    println!("stream-json drops per round: {drops:?}");
+    let column =
+        |i: usize| -> Vec<u64> { streamed.iter().map(|r| [r.0, r.1, r.2, r.3][i]).collect() };
+    println!("stream-json, per round: points attached {:?}", column(0));
+    println!("stream-json, per round: events {:?}", column(1));
+    println!(
+        "stream-json, per round: drops {:?}, missed {:?}",
+        column(2),
+        column(3)
+    );
     Ok(())
 }
 

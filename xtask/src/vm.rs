@@ -362,9 +362,9 @@ fn run_once(guest: &Guest, job: &Job) -> Result<Outcome> {
         .arg(&guest.initramfs)
         .args([
             "-append",
-            // loglevel after quiet, which would set 4: at 5 the kernel's warnings (WARN(), lockdep,
-            // RCU stalls) reach the console, where kernel_problems looks for them.
-            "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=5",
+            // Errors and worse on the console (a dying guest's last words); warnings, which
+            // would flood it (rxe reports every port query), are read from the job's dmesg.
+            "console=ttyS0 rdinit=/init panic=-1 loglevel=4 quiet log_buf_len=4M",
         ])
         .arg("-virtfs")
         .arg(format!(
@@ -435,12 +435,18 @@ fn run_once(guest: &Guest, job: &Job) -> Result<Outcome> {
         "xtask: VM finished in {:.1}s with status {status}",
         started.elapsed().as_secs_f64()
     );
-    let problems = kernel_problems(&std::fs::read_to_string(&console).unwrap_or_default());
+    let kernel_log = std::fs::read_to_string(&console).unwrap_or_default()
+        + &std::fs::read_to_string(dir.join("dmesg.log")).unwrap_or_default();
+    // The console's lines are in the dmesg too: each problem once.
+    let mut problems = kernel_problems(&kernel_log);
+    let mut seen = std::collections::HashSet::new();
+    problems.retain(|p| seen.insert(p.clone()));
     if !problems.is_empty() {
         bail!(
-            "the guest kernel reported {} problem(s) (console: {}):\n  {}",
+            "the guest kernel reported {} problem(s) (console: {}, dmesg: {}):\n  {}",
             problems.len(),
             console.display(),
+            dir.join("dmesg.log").display(),
             problems.join("\n  ")
         );
     }
