@@ -376,21 +376,29 @@ impl Session {
     /// Program runs the kernel skipped, per attached point: a program does not run again on a
     /// CPU where it is already running, and fentry/fexit programs can be preempted, so a call
     /// that comes while another task is preempted inside the same program on that CPU is never
-    /// seen. A point counts the skips of all its programs (entry and exit).
+    /// seen. A point counts the skips of all its programs (entry and exit), and, attached as
+    /// kprobes, the hits its probes missed.
     pub fn missed_per_point(&self) -> Vec<(Point, u64)> {
         self.plans
             .iter()
             .filter(|p| p.status == Status::Attached)
             .filter_map(|p| Some((p.point, prog_names(p.point, p.method?))))
             .map(|(point, names)| {
-                let missed = self
+                let skipped_runs: u64 = self
                     .skel
                     .object()
                     .progs()
                     .filter(|prog| names.iter().any(|n| prog.name() == n.as_str()))
                     .map(|prog| recursion_misses(prog.as_fd().as_raw_fd()))
                     .sum();
-                (point, missed)
+                let kprobe_misses: u64 = self
+                    .links
+                    .borrow()
+                    .iter()
+                    .filter(|(p, _)| *p == point)
+                    .map(|(_, link)| kprobe_misses(link.as_fd().as_raw_fd()))
+                    .sum();
+                (point, skipped_runs + kprobe_misses)
             })
             .collect()
     }
@@ -399,6 +407,32 @@ impl Session {
     pub fn missed(&self) -> u64 {
         self.missed_per_point().iter().map(|(_, n)| n).sum()
     }
+}
+
+/// Hits a kprobe or kretprobe link did not deliver (the kernel's per-probe nmissed: a probe
+/// hit while another ran on its CPU, a kretprobe out of instances); 0 for other links, and on
+/// kernels before 6.7, which do not report it.
+fn kprobe_misses(fd: std::os::fd::RawFd) -> u64 {
+    // SAFETY: bpf_link_info is plain old data; all zeroes is a valid value.
+    let mut info: libbpf_sys::bpf_link_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_link_info>() as u32;
+    // SAFETY: the fd is a live link's, and info/len describe a writable bpf_link_info of
+    // exactly that size (the kernel writes at most len bytes).
+    let rc = unsafe { libbpf_sys::bpf_link_get_info_by_fd(fd, &mut info, &mut len) };
+    if rc != 0 || info.type_ != libbpf_sys::BPF_LINK_TYPE_PERF_EVENT {
+        return 0;
+    }
+    // SAFETY: the kernel said this is a perf-event link, whose arm of the union it filled.
+    let perf = unsafe { info.__bindgen_anon_1.perf_event };
+    let kprobe = matches!(
+        perf.type_,
+        libbpf_sys::BPF_PERF_EVENT_KPROBE | libbpf_sys::BPF_PERF_EVENT_KRETPROBE
+    );
+    if !kprobe {
+        return 0;
+    }
+    // SAFETY: for a kprobe perf event the kernel fills the kprobe arm.
+    unsafe { perf.__bindgen_anon_1.kprobe.missed }
 }
 
 /// How many runs of a loaded program the kernel skipped (bpf_prog_info.recursion_misses).
