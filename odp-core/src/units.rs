@@ -51,7 +51,22 @@ pub fn parse_key(text: &str) -> Result<u32, String> {
     parsed.map_err(|_| format!("bad key {text:?}: expected a 32-bit number"))
 }
 
-/// Parses a duration: a number with ms, us, s (default), m or h.
+/// The longest duration any flag or scenario accepts: longer than any run anyone means, and
+/// short enough that adding it to a clock reading or summing a few of them cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 24 * 3600);
+
+/// A duration of `secs` seconds, if it is a number from 0 to MAX_DURATION.
+pub fn duration_from_secs(secs: f64, text: &str) -> Result<Duration, String> {
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("bad duration {text:?}"));
+    }
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!("duration {text:?} is too long (at most 100 days)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses a duration: a number with ms, us, s (default), m or h; at most MAX_DURATION.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let (num, unit) = t.split_at(
@@ -69,10 +84,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         _ => return Err(format!("bad duration unit in {text:?}: use ms, s, m or h")),
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("bad duration {text:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    duration_from_secs(secs, text)
 }
 
 #[cfg(test)]
@@ -99,6 +111,22 @@ mod tests {
         assert!(parse_size("99999999999T")
             .expect_err("must be refused")
             .contains("overflows"));
+    }
+
+    #[test]
+    fn durations_past_the_bound_are_refused_not_overflowed() {
+        for text in [
+            "9999999999999999999999",
+            "10000000000000000000",
+            "1e30",
+            "101d",
+        ] {
+            assert!(parse_duration(text).is_err(), "{text}");
+        }
+        assert_eq!(parse_duration("2400h"), Ok(MAX_DURATION));
+        assert!(parse_duration("2401h").is_err());
+        assert!(duration_from_secs(1e300, "1e300").is_err());
+        assert!(duration_from_secs(f64::NAN, "nan").is_err());
     }
 
     #[test]

@@ -59,6 +59,62 @@ fn malformed_arguments_are_usage_errors() {
 }
 
 #[test]
+fn numbers_too_large_are_refused_not_panicked_on() {
+    for args in [
+        &["trace", "--duration", "9999999999999999999999"][..],
+        &["trace", "--duration", "10000000000000000000"],
+        &["monitor", "--summary", "--duration", "99999999999999h"],
+        &["stress", "--no-probes", "--duration", "99999999999h"],
+        &["monitor", "--summary", "--slow", "9999999999999999999999"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("too long"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let replay = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/rxe-dontneed-race.jsonl"
+    );
+    let out = run(&[
+        "monitor",
+        "--summary",
+        "--replay",
+        replay,
+        "--speed",
+        "1e-300",
+    ]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--speed"), "{}", stderr(&out));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let baseline = include_str!("../../scenarios/baseline.toml");
+    for (name, scenario) in [
+        (
+            "long",
+            baseline.replace("duration = \"3s\"", "duration = 1e30"),
+        ),
+        (
+            "phases",
+            baseline.replace("duration = \"3s\"\n", "")
+                + "[[phase]]\nduration = \"2000h\"\n[[phase]]\nduration = \"2000h\"\n",
+        ),
+    ] {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, scenario).expect("scenario");
+        let out = run(&["stress", "--no-probes", path.to_str().expect("utf-8 path")]);
+        assert_eq!(out.status.code(), Some(6), "{name}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("too long") || stderr(&out).contains("100 days"),
+            "{name}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
 fn filters_that_cannot_work_are_refused_before_anything_starts() {
     let out = run(&["trace", "--count-only", "--range", "0x7f0000000000:4M"]);
     assert_eq!(out.status.code(), Some(6));

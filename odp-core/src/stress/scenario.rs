@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::memory::Backing;
-use crate::units::{parse_duration, parse_range, parse_size};
+use crate::units::{duration_from_secs, parse_duration, parse_range, parse_size};
 use crate::verbs::{Access, Advice};
 
 pub use super::actions::Action;
@@ -54,8 +54,9 @@ impl<'de> Deserialize<'de> for Span {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Number(n) if n.is_finite() && n >= 0.0 => Ok(Span(Duration::from_secs_f64(n))),
-            Raw::Number(_) => Err(serde::de::Error::custom("a duration must be >= 0")),
+            Raw::Number(n) => duration_from_secs(n, &n.to_string())
+                .map(Span)
+                .map_err(serde::de::Error::custom),
             Raw::Text(t) => parse_duration(&t)
                 .map(Span)
                 .map_err(serde::de::Error::custom),
@@ -387,7 +388,10 @@ impl Scenario {
         if self.phases.is_empty() {
             self.duration.0
         } else {
-            self.phases.iter().map(|p| p.duration.0).sum()
+            self.phases
+                .iter()
+                .try_fold(Duration::ZERO, |total, p| total.checked_add(p.duration.0))
+                .unwrap_or(Duration::MAX)
         }
     }
 
@@ -545,6 +549,9 @@ impl Scenario {
         }
         if self.total_duration().is_zero() {
             return Err("the run would last no time: set duration (or phase durations)".into());
+        }
+        if self.total_duration() > crate::units::MAX_DURATION {
+            return Err("the phases add up to more than 100 days".into());
         }
         Ok(())
     }

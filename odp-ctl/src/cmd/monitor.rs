@@ -45,9 +45,17 @@ pub struct Args {
     pub command: Vec<String>,
 }
 
+/// Replay paces from a thousandth of real time to a million times faster: slower would wait
+/// for years between events, faster is what --speed 0 does.
+const MIN_SPEED: f64 = 0.001;
+const MAX_SPEED: f64 = 1e6;
+
 pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
-    if !(args.speed.is_finite() && args.speed >= 0.0) {
-        return Err(odp_core::Error::invalid("--speed must be 0 (no pacing) or positive").into());
+    if !(args.speed == 0.0 || (MIN_SPEED..=MAX_SPEED).contains(&args.speed)) {
+        return Err(odp_core::Error::invalid(format!(
+            "--speed must be 0 (no pacing) or from {MIN_SPEED} to {MAX_SPEED}"
+        ))
+        .into());
     }
     let config = AnalysisConfig {
         slow_fault_ns: args.slow.as_nanos().min(u128::from(u64::MAX)) as u64,

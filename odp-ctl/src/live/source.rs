@@ -399,7 +399,9 @@ fn replay(
     let result = read_recording(path, stop, |e| {
         let t0 = *first_ts.get_or_insert(e.ts_ns);
         if speed > 0.0 {
-            let due = Duration::from_secs_f64(e.ts_ns.saturating_sub(t0) as f64 / 1e9 / speed);
+            // Saturating: a timestamp far from the first one must not panic the replay.
+            let due = Duration::try_from_secs_f64(e.ts_ns.saturating_sub(t0) as f64 / 1e9 / speed)
+                .unwrap_or(Duration::MAX);
             if due.saturating_sub(started.elapsed()) >= REPLAY_SLACK {
                 queue.put(&mut batch, stop);
                 // In slices, so a quit is not held up by a long gap.
