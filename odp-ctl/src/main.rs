@@ -19,7 +19,9 @@ Exit codes:
   4  not supported by the device, provider or kernel
   5  permission or resource limit (root, memlock, huge pages)
   6  invalid input (unknown device, bad range, unknown key)
-  7  data error: a work completion failed or bytes did not match";
+  7  data error: a work completion failed or bytes did not match
+trace -- CMD and monitor -- CMD exit as CMD did, as time(1) and strace(1) do: its exit status
+when it failed, 128+N when signal N ended it, 127 when it could not be executed.";
 
 #[derive(Parser)]
 #[command(

@@ -53,6 +53,9 @@ fn classify(err: &anyhow::Error) -> (Option<ErrorKind>, i32) {
     if let Some(AlreadyReported(inner)) = err.downcast_ref::<AlreadyReported>() {
         return classify(inner);
     }
+    if let Some(child) = err.downcast_ref::<crate::cmd::launch::ChildFailed>() {
+        return (None, child.code);
+    }
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<odp_core::Error>() {
             return (Some(e.kind()), exit_code(e.kind()));
@@ -95,8 +98,18 @@ impl Output {
                     })
                     .and_then(odp_core::Error::errno)
             });
-        let reported = err.downcast_ref::<AlreadyReported>().is_some();
-        if self.json && reported {
+        // The child's failure was said on stderr when it was seen; the output stays the
+        // command's own (one JSON document, or the trace's lines).
+        let reported = err.downcast_ref::<AlreadyReported>().is_some()
+            || err
+                .downcast_ref::<crate::cmd::launch::ChildFailed>()
+                .is_some();
+        if reported
+            && (self.json
+                || err
+                    .downcast_ref::<crate::cmd::launch::ChildFailed>()
+                    .is_some())
+        {
             return code;
         }
         if self.json {

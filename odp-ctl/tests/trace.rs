@@ -812,3 +812,27 @@ fn a_quiet_stream_is_printed_while_the_traced_command_still_runs() {
         "the first event came only {before_the_end:?} before the trace ended"
     );
 }
+
+#[test]
+fn trace_exits_as_the_traced_command_did() {
+    let test = "trace_exits_as_the_traced_command_did";
+    if !root_or_skip(test) {
+        return;
+    }
+    let odp_ctl = std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").into());
+    for (command, code, says) in [
+        (&["true"][..], 0, ""),
+        (&["false"], 1, "exited with status 1"),
+        (&["odp-ctl-no-such-command"], 127, "exited with status 127"),
+        (&["sh", "-c", "kill -SEGV $$"], 139, "killed by signal 11"),
+    ] {
+        let out = Command::new(&odp_ctl)
+            .args(["trace", "--points", "verbs", "--"])
+            .args(command)
+            .output()
+            .expect("odp-ctl");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{command:?}: {stderr}");
+        assert!(stderr.contains(says), "{command:?}: {stderr}");
+    }
+}

@@ -191,14 +191,48 @@ pub fn attach_before(
     })
 }
 
-/// Tells the user when the traced command failed (its status is not ours).
-pub fn report_child_status(status: Option<i32>) {
-    if let Some(status) = status {
-        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
-            eprintln!(
-                "odp-ctl: traced command exited with status {}",
-                libc::WEXITSTATUS(status)
-            );
+/// The traced command failed, and odp-ctl exits as it did, as `time` and `strace` do: with its
+/// exit status, 128 + N when signal N ended it, 127 when it could not be executed.
+#[derive(Debug)]
+pub struct ChildFailed {
+    pub code: i32,
+    pub how: String,
+}
+
+impl std::fmt::Display for ChildFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the traced command {}", self.how)
+    }
+}
+
+impl std::error::Error for ChildFailed {}
+
+/// Ok when the traced command succeeded (or is still running, or there was none); otherwise
+/// says so on stderr and returns the exit code to leave with.
+pub fn child_outcome(status: Option<i32>) -> anyhow::Result<()> {
+    let Some(status) = status else {
+        return Ok(());
+    };
+    let failed = if libc::WIFEXITED(status) {
+        let code = libc::WEXITSTATUS(status);
+        (code != 0).then(|| ChildFailed {
+            code,
+            how: format!("exited with status {code}"),
+        })
+    } else if libc::WIFSIGNALED(status) {
+        let signal = libc::WTERMSIG(status);
+        Some(ChildFailed {
+            code: 128 + signal,
+            how: format!("was killed by signal {signal}"),
+        })
+    } else {
+        None
+    };
+    match failed {
+        Some(f) => {
+            eprintln!("odp-ctl: {f}");
+            Err(f.into())
         }
+        None => Ok(()),
     }
 }

@@ -8,7 +8,7 @@ use odp_core::analysis::{AnalysisConfig, Engine};
 use odp_core::units::parse_duration;
 
 use super::launch::{
-    attach_before, report_child_status, spawn_gated, stop_on_signals, Gated, ProbeFilter,
+    attach_before, child_outcome, spawn_gated, stop_on_signals, Gated, ProbeFilter,
 };
 use crate::live::{self, print_summary, Progress, Recorder, Run, Sink, Source, Until};
 use crate::output::Output;
@@ -104,8 +104,8 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     );
     // The view may end first (q): the child keeps running, so only reap it if it is done.
     let status = watcher.and_then(|w| w.is_finished().then(|| w.join().ok()).flatten());
-    report_child_status(status);
-    result
+    result?;
+    child_outcome(status)
 }
 
 /// The live screen until q, a signal or the deadline; or, with --summary, the aggregates once

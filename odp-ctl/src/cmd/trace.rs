@@ -13,7 +13,7 @@ use odp_ebpf::{Config, Status};
 use serde::Serialize;
 
 use super::launch::{
-    attach_before, report_child_status, spawn_gated, stop_on_signals, Gated, ProbeFilter,
+    attach_before, child_outcome, spawn_gated, stop_on_signals, Gated, ProbeFilter,
 };
 use crate::live::{self, Flow, Run, Sink, State, Until};
 use crate::output::Output;
@@ -251,6 +251,5 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             }
         );
     }
-    report_child_status(child_status);
-    Ok(())
+    child_outcome(child_status)
 }
