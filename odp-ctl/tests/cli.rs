@@ -128,6 +128,55 @@ fn filters_that_cannot_work_are_refused_before_anything_starts() {
         Some(2),
         "a malformed range is a usage error"
     );
+    // Checked up front, in well under the second that attaching takes: no probe is loaded
+    // and no "tracing" line appears.
+    let replay = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/rxe-dontneed-race.jsonl"
+    );
+    for (args, says) in [
+        (
+            &["trace", "--comm", "a-name-of-16-bytes"][..],
+            "1 to 15 bytes",
+        ),
+        (&["trace", "--comm", ""], "1 to 15 bytes"),
+        (
+            &["monitor", "--summary", "--device", "a-device-of-16-b"],
+            "1 to 15 bytes",
+        ),
+        (&["trace", "--pid", "4194305"], "no such process"),
+        (
+            &["trace", "--output", "/nonexistent/dir/out.txt"],
+            "cannot create",
+        ),
+        (
+            &[
+                "monitor",
+                "--summary",
+                "--record",
+                "/nonexistent/dir/r.jsonl",
+            ],
+            "cannot create",
+        ),
+        (&["monitor", "--replay", replay], "needs a terminal"),
+    ] {
+        let started = std::time::Instant::now();
+        let out = odp_ctl()
+            .args(args)
+            .stdout(Stdio::piped())
+            .output()
+            .expect("run odp-ctl");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(6), "{args:?}: {err}");
+        assert!(
+            err.contains(says) && !err.contains("tracing"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{args:?}: checked late"
+        );
+    }
 }
 
 /// `odp-ctl ... | head` ends quietly: killed by SIGPIPE like any Unix tool, never a panic.

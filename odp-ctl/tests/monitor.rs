@@ -429,3 +429,57 @@ fn live_summary_of_a_race_workload_agrees_with_its_own_recording() {
         "the ODP MR with its device and keys: {mrs:?}"
     );
 }
+
+/// The pid of the running `odp-ctl monitor` whose command line holds `marker`.
+fn monitor_pid(marker: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let entry = entry.ok()?;
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        // odp-ctl itself, not the shell whose command line names it too.
+        let is_odp_ctl = args.first().is_some_and(|a| a.ends_with("odp-ctl"));
+        (is_odp_ctl
+            && args.iter().any(|a| a == "monitor")
+            && args.iter().any(|a| a.contains(marker)))
+        .then_some(pid)
+    })
+}
+
+#[test]
+fn terminating_signals_end_the_live_screen_and_give_the_terminal_back() {
+    let test = "terminating_signals_end_the_live_screen_and_give_the_terminal_back";
+    let bin = std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").into());
+    for (signal, name) in [
+        (libc::SIGHUP, "HUP"),
+        (libc::SIGQUIT, "QUIT"),
+        (libc::SIGTERM, "TERM"),
+    ] {
+        // A copy per signal, so each run is found by its own path.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let replay = dir.path().join(format!("sig-{name}.jsonl"));
+        std::fs::copy(fixture(), &replay).expect("copy");
+        let command = format!(
+            "{bin} monitor --replay {} --speed 0; echo monitor-exit=$?; sleep 30",
+            replay.display()
+        );
+        let Some(term) = Terminal::start(test, 100, 30, &command) else {
+            return;
+        };
+        let shown = term.wait_for("source ended", 20);
+        assert!(shown.contains("per second"), "{name}: {shown}");
+        let pid = monitor_pid(&format!("sig-{name}.jsonl")).expect("the monitor's pid");
+        // SAFETY: sending a signal to a process this test started.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "{name}");
+        let after = term.wait_for("monitor-exit=", 20);
+        assert!(after.contains("monitor-exit=0"), "{name}: {after}");
+        let visible = term.text(0);
+        assert!(
+            !visible.contains("per second"),
+            "{name}: terminal not restored:\n{visible}"
+        );
+    }
+}

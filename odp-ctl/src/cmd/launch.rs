@@ -56,6 +56,24 @@ impl ProbeFilter {
             }
             None => None,
         };
+        for (flag, name) in [("--comm", &self.comm), ("--device", &self.device)] {
+            if let Some(name) = name {
+                // What the kernel side compares: 15 bytes and a NUL.
+                if name.is_empty() || name.len() > 15 || name.contains('\0') {
+                    return Err(odp_core::Error::invalid(format!(
+                        "{flag} {name:?} must be 1 to 15 bytes long (the kernel's name length)"
+                    ))
+                    .into());
+                }
+            }
+        }
+        if let Some(pid) = self.pid {
+            if !std::path::Path::new("/proc").join(pid.to_string()).exists() {
+                return Err(
+                    odp_core::Error::invalid(format!("--pid {pid}: no such process")).into(),
+                );
+            }
+        }
         Ok(Config {
             pid: self.pid.or(child),
             comm: self.comm.clone(),
@@ -77,11 +95,16 @@ impl ProbeFilter {
     }
 }
 
-/// Ctrl-C and SIGTERM set the returned flag instead of killing the process, so probes detach and
-/// the terminal is restored on the normal path.
+/// Ctrl-C, SIGTERM, SIGHUP (the terminal went away) and SIGQUIT set the returned flag instead of
+/// killing the process, so probes detach and the terminal is restored on the normal path.
 pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGQUIT,
+    ] {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
     Ok(stop)

@@ -45,6 +45,17 @@ pub struct Args {
     pub command: Vec<String>,
 }
 
+/// The live screen needs a terminal: say so before anything is attached or started.
+pub(crate) fn needs_a_terminal(summary: bool, what: &str) -> anyhow::Result<()> {
+    if summary || std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return Ok(());
+    }
+    Err(odp_core::Error::invalid(format!(
+        "{what} needs a terminal on stdout; use --summary (with --json for a document)"
+    ))
+    .into())
+}
+
 /// Replay paces from a thousandth of real time to a million times faster: slower would wait
 /// for years between events, faster is what --speed 0 does.
 const MIN_SPEED: f64 = 0.001;
@@ -64,6 +75,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let stop = stop_on_signals()?;
     let deadline = args.duration.map(|d| Instant::now() + d);
     if let Some(path) = &args.replay {
+        needs_a_terminal(args.summary, "the live view")?;
         // A summary reads as fast as the file allows.
         let speed = if args.summary { 0.0 } else { args.speed };
         let source = Source::recording(path.clone(), speed)?;
@@ -72,6 +84,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
 
     args.filter.check_command(&args.command)?;
     args.filter.config(None)?;
+    needs_a_terminal(args.summary, "the live view")?;
     let mut recorder = args.record.as_deref().map(Recorder::create).transpose()?;
     let mut gated = if args.command.is_empty() {
         None

@@ -148,6 +148,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let scenario = load(args)?;
+    super::monitor::needs_a_terminal(!args.monitor, "--monitor")?;
     let stop = stop_on_signals()?;
     let mut recorder = None;
     let source = if args.no_probes {

@@ -135,6 +135,13 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     }
     // Validated before anything is started.
     args.filter.config(None)?;
+    // The output first: an unwritable path fails before anything is attached or started.
+    let destination: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(File::create(path).map_err(|e| {
+            odp_core::Error::invalid(format!("cannot create {}: {e}", path.display()))
+        })?),
+        None => Box::new(std::io::stdout().lock()),
+    };
     let stop = stop_on_signals()?;
     let mut gated = if args.command.is_empty() {
         None
@@ -149,13 +156,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = args.duration.map(|d| started + d);
     let source = attach_before(gated.as_mut(), config, deadline)?;
-    let destination: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(
-            File::create(path)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?,
-        ),
-        None => Box::new(std::io::stdout().lock()),
-    };
+
     let mut writer = Writer {
         // The buffer outside the trait object: serde_json writes each event in many small
         // pieces, and a BufWriter of known type takes them inline.

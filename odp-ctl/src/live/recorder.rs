@@ -20,8 +20,9 @@ pub struct Recorder {
 impl Recorder {
     /// Creates the file now, so a bad path fails before any probe is attached.
     pub fn create(path: &Path) -> anyhow::Result<Recorder> {
-        let file = File::create(path)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+        let file = File::create(path).map_err(|e| {
+            odp_core::Error::invalid(format!("cannot create {}: {e}", path.display()))
+        })?;
         Ok(Recorder {
             out: BufWriter::new(file),
             error: None,
