@@ -836,3 +836,61 @@ fn trace_exits_as_the_traced_command_did() {
         assert!(stderr.contains(says), "{command:?}: {stderr}");
     }
 }
+
+/// Whether a process whose command line is exactly `args` is alive.
+fn running(args: &[&str]) -> bool {
+    let want: Vec<u8> = args.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc").is_ok_and(|dir| {
+        dir.filter_map(Result::ok)
+            .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want))
+    })
+}
+
+#[test]
+fn a_signal_to_odp_ctl_reaches_the_traced_command_and_leaves_nothing_behind() {
+    let test = "a_signal_to_odp_ctl_reaches_the_traced_command_and_leaves_nothing_behind";
+    if !root_or_skip(test) {
+        return;
+    }
+    let odp_ctl = std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").into());
+    for (command, signal, code) in [
+        (&["trace", "--points", "verbs"][..], libc::SIGTERM, 143),
+        (&["trace", "--points", "verbs"], libc::SIGINT, 130),
+        (&["monitor", "--summary"], libc::SIGTERM, 143),
+    ] {
+        // A duration no other process on the machine sleeps for.
+        let nap = format!("29.{}", std::process::id() % 1000 + code as u32);
+        let mut child = Command::new(&odp_ctl)
+            .args(command)
+            .args(["--", "sleep", &nap])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("odp-ctl");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !running(&["sleep", &nap]) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            running(&["sleep", &nap]),
+            "{command:?}: the command never started"
+        );
+        // SAFETY: signalling the odp-ctl this test started.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let sent = Instant::now();
+        let status = child.wait().expect("wait");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+            .expect("stderr");
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "{command:?}: took {:?}",
+            sent.elapsed()
+        );
+        assert_eq!(status.code(), Some(code), "{command:?}: {err}");
+        assert!(
+            !running(&["sleep", &nap]),
+            "{command:?}: the command was left running"
+        );
+    }
+}

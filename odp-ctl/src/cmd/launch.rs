@@ -95,20 +95,35 @@ impl ProbeFilter {
     }
 }
 
+/// The terminating signal that arrived last (0: none), for passing on to a traced command.
+static LAST_SIGNAL: std::sync::OnceLock<Arc<std::sync::atomic::AtomicUsize>> =
+    std::sync::OnceLock::new();
+
 /// Ctrl-C, SIGTERM, SIGHUP (the terminal went away) and SIGQUIT set the returned flag instead of
 /// killing the process, so probes detach and the terminal is restored on the normal path.
 pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
+    let last = LAST_SIGNAL.get_or_init(Default::default);
     for sig in [
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGHUP,
         signal_hook::consts::SIGQUIT,
     ] {
+        signal_hook::flag::register_usize(sig, Arc::clone(last), sig as usize)?;
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
     Ok(stop)
 }
+
+/// The terminating signal odp-ctl received, if any.
+fn received_signal() -> Option<i32> {
+    let sig = LAST_SIGNAL.get()?.load(Ordering::Relaxed);
+    (sig != 0).then_some(sig as i32)
+}
+
+/// How long a traced command has to end after the signal is passed on, before it is killed.
+const CHILD_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A child that waits on a pipe until the probes are attached, so none of its calls are missed.
 /// Forked by hand: std's spawn waits for the child's exec, which here waits for the parent.
@@ -184,6 +199,30 @@ impl Gated {
             release.write_all(&[1])?;
         }
         Ok(())
+    }
+
+    /// Ends a command still running when odp-ctl is done with it, as `timeout` and `strace` do:
+    /// passes on the signal odp-ctl received (SIGTERM when it stopped for another reason, such
+    /// as q or the deadline), waits CHILD_GRACE, then kills it. Returns its wait status.
+    pub fn end(&self, watcher: JoinHandle<i32>) -> Option<i32> {
+        if !watcher.is_finished() {
+            let signal = received_signal().unwrap_or(libc::SIGTERM);
+            // SAFETY: signalling our own child, which the watcher has not reaped yet.
+            unsafe { libc::kill(self.pid, signal) };
+            let deadline = std::time::Instant::now() + CHILD_GRACE;
+            while !watcher.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if !watcher.is_finished() {
+                eprintln!(
+                    "odp-ctl: the traced command outlived signal {signal} by {}s; killing it",
+                    CHILD_GRACE.as_secs()
+                );
+                // SAFETY: as above.
+                unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            }
+        }
+        watcher.join().ok()
     }
 
     /// A thread that reaps the child and raises `stop` when it exits; joins to its wait status.

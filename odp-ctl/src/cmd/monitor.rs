@@ -115,8 +115,11 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         deadline,
         recorder.as_mut(),
     );
-    // The view may end first (q): the child keeps running, so only reap it if it is done.
-    let status = watcher.and_then(|w| w.is_finished().then(|| w.join().ok()).flatten());
+    // The view may end first (q, a signal): a command still running is ended, not orphaned.
+    let status = match (&gated, watcher) {
+        (Some(g), Some(w)) => g.end(w),
+        _ => None,
+    };
     result?;
     child_outcome(status)
 }

@@ -188,7 +188,10 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         &mut [&mut writer],
         run,
     );
-    let child_status = watcher.and_then(|w| w.join().ok());
+    let child_status = match (&gated, watcher) {
+        (Some(g), Some(w)) => g.end(w),
+        _ => None,
+    };
     let (engine, end) = result?;
     drop(writer);
     let rarer = live::rarer_losses(&engine.source);
