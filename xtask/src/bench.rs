@@ -64,7 +64,7 @@ fn ensure_bpftrace() -> Result<PathBuf> {
             bail!("bpftrace is missing: apt-get install bpftrace");
         }
         let status = Command::new("apt-get")
-            .args(["install", "-y", "-q", "bpftrace"])
+            .args(["install", "-y", "-q", "--no-remove", "bpftrace"])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()?;
         if !status.success() {
