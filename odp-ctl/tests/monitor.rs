@@ -483,3 +483,86 @@ fn terminating_signals_end_the_live_screen_and_give_the_terminal_back() {
         );
     }
 }
+
+#[test]
+fn replay_input_is_bounded_named_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replay = |path: &Path| {
+        let started = Instant::now();
+        let out = odp_ctl()
+            .args(["--json", "monitor", "--summary", "--speed", "0", "--replay"])
+            .arg(path)
+            .output()
+            .expect("run");
+        (out, started.elapsed())
+    };
+    // No newline ever: refused at the line bound, not buffered without end.
+    let (out, took) = replay(Path::new("/dev/zero"));
+    let err = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("/dev/zero:1:1") && err.contains("longer than"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let (out, _) = replay(dir.path());
+    assert_eq!(out.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is a directory"));
+    let bad = dir.path().join("bad.jsonl");
+    let first = std::fs::read_to_string(fixture())
+        .expect("fixture")
+        .lines()
+        .next()
+        .expect("a line")
+        .to_string();
+    let mut bytes = format!("{first}\nxx").into_bytes();
+    bytes.push(0xff);
+    bytes.push(b'\n');
+    std::fs::write(&bad, bytes).expect("write");
+    let (out, _) = replay(&bad);
+    let err = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("bad.jsonl:2:3") && err.contains("not UTF-8"),
+        "{err}"
+    );
+    // Lines that are not events are counted by reason.
+    let mixed = dir.path().join("mixed.jsonl");
+    let unknown = first.replacen("\"point\":\"", "\"point\":\"from_a_later_build_", 1);
+    std::fs::write(&mixed, format!("{first}\n\n{unknown}\n{first}\n")).expect("write");
+    let (out, _) = replay(&mixed);
+    let summary = summary_json(&out);
+    assert_eq!(summary["events"], 2, "{summary}");
+    let skipped = &summary["source"]["lines_skipped"];
+    assert_eq!(skipped["blank"], 1, "{skipped}");
+    assert_eq!(skipped["point unknown to this build"], 1, "{skipped}");
+}
+
+#[test]
+fn a_signal_ends_a_replay_stuck_on_a_fifo_without_a_writer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("events.fifo");
+    let path = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
+    // SAFETY: a valid C path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let mut child = odp_ctl()
+        .args(["monitor", "--summary", "--replay"])
+        .arg(&fifo)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling the process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let sent = Instant::now();
+    let deadline = sent + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = child.try_wait().expect("wait");
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    assert!(status.is_some(), "still blocked 10 s after SIGINT");
+}

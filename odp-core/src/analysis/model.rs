@@ -121,6 +121,9 @@ pub struct SourceFacts {
     pub unflushed: u64,
     /// Events shed between the source and the engine because the consumer lagged.
     pub overflow: u64,
+    /// A recording's lines that were not events, by reason.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub lines_skipped: std::collections::BTreeMap<String, u64>,
     pub probes_attached: usize,
     pub probes_total: usize,
 }

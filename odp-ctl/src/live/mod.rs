@@ -95,6 +95,7 @@ pub fn run(
     let mut batch = Vec::new();
     let mut state = State::default();
     let mut stopping = false;
+    let mut stopped_at: Option<Instant> = None;
     let mut failure = None;
     loop {
         state.source_done = source.done();
@@ -118,6 +119,11 @@ pub fn run(
             stopping = true;
             (run.before_detach)();
             source.stop();
+            stopped_at = Some(Instant::now());
+        }
+        if stopped_at.is_some_and(|t| t.elapsed() > source.grace()) {
+            // The source does not end (a read blocked in the kernel): finish reports it.
+            break;
         }
         match tick(&engine, sinks, &state) {
             Ok(Flow::Continue) => {}
@@ -138,6 +144,7 @@ pub fn run(
         (run.before_detach)();
     }
     source.stop();
+    let drain_until = stopped_at.unwrap_or_else(Instant::now) + source.grace();
     // What arrived before the stop still reaches the engine and the sinks.
     while failure.is_none() {
         let done = source.done();
@@ -145,7 +152,7 @@ pub fn run(
         if let Err(e) = feed(&mut engine, sinks, &batch) {
             failure = Some(e);
         }
-        if done {
+        if done || Instant::now() > drain_until {
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -153,6 +160,7 @@ pub fn run(
     engine.finish();
     let losses = source.losses();
     let recorded = source.recorded();
+    engine.source.lines_skipped = source.lines_skipped();
     let end = source.finish();
     engine.source.drops = losses.drops;
     engine.source.missed = losses.missed;

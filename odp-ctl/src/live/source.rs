@@ -4,7 +4,7 @@
 //! side must never wait), a recording waits for room instead (nothing in a file need be lost).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
@@ -73,6 +73,8 @@ struct Inbox {
     end: Mutex<Option<ProbeEnd>>,
     /// A recording's own closing line, once read.
     recorded: Mutex<Option<Recorded>>,
+    /// A recording's lines that were not events, by reason.
+    lines_skipped: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// What the probes counted by the time they detached.
@@ -157,6 +159,8 @@ pub struct Source {
     pub label: String,
     /// The probes' plan (empty for a recording).
     pub plans: Vec<PointPlan>,
+    /// How long the source has to end once stopped before it is left behind.
+    grace: Duration,
 }
 
 fn fail(inbox: &Inbox, err: anyhow::Error) {
@@ -237,6 +241,7 @@ impl Source {
                 stop,
                 label: "live".into(),
                 plans,
+                grace: PROBES_GRACE,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -252,10 +257,18 @@ impl Source {
     /// A recording (`trace --json`, `monitor --record`) paced by its timestamps: `speed` times
     /// as fast, or as fast as it reads with 0.
     pub fn recording(path: PathBuf, speed: f64) -> anyhow::Result<Source> {
-        // Fail on a missing file before a screen is taken over.
-        File::open(&path).map_err(|e| {
+        // Fail on a missing file or a directory before a screen is taken over; a FIFO opens
+        // when its writer does, in the source thread, so signals still end the run meanwhile.
+        let meta = std::fs::metadata(&path).map_err(|e| {
             odp_core::Error::invalid(format!("cannot open the recording {}: {e}", path.display()))
         })?;
+        if meta.is_dir() {
+            return Err(odp_core::Error::invalid(format!(
+                "cannot replay {}: it is a directory",
+                path.display()
+            ))
+            .into());
+        }
         let inbox = Arc::new(Inbox::default());
         let stop = Arc::new(AtomicBool::new(false));
         let label = format!(
@@ -277,9 +290,12 @@ impl Source {
                 .name("odp-replay".into())
                 .spawn(move || {
                     match replay(&path, speed, &stop, &inbox.queue) {
-                        Ok(recorded) => {
+                        Ok(replayed) => {
                             if let Ok(mut slot) = inbox.recorded.lock() {
-                                *slot = recorded;
+                                *slot = replayed.recorded;
+                            }
+                            if let Ok(mut slot) = inbox.lines_skipped.lock() {
+                                *slot = replayed.skipped;
                             }
                         }
                         Err(e) => fail(&inbox, e),
@@ -293,6 +309,7 @@ impl Source {
             stop,
             label,
             plans: Vec::new(),
+            grace: RECORDING_GRACE,
         })
     }
 
@@ -306,6 +323,11 @@ impl Source {
     /// A handle that ends the source from another thread (a stress run that is over).
     pub fn stopper(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.stop)
+    }
+
+    /// How long the source has to end once stopped.
+    pub(super) fn grace(&self) -> Duration {
+        self.grace
     }
 
     /// Ends the source: live probes detach, a recording stops being read.
@@ -324,6 +346,15 @@ impl Source {
     }
 
     /// Losses so far (the final figures once the source is done).
+    /// A recording's lines that were not events, by reason (once it has been read).
+    pub(super) fn lines_skipped(&self) -> std::collections::BTreeMap<String, u64> {
+        self.inbox
+            .lines_skipped
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
     /// What a recording's closing line said, once it has been read.
     pub(super) fn recorded(&self) -> Option<Recorded> {
         self.inbox.recorded.lock().ok().and_then(|r| r.clone())
@@ -354,6 +385,19 @@ impl Source {
     pub(super) fn finish(mut self) -> anyhow::Result<ProbeEnd> {
         self.stop();
         if let Some(t) = self.thread.take() {
+            // A recording's thread can be blocked in the kernel (a FIFO without a writer, a
+            // device that never answers): after self.grace it is left behind to die with the
+            // process, so a signal still ends the run.
+            let deadline = Instant::now() + self.grace;
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if !t.is_finished() {
+                anyhow::bail!(
+                    "the event source did not stop within {}s (a read that never returned)",
+                    self.grace.as_secs()
+                );
+            }
             if t.join().is_err() {
                 anyhow::bail!("the event source thread panicked");
             }
@@ -375,22 +419,29 @@ impl Drop for Source {
     fn drop(&mut self) {
         self.stop();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let deadline = Instant::now() + self.grace;
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }
+
+/// How long stopped probes have to detach before they are left behind: about a second, more
+/// in a slow guest.
+const PROBES_GRACE: Duration = Duration::from_secs(20);
+/// How long a stopped recording has: it stops between lines, unless a read blocks.
+const RECORDING_GRACE: Duration = Duration::from_secs(2);
 
 /// How far ahead of its schedule a paced replay may run before it sleeps; well under a frame.
 const REPLAY_SLACK: Duration = Duration::from_millis(2);
 /// Events handed over at once when the replay is not sleeping.
 const REPLAY_BATCH: usize = 4096;
 
-fn replay(
-    path: &Path,
-    speed: f64,
-    stop: &AtomicBool,
-    queue: &Queue,
-) -> anyhow::Result<Option<Recorded>> {
+fn replay(path: &Path, speed: f64, stop: &AtomicBool, queue: &Queue) -> anyhow::Result<Replayed> {
     let started = Instant::now();
     let mut first_ts = None;
     // Events go over in batches, and the thread sleeps only when it is a few milliseconds
@@ -420,29 +471,79 @@ fn replay(
         }
     });
     queue.put(&mut batch, stop);
-    result.map(|(_, recorded)| recorded)
+    result
 }
 
-/// Reads a recording (`trace --json`, `monitor --record`): one Record per line, blank lines
-/// skipped, the closing summary line read for what the source lost. Calls `on_event` in file
-/// order; returns the events read and the closing line's figures, if the file has one.
+/// The longest line a recording may hold: a record is a few hundred bytes, so a longer line
+/// is not a recording (a file without newlines, /dev/zero) and is refused, not buffered.
+pub const MAX_LINE: usize = 64 << 10;
+
+/// What reading a recording gave besides its events.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    pub events: u64,
+    /// Its closing summary line(s), if it has any.
+    pub recorded: Option<Recorded>,
+    /// Lines that were not events, by reason (blank, closing summary, point unknown to this
+    /// build).
+    pub skipped: std::collections::BTreeMap<String, u64>,
+}
+
+fn invalid(path: &Path, line: usize, column: usize, what: String) -> anyhow::Error {
+    odp_core::Error::invalid(format!("{}:{line}:{column}: {what}", path.display())).into()
+}
+
+/// Reads a recording (`trace --json`, `monitor --record`): one Record per line, calling
+/// `on_event` in file order. Blank lines, the closing summary line(s) and records of points
+/// this build does not know are skipped and counted; anything else that is not a record (a
+/// line over MAX_LINE, bytes that are not UTF-8, a malformed record) is invalid input named by
+/// line and column. Stops between lines when `stop` is set.
 pub fn read_recording(
     path: &Path,
     stop: &AtomicBool,
     mut on_event: impl FnMut(OdpEvent),
-) -> anyhow::Result<(u64, Option<Recorded>)> {
+) -> anyhow::Result<Replayed> {
+    let not_a_recording =
+        |why: String| odp_core::Error::invalid(format!("cannot replay {}: {why}", path.display()));
+    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err(not_a_recording("it is a directory".into()).into());
+    }
     let file = File::open(path).map_err(|e| {
         odp_core::Error::invalid(format!("cannot open the recording {}: {e}", path.display()))
     })?;
-    let mut events = 0;
-    let mut recorded: Option<Recorded> = None;
-    for (index, line) in BufReader::with_capacity(1 << 20, file).lines().enumerate() {
-        if stop.load(Ordering::Relaxed) {
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut out = Replayed::default();
+    let mut line = Vec::new();
+    let mut number = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        line.clear();
+        number += 1;
+        let read = std::io::Read::by_ref(&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| not_a_recording(format!("line {number}: {e}")))?;
+        if read == 0 {
             break;
         }
-        let line = line.map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-        let text = line.trim();
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        } else if line.len() > MAX_LINE {
+            return Err(invalid(
+                path,
+                number,
+                1,
+                format!(
+                    "the line is longer than {} KiB: not a recording",
+                    MAX_LINE >> 10
+                ),
+            ));
+        }
+        let text = std::str::from_utf8(&line)
+            .map_err(|e| invalid(path, number, e.valid_up_to() + 1, "not UTF-8 text".into()))?;
+        let text = text.trim();
+        let mut skip = |why: &str| *out.skipped.entry(why.to_string()).or_default() += 1;
         if text.is_empty() {
+            skip("blank");
             continue;
         }
         if text.starts_with("{\"summary\"") {
@@ -451,33 +552,31 @@ pub fn read_recording(
                 summary: Recorded,
             }
             let closing: Closing = serde_json::from_str(text).map_err(|e| {
-                odp_core::Error::invalid(format!(
-                    "{}:{}:{}: not a recording's closing summary: {e}",
-                    path.display(),
-                    index + 1,
-                    e.column()
-                ))
+                invalid(
+                    path,
+                    number,
+                    e.column(),
+                    format!("not a recording's closing summary: {e}"),
+                )
             })?;
-            recorded
+            skip("closing summary");
+            out.recorded
                 .get_or_insert_with(Recorded::default)
                 .add(closing.summary);
             continue;
         }
-        let record: Record = serde_json::from_str(text).map_err(|e| {
-            odp_core::Error::invalid(format!(
-                "{}:{}:{}: not a trace event: {e}",
-                path.display(),
-                index + 1,
-                e.column()
-            ))
-        })?;
+        let record: Record = serde_json::from_str(text)
+            .map_err(|e| invalid(path, number, e.column(), format!("not a trace event: {e}")))?;
         // Points this build does not know are skipped, not fatal: recordings outlive builds.
-        if let Some(event) = record.to_event() {
-            on_event(event);
-            events += 1;
+        match record.to_event() {
+            Some(event) => {
+                on_event(event);
+                out.events += 1;
+            }
+            None => skip("point unknown to this build"),
         }
     }
-    Ok((events, recorded))
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -105,6 +105,15 @@ pub fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
             String::new()
         }
     );
+    if !s.source.lines_skipped.is_empty() {
+        let parts: Vec<String> = s
+            .source
+            .lines_skipped
+            .iter()
+            .map(|(why, n)| format!("{why} {n}"))
+            .collect();
+        println!("recording lines not replayed: {}", parts.join(", "));
+    }
     println!(
         "faults {} ({:.1}/s, {} pages, {} errors)  invalidations {} ({:.1}/s)  races {}  retries {} (in {} faults)  timeouts {} (hmm {}, unresolved {}, slow {})",
         c.faults,
