@@ -838,12 +838,15 @@ fn trace_exits_as_the_traced_command_did() {
     }
 }
 
-/// Whether a process whose command line is exactly `args` is alive.
-fn running(args: &[&str]) -> bool {
-    let want: Vec<u8> = args.iter().flat_map(|a| a.bytes().chain([0])).collect();
+/// Whether a process whose command line is exactly one of `lines` is alive.
+fn running(lines: &[&[&str]]) -> bool {
+    let wanted: Vec<Vec<u8>> = lines
+        .iter()
+        .map(|args| args.iter().flat_map(|a| a.bytes().chain([0])).collect())
+        .collect();
     std::fs::read_dir("/proc").is_ok_and(|dir| {
         dir.filter_map(Result::ok)
-            .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want))
+            .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| wanted.contains(&c)))
     })
 }
 
@@ -859,38 +862,46 @@ fn a_signal_to_odp_ctl_reaches_the_traced_command_and_leaves_nothing_behind() {
         (&["trace", "--points", "verbs"], libc::SIGINT, 130),
         (&["monitor", "--summary"], libc::SIGTERM, 143),
     ] {
-        // A duration no other process on the machine sleeps for.
+        // A duration no other process on the machine sleeps for. The signal goes to the
+        // command odp-ctl started (as with timeout --foreground), so the sleeper must be that
+        // process: sleep itself, or in the guest, which has no sleep binary, busybox sh
+        // running its sleep applet in place.
         let nap = format!("29.{}", std::process::id() % 1000 + code as u32);
+        let script = format!("sleep {nap}");
+        let sleeping: [&[&str]; 2] = [&["sleep", &nap], &["sh", "-c", &script]];
+        let sleeper: Vec<&str> = if ["/usr/bin/sleep", "/bin/sleep"]
+            .iter()
+            .any(|p| std::path::Path::new(p).exists())
+        {
+            vec!["sleep", &nap]
+        } else {
+            vec!["sh", "-c", &script]
+        };
         let mut child = Command::new(&odp_ctl)
             .args(command)
-            .args(["--", "sleep", &nap])
+            .arg("--")
+            .args(&sleeper)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("odp-ctl");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !running(&["sleep", &nap]) && Instant::now() < deadline {
+        while !running(&sleeping) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(
-            running(&["sleep", &nap]),
-            "{command:?}: the command never started"
-        );
+        assert!(running(&sleeping), "{command:?}: the command never started");
         // SAFETY: signalling the odp-ctl this test started.
         unsafe { libc::kill(child.id() as i32, signal) };
         let sent = Instant::now();
         let status = child.wait().expect("wait");
+        let took = sent.elapsed();
         let mut err = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
             .expect("stderr");
-        assert!(
-            sent.elapsed() < Duration::from_secs(10),
-            "{command:?}: took {:?}",
-            sent.elapsed()
-        );
+        assert!(took < Duration::from_secs(10), "{command:?}: took {took:?}");
         assert_eq!(status.code(), Some(code), "{command:?}: {err}");
         assert!(
-            !running(&["sleep", &nap]),
+            !running(&sleeping),
             "{command:?}: the command was left running"
         );
     }
