@@ -176,8 +176,9 @@ fn filters_that_cannot_work_are_refused_before_anything_starts() {
             "{args:?}: {err}"
         );
         assert!(
-            started.elapsed() < Duration::from_millis(500),
-            "{args:?}: checked late"
+            started.elapsed() < bound,
+            "{args:?}: checked late ({:?}, bound {bound:?})",
+            started.elapsed()
         );
     }
 }
