@@ -1,0 +1,190 @@
+//! Mutation fuzzing of what users feed the toolkit, on stable Rust (proptest): scenario files and
+//! recorded events, each case a real input (scenarios/, the committed capture) with a few
+//! mutations, several of them tokens that once broke a parser. A case passes when the input is
+//! accepted or refused with an error; a panic, or a case slower than CASE_BOUND, fails.
+//!
+//! The test command runs a bounded number of cases; a long run is
+//! `PROPTEST_CASES=100000 cargo test --release -p odp-core --test fuzz`.
+
+use std::time::{Duration, Instant};
+
+use odp_core::analysis::{AnalysisConfig, Engine};
+use odp_core::stress::Scenario;
+use odp_core::trace::Record;
+use proptest::prelude::*;
+
+const SCENARIOS: &[&str] = &[
+    include_str!("../../scenarios/atomics.toml"),
+    include_str!("../../scenarios/baseline.toml"),
+    include_str!("../../scenarios/dontneed-storm.toml"),
+    include_str!("../../scenarios/fork-cow.toml"),
+    include_str!("../../scenarios/ksm.toml"),
+    include_str!("../../scenarios/migrate.toml"),
+    include_str!("../../scenarios/mprotect.toml"),
+    include_str!("../../scenarios/mremap.toml"),
+    include_str!("../../scenarios/phases.toml"),
+    include_str!("../../scenarios/remap.toml"),
+    include_str!("../../scenarios/thp.toml"),
+];
+
+const CAPTURE: &str = include_str!("../../odp-ctl/tests/data/rxe-dontneed-race.jsonl");
+
+/// Values at the edges, and the ones that once panicked a parser (issue 15's cases).
+const TOKENS: &[&str] = &[
+    "1e30",
+    "1e300",
+    "1e-300",
+    "1e19",
+    "-1",
+    "0",
+    "18446744073709551615",
+    "18446744073709551616",
+    "9999999999999999999999",
+    "\"1h\"",
+    "\"2401h\"",
+    "\"99999999999h\"",
+    "nan",
+    "inf",
+    "\"\"",
+    "true",
+    "[]",
+    "{}",
+    "\"0:0\"",
+    "\"0x7fffffffffffffff:1\"",
+    "\"1T\"",
+    "7",
+    "\"0xffffffffffffffff\"",
+    "\"0x\"",
+    "[[invalidate]]\nmr = \"buf\"\naction = \"dontneed\"\n",
+    "[[phase]]\nduration = \"1s\"\n",
+];
+
+/// The longest one case may take: scenario checks and the engine are linear, so a case near
+/// this bound is a finding, not noise.
+const CASE_BOUND: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    /// Overwrite the byte at (position modulo length).
+    Byte(usize, u8),
+    /// Insert a token at a position.
+    Insert(usize, usize),
+    /// Delete a run of bytes.
+    Delete(usize, usize),
+    /// Replace what follows the first `=` or `:` after a position with a token.
+    Value(usize, usize),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<usize>(), any::<u8>()).prop_map(|(p, b)| Mutation::Byte(p, b)),
+        (any::<usize>(), 0..TOKENS.len()).prop_map(|(p, t)| Mutation::Insert(p, t)),
+        (any::<usize>(), 1usize..16).prop_map(|(p, n)| Mutation::Delete(p, n)),
+        (any::<usize>(), 0..TOKENS.len()).prop_map(|(p, t)| Mutation::Value(p, t)),
+    ]
+}
+
+fn mutate(text: &str, mutations: &[Mutation]) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    for m in mutations {
+        let len = bytes.len().max(1);
+        match *m {
+            Mutation::Byte(p, b) => {
+                if !bytes.is_empty() {
+                    bytes[p % len] = b;
+                }
+            }
+            Mutation::Insert(p, t) => {
+                let at = p % (bytes.len() + 1);
+                bytes.splice(at..at, TOKENS[t].bytes());
+            }
+            Mutation::Delete(p, n) => {
+                let at = p % len;
+                let end = (at + n).min(bytes.len());
+                bytes.drain(at.min(end)..end);
+            }
+            Mutation::Value(p, t) => {
+                let at = p % len;
+                let Some(sep) = bytes[at.min(bytes.len())..]
+                    .iter()
+                    .position(|&b| b == b'=' || b == b':')
+                else {
+                    continue;
+                };
+                let start = at + sep + 1;
+                let end = bytes[start..]
+                    .iter()
+                    .position(|&b| b == b'\n' || b == b',')
+                    .map_or(bytes.len(), |e| start + e);
+                bytes.splice(start..end, TOKENS[t].bytes());
+            }
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn mutated_scenarios_are_accepted_or_refused(
+        seed in 0..SCENARIOS.len(),
+        mutations in prop::collection::vec(mutation(), 1..6),
+    ) {
+        let text = mutate(SCENARIOS[seed], &mutations);
+        let started = Instant::now();
+        let parsed = Scenario::parse(&text, "fuzz");
+        if let Ok(s) = &parsed {
+            // What the run would read first must hold together too.
+            let _ = s.total_duration();
+        }
+        prop_assert!(started.elapsed() < CASE_BOUND, "{:?} for:\n{text}", started.elapsed());
+    }
+
+    #[test]
+    fn mutated_recordings_decode_or_are_refused_and_the_engine_holds(
+        first in 0usize..8000,
+        count in 1usize..400,
+        mutations in prop::collection::vec(mutation(), 1..8),
+    ) {
+        let lines: Vec<&str> = CAPTURE.lines().skip(first).take(count).collect();
+        let text = mutate(&lines.join("\n"), &mutations);
+        let started = Instant::now();
+        let mut engine = Engine::new(AnalysisConfig::default());
+        for line in text.lines() {
+            if let Ok(record) = serde_json::from_str::<Record>(line) {
+                if let Some(event) = record.to_event() {
+                    engine.ingest(&event);
+                }
+            }
+        }
+        engine.finish();
+        let summary = engine.summary();
+        prop_assert!(summary.events <= count as u64 + 8);
+        prop_assert!(started.elapsed() < CASE_BOUND, "{:?}", started.elapsed());
+    }
+}
+
+/// Inputs that once panicked or ran away, kept as files: each must be refused with an error.
+#[test]
+fn the_regression_corpus_is_refused_cleanly() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let mut cases = 0;
+    for entry in std::fs::read_dir(&dir).expect("corpus") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        let started = Instant::now();
+        let result = Scenario::parse(&text, &path.display().to_string());
+        assert!(result.is_err(), "{} was accepted", path.display());
+        assert!(started.elapsed() < CASE_BOUND, "{}", path.display());
+        cases += 1;
+    }
+    assert!(cases >= 4, "the corpus lost its cases");
+}
