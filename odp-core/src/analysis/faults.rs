@@ -197,7 +197,8 @@ impl Engine {
         let Some(m) = self.mrs.get_mut(&mr) else {
             return 0;
         };
-        let (page_lo, page_hi) = (lo & !(PAGE - 1), hi.div_ceil(PAGE) * PAGE);
+        // Saturating: a recorded end address near the top of the address space must not wrap.
+        let (page_lo, page_hi) = (lo & !(PAGE - 1), hi.div_ceil(PAGE).saturating_mul(PAGE));
         let mut faulted_anyway = 0;
         if prefetch {
             if !failed {

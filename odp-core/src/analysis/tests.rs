@@ -545,3 +545,16 @@ fn absurd_timestamps_saturate_instead_of_overflowing() {
     engine.finish();
     assert_eq!(engine.total().counts.faults, 2);
 }
+
+/// Found by the fuzz run (a recorded end address of 0xffffffffffffffff): the page arithmetic
+/// of a fault's range overflowed.
+#[test]
+fn a_fault_ending_at_the_top_of_the_address_space_does_not_overflow() {
+    let mut top = fault(100, 10, 0, 1);
+    top.0.end = u64::MAX;
+    let mut prefetch = top.prefetch();
+    prefetch.0.ts_ns += 1_000;
+    let mut engine = run(&[register(UMEM), prefetch, top]);
+    engine.finish();
+    assert_eq!(engine.total().counts.faults, 1);
+}
