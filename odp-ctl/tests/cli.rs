@@ -1,18 +1,14 @@
 //! odp-ctl as a user runs it: exit codes, JSON documents and messages. Device tests print a named
 //! skip without a device; the VM run (`cargo xtask test`) requires one.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use odp_core::testing::{device_or_skip, kernel_resource_count};
 use serde_json::Value;
 
-/// The binary under test: the one cargo built, or ODP_CTL where the tests run elsewhere (the VM).
-fn odp_ctl() -> Command {
-    let path =
-        std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").to_string());
-    Command::new(path)
-}
+mod common;
+use common::odp_ctl;
 
 fn run(args: &[&str]) -> Output {
     odp_ctl().args(args).output().expect("run odp-ctl")

@@ -6,10 +6,8 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-mod common;
-use common::Terminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,11 +18,8 @@ use odp_core::trace::Record;
 use odp_core::verbs::{Access, Context, LoopbackConfig, LoopbackRc, MemoryRegion};
 use serde_json::Value;
 
-fn odp_ctl() -> Command {
-    let path =
-        std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").to_string());
-    Command::new(path)
-}
+mod common;
+use common::{odp_ctl, odp_ctl_path, Terminal};
 
 /// A capture from the soft-RoCE VM (7.3 kernel, rxe): RDMA WRITEs into an ODP MR while another
 /// thread drops its pages with MADV_DONTNEED; made with `monitor --record` by the VM test below.
@@ -269,7 +264,7 @@ fn a_bad_recording_is_refused_with_its_line_and_column() {
 
 #[test]
 fn the_tui_shows_a_replay_in_a_real_terminal_and_restores_it_on_quit() {
-    let bin = std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").into());
+    let bin = odp_ctl_path();
     let command = format!(
         "{bin} monitor --replay {} --speed 0; echo monitor-exit=$?; sleep 30",
         fixture().display()
@@ -452,7 +447,7 @@ fn monitor_pid(marker: &str) -> Option<i32> {
 #[test]
 fn terminating_signals_end_the_live_screen_and_give_the_terminal_back() {
     let test = "terminating_signals_end_the_live_screen_and_give_the_terminal_back";
-    let bin = std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").into());
+    let bin = odp_ctl_path();
     for (signal, name) in [
         (libc::SIGHUP, "HUP"),
         (libc::SIGQUIT, "QUIT"),

@@ -4,20 +4,14 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use odp_core::testing::device_or_skip;
 use serde_json::Value;
 
 mod common;
-use common::Terminal;
-
-fn odp_ctl() -> Command {
-    let path =
-        std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").to_string());
-    Command::new(path)
-}
+use common::{odp_ctl, odp_ctl_path, Terminal};
 
 /// The repository's example scenarios, built into this binary so the guest has them too.
 const EXAMPLES: [(&str, &str); 11] = [
@@ -555,7 +549,7 @@ fn stress_with_monitor_shows_the_run_live_then_reports_after_q() {
     if skip(test).is_none() {
         return;
     }
-    let bin = std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").into());
+    let bin = odp_ctl_path();
     let command = format!(
         "{bin} stress --monitor --duration 60s {}; echo stress-exit=$?; sleep 60",
         scenario("dontneed-storm").display()

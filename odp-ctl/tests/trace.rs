@@ -16,6 +16,9 @@ use odp_core::traffic::verify_loopback;
 use odp_core::verbs::{Access, Advice, Context, LoopbackConfig, LoopbackRc, MemoryRegion};
 use odp_ebpf::{Config, Delivery, Session, Status};
 
+mod common;
+use common::odp_ctl_path;
+
 fn root_or_skip(test: &str) -> bool {
     odp_core::testing::root_or_skip(test, "loading BPF")
 }
@@ -791,7 +794,7 @@ fn a_quiet_stream_is_printed_while_the_traced_command_still_runs() {
     if !root_or_skip("a_quiet_stream_is_printed_while_the_traced_command_still_runs") {
         return;
     }
-    let bin = std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").into());
+    let bin = odp_ctl_path();
     // A few hundred faults while sh and sleep start, then three quiet seconds.
     let mut child = Command::new(bin)
         .args(["trace", "--points", "cpu", "--", "sh", "-c", "sleep 3"])
@@ -819,7 +822,7 @@ fn trace_exits_as_the_traced_command_did() {
     if !root_or_skip(test) {
         return;
     }
-    let odp_ctl = std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").into());
+    let odp_ctl = odp_ctl_path();
     for (command, code, says) in [
         // sh, not true and false: the guest's userspace is busybox and a few packages.
         (&["sh", "-c", "exit 0"][..], 0, ""),
@@ -856,7 +859,7 @@ fn a_signal_to_odp_ctl_reaches_the_traced_command_and_leaves_nothing_behind() {
     if !root_or_skip(test) {
         return;
     }
-    let odp_ctl = std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").into());
+    let odp_ctl = odp_ctl_path();
     for (command, signal, code) in [
         (&["trace", "--points", "verbs"][..], libc::SIGTERM, 143),
         (&["trace", "--points", "verbs"], libc::SIGINT, 130),

@@ -1,8 +1,19 @@
-//! A real terminal for the TUI tests: a detached tmux session, read with capture-pane, killed
-//! on drop (also when an assertion fails).
+//! What the CLI tests share: the binary under test, and a real terminal for the TUI tests (a
+//! detached tmux session, read with capture-pane, killed on drop, also when an assertion
+//! fails). Each test file uses part of it.
+#![allow(dead_code)]
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+/// The binary under test: the one cargo built, or ODP_CTL where the tests run elsewhere (the VM).
+pub fn odp_ctl_path() -> String {
+    std::env::var("ODP_CTL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_odp-ctl").to_string())
+}
+
+pub fn odp_ctl() -> Command {
+    Command::new(odp_ctl_path())
+}
 
 pub struct Terminal {
     name: String,
