@@ -17,7 +17,7 @@ use odp_core::verbs::{Access, Advice, Context, LoopbackConfig, LoopbackRc, Memor
 use odp_ebpf::{Config, Delivery, Session, Status};
 
 mod common;
-use common::odp_ctl_path;
+use common::{odp_ctl, odp_ctl_path};
 
 fn root_or_skip(test: &str) -> bool {
     odp_core::testing::root_or_skip(test, "loading BPF")
@@ -822,7 +822,6 @@ fn trace_exits_as_the_traced_command_did() {
     if !root_or_skip(test) {
         return;
     }
-    let odp_ctl = odp_ctl_path();
     for (command, code, says) in [
         // sh, not true and false: the guest's userspace is busybox and a few packages.
         (&["sh", "-c", "exit 0"][..], 0, ""),
@@ -830,7 +829,7 @@ fn trace_exits_as_the_traced_command_did() {
         (&["odp-ctl-no-such-command"], 127, "exited with status 127"),
         (&["sh", "-c", "kill -SEGV $$"], 139, "killed by signal 11"),
     ] {
-        let out = Command::new(&odp_ctl)
+        let out = odp_ctl()
             .args(["trace", "--points", "verbs", "--"])
             .args(command)
             .output()
@@ -859,7 +858,6 @@ fn a_signal_to_odp_ctl_reaches_the_traced_command_and_leaves_nothing_behind() {
     if !root_or_skip(test) {
         return;
     }
-    let odp_ctl = odp_ctl_path();
     for (command, signal, code) in [
         (&["trace", "--points", "verbs"][..], libc::SIGTERM, 143),
         (&["trace", "--points", "verbs"], libc::SIGINT, 130),
@@ -880,7 +878,7 @@ fn a_signal_to_odp_ctl_reaches_the_traced_command_and_leaves_nothing_behind() {
         } else {
             vec!["sh", "-c", &script]
         };
-        let mut child = Command::new(&odp_ctl)
+        let mut child = odp_ctl()
             .args(command)
             .arg("--")
             .args(&sleeper)

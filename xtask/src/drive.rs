@@ -180,7 +180,7 @@ pub fn test(opts: &TestOpts) -> Result<()> {
         let _ = std::fs::remove_file(&skip_log);
         let mut cmd = cargo();
         cmd.args(["test", "--workspace"])
-            .env(odp_skip_log_env(), &skip_log);
+            .env(SKIP_LOG_ENV, &skip_log);
         if let Some(f) = &opts.filter {
             cmd.args(["--", f]);
         }
@@ -221,9 +221,7 @@ pub fn test(opts: &TestOpts) -> Result<()> {
 
 /// The variable a test's skip record goes to (odp_core::testing::SKIP_LOG_ENV; xtask does not
 /// link odp-core).
-fn odp_skip_log_env() -> &'static str {
-    "ODP_SKIP_LOG"
-}
+const SKIP_LOG_ENV: &str = "ODP_SKIP_LOG";
 
 /// Guest boots a VM job may use: a guest killed by the emulator's int3 oops
 /// (docs/FINDINGS.md #6) is booted again (the tests: for the binaries it had not finished).
@@ -245,7 +243,7 @@ fn vm_test_script(names: &[String], filter: Option<&str>) -> String {
     let filter = filter.map(|f| format!(" '{f}'")).unwrap_or_default();
     let mut script = format!(
         "export ODP_REQUIRE_DEVICE=1 ODP_CTL=/job/bin/odp-ctl RUST_BACKTRACE=1 \
-         ODP_SKIP_LOG=/job/{VM_RESULTS}/{VM_SKIPS}\n\
+         {SKIP_LOG_ENV}=/job/{VM_RESULTS}/{VM_SKIPS}\n\
          mkdir -p /job/{VM_RESULTS}\nfail=0\n"
     );
     for name in names {

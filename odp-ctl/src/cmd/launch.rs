@@ -95,6 +95,17 @@ impl ProbeFilter {
     }
 }
 
+/// The live screen needs a terminal: say so before anything is attached or started.
+pub fn needs_a_terminal(summary: bool, what: &str) -> anyhow::Result<()> {
+    if summary || std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return Ok(());
+    }
+    Err(odp_core::Error::invalid(format!(
+        "{what} needs a terminal on stdout; use --summary (with --json for a document)"
+    ))
+    .into())
+}
+
 /// The terminating signal that arrived last (0: none), for passing on to a traced command.
 static LAST_SIGNAL: std::sync::OnceLock<Arc<std::sync::atomic::AtomicUsize>> =
     std::sync::OnceLock::new();
@@ -209,11 +220,7 @@ impl Gated {
             let signal = received_signal().unwrap_or(libc::SIGTERM);
             // SAFETY: signalling our own child, which the watcher has not reaped yet.
             unsafe { libc::kill(self.pid, signal) };
-            let deadline = std::time::Instant::now() + CHILD_GRACE;
-            while !watcher.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            if !watcher.is_finished() {
+            if !crate::live::finished_by(&watcher, std::time::Instant::now() + CHILD_GRACE) {
                 eprintln!(
                     "odp-ctl: the traced command outlived signal {signal} by {}s; killing it",
                     CHILD_GRACE.as_secs()

@@ -8,7 +8,8 @@ use odp_core::analysis::{AnalysisConfig, Engine};
 use odp_core::units::parse_duration;
 
 use super::launch::{
-    attach_before, child_outcome, spawn_gated, stop_on_signals, Gated, ProbeFilter,
+    attach_before, child_outcome, needs_a_terminal, spawn_gated, stop_on_signals, Gated,
+    ProbeFilter,
 };
 use crate::live::{self, print_summary, Progress, Recorder, Run, Sink, Source, Until};
 use crate::output::Output;
@@ -45,17 +46,6 @@ pub struct Args {
     pub command: Vec<String>,
 }
 
-/// The live screen needs a terminal: say so before anything is attached or started.
-pub(crate) fn needs_a_terminal(summary: bool, what: &str) -> anyhow::Result<()> {
-    if summary || std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        return Ok(());
-    }
-    Err(odp_core::Error::invalid(format!(
-        "{what} needs a terminal on stdout; use --summary (with --json for a document)"
-    ))
-    .into())
-}
-
 /// Replay paces from a thousandth of real time to a million times faster: slower would wait
 /// for years between events, faster is what --speed 0 does.
 const MIN_SPEED: f64 = 0.001;
@@ -74,8 +64,8 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     };
     let stop = stop_on_signals()?;
     let deadline = args.duration.map(|d| Instant::now() + d);
+    needs_a_terminal(args.summary, "the live view")?;
     if let Some(path) = &args.replay {
-        needs_a_terminal(args.summary, "the live view")?;
         // A summary reads as fast as the file allows.
         let speed = if args.summary { 0.0 } else { args.speed };
         let source = Source::recording(path.clone(), speed)?;
@@ -84,7 +74,6 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
 
     args.filter.check_command(&args.command)?;
     args.filter.config(None)?;
-    needs_a_terminal(args.summary, "the live view")?;
     let mut recorder = args.record.as_deref().map(Recorder::create).transpose()?;
     let mut gated = if args.command.is_empty() {
         None

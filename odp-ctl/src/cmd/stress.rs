@@ -13,7 +13,7 @@ use odp_core::stress::{self, Action, Matching, Report, Scenario, SeenInvalidatio
 use odp_core::units::parse_duration;
 use serde::Serialize;
 
-use super::launch::stop_on_signals;
+use super::launch::{needs_a_terminal, stop_on_signals};
 use crate::live::{self, print_summary, Recorder, Run, Sink, Source, Until};
 use crate::output::{table, AlreadyReported, DataMismatch, Output};
 use crate::tui::Tui;
@@ -148,7 +148,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let scenario = load(args)?;
-    super::monitor::needs_a_terminal(!args.monitor, "--monitor")?;
+    needs_a_terminal(!args.monitor, "--monitor")?;
     let stop = stop_on_signals()?;
     let mut recorder = None;
     let source = if args.no_probes {

@@ -94,7 +94,7 @@ pub fn run(
     engine.source.probes_total = source.plans.len();
     let mut batch = Vec::new();
     let mut state = State::default();
-    let mut stopping = false;
+    // When the run began stopping (a signal, the deadline): the source's grace counts from it.
     let mut stopped_at: Option<Instant> = None;
     let mut failure = None;
     loop {
@@ -115,8 +115,7 @@ pub fn run(
         if signalled && run.until == Until::SinkStops {
             break;
         }
-        if signalled && !stopping {
-            stopping = true;
+        if signalled && stopped_at.is_none() {
             (run.before_detach)();
             source.stop();
             stopped_at = Some(Instant::now());
@@ -140,7 +139,7 @@ pub fn run(
     for sink in sinks.iter_mut() {
         sink.close();
     }
-    if !stopping {
+    if stopped_at.is_none() {
         (run.before_detach)();
     }
     source.stop();
@@ -161,7 +160,7 @@ pub fn run(
     let losses = source.losses();
     let recorded = source.recorded();
     engine.source.lines_skipped = source.lines_skipped();
-    let end = source.finish();
+    let end = source.finish(drain_until);
     engine.source.drops = losses.drops;
     engine.source.missed = losses.missed;
     engine.source.unpaired = losses.unpaired;
@@ -186,6 +185,14 @@ pub fn run(
         sink.finish(&engine)?;
     }
     Ok((engine, end))
+}
+
+/// Waits until `thread` has finished or `deadline` has passed; whether it finished.
+pub fn finished_by<T>(thread: &std::thread::JoinHandle<T>, deadline: Instant) -> bool {
+    while !thread.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    thread.is_finished()
 }
 
 fn feed(

@@ -381,18 +381,16 @@ impl Source {
         }
     }
 
-    /// Waits for the source thread; its failure, if any, or what the probes counted.
-    pub(super) fn finish(mut self) -> anyhow::Result<ProbeEnd> {
+    /// Waits, until `deadline` at most, for the source thread; its failure, if any, or what
+    /// the probes counted.
+    pub(super) fn finish(mut self, deadline: Instant) -> anyhow::Result<ProbeEnd> {
         self.stop();
         if let Some(t) = self.thread.take() {
             // A recording's thread can be blocked in the kernel (a FIFO without a writer, a
-            // device that never answers): after self.grace it is left behind to die with the
+            // device that never answers): past the deadline it is left behind to die with the
             // process, so a signal still ends the run.
-            let deadline = Instant::now() + self.grace;
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if !t.is_finished() {
+            // A source that said it is done is past its last read: only its return is left.
+            if !self.done() && !super::finished_by(&t, deadline) {
                 anyhow::bail!(
                     "the event source did not stop within {}s (a read that never returned)",
                     self.grace.as_secs()
@@ -419,11 +417,7 @@ impl Drop for Source {
     fn drop(&mut self) {
         self.stop();
         if let Some(t) = self.thread.take() {
-            let deadline = Instant::now() + self.grace;
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if t.is_finished() {
+            if super::finished_by(&t, Instant::now() + self.grace) {
                 let _ = t.join();
             }
         }
