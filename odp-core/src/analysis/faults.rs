@@ -169,13 +169,15 @@ impl Engine {
         };
         for call in calls.iter().filter(|c| c.read_begin) {
             let call_end = call.ts.saturating_add(call.duration);
+            // inv.end_ts + REORDER_NS >= call.ts, with the bound worked out once per call.
+            let since = call.ts.saturating_sub(REORDER_NS);
             // Newest first, and only as far back as could still overlap the call: a full scan
             // of the window per call was the engine's hottest loop.
             let collided = space
                 .invalidations
                 .iter()
                 .rev()
-                .take_while(|inv| inv.end_ts.saturating_add(REORDER_NS) >= call.ts)
+                .take_while(|inv| inv.end_ts >= since)
                 .any(|inv| {
                     inv.start_ts < call_end
                         && call.ts < inv.end_ts
@@ -280,12 +282,13 @@ impl Engine {
     /// Did an invalidation that already finished run into this fault? Then the fault joins its
     /// address space's window, for invalidations still to come.
     fn race_with_finished_invalidations(&mut self, mm: u64, mut span: FaultSpan) {
+        let since = span.start_ts.saturating_sub(REORDER_NS);
         let hit = self.spaces.get(&mm).and_then(|space| {
             space
                 .invalidations
                 .iter()
                 .rev()
-                .take_while(|inv| inv.end_ts.saturating_add(REORDER_NS) >= span.start_ts)
+                .take_while(|inv| inv.end_ts >= since)
                 .find(|inv| overlaps(&span, inv))
                 .copied()
         });

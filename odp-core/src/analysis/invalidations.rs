@@ -48,12 +48,13 @@ impl Engine {
     /// An invalidation is complete: match it against faults that finished before it did.
     pub(super) fn invalidation_done(&mut self, mm: u64, inv: InvSpan) {
         let mut raced = Vec::new();
+        let since = inv.start_ts.saturating_sub(REORDER_NS);
         if let Some(space) = self.spaces.get_mut(&mm) {
             for fault in space
                 .faults
                 .iter_mut()
                 .rev()
-                .take_while(|f| f.end_ts.saturating_add(REORDER_NS) >= inv.start_ts)
+                .take_while(|f| f.end_ts >= since)
             {
                 if !fault.raced && overlaps(fault, &inv) {
                     fault.raced = true;

@@ -335,10 +335,12 @@ impl Engine {
 
 /// Appends to a window and drops what can no longer overlap anything still to come.
 fn push_window<T>(window: &mut VecDeque<T>, item: T, now: u64, end: impl Fn(&T) -> u64) {
+    // end + HORIZON_NS < now, with the bound worked out once.
+    let expired_before = now.saturating_sub(HORIZON_NS);
     window.push_back(item);
     while window
         .front()
-        .is_some_and(|f| end(f).saturating_add(HORIZON_NS) < now || window.len() > WINDOW_CAP)
+        .is_some_and(|f| end(f) < expired_before || window.len() > WINDOW_CAP)
     {
         window.pop_front();
     }
