@@ -175,6 +175,31 @@ mod tests {
         );
     }
 
+    /// The BPF side's own list of mm-wide points (which it filters by address space) is the
+    /// catalog's, less the CPU fault, whose program filters on its own: C cannot read the Rust
+    /// catalog, so the two are held together here.
+    #[test]
+    fn the_bpf_mm_wide_list_is_the_catalogs() {
+        let source = include_str!("bpf/odp.bpf.c");
+        let start = source
+            .find("static __always_inline bool mm_wide(")
+            .expect("mm_wide in odp.bpf.c");
+        let body = &source[start..start + source[start..].find("\n}").expect("its end")];
+        let mut in_c: Vec<String> = body
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("ODP_POINT_"))
+            .map(String::from)
+            .collect();
+        in_c.sort();
+        let mut in_catalog: Vec<String> = bpf_common::Point::ALL
+            .iter()
+            .filter(|p| p.kind().mm_wide() && p.kind() != bpf_common::Kind::CpuFault)
+            .map(|p| p.c_name())
+            .collect();
+        in_catalog.sort();
+        assert_eq!(in_c, in_catalog);
+    }
+
     #[test]
     fn compact_cpu_fault_mirror_matches_the_skeleton_layout() {
         assert_eq!(size_of::<OdpCpuFault>(), size_of::<GeneratedCpuFault>());
