@@ -51,7 +51,7 @@ enum Command {
     Prefetch(cmd::prefetch::Args),
     /// Show every probe point: the method this kernel allows (fentry, kprobe, tracepoint,
     /// uprobe), attached or why not.
-    Probes,
+    Probes(cmd::probes::Args),
     /// Stream decoded ODP events (faults, invalidations, prefetches, registrations) as lines or
     /// JSON Lines, ending with counts and drops.
     Trace(cmd::trace::Args),
@@ -75,7 +75,7 @@ fn main() {
         Command::Caps(args) => cmd::caps::run(&out, &args),
         Command::Register(args) => cmd::register::run(&out, &args),
         Command::Prefetch(args) => cmd::prefetch::run(&out, &args),
-        Command::Probes => cmd::probes::run(&out),
+        Command::Probes(args) => cmd::probes::run(&out, &args),
         Command::Trace(args) => cmd::trace::run(&out, &args),
         Command::Monitor(args) => cmd::monitor::run(&out, &args),
         Command::Stress(args) => cmd::stress::run(&out, &args),

@@ -14,7 +14,7 @@ use odp_core::testing::device_or_skip;
 use odp_core::trace::Record;
 use odp_core::traffic::verify_loopback;
 use odp_core::verbs::{Access, Advice, Context, LoopbackConfig, LoopbackRc, MemoryRegion};
-use odp_ebpf::{Config, Delivery, Session, Status};
+use odp_ebpf::{AttachPreference, Config, Delivery, Session, Status};
 
 mod common;
 use common::{odp_ctl, odp_ctl_path};
@@ -373,21 +373,45 @@ fn discovery_reports_a_method_or_a_reason_for_every_point() {
         );
     }
     if odp_core::testing::device_required() {
-        // The VM: fentry works and every ib_core, rxe and mm point that exists is attached.
+        // The VM: both methods work, the guest kernel is preemptible (lazy), so kernel functions
+        // go by kprobe by default and by fentry when asked; every ib_core, rxe and mm point that
+        // exists is attached either way.
         assert!(facts.fentry_refused.is_none(), "{:?}", facts.fentry_refused);
-        for p in [
-            Point::UmemGet,
-            Point::MapDma,
-            Point::UnmapDma,
-            Point::UmemRelease,
-            Point::InvRangeStart,
-            Point::ReadBegin,
-            Point::RxeInvalidate,
-            Point::RxeMrInit,
-            Point::RxeAdvise,
+        assert!(facts.kprobe_refused.is_none(), "{:?}", facts.kprobe_refused);
+        assert!(facts.preemption.preemptible, "{:?}", facts.preemption);
+        drop(session);
+        for (preference, method) in [
+            (AttachPreference::Auto, Method::Kprobe),
+            (AttachPreference::Fentry, Method::Fentry),
         ] {
-            assert_eq!(plan(p).status, Status::Attached, "{p:?}");
-            assert_eq!(plan(p).method, Some(Method::Fentry), "{p:?}");
+            let session = Session::start(&Config {
+                emit_events: false,
+                attach: preference,
+                ..Config::default()
+            })
+            .expect("probe session");
+            let plan = |p: Point| {
+                session
+                    .plans()
+                    .iter()
+                    .find(|x| x.point == p)
+                    .expect("plan")
+                    .clone()
+            };
+            for p in [
+                Point::UmemGet,
+                Point::MapDma,
+                Point::UnmapDma,
+                Point::UmemRelease,
+                Point::InvRangeStart,
+                Point::ReadBegin,
+                Point::RxeInvalidate,
+                Point::RxeMrInit,
+                Point::RxeAdvise,
+            ] {
+                assert_eq!(plan(p).status, Status::Attached, "{p:?}");
+                assert_eq!(plan(p).method, Some(method), "{p:?} {preference:?}");
+            }
         }
     }
 }

@@ -32,7 +32,10 @@ mod session;
 
 use std::sync::Mutex;
 
-pub use discovery::{find_libibverbs, EmptyPageFaultProbe, KernelFacts, PointPlan, Status};
+pub use discovery::{
+    find_libibverbs, AttachPreference, EmptyPageFaultProbe, KernelFacts, PointPlan, Preemption,
+    Status,
+};
 pub use session::{Config, Delivery, Session};
 
 #[derive(Debug, thiserror::Error)]

@@ -38,6 +38,8 @@ pub struct Config {
     pub ring_bytes: u32,
     /// libibverbs to uprobe (default: where the dynamic loader would find it).
     pub libibverbs: Option<PathBuf>,
+    /// fentry or kprobes for kernel functions, where both work.
+    pub attach: crate::AttachPreference,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             range: None,
             ring_bytes: 8 << 20,
             libibverbs: None,
+            attach: crate::AttachPreference::Auto,
         }
     }
 }
@@ -108,7 +111,10 @@ impl Session {
         }
         let facts = KernelFacts::gather();
         let selection = config.points.clone();
-        let mut plans = facts.plan(&|p| selection.as_ref().is_none_or(|s| s.contains(&p)));
+        let mut plans = facts.plan(
+            &|p| selection.as_ref().is_none_or(|s| s.contains(&p)),
+            config.attach,
+        );
         let (skel, room) = match load(config, &plans) {
             Ok(loaded) => loaded,
             Err(LoadError::Config(e)) => return Err(e),

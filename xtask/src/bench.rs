@@ -210,20 +210,30 @@ const VM_BENCH: &str = r#"
 run() { echo "BENCH $1"; odp-ctl register --size 16M --traffic --message-size 1M | grep -E "^ (RDMA|SEND)"; }
 for round in $(seq 1 ROUNDS); do
   run untraced
-  odp-ctl trace --count-only --output /tmp/c.txt 2>/tmp/c.err & t=$!
-  while ! grep -q tracing /tmp/c.err 2>/dev/null; do sleep 0.2; done
-  run count-only
-  kill -INT $t; wait $t
-  odp-ctl --json trace --output /tmp/s.jsonl 2>/tmp/s.err & t=$!
-  while ! grep -q tracing /tmp/s.err 2>/dev/null; do sleep 0.2; done
-  run stream-json
-  kill -INT $t; wait $t
-  grep '^{"summary"' /tmp/s.jsonl | sed 's/^/SUMMARY /'
+  for method in fentry kprobe; do
+    odp-ctl trace --attach $method --count-only --output /tmp/c.txt 2>/tmp/c.err & t=$!
+    while ! grep -q tracing /tmp/c.err 2>/dev/null; do sleep 0.2; done
+    run count-$method
+    kill -INT $t; wait $t
+    odp-ctl --json trace --attach $method --output /tmp/s.jsonl 2>/tmp/s.err & t=$!
+    while ! grep -q tracing /tmp/s.err 2>/dev/null; do sleep 0.2; done
+    run stream-$method
+    kill -INT $t; wait $t
+    grep '^{"summary"' /tmp/s.jsonl | sed "s/^/SUMMARY $method /"
+  done
 done
 "#;
 
+/// The traced conditions of `vm_probes`, each against the untraced run of its round.
+const VM_BENCH_CONDITIONS: [&str; 4] = [
+    "count-fentry",
+    "count-kprobe",
+    "stream-fentry",
+    "stream-kprobe",
+];
+
 /// Loopback RDMA throughput over an ODP MR in the VM with the full probe set (counting, and
-/// streaming to a file) and without, interleaved.
+/// streaming to a file), kernel functions by fentry and by kprobes, and without, interleaved.
 pub fn vm_probes(vm_opts: &crate::VmOpts, rounds: usize) -> Result<()> {
     crate::host::ensure()?;
     cargo_build_release(&["-p", "odp-ctl"])?;
@@ -237,17 +247,24 @@ pub fn vm_probes(vm_opts: &crate::VmOpts, rounds: usize) -> Result<()> {
     // condition -> per-op MB/s samples
     let mut samples: std::collections::BTreeMap<(String, String), Vec<f64>> = Default::default();
     let mut condition = String::new();
-    // Per streamed round, from trace's closing line: (points attached, events, drops, missed).
-    let mut streamed = Vec::new();
+    // Per streamed round and method, from trace's closing line: (points attached, events,
+    // drops, missed).
+    let mut streamed: std::collections::BTreeMap<String, Vec<[u64; 4]>> = Default::default();
     for line in outcome.output.lines() {
         if let Some(c) = line.strip_prefix("BENCH ") {
             condition = c.trim().to_string();
-        } else if let Some(text) = line.strip_prefix("SUMMARY ") {
+        } else if let Some(rest) = line.strip_prefix("SUMMARY ") {
+            let (method, text) = rest.split_once(' ').context("SUMMARY without a method")?;
             let v: serde_json::Value = serde_json::from_str(text.trim())
                 .with_context(|| format!("trace's closing line: {text}"))?;
             let s = &v["summary"];
             let n = |k: &str| s[k].as_u64().unwrap_or(0);
-            streamed.push((n("attached"), n("events"), n("drops"), n("missed")));
+            streamed.entry(method.to_string()).or_default().push([
+                n("attached"),
+                n("events"),
+                n("drops"),
+                n("missed"),
+            ]);
         } else {
             let cols: Vec<&str> = line.split_whitespace().collect();
             let (op, rest) = match cols.as_slice() {
@@ -263,11 +280,12 @@ pub fn vm_probes(vm_opts: &crate::VmOpts, rounds: usize) -> Result<()> {
             }
         }
     }
-    println!("\nVM loopback throughput on a 16 MiB ODP MR, 1 MiB messages, {rounds} rounds, medians (MB/s)");
-    println!(
-        "{:<12} {:>10} {:>12} {:>12}",
-        "op", "untraced", "count-only", "stream-json"
-    );
+    println!("\nVM loopback throughput on a 16 MiB ODP MR, 1 MiB messages, {rounds} rounds, medians (MB/s, ratio to untraced)");
+    print!("{:<12} {:>9}", "op", "untraced");
+    for c in VM_BENCH_CONDITIONS {
+        print!(" {c:>20}");
+    }
+    println!();
     for op in ["RDMA WRITE", "RDMA READ", "SEND"] {
         let mut get = |c: &str| {
             samples
@@ -275,22 +293,24 @@ pub fn vm_probes(vm_opts: &crate::VmOpts, rounds: usize) -> Result<()> {
                 .map(|v| median(v))
                 .unwrap_or(f64::NAN)
         };
-        let (u, c, s) = (get("untraced"), get("count-only"), get("stream-json"));
+        let untraced = get("untraced");
+        print!("{op:<12} {untraced:>9.1}");
+        for c in VM_BENCH_CONDITIONS {
+            let v = get(c);
+            print!(" {:>20}", format!("{v:.1} ({:.2})", v / untraced));
+        }
+        println!();
+    }
+    for (method, rows) in &streamed {
+        let column = |i: usize| -> Vec<u64> { rows.iter().map(|r| r[i]).collect() };
         println!(
-            "{op:<12} {u:>10.1} {c:>8.1} ({:.2}) {s:>8.1} ({:.2})",
-            c / u,
-            s / u
+            "stream-{method}, per round: points attached {:?}, events {:?}, drops {:?}, missed {:?}",
+            column(0),
+            column(1),
+            column(2),
+            column(3)
         );
     }
-    let column =
-        |i: usize| -> Vec<u64> { streamed.iter().map(|r| [r.0, r.1, r.2, r.3][i]).collect() };
-    println!("stream-json, per round: points attached {:?}", column(0));
-    println!("stream-json, per round: events {:?}", column(1));
-    println!(
-        "stream-json, per round: drops {:?}, missed {:?}",
-        column(2),
-        column(3)
-    );
     Ok(())
 }
 

@@ -111,7 +111,7 @@ enum BenchCmd {
         #[command(flatten)]
         opts: VmOpts,
     },
-    /// Loopback RDMA throughput on an ODP MR in the VM, full probe set on vs off.
+    /// Loopback RDMA throughput on an ODP MR in the VM: full probe set by fentry, by kprobes, off.
     VmProbes {
         #[arg(long, default_value_t = 3)]
         rounds: usize,

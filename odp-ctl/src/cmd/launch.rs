@@ -34,6 +34,17 @@ pub struct ProbeFilter {
     /// Ring buffer size (power of two).
     #[arg(long, default_value = "8M", value_parser = parse_size)]
     pub ring_size: usize,
+    #[command(flatten)]
+    pub attach: AttachArgs,
+}
+
+/// How kernel functions are probed.
+#[derive(clap::Args, Clone)]
+pub struct AttachArgs {
+    /// Attach kernel functions with fentry or kprobes. auto: kprobes where kernel code is
+    /// preemptible (fentry programs there skip calls while one is preempted), fentry elsewhere.
+    #[arg(long, value_enum, default_value_t = odp_ebpf::AttachPreference::Auto)]
+    pub attach: odp_ebpf::AttachPreference,
 }
 
 impl ProbeFilter {
@@ -81,6 +92,7 @@ impl ProbeFilter {
             range,
             all_mms: self.all_mms,
             ring_bytes,
+            attach: self.attach.attach,
             ..Config::default()
         })
     }

@@ -4,10 +4,17 @@ use odp_ebpf::{Config, Session, Status};
 
 use crate::output::{pairs, table, Output};
 
-pub fn run(out: &Output) -> anyhow::Result<()> {
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub attach: super::launch::AttachArgs,
+}
+
+pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     // Attach for real (counting only) so the table says what works, not what should.
     let session = Session::start(&Config {
         emit_events: false,
+        attach: args.attach.attach,
         ..Config::default()
     })?;
     let facts = session.facts();
@@ -25,6 +32,10 @@ pub fn run(out: &Output) -> anyhow::Result<()> {
             ("kernel", facts.release.clone()),
             ("fentry", why(&facts.fentry_refused)),
             ("kprobe", why(&facts.kprobe_refused)),
+            (
+                "preemption",
+                preemption(&facts.preemption, args.attach.attach)
+            ),
             (
                 "libibverbs",
                 facts
@@ -61,4 +72,18 @@ pub fn run(out: &Output) -> anyhow::Result<()> {
         .count();
     println!("{attached} of {} points attached", plans.len());
     Ok(())
+}
+
+fn preemption(p: &odp_ebpf::Preemption, preference: odp_ebpf::AttachPreference) -> String {
+    let mode = p.mode.as_deref().unwrap_or("dynamic, mode unknown");
+    let model = if p.preemptible {
+        "kernel code preemptible"
+    } else {
+        "kernel code not preemptible"
+    };
+    let method = p.function_method(preference).name();
+    format!(
+        "{mode} ({model}, from {}): kernel functions prefer {method}",
+        p.source
+    )
 }
