@@ -103,9 +103,20 @@ fn hugetlb_access_flag_either_registers_or_is_refused_as_unsupported() {
         return;
     };
     let pd = ctx.alloc_pd().expect("pd");
-    let map = Arc::new(Mapping::new(2 * huge_page_size(), Backing::Hugetlb).expect("hugetlb map"));
-    match MemoryRegion::register(&pd, &map, 0, map.len(), ODP | Access::HUGETLB) {
-        Ok(mr) => assert!(mr.access().contains(Access::HUGETLB)),
+    let size = 2 * huge_page_size();
+    let map = Arc::new(Mapping::new(size, Backing::Hugetlb).expect("hugetlb map"));
+    match MemoryRegion::register(&pd, &map, 0, size, ODP | Access::HUGETLB) {
+        // Accepted: then it must carry exact bytes like any other MR.
+        Ok(mr) => {
+            let mut lb = LoopbackRc::new(&pd, &LoopbackConfig::default()).expect("loopback");
+            let peer_map = Arc::new(Mapping::new(size, Backing::Anonymous).expect("peer map"));
+            let peer = MemoryRegion::register(&pd, &peer_map, 0, size, Access::FULL).expect("peer");
+            let report = verify_loopback(&mut lb, &mr, &peer, ALIGNED_MESSAGE).expect("traffic");
+            for op in &report.ops {
+                assert_eq!(op.bytes, size, "{:?}", op.op);
+                assert!(op.mismatch.is_none(), "{:?}: {:?}", op.op, op.mismatch);
+            }
+        }
         // rxe on 7.2/7.3 refuses the flag outright; anything else would be a new behaviour.
         Err(e) => {
             assert_eq!(e.errno(), Some(libc::EOPNOTSUPP), "{e}");

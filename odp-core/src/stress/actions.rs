@@ -108,6 +108,35 @@ impl Action {
         }
     }
 
+    /// The notifier causes (`enum mmu_notifier_event` names) the kernel gives the invalidation
+    /// this action makes, as its code paths set them: zap (dontneed, free), reclaim and
+    /// migration's unmap (pageout, migrate), huge-page collapse and split all CLEAR; munmap and
+    /// mremap's page-table move UNMAP; mprotect PROTECTION_VMA; fork write-protecting the
+    /// parent's copy-on-write pages PROTECTION_PAGE; ksmd's write-protect and merge CLEAR.
+    /// Empty for cold, which only ages pages and invalidates nothing.
+    pub fn invalidation_causes(self) -> &'static [&'static str] {
+        match self {
+            Action::Dontneed
+            | Action::Free
+            | Action::Pageout
+            | Action::Collapse
+            | Action::Split
+            | Action::Migrate
+            | Action::Ksm => &["CLEAR"],
+            Action::Remap | Action::Mremap => &["UNMAP"],
+            Action::Mprotect => &["PROTECTION_VMA"],
+            Action::Fork => &["PROTECTION_PAGE"],
+            Action::Cold => &[],
+        }
+    }
+
+    /// Whether its invalidation comes from a kernel thread rather than the acting task: ksm's
+    /// merge is ksmd's, while its own unmerge (CPU faults breaking the merge) is a follow-up
+    /// that must not count as the action seen.
+    pub fn invalidated_by_kernel_thread(self) -> bool {
+        self == Action::Ksm
+    }
+
     /// Whether CPU writes into the MR must wait while it runs: they would fault on mprotect's
     /// read-only window, and would make ksm's zeroed pages differ before ksmd compares them.
     pub fn holds_cpu_writes(self) -> bool {
@@ -311,5 +340,31 @@ mod tests {
         assert!(!Action::Remap.destroys_contents(&Backing::File(None)));
         assert!(!Action::Fork.destroys_contents(&Backing::Anonymous));
         assert!(!Action::Mprotect.destroys_contents(&Backing::Thp));
+    }
+
+    /// The VM stress tests of these actions count on it: no zero page is ever excused for them,
+    /// so a page they lost would be a mismatch.
+    #[test]
+    fn actions_that_keep_contents_never_excuse_a_zero_page() {
+        let backings = [
+            Backing::Anonymous,
+            Backing::Thp,
+            Backing::Hugetlb,
+            Backing::Shared,
+            Backing::File(None),
+        ];
+        for action in [
+            Action::Fork,
+            Action::Collapse,
+            Action::Split,
+            Action::Migrate,
+            Action::Mprotect,
+            Action::Pageout,
+            Action::Cold,
+        ] {
+            for b in &backings {
+                assert!(!action.destroys_contents(b), "{action:?} over {b:?}");
+            }
+        }
     }
 }

@@ -249,54 +249,90 @@ impl Report {
     }
 }
 
-/// For each kind of action, how many of those on registered memory the probes saw reach the
-/// driver: an invalidation event (`rxe_invalidate`/`mlx5_invalidate` on the MR, or a notifier
-/// range in our address space) overlapping the action's range and inside its time window.
+/// For each kind of action, how many of those on registered memory the probes saw: an
+/// invalidation event of one point (the driver's, where attached) in the action's address
+/// space, of a cause the action produces, over its range and starting inside its time window;
+/// each event stands for one action at most.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Matching {
+    /// The point whose events were matched (its skipped runs are what may leave actions unseen).
+    pub point: &'static str,
     pub actions: u64,
     pub matched: u64,
-    /// Actions known to have changed nothing (a migrate that moved no page); not counted above.
+    /// Actions known to have changed nothing (a migrate that moved no page, a ksm that merged
+    /// none); not counted above.
     pub no_change: u64,
     /// The first few actions no event matched, to look up in a recording.
     pub unmatched: Vec<ActionRecord>,
 }
 
-/// An invalidation the probes reported: its time span and address range.
+/// An invalidation the probes reported: its time span, address range, address space, cause
+/// and whether a kernel thread made it.
 #[derive(Debug, Clone, Copy)]
 pub struct SeenInvalidation {
     pub start_ns: u64,
     pub end_ns: u64,
     pub lo: u64,
     pub hi: u64,
+    pub mm: u64,
+    /// `enum mmu_notifier_event` name.
+    pub cause: &'static str,
+    pub kthread: bool,
 }
 
+/// Matches each action that should invalidate to one event of `seen` (all from `point`, in the
+/// address space `mm` the actions ran in). Actions are taken in start order and each takes the
+/// earliest unused event that fits, so one event never counts for two actions.
 pub fn match_actions(
     log: &[ActionRecord],
     seen: &[SeenInvalidation],
+    mm: u64,
+    point: &'static str,
 ) -> BTreeMap<Action, Matching> {
-    let mut sorted: Vec<SeenInvalidation> = seen.to_vec();
+    let mut sorted: Vec<SeenInvalidation> = seen.iter().filter(|s| s.mm == mm).copied().collect();
     sorted.sort_by_key(|s| s.start_ns);
+    let mut used = vec![false; sorted.len()];
+    let mut actions: Vec<&ActionRecord> = log
+        .iter()
+        .filter(|a| a.error.is_none() && !a.action.invalidation_causes().is_empty())
+        .collect();
+    actions.sort_by_key(|a| a.start_ns);
     let mut out: BTreeMap<Action, Matching> = BTreeMap::new();
-    for a in log.iter().filter(|a| a.error.is_none()) {
-        let m = out.entry(a.action).or_default();
+    for a in actions {
+        let m = out.entry(a.action).or_insert_with(|| Matching {
+            point,
+            ..Matching::default()
+        });
         if a.pages_moved == Some(0) {
             m.no_change += 1;
             continue;
         }
         m.actions += 1;
         let lo = a.addr;
-        let hi = a.addr + a.len as u64;
+        let hi = a.addr.saturating_add(a.len as u64);
+        let causes = a.action.invalidation_causes();
+        let by_kthread = a.action.invalidated_by_kernel_thread();
         // Events that started inside the action's window (the action causes them).
         let first = sorted.partition_point(|s| s.start_ns < a.start_ns);
         let hit = sorted[first..]
             .iter()
             .take_while(|s| s.start_ns <= a.end_ns)
-            .any(|s| s.lo < hi && lo < s.hi);
-        if hit {
-            m.matched += 1;
-        } else if m.unmatched.len() < 5 {
-            m.unmatched.push(a.clone());
+            .zip(first..)
+            .find(|(s, i)| {
+                !used[*i]
+                    && s.lo < hi
+                    && lo < s.hi
+                    && causes.contains(&s.cause)
+                    && (!by_kthread || s.kthread)
+            })
+            .map(|(_, i)| i);
+        match hit {
+            Some(i) => {
+                used[i] = true;
+                m.matched += 1;
+            }
+            None if m.unmatched.len() < 5 => m.unmatched.push(a.clone()),
+            None => {}
         }
     }
     out
@@ -386,6 +422,20 @@ mod tests {
         }
     }
 
+    const OURS: u64 = 0xffff_8880_0000_1000;
+
+    fn seen(start_ns: u64, lo: u64, hi: u64, cause: &'static str) -> SeenInvalidation {
+        SeenInvalidation {
+            start_ns,
+            end_ns: start_ns + 10,
+            lo,
+            hi,
+            mm: OURS,
+            cause,
+            kthread: false,
+        }
+    }
+
     #[test]
     fn actions_match_only_overlapping_events_inside_their_window() {
         let log = [
@@ -395,32 +445,17 @@ mod tests {
         ];
         let seen = [
             // Inside the first action's window and range.
-            SeenInvalidation {
-                start_ns: 150,
-                end_ns: 160,
-                lo: 0x1000,
-                hi: 0x2000,
-            },
+            seen(150, 0x1000, 0x2000, "CLEAR"),
             // Right time for the second, adjacent range (0x6000 is where it ends): no match.
-            SeenInvalidation {
-                start_ns: 350,
-                end_ns: 360,
-                lo: 0x6000,
-                hi: 0x7000,
-            },
+            seen(350, 0x6000, 0x7000, "CLEAR"),
             // Right range for the third, but before it started.
-            SeenInvalidation {
-                start_ns: 450,
-                end_ns: 460,
-                lo: 0x9000,
-                hi: 0xb000,
-            },
+            seen(450, 0x9000, 0xb000, "UNMAP"),
         ];
         let mut no_op = record(Action::Migrate, 0x1000, 0x1000, 120, 130);
         no_op.pages_moved = Some(0);
         let mut log = log.to_vec();
         log.push(no_op);
-        let m = match_actions(&log, &seen);
+        let m = match_actions(&log, &seen, OURS, "rxe_invalidate");
         assert_eq!(
             m[&Action::Migrate].no_change,
             1,
@@ -429,7 +464,67 @@ mod tests {
         assert_eq!(m[&Action::Migrate].actions, 0);
         assert_eq!(m[&Action::Dontneed].actions, 2);
         assert_eq!(m[&Action::Dontneed].matched, 1);
+        assert_eq!(m[&Action::Dontneed].point, "rxe_invalidate");
         assert_eq!(m[&Action::Remap].matched, 0);
         assert_eq!(m[&Action::Remap].unmatched[0].start_ns, 500);
+    }
+
+    #[test]
+    fn an_action_matches_only_its_own_cause_in_its_own_address_space_once() {
+        let log = [
+            // Two dontneeds over the same range at once: one event is one action only.
+            record(Action::Dontneed, 0x1000, 0x1000, 100, 200),
+            record(Action::Dontneed, 0x1000, 0x1000, 110, 210),
+            // An mprotect sees only PROTECTION_VMA, whatever else hits its range.
+            record(Action::Mprotect, 0x4000, 0x1000, 300, 400),
+            // A remap's UNMAP in another process's address space is not its own.
+            record(Action::Remap, 0x8000, 0x1000, 500, 600),
+            // Cold invalidates nothing and is not matched at all.
+            record(Action::Cold, 0x1000, 0x1000, 100, 200),
+        ];
+        let mut other_mm = seen(550, 0x8000, 0x9000, "UNMAP");
+        other_mm.mm = OURS + 0x1000;
+        let events = [
+            seen(150, 0x1000, 0x2000, "CLEAR"),
+            seen(350, 0x4000, 0x5000, "CLEAR"),
+            other_mm,
+        ];
+        let m = match_actions(&log, &events, OURS, "rxe_invalidate");
+        assert_eq!(
+            (m[&Action::Dontneed].actions, m[&Action::Dontneed].matched),
+            (2, 1)
+        );
+        assert_eq!(m[&Action::Mprotect].matched, 0, "CLEAR is not mprotect's");
+        assert_eq!(m[&Action::Remap].matched, 0, "another address space");
+        assert!(!m.contains_key(&Action::Cold));
+
+        // With the right cause and address space, both are seen.
+        let mut events = events.to_vec();
+        events.push(seen(160, 0x1000, 0x2000, "CLEAR"));
+        events.push(seen(360, 0x4000, 0x5000, "PROTECTION_VMA"));
+        events.push(seen(560, 0x8000, 0x9000, "UNMAP"));
+        let m = match_actions(&log, &events, OURS, "rxe_invalidate");
+        for a in [Action::Dontneed, Action::Mprotect, Action::Remap] {
+            assert_eq!(m[&a].matched, m[&a].actions, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn ksm_is_seen_by_ksmds_merge_not_by_its_own_unmerge() {
+        let mut ksm = record(Action::Ksm, 0x1000, 0x4000, 100, 900);
+        ksm.pages_moved = Some(4);
+        // The unmerge: CPU faults of the acting task breaking the merge.
+        let unmerge = seen(800, 0x1000, 0x2000, "CLEAR");
+        let m = match_actions(
+            std::slice::from_ref(&ksm),
+            &[unmerge],
+            OURS,
+            "rxe_invalidate",
+        );
+        assert_eq!(m[&Action::Ksm].matched, 0);
+        let mut merge = seen(400, 0x2000, 0x3000, "CLEAR");
+        merge.kthread = true;
+        let m = match_actions(&[ksm], &[unmerge, merge], OURS, "rxe_invalidate");
+        assert_eq!(m[&Action::Ksm].matched, 1);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bpf_common::OdpEvent;
+use bpf_common::{Kind, OdpEvent, Point};
 use odp_core::analysis::{AnalysisConfig, Engine, Summary};
 use odp_core::stress::{self, Action, Matching, Report, Scenario, SeenInvalidation};
 use odp_core::units::parse_duration;
@@ -43,6 +43,8 @@ pub struct Args {
     /// Print the built-in scenario (a starting point for your own) and exit.
     #[arg(long)]
     pub print_default: bool,
+    #[command(flatten)]
+    pub attach: super::launch::AttachArgs,
 }
 
 /// What the probes saw, or why there are no probe figures.
@@ -105,39 +107,74 @@ fn load(args: &Args) -> anyhow::Result<Scenario> {
     Ok(scenario)
 }
 
-/// Invalidations the kernel reported, for matching against the actions.
-fn seen_invalidation(e: &OdpEvent) -> Option<SeenInvalidation> {
-    e.point()
-        .is_some_and(|p| p.kind().starts_invalidation())
-        .then(|| SeenInvalidation {
-            start_ns: e.ts_ns,
-            end_ns: e.ts_ns + e.duration_ns,
-            lo: e.start,
-            hi: e.end,
-        })
-}
-
-/// Invalidations kept for matching, at most (32 MiB): minutes of the fastest storm the VM
+/// Invalidations kept for matching, at most (48 MiB): minutes of the fastest storm the VM
 /// examples run; past it, invalidations are counted, not kept.
 const SEEN_KEPT: usize = 1 << 20;
 
-/// The invalidations the probes reported, for matching against the actions afterwards.
-#[derive(Default)]
+/// The invalidations one point reported, for matching against the actions afterwards, and the
+/// address space the actions ran in (learned from this process's own registrations).
 struct SeenInvalidations {
+    /// The point whose events stand for the actions: the driver's invalidation where attached
+    /// (what reached the device), else the notifier's range start.
+    point: Point,
+    own_pid: u32,
+    own_mm: Option<u64>,
     kept: Vec<SeenInvalidation>,
     /// Past SEEN_KEPT: not kept, so actions they would have matched show as unseen.
     shed: u64,
 }
 
+impl SeenInvalidations {
+    fn for_plans(plans: &[odp_ebpf::PointPlan]) -> Self {
+        let attached = |kind: Kind| {
+            plans
+                .iter()
+                .find(|p| p.status == odp_ebpf::Status::Attached && p.point.kind() == kind)
+                .map(|p| p.point)
+        };
+        SeenInvalidations {
+            point: attached(Kind::DriverInvalidate)
+                .or(attached(Kind::NotifierStart))
+                .unwrap_or(Point::InvRangeStart),
+            own_pid: std::process::id(),
+            own_mm: None,
+            kept: Vec::new(),
+            shed: 0,
+        }
+    }
+
+    fn matching(&self, log: &[stress::ActionRecord]) -> BTreeMap<Action, Matching> {
+        match self.own_mm {
+            Some(mm) => stress::match_actions(log, &self.kept, mm, self.point.name()),
+            None => BTreeMap::new(),
+        }
+    }
+}
+
 impl Sink for SeenInvalidations {
     fn event(&mut self, e: &OdpEvent, _engine: &Engine) -> anyhow::Result<()> {
-        if let Some(seen) = seen_invalidation(e) {
-            if self.kept.len() < SEEN_KEPT {
-                self.kept.push(seen);
-            } else {
-                self.shed += 1;
-            }
+        let Some(point) = e.point() else {
+            return Ok(());
+        };
+        if matches!(point.kind(), Kind::Register { .. }) && e.pid == self.own_pid && e.mm != 0 {
+            self.own_mm = Some(e.mm);
         }
+        if point != self.point {
+            return Ok(());
+        }
+        if self.kept.len() >= SEEN_KEPT {
+            self.shed += 1;
+            return Ok(());
+        }
+        self.kept.push(SeenInvalidation {
+            start_ns: e.ts_ns,
+            end_ns: e.ts_ns.saturating_add(e.duration_ns),
+            lo: e.start,
+            hi: e.end,
+            mm: e.mm,
+            cause: e.mmu_event().map_or("UNKNOWN", bpf_common::mmu_event_name),
+            kthread: e.in_kernel_thread(),
+        });
         Ok(())
     }
 }
@@ -159,6 +196,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         recorder = args.record.as_deref().map(Recorder::create).transpose()?;
         let config = odp_ebpf::Config {
             pid: Some(std::process::id()),
+            attach: args.attach.attach,
             ..odp_ebpf::Config::default()
         };
         Source::probes(config, None).map_err(|e| format!("unavailable: {e:#}"))
@@ -189,7 +227,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
 
     let progress_on_tty = !args.monitor && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let run_over = AtomicBool::new(false);
-    let mut seen = SeenInvalidations::default();
+    let mut seen = SeenInvalidations::for_plans(source.as_ref().map_or(&[], |s| &s.plans[..]));
     let (report, engine) = std::thread::scope(|scope| {
         let stress_stop = Arc::clone(&stop);
         let source_stop = source.as_ref().map(Source::stopper);
@@ -276,7 +314,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         Some(Ok(engine)) => Probes {
             status: probe_status,
             summary: Some(engine.summary()),
-            matching: stress::match_actions(&report.action_log, &seen.kept),
+            matching: seen.matching(&report.action_log),
             invalidations_not_kept: seen.shed,
         },
         Some(Err(e)) => Probes {
@@ -379,6 +417,13 @@ fn print_report(out: &Output, report: &Report, probes: &Probes) -> anyhow::Resul
             ]);
         }
         println!("{actions}");
+        if let Some(m) = probes.matching.values().next() {
+            println!(
+                "(seen: one {} event in the action's address space, of the cause it makes, over \
+                 its range and inside its window)",
+                m.point
+            );
+        }
         if probes.invalidations_not_kept > 0 {
             println!(
                 "({} invalidations past the matching bound were counted, not matched)",
@@ -471,7 +516,8 @@ mod tests {
     #[test]
     fn invalidations_past_the_bound_are_counted_not_kept() {
         let engine = Engine::new(AnalysisConfig::default());
-        let mut seen = SeenInvalidations::default();
+        let mut seen = SeenInvalidations::for_plans(&[]);
+        seen.point = Point::RxeInvalidate;
         let invalidation = OdpEvent {
             point: Point::RxeInvalidate as u16,
             ..OdpEvent::default()
