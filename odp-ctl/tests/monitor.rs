@@ -561,3 +561,92 @@ fn a_signal_ends_a_replay_stuck_on_a_fifo_without_a_writer() {
     }
     assert!(status.is_some(), "still blocked 10 s after SIGINT");
 }
+
+/// Runs `odp-ctl ARGS` with stdout to `out` and returns its exit code and peak resident set
+/// (KiB), read from its own rusage, not the test process's other children.
+fn peak_rss_kib(args: &[&std::ffi::OsStr], out: &Path) -> (i32, i64) {
+    let file = std::fs::File::create(out).expect("stdout file");
+    let child = odp_ctl().args(args).stdout(file).spawn().expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data the kernel fills; pid is our own unwaited child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: status and usage are valid for writes for the call.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
+    std::mem::forget(child);
+    (libc::WEXITSTATUS(status), usage.ru_maxrss)
+}
+
+#[test]
+fn tens_of_thousands_of_mrs_take_bounded_memory_and_say_what_was_summarised() {
+    const MRS: u64 = 12_000;
+    const PROCESSES: u64 = 1_500;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("many-mrs.jsonl");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+    let mut ts = 1_000_000_000u64;
+    for i in 0..MRS {
+        let pid = 1000 + i % PROCESSES;
+        let common = format!(
+            r#""group":"ib_core","method":"kprobe","pid":{pid},"tid":{pid},"comm":"w{}","obj":"{:#x}","mm":"{:#x}","start":"{:#x}","end":"{:#x}""#,
+            i % PROCESSES,
+            0xff00_0000_0000_0000u64 + i * 0x200,
+            0xff10_0000_0000_0000u64 + (i % PROCESSES) * 0x1000,
+            0x7f00_0000_0000u64 + i * 0x10_0000,
+            0x7f00_0000_0000u64 + i * 0x10_0000 + 0x10_0000,
+        );
+        writeln!(
+            w,
+            r#"{{"ts_ns":{ts},"duration_ns":1000,"point":"umem_get","device":"rxe0",{common},"args":[79,0,0,0],"ret":0,"aux":0}}"#
+        )
+        .expect("write");
+        ts += 1000;
+        for _ in 0..2 {
+            writeln!(
+                w,
+                r#"{{"ts_ns":{ts},"duration_ns":20000,"point":"fault",{common},"args":[4611686018427387904,0,0,0],"ret":256,"aux":0}}"#
+            )
+            .expect("write");
+            ts += 30_000;
+        }
+    }
+    w.flush().expect("flush");
+    drop(w);
+    let out = dir.path().join("summary.json");
+    let (code, peak_kib) = peak_rss_kib(
+        &[
+            "--json".as_ref(),
+            "monitor".as_ref(),
+            "--summary".as_ref(),
+            "--speed".as_ref(),
+            "0".as_ref(),
+            "--replay".as_ref(),
+            path.as_os_str(),
+        ],
+        &out,
+    );
+    let text = std::fs::read_to_string(&out).expect("summary");
+    assert_eq!(code, 0, "{text}");
+    let summary: Value = serde_json::from_str(&text).expect("one JSON document");
+    // Every count exact, however little latency detail was kept.
+    assert_eq!(summary["totals"]["faults"], 2 * MRS);
+    assert_eq!(summary["mrs"].as_array().map(Vec::len), Some(MRS as usize));
+    assert_eq!(
+        summary["summarised"]["mrs_without_latency"],
+        MRS - 4096,
+        "{}",
+        summary["summarised"]
+    );
+    assert_eq!(
+        summary["summarised"]["processes_without_latency"],
+        PROCESSES - 1024
+    );
+    // One histogram per MR of the old size (~33 KiB each) alone would be 400 MB.
+    assert!(peak_kib < 200 * 1024, "peak RSS {peak_kib} KiB");
+    let _ = writeln!(
+        std::io::stderr(),
+        "{MRS} MRs, {PROCESSES} processes: peak RSS {} MiB",
+        peak_kib / 1024
+    );
+}

@@ -4,7 +4,7 @@
 use bpf_common::OdpEvent;
 
 use super::faults::FaultSpan;
-use super::{push_window, Engine, CAUSES, HORIZON_NS, REORDER_NS};
+use super::{push_window, Engine, CAUSES, HORIZON_NS, OTHER_TASKS, REORDER_NS, TASK_NAMES_KEPT};
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct InvSpan {
@@ -89,7 +89,13 @@ impl Engine {
             s.counts.invalidations_by_cause[cause] += 1;
             s.invalidation.record(duration);
         });
-        *self.by_task.entry(e.comm()).or_default() += 1;
+        let comm = e.comm();
+        if self.by_task.len() < TASK_NAMES_KEPT || self.by_task.contains_key(&comm) {
+            *self.by_task.entry(comm).or_default() += 1;
+        } else {
+            *self.by_task.entry(OTHER_TASKS.to_string()).or_default() += 1;
+            self.summarised.invalidations_of_other_tasks += 1;
+        }
         self.bucket(e.ts_ns.saturating_add(e.duration_ns))
             .invalidations += 1;
         self.invalidation_done(

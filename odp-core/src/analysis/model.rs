@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use super::faults::FaultSpan;
 use super::invalidations::InvSpan;
-use super::{Engine, RangeSet, Stats};
+use super::stats::Resolution;
+use super::{Engine, RangeSet, Stats, MRS_WITH_LATENCY, PROCESSES_WITH_LATENCY};
 
 /// What the engine found worth pointing at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -147,10 +148,20 @@ impl Engine {
     }
 
     pub(super) fn process_entry(&mut self, pid: u32, comm: &str) -> &mut Process {
-        self.processes.entry(pid).or_insert_with(|| Process {
-            pid,
-            comm: comm.to_string(),
-            stats: Stats::default(),
+        let known = self.processes.len();
+        let summarised = &mut self.summarised;
+        self.processes.entry(pid).or_insert_with(|| {
+            let resolution = if known < PROCESSES_WITH_LATENCY {
+                Resolution::Coarse
+            } else {
+                summarised.processes_without_latency += 1;
+                Resolution::Off
+            };
+            Process {
+                pid,
+                comm: comm.to_string(),
+                stats: Stats::with_resolution(resolution),
+            }
         })
     }
 
@@ -175,6 +186,12 @@ impl Engine {
     ) -> u64 {
         let id = self.next_mr;
         self.next_mr += 1;
+        let resolution = if id <= MRS_WITH_LATENCY {
+            Resolution::Coarse
+        } else {
+            self.summarised.mrs_without_latency += 1;
+            Resolution::Off
+        };
         let device_index = self.device_index(&device);
         self.process_entry(pid, &comm);
         self.mrs.insert(
@@ -195,7 +212,7 @@ impl Engine {
                 released_ns: None,
                 lkey: None,
                 rkey: None,
-                stats: Stats::default(),
+                stats: Stats::with_resolution(resolution),
                 prefetched: RangeSet::default(),
                 device_index,
             },

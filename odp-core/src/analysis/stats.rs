@@ -79,18 +79,46 @@ fn cause_names<S: serde::Serializer>(
     s.collect_map(counts.causes())
 }
 
+/// How finely a latency histogram resolves values, which sets its size.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// Two significant digits (~33 KiB once used): the totals and devices.
+    #[default]
+    Fine,
+    /// One significant digit (~4 KiB; values within 1/16 of each other share a slot): each MR
+    /// and process, of which a run can have tens of thousands.
+    Coarse,
+    /// No histogram: MRs and processes past the engine's cap keep counts only.
+    Off,
+}
+
 /// An HDR histogram in nanoseconds, allocated on first use (most entities never see most kinds).
 #[derive(Debug, Default, Clone)]
-pub struct Latency(Option<Box<Histogram<u64>>>);
+pub struct Latency {
+    hist: Option<Box<Histogram<u64>>>,
+    resolution: Resolution,
+}
 
-/// Two significant digits from 1 ns to 1000 s is enough to tell 2 us from 20 ms, in ~20 KiB.
+/// 1 ns to 1000 s: tells 2 us from 20 ms, and a fault stuck for minutes still lands.
 const HIGHEST_NS: u64 = 1_000_000_000_000;
 
 impl Latency {
+    pub fn new(resolution: Resolution) -> Self {
+        Latency {
+            hist: None,
+            resolution,
+        }
+    }
+
     pub fn record(&mut self, ns: u64) {
-        let hist = self.0.get_or_insert_with(|| {
+        let digits = match self.resolution {
+            Resolution::Fine => 2,
+            Resolution::Coarse => 1,
+            Resolution::Off => return,
+        };
+        let hist = self.hist.get_or_insert_with(|| {
             Box::new(
-                Histogram::new_with_bounds(1, HIGHEST_NS, 2)
+                Histogram::new_with_bounds(1, HIGHEST_NS, digits)
                     .unwrap_or_else(|_| unreachable!("constant bounds are valid")),
             )
         });
@@ -98,15 +126,15 @@ impl Latency {
     }
 
     pub fn count(&self) -> u64 {
-        self.0.as_ref().map_or(0, |h| h.len())
+        self.hist.as_ref().map_or(0, |h| h.len())
     }
 
     pub fn quantile(&self, q: f64) -> u64 {
-        self.0.as_ref().map_or(0, |h| h.value_at_quantile(q))
+        self.hist.as_ref().map_or(0, |h| h.value_at_quantile(q))
     }
 
     pub fn summary(&self) -> Option<LatencySummary> {
-        let h = self.0.as_ref()?;
+        let h = self.hist.as_ref()?;
         Some(LatencySummary {
             count: h.len(),
             min_ns: h.min(),
@@ -121,7 +149,7 @@ impl Latency {
 
     /// (upper bound ns, count) for each power-of-two bucket that holds values, for bar views.
     pub fn log2_buckets(&self) -> Vec<(u64, u64)> {
-        let Some(h) = self.0.as_ref() else {
+        let Some(h) = self.hist.as_ref() else {
             return Vec::new();
         };
         let mut out: Vec<(u64, u64)> = Vec::new();
@@ -157,6 +185,18 @@ pub struct Stats {
     pub invalidation: Latency,
     pub prefetch: Latency,
     pub collision_wait: Latency,
+}
+
+impl Stats {
+    pub fn with_resolution(resolution: Resolution) -> Self {
+        Stats {
+            counts: Counts::default(),
+            fault: Latency::new(resolution),
+            invalidation: Latency::new(resolution),
+            prefetch: Latency::new(resolution),
+            collision_wait: Latency::new(resolution),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

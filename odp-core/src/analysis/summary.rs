@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Engine, Finding, Mr, SourceFacts, StatsSummary};
+use super::{Engine, Finding, Mr, SourceFacts, StatsSummary, Summarised};
 
 impl Engine {
     /// The aggregates, for `--summary` and tests.
@@ -50,6 +50,7 @@ impl Engine {
             mrs: self.mrs.values().map(MrSummary::of).collect(),
             findings: self.findings.iter().cloned().collect(),
             gave_up: self.gave_up.clone(),
+            summarised: self.summarised,
         }
     }
 }
@@ -70,6 +71,9 @@ pub struct Summary {
     pub findings: Vec<Finding>,
     /// The first faults that gave up, whatever `findings` had room for.
     pub gave_up: Vec<Finding>,
+    /// What was kept in less detail to bound memory (absent when nothing was).
+    #[serde(skip_serializing_if = "Summarised::is_empty")]
+    pub summarised: Summarised,
 }
 
 #[derive(Debug, Clone, Serialize)]

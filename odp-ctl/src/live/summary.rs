@@ -8,6 +8,9 @@ use odp_core::analysis::{fmt_ns, Engine, LatencySummary, Summary};
 use super::{Flow, Sink, State};
 use crate::output::{table, Output};
 
+/// Rows of MRs, processes and tasks the text summary shows; `--json` has them all.
+const TEXT_ROWS: usize = 20;
+
 /// One stderr line a second while a summary run goes on (only on a terminal).
 pub struct Progress {
     next: Option<Instant>,
@@ -154,12 +157,31 @@ pub fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
     if !causes.is_empty() {
         let parts: Vec<String> = causes.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("invalidations by cause: {}", parts.join(", "));
-        let parts: Vec<String> = s
-            .invalidations_by_task
+        let mut tasks: Vec<(&String, &u64)> = s.invalidations_by_task.iter().collect();
+        tasks.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let mut parts: Vec<String> = tasks
             .iter()
+            .take(TEXT_ROWS)
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
+        if tasks.len() > TEXT_ROWS {
+            parts.push(format!("and {} more", tasks.len() - TEXT_ROWS));
+        }
         println!("invalidations by task: {}", parts.join(", "));
+    }
+    let summarised = &s.summarised;
+    if !summarised.is_empty() {
+        println!(
+            "kept in less detail (bounded memory): {} MRs and {} processes past the first {} and {} \
+             without latency histograms; {} invalidations by tasks past the first {} names under {:?}",
+            summarised.mrs_without_latency,
+            summarised.processes_without_latency,
+            odp_core::analysis::MRS_WITH_LATENCY,
+            odp_core::analysis::PROCESSES_WITH_LATENCY,
+            summarised.invalidations_of_other_tasks,
+            odp_core::analysis::TASK_NAMES_KEPT,
+            odp_core::analysis::OTHER_TASKS,
+        );
     }
     if !s.mrs.is_empty() {
         let mut mrs = table(&[
@@ -175,7 +197,9 @@ pub fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
             "retries",
             "timeouts",
         ]);
-        for m in &s.mrs {
+        let mut busiest: Vec<_> = s.mrs.iter().collect();
+        busiest.sort_by_key(|m| std::cmp::Reverse(m.stats.counts.faults));
+        for m in busiest.iter().take(TEXT_ROWS) {
             mrs.add_row(vec![
                 format!("#{}{}", m.id, if m.released { " (released)" } else { "" }),
                 m.device.clone(),
@@ -198,8 +222,16 @@ pub fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
             ]);
         }
         println!("{mrs}");
+        if s.mrs.len() > TEXT_ROWS {
+            println!(
+                "(the {TEXT_ROWS} MRs with the most faults of {}; --json lists all)",
+                s.mrs.len()
+            );
+        }
     }
-    for p in &s.processes {
+    let mut busiest: Vec<_> = s.processes.iter().collect();
+    busiest.sort_by_key(|p| std::cmp::Reverse(p.stats.counts.faults));
+    for p in busiest.iter().take(TEXT_ROWS) {
         println!(
             "process {} ({}): faults {}, invalidations {}, races {}, retries {}, timeouts {}, prefetches {}",
             p.pid,
@@ -210,6 +242,12 @@ pub fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
             p.stats.counts.retries,
             p.stats.timeouts,
             p.stats.counts.prefetches
+        );
+    }
+    if busiest.len() > TEXT_ROWS {
+        println!(
+            "(the {TEXT_ROWS} processes with the most faults of {}; --json lists all)",
+            busiest.len()
         );
     }
     for d in &s.devices {
