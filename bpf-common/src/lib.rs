@@ -16,7 +16,7 @@ pub const HEADER: &str = include_str!("../include/odp_events.h");
 
 /// `struct odp_event`, byte for byte.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct OdpEvent {
     pub ts_ns: u64,
     pub duration_ns: u64,

@@ -10,6 +10,7 @@ mod faults;
 mod invalidations;
 mod model;
 mod ranges;
+mod reorder;
 mod stats;
 mod summary;
 
@@ -24,6 +25,7 @@ use invalidations::PendingRange;
 use model::Space;
 pub use model::{Bucket, Device, Finding, FindingKind, Mr, Process, SourceFacts};
 pub use ranges::RangeSet;
+pub use reorder::{OrderFacts, Reorder, LEAP_NS, LIVE_HOLD_NS, RECORDING_WINDOW_NS};
 pub use stats::{Counts, Latency, LatencySummary, Resolution, Stats, StatsSummary, CAUSES};
 pub use summary::{
     DeviceSummary, MrSummary, PrefetchEffectiveness, ProcessSummary, Rates, Summary,

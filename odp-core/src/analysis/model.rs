@@ -122,6 +122,9 @@ pub struct SourceFacts {
     pub unflushed: u64,
     /// Events shed between the source and the engine because the consumer lagged.
     pub overflow: u64,
+    /// Events the reordering window could not place (late, repeated, out of the stream's span).
+    #[serde(flatten)]
+    pub order: super::OrderFacts,
     /// A recording's lines that were not events, by reason.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub lines_skipped: std::collections::BTreeMap<String, u64>,

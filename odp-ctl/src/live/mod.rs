@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bpf_common::OdpEvent;
-use odp_core::analysis::Engine;
+use odp_core::analysis::{Engine, Reorder};
 
 pub use recorder::Recorder;
 #[cfg(test)]
@@ -34,7 +34,8 @@ pub enum Flow {
 
 /// A consumer of the stream. Every method runs on the pump's thread.
 pub trait Sink {
-    /// Each event, in arrival order, after the engine has ingested it.
+    /// Each event, in order of event time (within the reordering window), after the engine
+    /// has ingested it.
     fn event(&mut self, _e: &OdpEvent, _engine: &Engine) -> anyhow::Result<()> {
         Ok(())
     }
@@ -93,6 +94,7 @@ pub fn run(
     engine.source.probes_attached = source.probes_attached();
     engine.source.probes_total = source.plans.len();
     let mut batch = Vec::new();
+    let mut order = InOrder::new(source.live);
     let mut state = State::default();
     // When the run began stopping (a signal, the deadline): the source's grace counts from it.
     let mut stopped_at: Option<Instant> = None;
@@ -100,7 +102,7 @@ pub fn run(
     loop {
         state.source_done = source.done();
         source.drain(&mut batch);
-        if let Err(e) = feed(&mut engine, sinks, &batch) {
+        if let Err(e) = order.feed(&mut engine, sinks, &batch) {
             failure = Some(e);
             break;
         }
@@ -148,13 +150,18 @@ pub fn run(
     while failure.is_none() {
         let done = source.done();
         source.drain(&mut batch);
-        if let Err(e) = feed(&mut engine, sinks, &batch) {
+        if let Err(e) = order.feed(&mut engine, sinks, &batch) {
             failure = Some(e);
         }
         if done || Instant::now() > drain_until {
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+    if failure.is_none() {
+        if let Err(e) = order.finish(&mut engine, sinks) {
+            failure = Some(e);
+        }
     }
     engine.finish();
     let losses = source.losses();
@@ -195,18 +202,61 @@ pub fn finished_by<T>(thread: &std::thread::JoinHandle<T>, deadline: Instant) ->
     thread.is_finished()
 }
 
-fn feed(
-    engine: &mut Engine,
-    sinks: &mut [&mut dyn Sink],
-    batch: &[OdpEvent],
-) -> anyhow::Result<()> {
-    for e in batch {
-        engine.ingest(e);
-        for sink in sinks.iter_mut() {
-            sink.event(e, engine)?;
+/// The stream between the source and its consumers, put in order of event time within a
+/// bounded window (see `odp_core::analysis::Reorder`), with what it could not place counted.
+struct InOrder {
+    reorder: Reorder,
+    /// Live events are on the monotonic clock, so a quiet stream is let through by the clock.
+    live: bool,
+    ordered: Vec<OdpEvent>,
+}
+
+impl InOrder {
+    fn new(live: bool) -> Self {
+        InOrder {
+            reorder: if live {
+                Reorder::for_live()
+            } else {
+                Reorder::for_recording()
+            },
+            live,
+            ordered: Vec::new(),
         }
     }
-    Ok(())
+
+    fn feed(
+        &mut self,
+        engine: &mut Engine,
+        sinks: &mut [&mut dyn Sink],
+        batch: &[OdpEvent],
+    ) -> anyhow::Result<()> {
+        self.ordered.clear();
+        for e in batch {
+            self.reorder.push(e, &mut self.ordered);
+        }
+        if self.live {
+            self.reorder
+                .release_before(odp_core::trace::monotonic_ns(), &mut self.ordered);
+        }
+        self.deliver(engine, sinks)
+    }
+
+    fn finish(&mut self, engine: &mut Engine, sinks: &mut [&mut dyn Sink]) -> anyhow::Result<()> {
+        self.ordered.clear();
+        self.reorder.finish(&mut self.ordered);
+        self.deliver(engine, sinks)
+    }
+
+    fn deliver(&mut self, engine: &mut Engine, sinks: &mut [&mut dyn Sink]) -> anyhow::Result<()> {
+        engine.source.order = self.reorder.facts;
+        for e in &self.ordered {
+            engine.ingest(e);
+            for sink in sinks.iter_mut() {
+                sink.event(e, engine)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn tick(engine: &Engine, sinks: &mut [&mut dyn Sink], state: &State) -> anyhow::Result<Flow> {

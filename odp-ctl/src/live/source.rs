@@ -161,6 +161,8 @@ pub struct Source {
     pub plans: Vec<PointPlan>,
     /// How long the source has to end once stopped before it is left behind.
     grace: Duration,
+    /// Event times are the kernel's monotonic clock now (live probes), not a recording's past.
+    pub live: bool,
 }
 
 fn fail(inbox: &Inbox, err: anyhow::Error) {
@@ -242,6 +244,7 @@ impl Source {
                 label: "live".into(),
                 plans,
                 grace: PROBES_GRACE,
+                live: true,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -310,6 +313,7 @@ impl Source {
             label,
             plans: Vec::new(),
             grace: RECORDING_GRACE,
+            live: false,
         })
     }
 

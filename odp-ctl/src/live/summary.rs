@@ -79,6 +79,12 @@ pub fn rarer_losses(f: &odp_core::analysis::SourceFacts) -> String {
         (f.unpaired, "calls unpaired (in-flight map full)"),
         (f.unflushed, "CPU faults left in a batch"),
         (f.overflow, "shed by a lagging consumer"),
+        (f.order.late, "too late to place in time order (left out)"),
+        (f.order.duplicates, "exact repeats (left out)"),
+        (
+            f.order.out_of_span,
+            "with a timestamp far outside the stream (left out)",
+        ),
     ] {
         if n > 0 {
             text.push_str(&format!(", {n} {what}"));
