@@ -583,3 +583,38 @@ fn stress_with_monitor_shows_the_run_live_then_reports_after_q() {
     assert!(report.contains("dontneed"), "{report}");
     assert!(report.contains("kernel side (probes)"), "{report}");
 }
+
+#[test]
+fn check_validates_every_example_and_names_the_entry_of_a_bad_one() {
+    for (name, _) in EXAMPLES {
+        let out = odp_ctl()
+            .args(["--json", "stress", "--check"])
+            .arg(scenario(name))
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{name}: {out:?}");
+        let doc = json(&out);
+        assert!(doc["traffic"].as_u64().unwrap_or(0) > 0, "{name}: {doc}");
+    }
+    // Nothing is registered or run: no device is needed to check.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("overlap.toml");
+    std::fs::write(
+        &path,
+        "[[mr]]\nname = \"buf\"\nsize = \"4M\"\n\
+         [[traffic]]\nmr = \"buf\"\nop = \"write\"\n\
+         [[traffic]]\nmr = \"buf\"\nop = \"read\"\nrange = \"1M:1M\"\n",
+    )
+    .expect("write");
+    let out = odp_ctl()
+        .args(["stress", "--check"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains(&format!("{}:7:1: traffic #2", path.display())),
+        "{err}"
+    );
+}

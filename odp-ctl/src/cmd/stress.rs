@@ -43,6 +43,9 @@ pub struct Args {
     /// Print the built-in scenario (a starting point for your own) and exit.
     #[arg(long)]
     pub print_default: bool,
+    /// Check the scenario (syntax and meaning) and exit: nothing is registered or run.
+    #[arg(long)]
+    pub check: bool,
     #[command(flatten)]
     pub attach: super::launch::AttachArgs,
 }
@@ -185,6 +188,32 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let scenario = load(args)?;
+    if args.check {
+        let summary = serde_json::json!({
+            "scenario": scenario.name,
+            "mrs": scenario.mrs.len(),
+            "traffic": scenario.traffic.len(),
+            "invalidate": scenario.actions.len(),
+            "prefetch": scenario.prefetch.len(),
+            "phases": scenario.phases.len(),
+            "duration_s": scenario.total_duration().as_secs_f64(),
+        });
+        if out.json {
+            return out.json(&summary);
+        }
+        println!(
+            "scenario {:?} is valid: {} MRs, {} traffic, {} invalidate, {} prefetch workers, \
+             {} phases, {:.1}s",
+            scenario.name,
+            scenario.mrs.len(),
+            scenario.traffic.len(),
+            scenario.actions.len(),
+            scenario.prefetch.len(),
+            scenario.phases.len(),
+            scenario.total_duration().as_secs_f64()
+        );
+        return Ok(());
+    }
     needs_a_terminal(!args.monitor, "--monitor")?;
     let stop = stop_on_signals()?;
     let mut recorder = None;
