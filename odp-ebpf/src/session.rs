@@ -375,8 +375,17 @@ impl Session {
     }
 
     /// Events lost because the ring buffer was full.
+    /// Events lost to a full ring buffer so far; a plain memory read of the object's .bss, no
+    /// syscall (see `ring_drops` in odp.bpf.c for why that matters).
     pub fn drops(&self) -> u64 {
-        Self::percpu_sum(&self.skel.maps.drops, 0)
+        let Some(bss) = self.skel.maps.bss_data.as_deref() else {
+            return 0;
+        };
+        let counter: *const u64 = &bss.ring_drops;
+        // SAFETY: the pointer is to an aligned u64 in the .bss mapping, which lives as long as
+        // the skeleton borrowed here; the BPF side changes it only with atomic adds, so reading
+        // it as an atomic is sound and sees a whole value.
+        unsafe { (*counter.cast::<std::sync::atomic::AtomicU64>()).load(Ordering::Relaxed) }
     }
 
     /// Program runs the kernel skipped, per attached point: a program does not run again on a
