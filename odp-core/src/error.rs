@@ -128,7 +128,8 @@ impl Error {
             Error::Completion { .. } | Error::CompletionTimeout { .. } => ErrorKind::Completion,
             Error::Os { errno, .. } => match *errno {
                 libc::EOPNOTSUPP | libc::ENOSYS => ErrorKind::Unsupported,
-                libc::EPERM | libc::EACCES => ErrorKind::Permission,
+                // ENOMEM: the memlock limit (or memory itself) refused it: a resource limit.
+                libc::EPERM | libc::EACCES | libc::ENOMEM => ErrorKind::Permission,
                 libc::EINVAL | libc::ENOENT | libc::EFAULT | libc::ERANGE | libc::EOVERFLOW => {
                     ErrorKind::InvalidInput
                 }
@@ -175,6 +176,9 @@ fn hint(op: &'static str, errno: i32) -> &'static str {
             "the provider or kernel cannot prefetch: rxe needs kernel >= 6.17 and rdma-core >= 59"
         }
         libc::EOPNOTSUPP | libc::ENOSYS => "the device, provider or kernel does not implement this",
+        libc::EPERM | libc::EACCES if op == "open file" => {
+            "this user may not read it: check its permissions and those of its directories"
+        }
         libc::EPERM | libc::EACCES => {
             "not permitted: run as root or raise the memlock limit (ulimit -l / CAP_IPC_LOCK)"
         }
@@ -218,8 +222,10 @@ mod tests {
         );
         assert_eq!(
             Error::os("ibv_reg_mr", libc::ENOMEM).kind(),
-            ErrorKind::System
+            ErrorKind::Permission,
+            "a memlock limit is a resource limit (exit 5)"
         );
+        assert_eq!(Error::os("read", libc::EIO).kind(), ErrorKind::System);
     }
 
     #[test]

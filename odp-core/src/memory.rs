@@ -105,7 +105,9 @@ impl Mapping {
     /// Maps `len` bytes with the given backing. The length must be non-zero; for hugetlb it must
     /// be a multiple of the huge page size (the kernel would round it silently otherwise, and the
     /// registered range would not match what the user asked for).
-    pub fn new(len: usize, backing: Backing) -> Result<Self> {
+    /// Whether a buffer of `len` bytes can be asked for in `backing` at all, before anything is
+    /// mapped (or any device opened).
+    pub fn check_len(len: usize, backing: &Backing) -> Result<()> {
         if len == 0 {
             return Err(Error::invalid("buffer length must be greater than zero"));
         }
@@ -114,19 +116,23 @@ impl Mapping {
                 "buffer length {len} overflows the address space"
             )));
         }
+        if *backing == Backing::Hugetlb && len % huge_page_size() != 0 {
+            return Err(Error::invalid(format!(
+                "hugetlb buffers must be a multiple of the huge page size ({} bytes); got {len}",
+                huge_page_size()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn new(len: usize, backing: Backing) -> Result<Self> {
+        Self::check_len(len, &backing)?;
         let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
         let mut file = None;
         let mut op = "mmap";
         match &backing {
             Backing::Anonymous | Backing::Thp => {}
             Backing::Hugetlb => {
-                let huge = huge_page_size();
-                if len % huge != 0 {
-                    return Err(Error::invalid(format!(
-                        "hugetlb buffers must be a multiple of the huge page size ({huge} bytes); \
-                         got {len}"
-                    )));
-                }
                 flags |= libc::MAP_HUGETLB;
                 op = "mmap hugetlb";
             }

@@ -244,6 +244,29 @@ fn devices_without_rdma_says_so_and_exits_3() {
 }
 
 #[test]
+fn a_buffer_too_large_looks_for_the_device_first_and_is_a_resource_limit() {
+    // 1 TiB: no machine here has it. Without a device nothing is mapped and the answer is "no
+    // device" (3); with one, the mapping is refused as a resource limit (5), not "other" (1).
+    let has_device = odp_core::verbs::list_devices().is_ok_and(|d| !d.is_empty());
+    let out = run(&["--json", "register", "--size", "1T"]);
+    let doc = json(&out);
+    if has_device {
+        assert_eq!(out.status.code(), Some(5), "{doc}");
+        assert_eq!(doc["error"]["kind"], "permission", "{doc}");
+        assert!(
+            doc["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("memlock limit"),
+            "{doc}"
+        );
+    } else {
+        assert_eq!(out.status.code(), Some(3), "{doc}");
+        assert_eq!(doc["error"]["kind"], "no-device", "{doc}");
+    }
+}
+
+#[test]
 fn devices_and_caps_show_odp_support() {
     let Some(dev) = device_or_skip("devices_and_caps_show_odp_support") else {
         return;

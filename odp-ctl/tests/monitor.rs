@@ -747,3 +747,36 @@ fn ts_of(line: &str) -> u64 {
         .as_u64()
         .expect("ts_ns")
 }
+
+#[test]
+fn a_recording_this_user_may_not_read_is_a_permission_error() {
+    let test = "a_recording_this_user_may_not_read_is_a_permission_error";
+    if !odp_core::testing::root_or_skip(test, "running odp-ctl as another user") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = dir.path().join("root-only.jsonl");
+    std::fs::copy(fixture(), &path).expect("copy");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let out = odp_ctl()
+        .args(["--json", "monitor", "--summary", "--replay"])
+        .arg(&path)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run as nobody");
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(out.status.code(), Some(5), "{doc}");
+    assert_eq!(doc["error"]["kind"], "permission", "{doc}");
+    assert_eq!(doc["error"]["errno"], 13, "{doc}");
+    // A file that is not there is invalid input, as before.
+    let out = odp_ctl()
+        .args(["monitor", "--summary", "--replay"])
+        .arg(dir.path().join("absent.jsonl"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(6));
+}

@@ -98,6 +98,12 @@ pub fn setup(args: &MrArgs) -> anyhow::Result<MrSetup> {
             odp_core::Error::invalid("--implicit registers no buffer; drop --backing").into(),
         );
     }
+    if !args.implicit {
+        Mapping::check_len(args.size, &backing)?;
+    }
+    // The device first: without one, nothing is mapped (a 1 TiB request says "no device").
+    let ctx = Context::open(args.device.as_deref())?;
+    let pd = ctx.alloc_pd()?;
     let mapping = if args.implicit {
         None
     } else {
@@ -106,8 +112,6 @@ pub fn setup(args: &MrArgs) -> anyhow::Result<MrSetup> {
             Arc::new(Mapping::new(args.size, backing.clone())?),
         ))
     };
-    let ctx = Context::open(args.device.as_deref())?;
-    let pd = ctx.alloc_pd()?;
     let huge_flag = !args.pinned && backing == Backing::Hugetlb && args.hugetlb_flag != "no";
     if !args.pinned {
         access = access | Access::ON_DEMAND;

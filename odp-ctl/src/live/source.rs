@@ -262,9 +262,7 @@ impl Source {
     pub fn recording(path: PathBuf, speed: f64) -> anyhow::Result<Source> {
         // Fail on a missing file or a directory before a screen is taken over; a FIFO opens
         // when its writer does, in the source thread, so signals still end the run meanwhile.
-        let meta = std::fs::metadata(&path).map_err(|e| {
-            odp_core::Error::invalid(format!("cannot open the recording {}: {e}", path.display()))
-        })?;
+        let meta = std::fs::metadata(&path).map_err(|e| cannot_open(&path, e))?;
         if meta.is_dir() {
             return Err(odp_core::Error::invalid(format!(
                 "cannot replay {}: it is a directory",
@@ -472,6 +470,18 @@ fn replay(path: &Path, speed: f64, stop: &AtomicBool, queue: &Queue) -> anyhow::
     result
 }
 
+/// Why a recording could not be opened, classed by its cause: not allowed to read it is a
+/// permission error (exit 5); a missing file and the like are invalid input (exit 6).
+fn cannot_open(path: &Path, e: std::io::Error) -> anyhow::Error {
+    let what = format!("cannot open the recording {}", path.display());
+    match e.raw_os_error() {
+        Some(errno @ (libc::EACCES | libc::EPERM)) => {
+            anyhow::Error::new(odp_core::Error::os("open file", errno)).context(what)
+        }
+        _ => odp_core::Error::invalid(format!("{what}: {e}")).into(),
+    }
+}
+
 /// The longest line a recording may hold: a record is a few hundred bytes, so a longer line
 /// is not a recording (a file without newlines, /dev/zero) and is refused, not buffered.
 pub const MAX_LINE: usize = 64 << 10;
@@ -506,9 +516,7 @@ pub fn read_recording(
     if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
         return Err(not_a_recording("it is a directory".into()).into());
     }
-    let file = File::open(path).map_err(|e| {
-        odp_core::Error::invalid(format!("cannot open the recording {}: {e}", path.display()))
-    })?;
+    let file = File::open(path).map_err(|e| cannot_open(path, e))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut out = Replayed::default();
     let mut line = Vec::new();
