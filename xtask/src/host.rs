@@ -105,10 +105,8 @@ pub fn ensure() -> Result<()> {
         );
     }
     eprintln!("xtask: installing {}", packages.join(" "));
-    run_apt(&["update", "-q"])?;
-    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-    args.extend(&packages);
-    run_apt(&args)?;
+    run_apt_with(&[], &["update", "-q"])?;
+    install_without_removals(&packages)?;
     let still: Vec<&str> = NEEDS
         .iter()
         .filter(|n| !(n.present)())
@@ -120,8 +118,125 @@ pub fn ensure() -> Result<()> {
     Ok(())
 }
 
-fn run_apt(args: &[&str]) -> Result<()> {
+/// Installs `packages` only where apt would remove nothing the machine has. Where the stable
+/// release's versions would (a newer qemu-utils from backports is what these machines carry,
+/// and the stable qemu-system-x86 breaks it), the release's backports are tried, from a
+/// private source list that leaves the machine's apt configuration as it was; failing that,
+/// nothing is installed and the conflict is named.
+fn install_without_removals(packages: &[&str]) -> Result<()> {
+    let removed = simulated_removals(&[], packages)?;
+    if removed.is_empty() {
+        return install(&[], packages);
+    }
+    let codename = release_codename()?;
+    let backports = format!("{codename}-backports");
+    let side = crate::vm::cache_dir().join("host-apt");
+    let options = with_backports(&side, &backports)?;
+    eprintln!(
+        "xtask: from {codename}, installing {} would remove {}; trying {backports}",
+        packages.join(" "),
+        removed.join(", ")
+    );
+    run_apt_with(&options, &["update", "-q"])?;
+    let mut targeted = options.clone();
+    targeted.extend(["-t".to_string(), backports.clone()]);
+    let removed_too = simulated_removals(&targeted, packages)?;
+    if !removed_too.is_empty() {
+        bail!(
+            "installing {} would remove packages this machine has ({} from {codename}, {} from \
+             {backports}); nothing was installed. Install versions that fit them, or remove them \
+             yourself, and run again",
+            packages.join(" "),
+            removed.join(", "),
+            removed_too.join(", ")
+        );
+    }
+    install(&targeted, packages)
+}
+
+/// What `apt-get install` would remove, from a dry run: "NAME [VERSION]" each.
+fn simulated_removals(options: &[String], packages: &[&str]) -> Result<Vec<String>> {
+    let out = Command::new("apt-get")
+        .args(options)
+        .args(["install", "-s", "-q", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .context("running apt-get install -s")?;
+    if !out.status.success() {
+        bail!(
+            "apt-get install -s {} failed: {}",
+            packages.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(removals(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The "Remv NAME [VERSION]" lines of an apt-get dry run.
+fn removals(dry_run: &str) -> Vec<String> {
+    dry_run
+        .lines()
+        .filter_map(|l| l.strip_prefix("Remv "))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+fn install(options: &[String], packages: &[&str]) -> Result<()> {
+    let mut args = vec![
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "--no-remove",
+    ];
+    args.extend(packages);
+    run_apt_with(options, &args)
+}
+
+fn release_codename() -> Result<String> {
+    let text = std::fs::read_to_string("/etc/os-release").context("reading /etc/os-release")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| c.trim_matches('"').to_string())
+        .filter(|c| !c.is_empty())
+        .context("/etc/os-release names no VERSION_CODENAME")
+}
+
+/// apt options that add `suite` from deb.debian.org beside the machine's own sources, with the
+/// lists kept under `dir`: the machine's apt configuration and lists stay as they were.
+fn with_backports(dir: &Path, suite: &str) -> Result<Vec<String>> {
+    let parts = dir.join("sources.list.d");
+    let lists = dir.join("lists");
+    std::fs::create_dir_all(lists.join("partial"))?;
+    let _ = std::fs::remove_dir_all(&parts);
+    std::fs::create_dir_all(&parts)?;
+    for entry in std::fs::read_dir("/etc/apt/sources.list.d")? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".sources") || name.ends_with(".list") {
+            std::os::unix::fs::symlink(&path, parts.join(name))?;
+        }
+    }
+    std::fs::write(
+        parts.join("odp-toolkit-backports.sources"),
+        format!(
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {suite}\nComponents: main\n\
+             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        ),
+    )?;
+    Ok([
+        format!("Dir::Etc::sourceparts={}", parts.display()),
+        format!("Dir::State::Lists={}", lists.display()),
+    ]
+    .into_iter()
+    .flat_map(|o| ["-o".to_string(), o])
+    .collect())
+}
+
+fn run_apt_with(options: &[String], args: &[&str]) -> Result<()> {
     let status = Command::new("apt-get")
+        .args(options)
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
@@ -130,4 +245,22 @@ fn run_apt(args: &[&str]) -> Result<()> {
         bail!("apt-get {} failed with {status}", args.join(" "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dry_run_names_what_it_would_remove() {
+        let dry = "NOTE: This is only a simulation!\n\
+                   Remv qemu-utils [1:10.0.2+ds-2+deb13u1~bpo12+1]\n\
+                   Inst qemu-system-common (1:7.2+dfsg-7+deb12u18+b3 Debian:12.15/oldstable [amd64])\n\
+                   Conf qemu-system-common (1:7.2+dfsg-7+deb12u18+b3 Debian:12.15/oldstable [amd64])\n";
+        assert_eq!(
+            removals(dry),
+            vec!["qemu-utils [1:10.0.2+ds-2+deb13u1~bpo12+1]".to_string()]
+        );
+        assert!(removals("Inst tmux (3.3a-3 Debian:12.15/oldstable [amd64])\n").is_empty());
+    }
 }
