@@ -98,6 +98,10 @@ pub struct Engine {
 /// many MRs, processes and task names a run has (a recording of 50,000 MRs once took 3.7 GB).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Summarised {
+    /// MRs past the first FINE_LATENCY whose quantiles are one-digit (within 1/16).
+    pub mrs_with_coarse_latency: u64,
+    /// Processes past the first FINE_LATENCY whose quantiles are one-digit.
+    pub processes_with_coarse_latency: u64,
     /// MRs past the first MRS_WITH_LATENCY: counts only, no latency histograms.
     pub mrs_without_latency: u64,
     /// Processes past the first PROCESSES_WITH_LATENCY: counts only.
@@ -112,6 +116,9 @@ impl Summarised {
     }
 }
 
+/// MRs and processes (each in order of appearance) whose histograms have two significant digits,
+/// as the totals' do; past them, one.
+pub const FINE_LATENCY: usize = 64;
 /// MRs (in order of appearance) that get their own latency histograms.
 pub const MRS_WITH_LATENCY: u64 = 4096;
 /// Processes (in order of appearance) that get their own latency histograms.

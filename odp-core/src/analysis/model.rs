@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::faults::FaultSpan;
 use super::invalidations::InvSpan;
 use super::stats::Resolution;
-use super::{Engine, RangeSet, Stats, MRS_WITH_LATENCY, PROCESSES_WITH_LATENCY};
+use super::{Engine, RangeSet, Stats, FINE_LATENCY, MRS_WITH_LATENCY, PROCESSES_WITH_LATENCY};
 
 /// What the engine found worth pointing at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -154,7 +154,10 @@ impl Engine {
         let known = self.processes.len();
         let summarised = &mut self.summarised;
         self.processes.entry(pid).or_insert_with(|| {
-            let resolution = if known < PROCESSES_WITH_LATENCY {
+            let resolution = if known < FINE_LATENCY {
+                Resolution::Fine
+            } else if known < PROCESSES_WITH_LATENCY {
+                summarised.processes_with_coarse_latency += 1;
                 Resolution::Coarse
             } else {
                 summarised.processes_without_latency += 1;
@@ -189,7 +192,10 @@ impl Engine {
     ) -> u64 {
         let id = self.next_mr;
         self.next_mr += 1;
-        let resolution = if id <= MRS_WITH_LATENCY {
+        let resolution = if id <= FINE_LATENCY as u64 {
+            Resolution::Fine
+        } else if id <= MRS_WITH_LATENCY {
+            self.summarised.mrs_with_coarse_latency += 1;
             Resolution::Coarse
         } else {
             self.summarised.mrs_without_latency += 1;

@@ -92,11 +92,16 @@ pub enum Resolution {
     Off,
 }
 
-/// An HDR histogram in nanoseconds, allocated on first use (most entities never see most kinds).
+/// An HDR histogram in nanoseconds, allocated on first use (most entities never see most kinds),
+/// with the exact minimum, maximum and sum beside it: quantiles are as fine as the resolution,
+/// the extremes and the mean are exact at any resolution.
 #[derive(Debug, Default, Clone)]
 pub struct Latency {
     hist: Option<Box<Histogram<u64>>>,
     resolution: Resolution,
+    min: u64,
+    max: u64,
+    sum: u128,
 }
 
 /// 1 ns to 1000 s: tells 2 us from 20 ms, and a fault stuck for minutes still lands.
@@ -105,8 +110,8 @@ const HIGHEST_NS: u64 = 1_000_000_000_000;
 impl Latency {
     pub fn new(resolution: Resolution) -> Self {
         Latency {
-            hist: None,
             resolution,
+            ..Latency::default()
         }
     }
 
@@ -123,27 +128,39 @@ impl Latency {
             )
         });
         hist.saturating_record(ns.max(1));
+        self.min = if hist.len() == 1 {
+            ns
+        } else {
+            self.min.min(ns)
+        };
+        self.max = self.max.max(ns);
+        self.sum += u128::from(ns);
     }
 
     pub fn count(&self) -> u64 {
         self.hist.as_ref().map_or(0, |h| h.len())
     }
 
+    /// The value at quantile `q`, never outside the exact extremes (a slot's upper bound can
+    /// lie past the largest value recorded in it).
     pub fn quantile(&self, q: f64) -> u64 {
-        self.hist.as_ref().map_or(0, |h| h.value_at_quantile(q))
+        self.hist
+            .as_ref()
+            .map_or(0, |h| h.value_at_quantile(q).clamp(self.min, self.max))
     }
 
     pub fn summary(&self) -> Option<LatencySummary> {
         let h = self.hist.as_ref()?;
+        let count = h.len();
         Some(LatencySummary {
-            count: h.len(),
-            min_ns: h.min(),
-            mean_ns: h.mean().round() as u64,
-            p50_ns: h.value_at_quantile(0.50),
-            p90_ns: h.value_at_quantile(0.90),
-            p99_ns: h.value_at_quantile(0.99),
-            p999_ns: h.value_at_quantile(0.999),
-            max_ns: h.max(),
+            count,
+            min_ns: self.min,
+            mean_ns: u64::try_from(self.sum / u128::from(count.max(1))).unwrap_or(u64::MAX),
+            p50_ns: self.quantile(0.50),
+            p90_ns: self.quantile(0.90),
+            p99_ns: self.quantile(0.99),
+            p999_ns: self.quantile(0.999),
+            max_ns: self.max,
         })
     }
 
@@ -227,5 +244,28 @@ impl Stats {
                 collision_wait: self.collision_wait.summary(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extremes_and_mean_are_exact_at_any_resolution() {
+        for resolution in [Resolution::Fine, Resolution::Coarse] {
+            let mut l = Latency::new(resolution);
+            for ns in [659_500, 12_345, 7_543_210, 100_000] {
+                l.record(ns);
+            }
+            let s = l.summary().expect("recorded");
+            assert_eq!((s.count, s.min_ns, s.max_ns), (4, 12_345, 7_543_210));
+            assert_eq!(s.mean_ns, (659_500 + 12_345 + 7_543_210 + 100_000) / 4);
+            // Quantiles are the resolution's, and never past the extremes.
+            assert!(s.p999_ns <= s.max_ns && s.p50_ns >= s.min_ns, "{s:?}");
+        }
+        let mut off = Latency::new(Resolution::Off);
+        off.record(5);
+        assert!(off.summary().is_none());
     }
 }

@@ -176,7 +176,20 @@ pub fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
         println!("invalidations by task: {}", parts.join(", "));
     }
     let summarised = &s.summarised;
-    if !summarised.is_empty() {
+    if summarised.mrs_with_coarse_latency + summarised.processes_with_coarse_latency > 0 {
+        println!(
+            "coarser latency: {} MRs and {} processes past the first {} each have one-digit \
+             quantiles (within 1/16; min, max and mean exact)",
+            summarised.mrs_with_coarse_latency,
+            summarised.processes_with_coarse_latency,
+            odp_core::analysis::FINE_LATENCY,
+        );
+    }
+    if summarised.mrs_without_latency
+        + summarised.processes_without_latency
+        + summarised.invalidations_of_other_tasks
+        > 0
+    {
         println!(
             "kept in less detail (bounded memory): {} MRs and {} processes past the first {} and {} \
              without latency histograms; {} invalidations by tasks past the first {} names under {:?}",
