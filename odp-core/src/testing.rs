@@ -4,6 +4,8 @@
 //! reads (`ODP_SKIP_LOG`), so it is counted apart from passes; where the environment demands
 //! every test run (`ODP_REQUIRE_DEVICE=1`, set by `cargo xtask test` in the VM), a skip fails.
 
+pub mod mutation;
+
 use std::io::Write;
 use std::process::Command;
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use odp_core::analysis::{AnalysisConfig, Engine};
 use odp_core::stress::Scenario;
+use odp_core::testing::mutation::{mutate, Mutation, TOKENS};
 use odp_core::trace::Record;
 use proptest::prelude::*;
 
@@ -29,51 +30,9 @@ const SCENARIOS: &[&str] = &[
 
 const CAPTURE: &str = include_str!("../../odp-ctl/tests/data/rxe-dontneed-race.jsonl");
 
-/// Values at the edges, and the ones that once panicked a parser (issue 15's cases).
-const TOKENS: &[&str] = &[
-    "1e30",
-    "1e300",
-    "1e-300",
-    "1e19",
-    "-1",
-    "0",
-    "18446744073709551615",
-    "18446744073709551616",
-    "9999999999999999999999",
-    "\"1h\"",
-    "\"2401h\"",
-    "\"99999999999h\"",
-    "nan",
-    "inf",
-    "\"\"",
-    "true",
-    "[]",
-    "{}",
-    "\"0:0\"",
-    "\"0x7fffffffffffffff:1\"",
-    "\"1T\"",
-    "7",
-    "\"0xffffffffffffffff\"",
-    "\"0x\"",
-    "[[invalidate]]\nmr = \"buf\"\naction = \"dontneed\"\n",
-    "[[phase]]\nduration = \"1s\"\n",
-];
-
 /// The longest one case may take: scenario checks and the engine are linear, so a case near
 /// this bound is a finding, not noise.
 const CASE_BOUND: Duration = Duration::from_secs(2);
-
-#[derive(Debug, Clone)]
-enum Mutation {
-    /// Overwrite the byte at (position modulo length).
-    Byte(usize, u8),
-    /// Insert a token at a position.
-    Insert(usize, usize),
-    /// Delete a run of bytes.
-    Delete(usize, usize),
-    /// Replace what follows the first `=` or `:` after a position with a token.
-    Value(usize, usize),
-}
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
@@ -82,45 +41,6 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (any::<usize>(), 1usize..16).prop_map(|(p, n)| Mutation::Delete(p, n)),
         (any::<usize>(), 0..TOKENS.len()).prop_map(|(p, t)| Mutation::Value(p, t)),
     ]
-}
-
-fn mutate(text: &str, mutations: &[Mutation]) -> String {
-    let mut bytes = text.as_bytes().to_vec();
-    for m in mutations {
-        let len = bytes.len().max(1);
-        match *m {
-            Mutation::Byte(p, b) => {
-                if !bytes.is_empty() {
-                    bytes[p % len] = b;
-                }
-            }
-            Mutation::Insert(p, t) => {
-                let at = p % (bytes.len() + 1);
-                bytes.splice(at..at, TOKENS[t].bytes());
-            }
-            Mutation::Delete(p, n) => {
-                let at = p % len;
-                let end = (at + n).min(bytes.len());
-                bytes.drain(at.min(end)..end);
-            }
-            Mutation::Value(p, t) => {
-                let at = p % len;
-                let Some(sep) = bytes[at.min(bytes.len())..]
-                    .iter()
-                    .position(|&b| b == b'=' || b == b':')
-                else {
-                    continue;
-                };
-                let start = at + sep + 1;
-                let end = bytes[start..]
-                    .iter()
-                    .position(|&b| b == b'\n' || b == b',')
-                    .map_or(bytes.len(), |e| start + e);
-                bytes.splice(start..end, TOKENS[t].bytes());
-            }
-        }
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 proptest! {

@@ -5,6 +5,8 @@
 //! A new consumer of the stream (an exporter, a timeline writer) is one new `Sink`.
 
 mod recorder;
+#[cfg(test)]
+mod replay_fuzz;
 mod source;
 mod summary;
 
