@@ -11,11 +11,11 @@
 //! leaps far past the stream and is not followed there are counted and left out, never silently
 //! taken as truth.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
 
 use bpf_common::OdpEvent;
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHasher};
 use serde::Serialize;
 
 /// How far a recording's stream must move past an event before it goes on: ten times the
@@ -47,11 +47,13 @@ impl OrderFacts {
     }
 }
 
+/// Where a waiting event stands in the order: its end, then its arrival (so events ending at
+/// the same nanosecond keep it), and the slot that holds it. Small, so placing it moves little.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Pending {
     end: u64,
-    /// Arrival order, so events ending at the same nanosecond keep it.
     seq: u64,
+    slot: u32,
 }
 
 #[derive(Debug)]
@@ -60,39 +62,34 @@ pub struct Reorder {
     window_ns: u64,
     /// Live: only the clock lets events go (`release_before`), not newer events.
     by_clock: bool,
-    heap: BinaryHeap<Reverse<(Pending, Slot)>>,
+    /// Waiting events in order. Streams arrive nearly in order, so most go on at the back;
+    /// the rest are placed by binary search, never further back than the window.
+    pending: VecDeque<Pending>,
+    /// The events within the window (waiting, or handed on less than a window ago), by slot,
+    /// with their fingerprints; `free` lists the slots out of the window.
+    slots: Vec<(OdpEvent, u64)>,
+    free: Vec<u32>,
     seq: u64,
     /// The latest end time taken in.
     newest: Option<u64>,
     /// The end time of the last event handed on: nothing earlier can be placed any more.
     released: u64,
-    /// Events within the window (waiting, or handed on less than a window ago), for repeats.
-    recent: FxHashSet<OdpEvent>,
-    recent_released: VecDeque<(u64, OdpEvent)>,
+    /// The slot of each event within the window by fingerprint, for repeats: a fingerprint
+    /// match counts only when the events are equal.
+    recent: FxHashMap<u64, u32>,
+    /// Handed on and still within the window: (end, slot), in order.
+    recent_released: VecDeque<(u64, u32)>,
     /// An event that leapt past the stream, waiting for the next one to confirm the leap.
     leap: Option<OdpEvent>,
     pub facts: OrderFacts,
 }
 
-/// The event itself, ordered by nothing (the heap orders by `Pending`).
-#[derive(Debug, Clone, Copy)]
-struct Slot(OdpEvent);
-
-impl PartialEq for Slot {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for Slot {}
-impl PartialOrd for Slot {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Slot {
-    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
-    }
+/// What tells one call from another: a thread makes one call of a point per entry time. Equal
+/// fingerprints are confirmed by comparing the whole events.
+fn fingerprint(e: &OdpEvent) -> u64 {
+    let mut h = FxHasher::default();
+    (e.ts_ns, e.duration_ns, e.tid, e.point).hash(&mut h);
+    h.finish()
 }
 
 fn end_of(e: &OdpEvent) -> u64 {
@@ -114,11 +111,13 @@ impl Reorder {
         Reorder {
             window_ns,
             by_clock,
-            heap: BinaryHeap::new(),
+            pending: VecDeque::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
             seq: 0,
             newest: None,
             released: 0,
-            recent: FxHashSet::default(),
+            recent: FxHashMap::default(),
             recent_released: VecDeque::new(),
             leap: None,
             facts: OrderFacts::default(),
@@ -155,18 +154,49 @@ impl Reorder {
 
     fn take(&mut self, e: &OdpEvent, out: &mut Vec<OdpEvent>) {
         let end = end_of(e);
-        if self.recent.contains(e) {
-            self.facts.duplicates += 1;
-            return;
+        // The kernel emits each call once: only a recording is checked for repeats.
+        let print = if self.by_clock { 0 } else { fingerprint(e) };
+        if !self.by_clock {
+            let seen = self
+                .recent
+                .get(&print)
+                .and_then(|&slot| self.slots.get(slot as usize));
+            if seen.is_some_and(|(other, _)| other == e) {
+                self.facts.duplicates += 1;
+                return;
+            }
         }
         if self.seq > 0 && end < self.released {
             self.facts.late += 1;
             return;
         }
-        self.recent.insert(*e);
         self.seq += 1;
-        self.heap
-            .push(Reverse((Pending { end, seq: self.seq }, Slot(*e))));
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = (*e, print);
+                slot
+            }
+            None => {
+                self.slots.push((*e, print));
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        // A different event with the same fingerprint keeps its entry; this one is only not
+        // checked for repeats.
+        if !self.by_clock {
+            self.recent.entry(print).or_insert(slot);
+        }
+        let waiting = Pending {
+            end,
+            seq: self.seq,
+            slot,
+        };
+        if self.pending.back().is_none_or(|last| *last <= waiting) {
+            self.pending.push_back(waiting);
+        } else {
+            let at = self.pending.partition_point(|p| *p <= waiting);
+            self.pending.insert(at, waiting);
+        }
         let newest = self.newest.map_or(end, |n| n.max(end));
         self.newest = Some(newest);
         if !self.by_clock {
@@ -182,24 +212,32 @@ impl Reorder {
 
     /// Hands on, in order, every waiting event that ended at or before `until`.
     fn release_until(&mut self, until: u64, out: &mut Vec<OdpEvent>) {
-        while let Some(Reverse((p, _))) = self.heap.peek() {
+        while let Some(p) = self.pending.front() {
             if p.end > until {
                 break;
             }
-            let Some(Reverse((p, Slot(e)))) = self.heap.pop() else {
+            let Some(p) = self.pending.pop_front() else {
                 break;
             };
+            let Some(&(e, _)) = self.slots.get(p.slot as usize) else {
+                continue;
+            };
             self.released = p.end;
-            self.recent_released.push_back((p.end, e));
+            self.recent_released.push_back((p.end, p.slot));
             out.push(e);
         }
         let forget_before = self.released.saturating_sub(self.window_ns);
-        while let Some((end, e)) = self.recent_released.front() {
-            if *end >= forget_before {
+        while let Some(&(end, slot)) = self.recent_released.front() {
+            if end >= forget_before {
                 break;
             }
-            self.recent.remove(e);
             self.recent_released.pop_front();
+            if let Some(&(_, print)) = self.slots.get(slot as usize) {
+                if self.recent.get(&print) == Some(&slot) {
+                    self.recent.remove(&print);
+                }
+            }
+            self.free.push(slot);
         }
     }
 
@@ -214,7 +252,7 @@ impl Reorder {
 
     /// Events waiting for their place.
     pub fn waiting(&self) -> usize {
-        self.heap.len()
+        self.pending.len()
     }
 }
 
