@@ -61,6 +61,9 @@ enum Command {
     /// Run a stress scenario: RDMA traffic over ODP MRs while the CPU side invalidates the
     /// same memory (madvise, remap, mprotect, fork), every byte verified, probes watching.
     Stress(cmd::stress::Args),
+    /// Serve the correlation engine's figures as Prometheus metrics (/metrics, Prometheus text
+    /// or OpenMetrics), from live probes or a --replay recording, until Ctrl-C or SIGTERM.
+    Exporter(cmd::exporter::Args),
 }
 
 fn main() {
@@ -78,6 +81,7 @@ fn main() {
         Command::Probes(args) => cmd::probes::run(&out, &args),
         Command::Trace(args) => cmd::trace::run(&out, &args),
         Command::Monitor(args) => cmd::monitor::run(&out, &args),
+        Command::Exporter(args) => cmd::exporter::run(&out, &args),
         Command::Stress(args) => cmd::stress::run(&out, &args),
     };
     if let Err(err) = result {

@@ -19,29 +19,7 @@ use odp_core::verbs::{Access, Context, LoopbackConfig, LoopbackRc, MemoryRegion}
 use serde_json::Value;
 
 mod common;
-use common::{odp_ctl, odp_ctl_path, Terminal};
-
-/// A capture from the soft-RoCE VM (7.3 kernel, rxe): RDMA WRITEs into an ODP MR while another
-/// thread drops its pages with MADV_DONTNEED; made with `monitor --record` by the VM test below.
-fn fixture() -> PathBuf {
-    const NAME: &str = "rxe-dontneed-race.jsonl";
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(NAME);
-    if source.exists() {
-        return source;
-    }
-    // In the VM the source tree is not there: the copy built into this binary is.
-    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    COPY.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("odp-monitor-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("fixture dir");
-        let path = dir.join(NAME);
-        std::fs::write(&path, include_bytes!("data/rxe-dontneed-race.jsonl")).expect("fixture");
-        path
-    })
-    .clone()
-}
+use common::{fixture, odp_ctl, odp_ctl_path, Terminal};
 
 fn records(path: &Path) -> Vec<Record<'static>> {
     std::fs::read_to_string(path)

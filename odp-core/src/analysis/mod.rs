@@ -26,7 +26,9 @@ use model::Space;
 pub use model::{Bucket, Device, Finding, FindingKind, Mr, Process, SourceFacts};
 pub use ranges::RangeSet;
 pub use reorder::{OrderFacts, Reorder, LEAP_NS, LIVE_HOLD_NS, RECORDING_WINDOW_NS};
-pub use stats::{Counts, Latency, LatencySummary, Resolution, Stats, StatsSummary, CAUSES};
+pub use stats::{
+    Counts, Latency, LatencySummary, Resolution, Stats, StatsSummary, BUCKET_BOUNDS_NS, CAUSES,
+};
 pub use summary::{
     DeviceSummary, MrSummary, PrefetchEffectiveness, ProcessSummary, Rates, Summary,
 };

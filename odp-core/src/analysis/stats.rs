@@ -102,10 +102,37 @@ pub struct Latency {
     min: u64,
     max: u64,
     sum: u128,
+    /// Exact counts per BUCKET_BOUNDS_NS slot (values above the last bound in the last slot),
+    /// for exporters: bucket boundaries must not depend on the histogram's resolution.
+    buckets: Option<Box<[u64; BUCKET_BOUNDS_NS.len() + 1]>>,
 }
 
 /// 1 ns to 1000 s: tells 2 us from 20 ms, and a fault stuck for minutes still lands.
 const HIGHEST_NS: u64 = 1_000_000_000_000;
+
+/// Upper bounds of the exported latency buckets: from 10 us (a warm rxe fault) past the 1 s
+/// HMM limit to 10 s, three per decade.
+pub const BUCKET_BOUNDS_NS: [u64; 19] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
 
 impl Latency {
     pub fn new(resolution: Resolution) -> Self {
@@ -128,6 +155,9 @@ impl Latency {
             )
         });
         hist.saturating_record(ns.max(1));
+        let slot = BUCKET_BOUNDS_NS.partition_point(|&bound| bound < ns);
+        self.buckets
+            .get_or_insert_with(|| Box::new([0; BUCKET_BOUNDS_NS.len() + 1]))[slot] += 1;
         self.min = if hist.len() == 1 {
             ns
         } else {
@@ -135,6 +165,20 @@ impl Latency {
         };
         self.max = self.max.max(ns);
         self.sum += u128::from(ns);
+    }
+
+    /// Values per exported bucket: slot i holds those above BUCKET_BOUNDS_NS[i - 1] and at or
+    /// below BUCKET_BOUNDS_NS[i]; the last slot those above the last bound.
+    pub fn bucket_counts(&self) -> [u64; BUCKET_BOUNDS_NS.len() + 1] {
+        self.buckets
+            .as_deref()
+            .copied()
+            .unwrap_or([0; BUCKET_BOUNDS_NS.len() + 1])
+    }
+
+    /// The sum of every value recorded, exact.
+    pub fn sum_ns(&self) -> u128 {
+        self.sum
     }
 
     pub fn count(&self) -> u64 {
@@ -264,6 +308,29 @@ mod tests {
             // Quantiles are the resolution's, and never past the extremes.
             assert!(s.p999_ns <= s.max_ns && s.p50_ns >= s.min_ns, "{s:?}");
         }
+        let mut l = Latency::new(Resolution::Coarse);
+        for ns in [10_000, 10_001, 999_999_999, 1_000_000_000, 20_000_000_000] {
+            l.record(ns);
+        }
+        let buckets = l.bucket_counts();
+        assert_eq!(
+            buckets[0], 1,
+            "a bound is inclusive: 10 us is in the first slot"
+        );
+        assert_eq!(buckets[1], 1);
+        let slot = |bound: u64| BUCKET_BOUNDS_NS.iter().position(|&b| b == bound);
+        assert_eq!(
+            slot(1_000_000_000).map(|i| buckets[i]),
+            Some(2),
+            "1 s is in the 1 s slot"
+        );
+        assert_eq!(
+            buckets[BUCKET_BOUNDS_NS.len()],
+            1,
+            "20 s is past the last bound"
+        );
+        assert_eq!(buckets.iter().sum::<u64>(), l.count());
+        assert_eq!((l.count(), l.sum_ns()), (5, 22_000_020_000));
         let mut off = Latency::new(Resolution::Off);
         off.record(5);
         assert!(off.summary().is_none());

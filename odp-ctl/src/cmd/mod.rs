@@ -1,5 +1,6 @@
 pub mod caps;
 pub mod devices;
+pub mod exporter;
 pub mod launch;
 pub mod monitor;
 pub mod mr;

@@ -4,6 +4,7 @@
 //!
 //! A new consumer of the stream (an exporter, a timeline writer) is one new `Sink`.
 
+mod metrics;
 mod recorder;
 #[cfg(test)]
 mod replay_fuzz;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use bpf_common::OdpEvent;
 use odp_core::analysis::{Engine, Reorder};
 
+pub use metrics::{Latest, Publisher, Server};
 pub use recorder::Recorder;
 #[cfg(test)]
 pub use source::read_recording;

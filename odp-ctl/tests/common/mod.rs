@@ -3,6 +3,7 @@
 //! fails). Each test file uses part of it.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -80,4 +81,26 @@ impl Drop for Terminal {
     fn drop(&mut self) {
         tmux(&["kill-session", "-t", &self.name]);
     }
+}
+
+/// A capture from the soft-RoCE VM (7.3 kernel, rxe): RDMA WRITEs into an ODP MR while another
+/// thread drops its pages with MADV_DONTNEED; made with `monitor --record` by the VM test below.
+pub fn fixture() -> PathBuf {
+    const NAME: &str = "rxe-dontneed-race.jsonl";
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(NAME);
+    if source.exists() {
+        return source;
+    }
+    // In the VM the source tree is not there: the copy built into this binary is.
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("odp-ctl-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("fixture dir");
+        let path = dir.join(NAME);
+        std::fs::write(&path, include_bytes!("../data/rxe-dontneed-race.jsonl")).expect("fixture");
+        path
+    })
+    .clone()
 }

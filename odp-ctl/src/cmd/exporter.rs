@@ -1,0 +1,114 @@
+//! `odp-ctl exporter`: the correlation engine, always on, served as Prometheus metrics.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bpf_common::Point;
+use odp_core::analysis::{AnalysisConfig, Engine};
+use odp_core::units::parse_duration;
+
+use super::launch::{stop_on_signals, ProbeFilter};
+use crate::live::{self, Latest, Publisher, Run, Server, Sink, Source, Until};
+use crate::output::Output;
+
+/// Where the metrics are served unless told: every interface, port 10087. Prometheus's list of
+/// exporter ports filled 9100-9999 by 2023; this one is outside it and is to be checked against
+/// and registered on that list before a release.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:10087";
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub filter: ProbeFilter,
+    /// Address to serve /metrics (and a status page at /) on; port 0 picks a free one.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Also probe CPU page faults (off by default: the point fires at every process's fault
+    /// rate).
+    #[arg(long)]
+    pub cpu_faults: bool,
+    /// Serve the totals of a recording (from `trace --json`, `monitor --record`) instead of
+    /// live probes; the metrics stay up until Ctrl-C or SIGTERM.
+    #[arg(long)]
+    pub replay: Option<PathBuf>,
+    /// Stop after this long (default: until Ctrl-C or SIGTERM).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+pub fn run(_out: &Output, args: &Args) -> anyhow::Result<()> {
+    let stop = stop_on_signals()?;
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    let server = Server::bind(&args.listen)?;
+    let source = match &args.replay {
+        Some(path) => Source::recording(path.clone(), 0.0)?,
+        None => {
+            let mut config = args.filter.config(None)?;
+            config.points = Some(
+                Point::ALL
+                    .iter()
+                    .copied()
+                    .filter(|&p| args.cpu_faults || p != Point::PageFaultUser)
+                    .collect(),
+            );
+            Source::probes(config, deadline)?
+        }
+    };
+    let label = source.label.clone();
+    let attached = format!(
+        "{}/{} probes attached",
+        source.probes_attached(),
+        source.plans.len()
+    );
+    eprintln!(
+        "odp-ctl exporter: serving http://{}/metrics ({label}{})",
+        server.addr,
+        if args.replay.is_some() {
+            String::new()
+        } else {
+            format!(", {attached}")
+        }
+    );
+    let latest = Arc::new(Latest::default());
+    let mut publisher = Publisher::new(Arc::clone(&latest), &source.plans);
+    let server_stop = AtomicBool::new(false);
+    let addr = server.addr;
+    let status = move || {
+        format!(
+            "odp-ctl exporter {}\nsource: {label}\nmetrics: http://{addr}/metrics \
+             (Prometheus text, or OpenMetrics when asked)\n",
+            env!("CARGO_PKG_VERSION")
+        )
+    };
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let server_thread = scope.spawn(|| server.serve(&latest, &server_stop, &status));
+        let result = live::run(
+            source,
+            Engine::new(AnalysisConfig::default()),
+            &mut [&mut publisher as &mut dyn Sink],
+            Run {
+                stop: &stop,
+                deadline,
+                until: Until::SourceEnds,
+                before_detach: &|| {},
+            },
+        );
+        // A recording's totals stay served until a signal or the deadline.
+        if result.is_ok() && args.replay.is_some() {
+            while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        server_stop.store(true, Ordering::Relaxed);
+        let answered = server_thread.join().map_err(|payload| {
+            anyhow::anyhow!(
+                "the metrics server panicked: {}",
+                odp_core::stress::panic_message(payload.as_ref())
+            )
+        })?;
+        eprintln!("odp-ctl exporter: stopped after {answered} requests");
+        result.map(|_| ())
+    })
+}

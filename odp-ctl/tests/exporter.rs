@@ -1,0 +1,267 @@
+//! `odp-ctl exporter` over loopback: a recording's totals served as metrics in both text
+//! formats, agreeing with `monitor --summary` on the same recording; clean stop on SIGTERM.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{fixture, odp_ctl};
+
+/// The exporter on a free loopback port, and the address it says it serves.
+fn start(args: &[&std::ffi::OsStr]) -> (Child, String) {
+    let mut child = odp_ctl()
+        .args(["exporter", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn exporter");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("first stderr line");
+    // The rest is drained, so the exporter's last words do not meet a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
+/// One HTTP GET over loopback: (status, content type, body).
+fn get(addr: &str, path: &str, accept: Option<&str>) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("headers end");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_string())
+}
+
+/// Samples by their full name with labels, e.g. `odp_faults_total{device="rxe0",...}`.
+fn samples(body: &str) -> HashMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of every sample of `metric` whose labels contain all of `with`.
+fn sum(samples: &HashMap<String, f64>, metric: &str, with: &[&str]) -> f64 {
+    samples
+        .iter()
+        .filter(|(k, _)| k.split('{').next() == Some(metric) && with.iter().all(|w| k.contains(w)))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Waits for the metrics to hold the whole recording (the engine publishes once a second).
+fn metrics_once_complete(addr: &str, events: f64) -> HashMap<String, f64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _, body) = get(addr, "/metrics", None);
+        if status == 200 {
+            let s = samples(&body);
+            if s.get("odp_exporter_events_total") == Some(&events) {
+                return s;
+            }
+        }
+        assert!(Instant::now() < deadline, "no complete snapshot: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn stop(mut child: Child) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the exporter did not stop within 5 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_recordings_totals_are_served_in_both_formats_and_agree_with_the_summary() {
+    let summary = odp_ctl()
+        .args(["--json", "monitor", "--summary", "--replay"])
+        .arg(fixture())
+        .output()
+        .expect("summary");
+    let summary: serde_json::Value = serde_json::from_slice(&summary.stdout).expect("json");
+    let totals = &summary["totals"];
+    let n = |v: &serde_json::Value| v.as_u64().expect("a count") as f64;
+
+    let capture = fixture();
+    let (child, addr) = start(&["--replay".as_ref(), capture.as_os_str()]);
+    let m = metrics_once_complete(&addr, n(&summary["events"]));
+    assert_eq!(sum(&m, "odp_faults_total", &[]), n(&totals["faults"]));
+    assert_eq!(
+        sum(&m, "odp_fault_pages_total", &[]),
+        n(&totals["fault_pages"])
+    );
+    assert_eq!(sum(&m, "odp_races_total", &[]), n(&totals["races"]));
+    assert_eq!(sum(&m, "odp_retries_total", &[]), n(&totals["retries"]));
+    assert_eq!(
+        sum(&m, "odp_invalidations_total", &["cause=\"CLEAR\""]),
+        n(&totals["invalidations_by_cause"]["CLEAR"])
+    );
+    assert_eq!(
+        sum(&m, "odp_invalidations_total", &[]),
+        n(&totals["invalidations"])
+    );
+    // Labelled by device and process; the capture has one of each.
+    assert!(
+        m.contains_key("odp_faults_total{device=\"rxe0\",process=\"race_workload\"}"),
+        "{:?}",
+        m.keys()
+            .filter(|k| k.starts_with("odp_faults"))
+            .collect::<Vec<_>>()
+    );
+    // Histograms: every fault in exactly one bucket, +Inf holds them all, the sum is exact.
+    let faults = n(&totals["latency"]["fault"]["count"]);
+    assert_eq!(
+        sum(&m, "odp_fault_duration_seconds_count", &["device=\"rxe0\""]),
+        faults
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "odp_fault_duration_seconds_bucket",
+            &["device=\"rxe0\"", "le=\"+Inf\""]
+        ),
+        faults
+    );
+    let under_1s = sum(
+        &m,
+        "odp_fault_duration_seconds_bucket",
+        &["device=\"rxe0\"", "le=\"1.0\""],
+    );
+    assert!(under_1s <= faults && under_1s > 0.0, "{under_1s}");
+    let mean_s = n(&totals["latency"]["fault"]["mean_ns"]) / 1e9;
+    let sum_s = sum(&m, "odp_fault_duration_seconds_sum", &["device=\"rxe0\""]);
+    assert!(
+        (sum_s / faults - mean_s).abs() < 1e-9,
+        "sum {sum_s} over {faults} faults is not the mean {mean_s}"
+    );
+    // A recording says what its source lost: nothing here, and the counters say so.
+    assert_eq!(sum(&m, "odp_exporter_ring_drops_total", &[]), 0.0);
+
+    // The Prometheus text format by default, OpenMetrics when the scraper prefers it.
+    let (_, plain, body) = get(&addr, "/metrics", Some("text/plain;version=0.0.4"));
+    assert_eq!(plain, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(!body.contains("# EOF"));
+    assert!(body.contains("# TYPE odp_faults_total counter"), "{body}");
+    let prometheus_accept = "application/openmetrics-text;version=1.0.0,\
+                             application/openmetrics-text;version=0.0.1;q=0.75,\
+                             text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (status, open, body) = get(&addr, "/metrics", Some(prometheus_accept));
+    assert_eq!(status, 200);
+    assert!(
+        open.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{open}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert_eq!(
+        sum(&samples(&body), "odp_faults_total", &[]),
+        n(&totals["faults"])
+    );
+
+    let (status, _, page) = get(&addr, "/", None);
+    assert_eq!(status, 200);
+    assert!(page.contains("/metrics"), "{page}");
+    assert_eq!(get(&addr, "/nothing-here", None).0, 404);
+
+    let status = stop(child);
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn an_address_it_cannot_listen_on_is_invalid_input() {
+    let out = odp_ctl()
+        .args(["exporter", "--listen", "256.0.0.1:80", "--replay"])
+        .arg(fixture())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on 256.0.0.1:80"));
+}
+
+#[test]
+fn live_probes_are_served_while_a_workload_faults() {
+    let test = "live_probes_are_served_while_a_workload_faults";
+    if odp_core::testing::device_or_skip(test).is_none()
+        || !odp_core::testing::root_or_skip(test, "loading BPF")
+    {
+        return;
+    }
+    let (child, addr) = start(&[]);
+    let workload = odp_ctl()
+        .args(["register", "--size", "1M", "--traffic"])
+        .output()
+        .expect("workload");
+    assert!(workload.status.success(), "{workload:?}");
+    // Loopback traffic out of a fresh 1 MiB ODP MR faults every page in: 256 pages at least.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let m = loop {
+        let (status, _, body) = get(&addr, "/metrics", None);
+        let m = samples(&body);
+        if status == 200 && sum(&m, "odp_fault_pages_total", &[]) >= 256.0 {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "faulted pages never reached 256: {}",
+            sum(&m, "odp_fault_pages_total", &[])
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(sum(&m, "odp_faults_total", &["process=\"odp-ctl\""]) > 0.0);
+    assert!(sum(&m, "odp_exporter_probe", &["status=\"attached\""]) > 0.0);
+    // The CPU page-fault point is off unless asked for.
+    assert!(
+        m.keys()
+            .any(|k| k.contains("point=\"page_fault_user\"") && k.contains("status=\"skipped\"")),
+        "{:?}",
+        m.keys()
+            .filter(|k| k.contains("page_fault_user"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(sum(&m, "odp_exporter_missed_runs_total", &[]), 0.0);
+    let status = stop(child);
+    assert!(status.success(), "{status}");
+}
