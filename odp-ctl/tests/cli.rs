@@ -38,6 +38,11 @@ fn help_lists_every_command_and_the_exit_codes() {
         "caps",
         "register",
         "prefetch",
+        "probes",
+        "trace",
+        "monitor",
+        "stress",
+        "exporter",
         "Exit codes:",
         "3  no RDMA device",
     ] {
