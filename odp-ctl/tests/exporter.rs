@@ -265,3 +265,79 @@ fn live_probes_are_served_while_a_workload_faults() {
     let status = stop(child);
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn the_monitor_serves_the_same_metrics_while_it_runs() {
+    // The recording comes through a FIFO the test holds open: the monitor runs until it closes.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("events.fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let mut child = odp_ctl()
+        .args([
+            "monitor",
+            "--summary",
+            "--metrics",
+            "127.0.0.1:0",
+            "--replay",
+        ])
+        .arg(&fifo)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("monitor");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("first line");
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    let capture = std::fs::read_to_string(fixture()).expect("capture");
+    let events = capture.lines().count() as f64;
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .expect("open the FIFO");
+    writer.write_all(capture.as_bytes()).expect("write events");
+    // All but the stream's last 100 ms (the reordering window waits for what might still come
+    // before them) reach the engine while the FIFO is open.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _, body) = get(&addr, "/metrics", None);
+        let m = samples(&body);
+        let seen = sum(&m, "odp_exporter_events_total", &[]);
+        if status == 200 && seen > events / 2.0 {
+            assert!(seen <= events, "{seen} of {events}");
+            assert!(sum(&m, "odp_faults_total", &[]) > 0.0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metrics while monitoring: {seen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Closing the FIFO ends the replay, the monitor, and the server with it.
+    drop(writer);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the monitor did not end with its replay"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        TcpStream::connect(&addr).is_err(),
+        "still listening after exit"
+    );
+}

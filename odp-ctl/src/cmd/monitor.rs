@@ -2,6 +2,8 @@
 //! and timeouts, from live probes or a recording.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use odp_core::analysis::{AnalysisConfig, Engine};
@@ -11,7 +13,9 @@ use super::launch::{
     attach_before, child_outcome, needs_a_terminal, spawn_gated, stop_on_signals, Gated,
     ProbeFilter,
 };
-use crate::live::{self, print_summary, Progress, Recorder, Run, Sink, Source, Until};
+use crate::live::{
+    self, print_summary, Latest, Progress, Publisher, Recorder, Run, Server, Sink, Source, Until,
+};
 use crate::output::Output;
 use crate::tui::Tui;
 
@@ -41,6 +45,10 @@ pub struct Args {
     /// Screen refreshes per second.
     #[arg(long, default_value = "10", value_parser = clap::value_parser!(u32).range(1..=60))]
     pub fps: u32,
+    /// Also serve the engine's figures as Prometheus metrics on ADDR (as `exporter` does)
+    /// while the monitor runs.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Run this command and monitor it (implies --pid of the child); the source ends when it exits.
     #[arg(last = true, conflicts_with = "replay")]
     pub command: Vec<String>,
@@ -124,9 +132,31 @@ fn view_or_summarize(
     deadline: Option<Instant>,
     recorder: Option<&mut Recorder>,
 ) -> anyhow::Result<()> {
+    let server = args.metrics.as_deref().map(Server::bind).transpose()?;
+    let latest = Arc::new(Latest::default());
+    let mut publisher = server
+        .as_ref()
+        .map(|_| Publisher::new(Arc::clone(&latest), &source.plans));
+    let label = source.label.clone();
+    if let Some(server) = &server {
+        eprintln!("monitor: serving http://{}/metrics", server.addr);
+    }
+    let mut progress = Progress::on_terminal();
+    let mut screen = if args.summary {
+        None
+    } else {
+        Some(Tui::start(&source, args.fps)?)
+    };
     let mut sinks: Vec<&mut dyn Sink> = Vec::new();
     if let Some(r) = recorder {
         sinks.push(r);
+    }
+    if let Some(p) = publisher.as_mut() {
+        sinks.push(p);
+    }
+    match screen.as_mut() {
+        Some(screen) => sinks.push(screen),
+        None => sinks.push(&mut progress),
     }
     let run = Run {
         stop,
@@ -138,13 +168,34 @@ fn view_or_summarize(
         },
         before_detach: &|| {},
     };
-    if args.summary {
-        let mut progress = Progress::on_terminal();
-        sinks.push(&mut progress);
-        let (engine, _) = live::run(source, Engine::new(config), &mut sinks, run)?;
-        return print_summary(out, &engine.summary());
-    }
-    let mut screen = Tui::start(&source, args.fps)?;
-    sinks.push(&mut screen);
-    live::run(source, Engine::new(config), &mut sinks, run).map(drop)
+    let server_stop = AtomicBool::new(false);
+    let status = || {
+        format!(
+            "odp-ctl monitor {}\nsource: {label}\n",
+            env!("CARGO_PKG_VERSION")
+        )
+    };
+    std::thread::scope(|scope| {
+        let serving = server
+            .as_ref()
+            .map(|server| scope.spawn(|| server.serve(&latest, &server_stop, &status)));
+        let result =
+            live::run(source, Engine::new(config), &mut sinks, run).and_then(|(engine, _)| {
+                if args.summary {
+                    print_summary(out, &engine.summary())
+                } else {
+                    Ok(())
+                }
+            });
+        server_stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = serving {
+            handle.join().map_err(|payload| {
+                anyhow::anyhow!(
+                    "the metrics server panicked: {}",
+                    odp_core::stress::panic_message(payload.as_ref())
+                )
+            })?;
+        }
+        result
+    })
 }
