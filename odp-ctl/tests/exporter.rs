@@ -341,3 +341,41 @@ fn the_monitor_serves_the_same_metrics_while_it_runs() {
         "still listening after exit"
     );
 }
+
+#[test]
+fn counters_stay_whole_when_released_mrs_are_retired() {
+    // 3,000 MRs registered, faulted and released: past the engine's kept releases, their counts
+    // are folded by device and process, and the served counters still add up to every fault.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("churn.jsonl");
+    let mut text = String::new();
+    let mut ts = 1_000_000_000u64;
+    for i in 0..3000u64 {
+        let common = format!(
+            r#""group":"ib_core","method":"kprobe","pid":300,"tid":300,"comm":"churner","obj":"{:#x}","mm":"0xff10000000001000","start":"{:#x}","end":"{:#x}""#,
+            0xff00_0000_0000_0000u64 + i * 0x200,
+            0x7f00_0000_0000u64 + i * 0x10_0000,
+            0x7f00_0000_0000u64 + i * 0x10_0000 + 0x10_0000,
+        );
+        for (point, extra) in [
+            ("umem_get", r#","device":"rxe0","args":[79,0,0,0],"ret":0"#),
+            ("fault", r#","args":[0,0,0,0],"ret":256"#),
+            ("umem_release", r#","args":[0,0,0,0]"#),
+        ] {
+            text.push_str(&format!(
+                r#"{{"ts_ns":{ts},"duration_ns":1000,"point":"{point}",{common}{extra},"aux":0}}"#
+            ));
+            text.push('\n');
+            ts += 10_000;
+        }
+    }
+    std::fs::write(&path, text).expect("write");
+    let (child, addr) = start(&["--replay".as_ref(), path.as_os_str()]);
+    let m = metrics_once_complete(&addr, 9000.0);
+    assert_eq!(
+        sum(&m, "odp_faults_total", &["process=\"churner\""]),
+        3000.0
+    );
+    assert_eq!(sum(&m, "odp_live_mrs", &[]), 0.0);
+    assert!(stop(child).success());
+}

@@ -94,6 +94,10 @@ pub struct Engine {
     gave_up: Vec<Finding>,
     pub source: SourceFacts,
     summarised: Summarised,
+    /// Released MR ids, oldest first, for retiring them past RELEASED_KEPT.
+    released_order: VecDeque<u64>,
+    /// Counts of retired MRs by (device, process name).
+    retired: BTreeMap<(String, String), Counts>,
 }
 
 /// What the engine kept in less detail than the rest, so that its memory stays bounded however
@@ -110,6 +114,9 @@ pub struct Summarised {
     pub processes_without_latency: u64,
     /// Invalidations by tasks whose names came past TASK_NAMES_KEPT, counted under OTHER_TASKS.
     pub invalidations_of_other_tasks: u64,
+    /// Released MRs past the last RELEASED_KEPT: folded into counts per device and process
+    /// name (`Engine::retired`), no longer listed one by one.
+    pub mrs_retired: u64,
 }
 
 impl Summarised {
@@ -125,6 +132,8 @@ pub const FINE_LATENCY: usize = 64;
 pub const MRS_WITH_LATENCY: u64 = 4096;
 /// Processes (in order of appearance) that get their own latency histograms.
 pub const PROCESSES_WITH_LATENCY: usize = 1024;
+/// Released MRs kept one by one (for the views); older ones are retired into counts.
+pub const RELEASED_KEPT: usize = 1024;
 /// Distinct task names counted apart in invalidations by task.
 pub const TASK_NAMES_KEPT: usize = 256;
 /// Where invalidations by the task names past TASK_NAMES_KEPT are counted.
@@ -161,7 +170,15 @@ impl Engine {
             gave_up: Vec::new(),
             source: SourceFacts::default(),
             summarised: Summarised::default(),
+            released_order: VecDeque::new(),
+            retired: BTreeMap::new(),
         }
+    }
+
+    /// Counts of the MRs retired after their release, by (device, process name): with the
+    /// MRs still kept, they add up to everything the engine saw.
+    pub fn retired(&self) -> &BTreeMap<(String, String), Counts> {
+        &self.retired
     }
 
     pub fn config(&self) -> &AnalysisConfig {

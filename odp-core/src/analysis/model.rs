@@ -9,7 +9,9 @@ use serde::Serialize;
 use super::faults::FaultSpan;
 use super::invalidations::InvSpan;
 use super::stats::Resolution;
-use super::{Engine, RangeSet, Stats, FINE_LATENCY, MRS_WITH_LATENCY, PROCESSES_WITH_LATENCY};
+use super::{
+    Engine, RangeSet, Stats, FINE_LATENCY, MRS_WITH_LATENCY, PROCESSES_WITH_LATENCY, RELEASED_KEPT,
+};
 
 /// What the engine found worth pointing at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -288,7 +290,29 @@ impl Engine {
                 if let Some(space) = self.spaces.get_mut(&mm) {
                     space.mrs.retain(|m| *m != id);
                 }
+                self.released_order.push_back(id);
+                self.retire_old_releases();
             }
+        }
+    }
+
+    /// Keeps the last RELEASED_KEPT released MRs apart; older ones are folded into their
+    /// (device, process name)'s retired counts, so totals stay whole (counters never go back)
+    /// while memory stays bounded however many MRs come and go.
+    fn retire_old_releases(&mut self) {
+        while self.released_order.len() > RELEASED_KEPT {
+            let Some(id) = self.released_order.pop_front() else {
+                break;
+            };
+            let Some(mr) = self.mrs.remove(&id) else {
+                continue;
+            };
+            let retired = self
+                .retired
+                .entry((mr.device.clone(), mr.comm.clone()))
+                .or_default();
+            retired.add(&mr.stats.counts);
+            self.summarised.mrs_retired += 1;
         }
     }
 

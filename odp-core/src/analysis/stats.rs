@@ -52,6 +52,35 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Adds every count of `other` to these.
+    pub fn add(&mut self, other: &Counts) {
+        self.faults += other.faults;
+        self.fault_pages += other.fault_pages;
+        self.fault_errors += other.fault_errors;
+        self.prefetches += other.prefetches;
+        self.prefetched_pages += other.prefetched_pages;
+        self.prefetched_then_faulted_pages += other.prefetched_then_faulted_pages;
+        self.prefetch_retries += other.prefetch_retries;
+        self.invalidations += other.invalidations;
+        self.invalidated_bytes += other.invalidated_bytes;
+        for (total, n) in self
+            .invalidations_by_cause
+            .iter_mut()
+            .zip(other.invalidations_by_cause)
+        {
+            *total += n;
+        }
+        self.races += other.races;
+        self.retries += other.retries;
+        self.retried_faults += other.retried_faults;
+        self.hmm_busy += other.hmm_busy;
+        self.collision_waits += other.collision_waits;
+        self.hmm_timeouts += other.hmm_timeouts;
+        self.unresolved += other.unresolved;
+        self.slow += other.slow;
+        self.cpu_faults += other.cpu_faults;
+    }
+
     /// Every kind of timeout the issue names: HMM limit, unresolved, slow.
     pub fn timeouts(&self) -> u64 {
         self.hmm_timeouts + self.unresolved + self.slow

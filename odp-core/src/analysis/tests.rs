@@ -558,3 +558,49 @@ fn a_fault_ending_at_the_top_of_the_address_space_does_not_overflow() {
     engine.finish();
     assert_eq!(engine.total().counts.faults, 1);
 }
+
+#[test]
+fn released_mrs_past_the_kept_ones_are_retired_into_counts_not_lost() {
+    let churn = RELEASED_KEPT as u64 + 500;
+    let mut events = Vec::new();
+    for i in 0..churn {
+        let umem = UMEM + i * 0x1000;
+        let at = i * 100;
+        events.push(
+            ev(Point::UmemGet, at, 5)
+                .obj(umem)
+                .pages(0, 64)
+                .device("rxe0")
+                .ret(0),
+        );
+        events.push(
+            ev(Point::MapDma, at + 10, 5)
+                .obj(umem)
+                .pages(0, 2)
+                .kworker(7)
+                .ret(2),
+        );
+        events.push(ev(Point::UmemRelease, at + 20, 5).obj(umem).pages(0, 64));
+    }
+    // One more, still registered: it stays, whatever the churn.
+    events.push(register(UMEM2 + 0x10_0000).obj(0xffff_8882_0000_0000));
+    let engine = run(&events);
+    let kept: Vec<&Mr> = engine.mrs().collect();
+    assert_eq!(
+        kept.len(),
+        RELEASED_KEPT + 1,
+        "the last released and the live one"
+    );
+    assert!(kept.iter().any(|m| m.released_ns.is_none()));
+    assert_eq!(engine.summary().summarised.mrs_retired, 500);
+    // Nothing is lost: the retired counts and the kept MRs add up to the totals.
+    let retired: u64 = engine.retired().values().map(|c| c.faults).sum();
+    let listed: u64 = kept.iter().map(|m| m.stats.counts.faults).sum();
+    assert_eq!(retired, 500);
+    assert_eq!(retired + listed, engine.total().counts.faults);
+    assert_eq!(engine.total().counts.faults, churn);
+    assert_eq!(
+        engine.retired().keys().collect::<Vec<_>>(),
+        vec![&("rxe0".to_string(), "app".to_string())]
+    );
+}

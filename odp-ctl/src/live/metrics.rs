@@ -92,11 +92,25 @@ impl Snapshot {
                 OTHER_PROCESSES.to_string()
             };
             let pair = pairs.entry((mr.device.clone(), process)).or_default();
-            add_counts(&mut pair.counts, &mr.stats.counts);
+            pair.counts.add(&mr.stats.counts);
             if mr.released_ns.is_none() {
                 pair.live_mrs += 1;
                 pair.live_bytes += mr.end.saturating_sub(mr.start);
             }
+        }
+        // MRs retired after their release still count, under their own process names where
+        // those are labelled.
+        for ((device, comm), counts) in engine.retired() {
+            let process = if named.contains(comm.as_str()) {
+                comm.clone()
+            } else {
+                OTHER_PROCESSES.to_string()
+            };
+            pairs
+                .entry((device.clone(), process))
+                .or_default()
+                .counts
+                .add(counts);
         }
         let latency = engine
             .devices()
@@ -401,34 +415,6 @@ fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
-}
-
-fn add_counts(total: &mut Counts, c: &Counts) {
-    total.faults += c.faults;
-    total.fault_pages += c.fault_pages;
-    total.fault_errors += c.fault_errors;
-    total.prefetches += c.prefetches;
-    total.prefetched_pages += c.prefetched_pages;
-    total.prefetched_then_faulted_pages += c.prefetched_then_faulted_pages;
-    total.prefetch_retries += c.prefetch_retries;
-    total.invalidations += c.invalidations;
-    total.invalidated_bytes += c.invalidated_bytes;
-    for (t, n) in total
-        .invalidations_by_cause
-        .iter_mut()
-        .zip(c.invalidations_by_cause)
-    {
-        *t += n;
-    }
-    total.races += c.races;
-    total.retries += c.retries;
-    total.retried_faults += c.retried_faults;
-    total.hmm_busy += c.hmm_busy;
-    total.collision_waits += c.collision_waits;
-    total.hmm_timeouts += c.hmm_timeouts;
-    total.unresolved += c.unresolved;
-    total.slow += c.slow;
-    total.cpu_faults += c.cpu_faults;
 }
 
 /// A histogram whose bucket counts come from the engine, in seconds.

@@ -185,6 +185,14 @@ pub fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
             odp_core::analysis::FINE_LATENCY,
         );
     }
+    if summarised.mrs_retired > 0 {
+        println!(
+            "retired: {} released MRs past the last {} are counted by device and process name, \
+             no longer listed",
+            summarised.mrs_retired,
+            odp_core::analysis::RELEASED_KEPT
+        );
+    }
     if summarised.mrs_without_latency
         + summarised.processes_without_latency
         + summarised.invalidations_of_other_tasks
