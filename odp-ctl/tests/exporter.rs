@@ -10,8 +10,21 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{fixture, odp_ctl};
 
+/// A child process that is killed if the test ends without stopping it (a failed assertion
+/// must not leave a server behind).
+struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The exporter on a free loopback port, and the address it says it serves.
-fn start(args: &[&std::ffi::OsStr]) -> (Child, String) {
+fn start(args: &[&std::ffi::OsStr]) -> (Running, String) {
     let mut child = odp_ctl()
         .args(["exporter", "--listen", "127.0.0.1:0"])
         .args(args)
@@ -29,29 +42,34 @@ fn start(args: &[&std::ffi::OsStr]) -> (Child, String) {
         .and_then(|rest| rest.split('/').next())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_string();
-    (child, addr)
+    (Running(Some(child)), addr)
 }
 
 /// One HTTP GET over loopback: (status, content type, body).
 fn get(addr: &str, path: &str, accept: Option<&str>) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    try_get(addr, path, accept).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// `get` for a server that may not be listening yet.
+fn try_get(addr: &str, path: &str, accept: Option<&str>) -> std::io::Result<(u16, String, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
-    )
-    .expect("request");
+    )?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("headers end");
+    stream.read_to_string(&mut response)?;
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("status");
+        .ok_or_else(|| bad("no status"))?;
     let content_type = head
         .lines()
         .find_map(|l| {
@@ -60,7 +78,7 @@ fn get(addr: &str, path: &str, accept: Option<&str>) -> (u16, String, String) {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_default();
-    (status, content_type, body.to_string())
+    Ok((status, content_type, body.to_string()))
 }
 
 /// Samples by their full name with labels, e.g. `odp_faults_total{device="rxe0",...}`.
@@ -101,7 +119,10 @@ fn metrics_once_complete(addr: &str, events: f64) -> HashMap<String, f64> {
 
 /// SIGTERM, then the exit status. Bounded generously: detaching two dozen kprobes in the TCG
 /// guest takes seconds (each waits for RCU), a moment on hardware.
-fn stop(mut child: Child) -> std::process::ExitStatus {
+fn stop(mut running: Running) -> std::process::ExitStatus {
+    let Some(mut child) = running.0.take() else {
+        panic!("stopped twice");
+    };
     let asked = Instant::now();
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
@@ -296,6 +317,7 @@ fn the_monitor_serves_the_same_metrics_while_it_runs() {
         .spawn()
         .expect("monitor");
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut running = Running(Some(child));
     let mut line = String::new();
     stderr.read_line(&mut line).expect("first line");
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
@@ -334,7 +356,9 @@ fn the_monitor_serves_the_same_metrics_while_it_runs() {
     drop(writer);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
+        let child = running.0.as_mut().expect("running");
         if let Some(status) = child.try_wait().expect("wait") {
+            running.0 = None;
             break status;
         }
         assert!(
@@ -386,4 +410,105 @@ fn counters_stay_whole_when_released_mrs_are_retired() {
     );
     assert_eq!(sum(&m, "odp_live_mrs", &[]), 0.0);
     assert!(stop(child).success());
+}
+
+/// A loopback port nobody holds right now (Prometheus takes no port 0).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Asks the Prometheus HTTP API for an instant query; the first result's value, if any.
+fn query(prometheus: &str, promql: &str) -> Option<f64> {
+    let encoded: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (status, _, body) =
+        try_get(prometheus, &format!("/api/v1/query?query={encoded}"), None).ok()?;
+    if status != 200 {
+        return None;
+    }
+    // HTTP/1.1 without Connection: keep-alive may come chunked; take the JSON object itself.
+    let json = &body[body.find('{')?..=body.rfind('}')?];
+    let doc: serde_json::Value = serde_json::from_str(json).ok()?;
+    doc["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_exporter_and_answers_from_its_series() {
+    let test = "a_real_prometheus_scrapes_the_exporter_and_answers_from_its_series";
+    let Some(server) = std::env::var_os("ODP_PROMETHEUS") else {
+        odp_core::testing::skip(
+            test,
+            "no Prometheus server (ODP_PROMETHEUS; cargo xtask test provides Debian's)",
+        );
+        return;
+    };
+    let capture = fixture();
+    let (exporter, addr) = start(&["--replay".as_ref(), capture.as_os_str()]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: odp\n    static_configs:\n      - targets: ['{addr}']\n"
+        ),
+    )
+    .expect("config");
+    let web = format!("127.0.0.1:{}", free_port());
+    let prometheus = std::process::Command::new(&server)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    let prometheus = Running(Some(prometheus));
+    // Scrapes come once a second; the guest is slow, so the wait is generous but bounded.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut faults = None;
+    while Instant::now() < deadline {
+        faults = query(&web, "sum(odp_faults_total)");
+        if faults == Some(1473.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let answers = (
+        faults,
+        query(&web, "up{job=\"odp\"}"),
+        query(&web, "sum(odp_races_total)"),
+        query(&web, "sum(odp_invalidations_total{cause=\"CLEAR\"})"),
+        query(&web, "sum(odp_fault_duration_seconds_count)"),
+        query(
+            &web,
+            "histogram_quantile(1, sum by (le) (odp_fault_duration_seconds_bucket))",
+        ),
+    );
+    drop(prometheus);
+    assert!(stop(exporter).success());
+    let (faults, up, races, clear, count, worst) = answers;
+    assert_eq!(
+        faults,
+        Some(1473.0),
+        "Prometheus never saw the capture's faults"
+    );
+    assert_eq!(up, Some(1.0));
+    assert_eq!(races, Some(4.0));
+    assert_eq!(clear, Some(195.0));
+    assert_eq!(count, Some(1473.0));
+    // The slowest fault (7.53 ms) lies in the (5 ms, 10 ms] bucket; Prometheus answers that
+    // bucket's upper bound for the 100th percentile.
+    assert_eq!(worst, Some(0.01), "histogram_quantile over the buckets");
 }

@@ -2,7 +2,7 @@
 //! the device tests on rxe in the VM), with one closing count over both.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -172,6 +172,7 @@ pub struct TestOpts {
 
 pub fn test(opts: &TestOpts) -> Result<()> {
     crate::host::ensure()?;
+    let prometheus = crate::host::prometheus()?;
     let mut total = Counts::default();
     let mut ok = true;
     if opts.host {
@@ -180,7 +181,8 @@ pub fn test(opts: &TestOpts) -> Result<()> {
         let _ = std::fs::remove_file(&skip_log);
         let mut cmd = cargo();
         cmd.args(["test", "--workspace"])
-            .env(SKIP_LOG_ENV, &skip_log);
+            .env(SKIP_LOG_ENV, &skip_log)
+            .env(PROMETHEUS_ENV, &prometheus);
         if let Some(f) = &opts.filter {
             cmd.args(["--", f]);
         }
@@ -195,7 +197,7 @@ pub fn test(opts: &TestOpts) -> Result<()> {
     }
     if opts.vm {
         println!("== VM tests on soft-RoCE (rxe)");
-        let (success, counts) = vm_tests(opts)?;
+        let (success, counts) = vm_tests(opts, &prometheus)?;
         ok &= success;
         total.add(counts);
     }
@@ -222,6 +224,8 @@ pub fn test(opts: &TestOpts) -> Result<()> {
 /// The variable a test's skip record goes to (odp_core::testing::SKIP_LOG_ENV; xtask does not
 /// link odp-core).
 const SKIP_LOG_ENV: &str = "ODP_SKIP_LOG";
+/// Where the tests find a Prometheus server to scrape the exporter with.
+const PROMETHEUS_ENV: &str = "ODP_PROMETHEUS";
 
 /// Guest boots a VM job may use: a guest killed by the emulator's int3 oops
 /// (docs/FINDINGS.md #6) is booted again (the tests: for the binaries it had not finished).
@@ -243,7 +247,7 @@ fn vm_test_script(names: &[String], filter: Option<&str>) -> String {
     let filter = filter.map(|f| format!(" '{f}'")).unwrap_or_default();
     let mut script = format!(
         "export ODP_REQUIRE_DEVICE=1 ODP_CTL=/job/bin/odp-ctl RUST_BACKTRACE=1 \
-         {SKIP_LOG_ENV}=/job/{VM_RESULTS}/{VM_SKIPS}\n\
+         {SKIP_LOG_ENV}=/job/{VM_RESULTS}/{VM_SKIPS} {PROMETHEUS_ENV}=/job/bin/prometheus\n\
          mkdir -p /job/{VM_RESULTS}\nfail=0\n"
     );
     for name in names {
@@ -281,7 +285,7 @@ fn finished_binaries(names: &[String]) -> Vec<(String, BinaryResult)> {
 
 /// Runs every integration test binary in the guest, booting it again (up to VM_BOOTS)
 /// when the emulator's int3 oops kills it; returns whether all passed and the counts.
-fn vm_tests(opts: &TestOpts) -> Result<(bool, Counts)> {
+fn vm_tests(opts: &TestOpts, prometheus: &Path) -> Result<(bool, Counts)> {
     let (tests, odp_ctl) = build_vm_artifacts()?;
     let guest = crate::prepare(&opts.vm_opts)?;
     let mut pending = tests
@@ -295,6 +299,7 @@ fn vm_tests(opts: &TestOpts) -> Result<(bool, Counts)> {
         .collect::<Result<Vec<_>>>()?;
     let mut binaries = tests.clone();
     binaries.push(odp_ctl);
+    binaries.push(prometheus.to_path_buf());
     // mlx5_ib loads without hardware; its module BTF is what the mlx5 probe test needs.
     let mut vm_opts = opts.vm_opts.clone();
     if !vm_opts.modules.iter().any(|m| m == "mlx5_ib") {

@@ -247,6 +247,41 @@ fn run_apt_with(options: &[String], args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Debian's Prometheus server for the exporter's tests, unpacked into the xtask cache rather
+/// than installed: the package would start a system service on :9090, and the tests start
+/// their own on loopback. Returns the server binary.
+pub fn prometheus() -> Result<std::path::PathBuf> {
+    let dir = crate::vm::cache_dir().join("prometheus");
+    let binary = dir.join("root/usr/bin/prometheus");
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    std::fs::create_dir_all(dir.join("debs"))?;
+    eprintln!("xtask: fetching Debian's prometheus package (for the exporter's tests)");
+    let status = Command::new("apt-get")
+        .args(["download", "-q", "prometheus"])
+        .current_dir(dir.join("debs"))
+        .status()
+        .context("running apt-get download prometheus")?;
+    if !status.success() {
+        bail!("apt-get download prometheus failed with {status}");
+    }
+    let deb = std::fs::read_dir(dir.join("debs"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download left no .deb")?;
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(dir.join("root"))
+        .status()
+        .context("running dpkg-deb -x")?;
+    if !status.success() || !binary.is_file() {
+        bail!("unpacking {} gave no {}", deb.display(), binary.display());
+    }
+    Ok(binary)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
