@@ -240,6 +240,23 @@ fn a_recordings_totals_are_served_in_both_formats_and_agree_with_the_summary() {
 }
 
 #[test]
+fn probe_options_with_a_recording_are_usage_errors() {
+    for flag in [
+        &["--pid", "1"][..],
+        &["--cpu-faults"],
+        &["--attach", "kprobe"],
+    ] {
+        let out = odp_ctl()
+            .args(["exporter", "--replay"])
+            .arg(fixture())
+            .args(flag)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{flag:?}: {out:?}");
+    }
+}
+
+#[test]
 fn an_address_it_cannot_listen_on_is_invalid_input() {
     let out = odp_ctl()
         .args(["exporter", "--listen", "256.0.0.1:80", "--replay"])

@@ -31,7 +31,7 @@ pub struct Args {
     pub cpu_faults: bool,
     /// Serve the totals of a recording (from `trace --json`, `monitor --record`) instead of
     /// live probes; the metrics stay up until Ctrl-C or SIGTERM.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["pid", "comm", "device", "range", "all_mms", "cpu_faults", "attach"])]
     pub replay: Option<PathBuf>,
     /// Stop after this long (default: until Ctrl-C or SIGTERM).
     #[arg(long, value_parser = parse_duration)]
