@@ -31,18 +31,22 @@ fn start(args: &[&std::ffi::OsStr]) -> (Running, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn exporter");
+    let addr = served_address(&mut child);
+    (Running(Some(child)), addr)
+}
+
+/// The address a server child names on its first stderr line (`... http://ADDR/metrics ...`);
+/// the rest of its stderr is drained, so its last words do not meet a closed pipe.
+fn served_address(child: &mut Child) -> String {
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
     let mut line = String::new();
     stderr.read_line(&mut line).expect("first stderr line");
-    // The rest is drained, so the exporter's last words do not meet a closed pipe.
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    let addr = line
-        .split("http://")
+    line.split("http://")
         .nth(1)
         .and_then(|rest| rest.split('/').next())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    (Running(Some(child)), addr)
+        .to_string()
 }
 
 /// One HTTP GET over loopback: (status, content type, body).
@@ -333,17 +337,8 @@ fn the_monitor_serves_the_same_metrics_while_it_runs() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("monitor");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let addr = served_address(&mut child);
     let mut running = Running(Some(child));
-    let mut line = String::new();
-    stderr.read_line(&mut line).expect("first line");
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
     let capture = std::fs::read_to_string(fixture()).expect("capture");
     let events = capture.lines().count() as f64;
     let mut writer = std::fs::OpenOptions::new()

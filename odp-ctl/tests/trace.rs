@@ -326,6 +326,16 @@ fn each_fault_is_attributed_to_the_thread_that_took_it() {
     assert_eq!(session.missed(), 0, "program runs the kernel skipped");
 }
 
+/// A point's plan in a session.
+fn plan_of(session: &Session, point: Point) -> odp_ebpf::PointPlan {
+    session
+        .plans()
+        .iter()
+        .find(|x| x.point == point)
+        .expect("plan")
+        .clone()
+}
+
 #[test]
 fn discovery_reports_a_method_or_a_reason_for_every_point() {
     if !root_or_skip("discovery_reports_a_method_or_a_reason_for_every_point") {
@@ -346,14 +356,7 @@ fn discovery_reports_a_method_or_a_reason_for_every_point() {
             Status::Planned => panic!("left planned: {plan:?}"),
         }
     }
-    let plan = |p: Point| {
-        session
-            .plans()
-            .iter()
-            .find(|x| x.point == p)
-            .expect("plan")
-            .clone()
-    };
+    let plan = |p: Point| plan_of(&session, p);
     // Both this host and the VM have the tracepoint in BTF and libibverbs installed.
     assert_eq!(plan(Point::PageFaultUser).method, Some(Method::TpBtf));
     assert_eq!(plan(Point::VerbsRegMr).status, Status::Attached);
@@ -390,14 +393,7 @@ fn discovery_reports_a_method_or_a_reason_for_every_point() {
                 ..Config::default()
             })
             .expect("probe session");
-            let plan = |p: Point| {
-                session
-                    .plans()
-                    .iter()
-                    .find(|x| x.point == p)
-                    .expect("plan")
-                    .clone()
-            };
+            let plan = |p: Point| plan_of(&session, p);
             for p in [
                 Point::UmemGet,
                 Point::MapDma,
