@@ -402,6 +402,13 @@ step "odp-ctl monitor --replay: the same run again from its recording, as on any
 odp-ctl monitor --summary --replay /tmp/monitor.jsonl | head -3
 step "odp-ctl stress: RDMA WRITE and READ while MADV_DONTNEED drops the same pages 1000 times a second; every byte checked, every drop matched to the kernel's invalidation"
 odp-ctl stress /job/bin/dontneed-storm.toml
+step "odp-ctl exporter: the engine always on, as Prometheus metrics, scraped while a workload faults"
+odp-ctl exporter --listen 127.0.0.1:10087 2>/tmp/exporter.log & e=$!
+until wget -q -O /dev/null http://127.0.0.1:10087/metrics 2>/dev/null; do sleep 0.5; done
+odp-ctl register --size 4M --traffic --message-size 256K >/dev/null
+sleep 2
+wget -q -O - http://127.0.0.1:10087/metrics | grep -E '^odp_(faults|fault_pages|races|retries)_total|^odp_fault_duration_seconds_(count|sum)|^odp_exporter_missed_runs_total' || true
+kill -TERM $e; wait $e
 step "a third-party client on the same device: ibv_rc_pingpong with ODP (-o) and prefetch (-P)"
 ibv_rc_pingpong -d rxe0 -g 1 -o -n 100 >/tmp/srv.log 2>&1 &
 sleep 1
