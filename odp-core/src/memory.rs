@@ -102,11 +102,10 @@ pub fn huge_page_size() -> usize {
 }
 
 impl Mapping {
-    /// Maps `len` bytes with the given backing. The length must be non-zero; for hugetlb it must
-    /// be a multiple of the huge page size (the kernel would round it silently otherwise, and the
-    /// registered range would not match what the user asked for).
     /// Whether a buffer of `len` bytes can be asked for in `backing` at all, before anything is
-    /// mapped (or any device opened).
+    /// mapped (or any device opened). The length must be non-zero; for hugetlb it must be a
+    /// multiple of the huge page size (the kernel would round it silently otherwise, and the
+    /// registered range would not match what the user asked for).
     pub fn check_len(len: usize, backing: &Backing) -> Result<()> {
         if len == 0 {
             return Err(Error::invalid("buffer length must be greater than zero"));
@@ -125,6 +124,7 @@ impl Mapping {
         Ok(())
     }
 
+    /// Maps `len` bytes with the given backing, once `check_len` allows them.
     pub fn new(len: usize, backing: Backing) -> Result<Self> {
         Self::check_len(len, &backing)?;
         let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;

@@ -66,8 +66,8 @@ pub struct Reorder {
     /// the rest are placed by binary search, never further back than the window.
     pending: VecDeque<Pending>,
     /// The events within the window (waiting, or handed on less than a window ago), by slot,
-    /// with their fingerprints; `free` lists the slots out of the window.
-    slots: Vec<(OdpEvent, u64)>,
+    /// with their fingerprints (a recording's only); `free` lists the slots out of the window.
+    slots: Vec<(OdpEvent, Option<u64>)>,
     free: Vec<u32>,
     seq: u64,
     /// The latest end time taken in.
@@ -155,8 +155,8 @@ impl Reorder {
     fn take(&mut self, e: &OdpEvent, out: &mut Vec<OdpEvent>) {
         let end = end_of(e);
         // The kernel emits each call once: only a recording is checked for repeats.
-        let print = if self.by_clock { 0 } else { fingerprint(e) };
-        if !self.by_clock {
+        let print = (!self.by_clock).then(|| fingerprint(e));
+        if let Some(print) = print {
             let seen = self
                 .recent
                 .get(&print)
@@ -183,7 +183,7 @@ impl Reorder {
         };
         // A different event with the same fingerprint keeps its entry; this one is only not
         // checked for repeats.
-        if !self.by_clock {
+        if let Some(print) = print {
             self.recent.entry(print).or_insert(slot);
         }
         let waiting = Pending {
@@ -232,7 +232,7 @@ impl Reorder {
                 break;
             }
             self.recent_released.pop_front();
-            if let Some(&(_, print)) = self.slots.get(slot as usize) {
+            if let Some(&(_, Some(print))) = self.slots.get(slot as usize) {
                 if self.recent.get(&print) == Some(&slot) {
                     self.recent.remove(&print);
                 }
@@ -248,11 +248,6 @@ impl Reorder {
             self.facts.out_of_span += 1;
         }
         self.release_until(u64::MAX, out);
-    }
-
-    /// Events waiting for their place.
-    pub fn waiting(&self) -> usize {
-        self.pending.len()
     }
 }
 

@@ -156,7 +156,6 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = args.duration.map(|d| started + d);
     let source = attach_before(gated.as_mut(), config, deadline)?;
-
     let mut writer = Writer {
         // The buffer outside the trait object: serde_json writes each event in many small
         // pieces, and a BufWriter of known type takes them inline.

@@ -262,14 +262,7 @@ impl Source {
     pub fn recording(path: PathBuf, speed: f64) -> anyhow::Result<Source> {
         // Fail on a missing file or a directory before a screen is taken over; a FIFO opens
         // when its writer does, in the source thread, so signals still end the run meanwhile.
-        let meta = std::fs::metadata(&path).map_err(|e| cannot_open(&path, e))?;
-        if meta.is_dir() {
-            return Err(odp_core::Error::invalid(format!(
-                "cannot replay {}: it is a directory",
-                path.display()
-            ))
-            .into());
-        }
+        replayable(&path)?;
         let inbox = Arc::new(Inbox::default());
         let stop = Arc::new(AtomicBool::new(false));
         let label = format!(
@@ -347,7 +340,6 @@ impl Source {
         self.inbox.done.load(Ordering::Acquire)
     }
 
-    /// Losses so far (the final figures once the source is done).
     /// A recording's lines that were not events, by reason (once it has been read).
     pub(super) fn lines_skipped(&self) -> std::collections::BTreeMap<String, u64> {
         self.inbox
@@ -362,6 +354,7 @@ impl Source {
         self.inbox.recorded.lock().ok().and_then(|r| r.clone())
     }
 
+    /// Losses so far (the final figures once the source is done).
     pub(super) fn losses(&self) -> Losses {
         if let Some(r) = self.recorded() {
             return Losses {
@@ -470,6 +463,22 @@ fn replay(path: &Path, speed: f64, stop: &AtomicBool, queue: &Queue) -> anyhow::
     result
 }
 
+/// Refuses what cannot be a recording before it is opened: a path that is not there (or that
+/// this user may not reach), or a directory. A FIFO passes: it opens when its writer does.
+fn replayable(path: &Path) -> anyhow::Result<()> {
+    if std::fs::metadata(path)
+        .map_err(|e| cannot_open(path, e))?
+        .is_dir()
+    {
+        return Err(odp_core::Error::invalid(format!(
+            "cannot replay {}: it is a directory",
+            path.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// Why a recording could not be opened, classed by its cause: not allowed to read it is a
 /// permission error (exit 5); a missing file and the like are invalid input (exit 6).
 fn cannot_open(path: &Path, e: std::io::Error) -> anyhow::Error {
@@ -513,9 +522,7 @@ pub fn read_recording(
 ) -> anyhow::Result<Replayed> {
     let not_a_recording =
         |why: String| odp_core::Error::invalid(format!("cannot replay {}: {why}", path.display()));
-    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
-        return Err(not_a_recording("it is a directory".into()).into());
-    }
+    replayable(path)?;
     let file = File::open(path).map_err(|e| cannot_open(path, e))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut out = Replayed::default();
