@@ -129,7 +129,7 @@ impl Summarised {
 /// as the totals' do; past them, one.
 pub const FINE_LATENCY: usize = 64;
 /// MRs (in order of appearance) that get their own latency histograms.
-pub const MRS_WITH_LATENCY: u64 = 4096;
+pub const MRS_WITH_LATENCY: usize = 4096;
 /// Processes (in order of appearance) that get their own latency histograms.
 pub const PROCESSES_WITH_LATENCY: usize = 1024;
 /// Released MRs kept one by one (for the views); older ones are retired into counts.

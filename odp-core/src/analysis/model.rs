@@ -134,6 +134,26 @@ pub struct SourceFacts {
     pub probes_total: usize,
 }
 
+/// How finely the latencies of the entity with `before` others ahead of it are kept: the first
+/// FINE_LATENCY as the totals are, then one digit up to `with_latency`, then none; each entity
+/// kept in less detail is counted in `coarse` or `off`.
+fn resolution_for(
+    before: usize,
+    with_latency: usize,
+    coarse: &mut u64,
+    off: &mut u64,
+) -> Resolution {
+    if before < FINE_LATENCY {
+        Resolution::Fine
+    } else if before < with_latency {
+        *coarse += 1;
+        Resolution::Coarse
+    } else {
+        *off += 1;
+        Resolution::Off
+    }
+}
+
 impl Engine {
     /// A user call names the process behind an address space, for MRs found without their
     /// registration.
@@ -156,15 +176,12 @@ impl Engine {
         let known = self.processes.len();
         let summarised = &mut self.summarised;
         self.processes.entry(pid).or_insert_with(|| {
-            let resolution = if known < FINE_LATENCY {
-                Resolution::Fine
-            } else if known < PROCESSES_WITH_LATENCY {
-                summarised.processes_with_coarse_latency += 1;
-                Resolution::Coarse
-            } else {
-                summarised.processes_without_latency += 1;
-                Resolution::Off
-            };
+            let resolution = resolution_for(
+                known,
+                PROCESSES_WITH_LATENCY,
+                &mut summarised.processes_with_coarse_latency,
+                &mut summarised.processes_without_latency,
+            );
             Process {
                 pid,
                 comm: comm.to_string(),
@@ -194,15 +211,13 @@ impl Engine {
     ) -> u64 {
         let id = self.next_mr;
         self.next_mr += 1;
-        let resolution = if id <= FINE_LATENCY as u64 {
-            Resolution::Fine
-        } else if id <= MRS_WITH_LATENCY {
-            self.summarised.mrs_with_coarse_latency += 1;
-            Resolution::Coarse
-        } else {
-            self.summarised.mrs_without_latency += 1;
-            Resolution::Off
-        };
+        // Ids count from 1: the id-th MR has id - 1 before it.
+        let resolution = resolution_for(
+            usize::try_from(id - 1).unwrap_or(usize::MAX),
+            MRS_WITH_LATENCY,
+            &mut self.summarised.mrs_with_coarse_latency,
+            &mut self.summarised.mrs_without_latency,
+        );
         let device_index = self.device_index(&device);
         self.process_entry(pid, &comm);
         self.mrs.insert(
