@@ -1,7 +1,7 @@
 //! `odp-ctl exporter`: the correlation engine, always on, served as Prometheus metrics.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,7 +73,6 @@ pub fn run(_out: &Output, args: &Args) -> anyhow::Result<()> {
     );
     let latest = Arc::new(Latest::default());
     let mut publisher = Publisher::new(Arc::clone(&latest), &source.plans);
-    let server_stop = AtomicBool::new(false);
     let addr = server.addr;
     let status = move || {
         format!(
@@ -82,8 +81,7 @@ pub fn run(_out: &Output, args: &Args) -> anyhow::Result<()> {
             env!("CARGO_PKG_VERSION")
         )
     };
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        let server_thread = scope.spawn(|| server.serve(&latest, &server_stop, &status));
+    let (result, answered) = live::serve_while(Some(&server), &latest, &status, || {
         let result = live::run(
             source,
             Engine::new(AnalysisConfig::default()),
@@ -101,14 +99,8 @@ pub fn run(_out: &Output, args: &Args) -> anyhow::Result<()> {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        server_stop.store(true, Ordering::Relaxed);
-        let answered = server_thread.join().map_err(|payload| {
-            anyhow::anyhow!(
-                "the metrics server panicked: {}",
-                odp_core::stress::panic_message(payload.as_ref())
-            )
-        })?;
-        eprintln!("odp-ctl exporter: stopped after {answered} requests");
-        result.map(|_| ())
-    })
+        result
+    })?;
+    eprintln!("odp-ctl exporter: stopped after {answered} requests");
+    result.map(|_| ())
 }

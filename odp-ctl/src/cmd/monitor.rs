@@ -2,7 +2,6 @@
 //! and timeouts, from live probes or a recording.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -168,34 +167,18 @@ fn view_or_summarize(
         },
         before_detach: &|| {},
     };
-    let server_stop = AtomicBool::new(false);
     let status = || {
         format!(
             "odp-ctl monitor {}\nsource: {label}\n",
             env!("CARGO_PKG_VERSION")
         )
     };
-    std::thread::scope(|scope| {
-        let serving = server
-            .as_ref()
-            .map(|server| scope.spawn(|| server.serve(&latest, &server_stop, &status)));
-        let result =
-            live::run(source, Engine::new(config), &mut sinks, run).and_then(|(engine, _)| {
-                if args.summary {
-                    print_summary(out, &engine.summary())
-                } else {
-                    Ok(())
-                }
-            });
-        server_stop.store(true, Ordering::Relaxed);
-        if let Some(handle) = serving {
-            handle.join().map_err(|payload| {
-                anyhow::anyhow!(
-                    "the metrics server panicked: {}",
-                    odp_core::stress::panic_message(payload.as_ref())
-                )
-            })?;
-        }
-        result
-    })
+    let (result, _) = live::serve_while(server.as_ref(), &latest, &status, || {
+        live::run(source, Engine::new(config), &mut sinks, run)
+    })?;
+    let (engine, _) = result?;
+    if args.summary {
+        print_summary(out, &engine.summary())?;
+    }
+    Ok(())
 }

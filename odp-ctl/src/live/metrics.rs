@@ -595,7 +595,7 @@ impl Server {
     }
 
     /// Answers requests until `stop` is set; returns the number answered.
-    pub fn serve(&self, latest: &Latest, stop: &AtomicBool, status: &dyn Fn() -> String) -> u64 {
+    fn serve(&self, latest: &Latest, stop: &AtomicBool, status: &dyn Fn() -> String) -> u64 {
         let mut answered = 0;
         while !stop.load(Ordering::Relaxed) {
             let request = match self.server.recv_timeout(Duration::from_millis(100)) {
@@ -637,6 +637,33 @@ impl Server {
         }
         answered
     }
+}
+
+/// Runs `work` while `server` (if any) answers scrapes from `latest` on a thread of its own, and
+/// stops the server once `work` returns. Gives what `work` returned and the requests answered;
+/// a panic of the server's thread fails with its message.
+pub fn serve_while<R>(
+    server: Option<&Server>,
+    latest: &Latest,
+    status: &(dyn Fn() -> String + Sync),
+    work: impl FnOnce() -> R,
+) -> anyhow::Result<(R, u64)> {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let serving = server.map(|server| scope.spawn(|| server.serve(latest, &stop, status)));
+        let result = work();
+        stop.store(true, Ordering::Relaxed);
+        let answered = match serving {
+            Some(handle) => handle.join().map_err(|payload| {
+                anyhow::anyhow!(
+                    "the metrics server panicked: {}",
+                    odp_core::stress::panic_message(payload.as_ref())
+                )
+            })?,
+            None => 0,
+        };
+        Ok((result, answered))
+    })
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bpf_common::OdpEvent;
 use odp_core::analysis::{Engine, Reorder};
 
-pub use metrics::{Latest, Publisher, Server};
+pub use metrics::{serve_while, Latest, Publisher, Server};
 pub use recorder::Recorder;
 #[cfg(test)]
 pub use source::read_recording;
