@@ -524,3 +524,53 @@ fn a_real_prometheus_scrapes_the_exporter_and_answers_from_its_series() {
     // bucket's upper bound for the 100th percentile.
     assert_eq!(worst, Some(0.01), "histogram_quantile over the buckets");
 }
+
+#[test]
+fn a_process_whose_mrs_were_all_retired_keeps_its_label() {
+    // "heavy" faults most, then its MRs are retired by 1,260 later releases of 21 other
+    // processes: it is still among the top process names, not folded into "other".
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("retired-heavy.jsonl");
+    let mut text = String::new();
+    let mut ts = 1_000_000_000u64;
+    let mut mr = 0u64;
+    let mut cycle = |text: &mut String, comm: &str, pid: u32, faults: u32| {
+        let common = format!(
+            r#""group":"ib_core","method":"kprobe","pid":{pid},"tid":{pid},"comm":"{comm}","obj":"{:#x}","mm":"{:#x}","start":"{:#x}","end":"{:#x}""#,
+            0xff00_0000_0000_0000u64 + mr * 0x200,
+            0xff10_0000_0000_0000u64 + u64::from(pid) * 0x1000,
+            0x7f00_0000_0000u64 + mr * 0x10_0000,
+            0x7f00_0000_0000u64 + mr * 0x10_0000 + 0x10_0000,
+        );
+        mr += 1;
+        let mut line = |point: &str, extra: &str| {
+            text.push_str(&format!(
+                r#"{{"ts_ns":{ts},"duration_ns":1000,"point":"{point}",{common}{extra},"aux":0}}"#
+            ));
+            text.push('\n');
+            ts += 10_000;
+        };
+        line("umem_get", r#","device":"rxe0","args":[79,0,0,0],"ret":0"#);
+        for _ in 0..faults {
+            line("fault", r#","args":[0,0,0,0],"ret":1"#);
+        }
+        line("umem_release", r#","args":[0,0,0,0]"#);
+    };
+    for _ in 0..5 {
+        cycle(&mut text, "heavy", 500, 100);
+    }
+    for p in 0..21u32 {
+        for _ in 0..60 {
+            cycle(&mut text, &format!("light{p}"), 600 + p, 1);
+        }
+    }
+    std::fs::write(&path, text).expect("write");
+    let events = 5.0 * 102.0 + 21.0 * 60.0 * 3.0;
+    let (child, addr) = start(&["--replay".as_ref(), path.as_os_str()]);
+    let m = metrics_once_complete(&addr, events);
+    assert_eq!(sum(&m, "odp_faults_total", &["process=\"heavy\""]), 500.0);
+    // 22 names for 20 labels: the two lightest are "other".
+    assert_eq!(sum(&m, "odp_faults_total", &["process=\"other\""]), 120.0);
+    assert_eq!(sum(&m, "odp_faults_total", &[]), 500.0 + 1260.0);
+    assert!(stop(child).success());
+}

@@ -72,10 +72,14 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn of(engine: &Engine, probes: &[(String, String, String)]) -> Snapshot {
-        // Process names ranked by faults over all MRs; past the top ones, "other".
+        // Process names ranked by faults over every MR seen, retired ones included; past the
+        // top ones, "other".
         let mut by_process: BTreeMap<&str, u64> = BTreeMap::new();
         for mr in engine.mrs() {
             *by_process.entry(mr.comm.as_str()).or_default() += mr.stats.counts.faults;
+        }
+        for ((_, comm), counts) in engine.retired() {
+            *by_process.entry(comm.as_str()).or_default() += counts.faults;
         }
         let mut ranked: Vec<(&str, u64)> = by_process.into_iter().collect();
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
@@ -84,30 +88,28 @@ impl Snapshot {
             .take(PROCESS_LABELS)
             .map(|(name, _)| *name)
             .collect();
-        let mut pairs: BTreeMap<(String, String), PairCounts> = BTreeMap::new();
-        for mr in engine.mrs() {
-            let process = if named.contains(mr.comm.as_str()) {
-                mr.comm.clone()
+        let label = |comm: &str| {
+            if named.contains(comm) {
+                comm.to_string()
             } else {
                 OTHER_PROCESSES.to_string()
-            };
-            let pair = pairs.entry((mr.device.clone(), process)).or_default();
+            }
+        };
+        let mut pairs: BTreeMap<(String, String), PairCounts> = BTreeMap::new();
+        for mr in engine.mrs() {
+            let pair = pairs
+                .entry((mr.device.clone(), label(&mr.comm)))
+                .or_default();
             pair.counts.add(&mr.stats.counts);
             if mr.released_ns.is_none() {
                 pair.live_mrs += 1;
                 pair.live_bytes += mr.end.saturating_sub(mr.start);
             }
         }
-        // MRs retired after their release still count, under their own process names where
-        // those are labelled.
+        // MRs retired after their release still count.
         for ((device, comm), counts) in engine.retired() {
-            let process = if named.contains(comm.as_str()) {
-                comm.clone()
-            } else {
-                OTHER_PROCESSES.to_string()
-            };
             pairs
-                .entry((device.clone(), process))
+                .entry((device.clone(), label(comm)))
                 .or_default()
                 .counts
                 .add(counts);
