@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{fixture, odp_ctl};
+use common::{fifo, fixture, odp_ctl, Synthetic};
 
 /// A child process that is killed if the test ends without stopping it (a failed assertion
 /// must not leave a server behind).
@@ -320,10 +320,7 @@ fn live_probes_are_served_while_a_workload_faults() {
 fn the_monitor_serves_the_same_metrics_while_it_runs() {
     // The recording comes through a FIFO the test holds open: the monitor runs until it closes.
     let dir = tempfile::tempdir().expect("tempdir");
-    let fifo = dir.path().join("events.fifo");
-    let c_path = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
-    // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let fifo = fifo(dir.path());
     let mut child = odp_ctl()
         .args([
             "monitor",
@@ -392,30 +389,13 @@ fn counters_stay_whole_when_released_mrs_are_retired() {
     // are folded by device and process, and the served counters still add up to every fault.
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("churn.jsonl");
-    let mut text = String::new();
-    let mut ts = 1_000_000_000u64;
-    for i in 0..3000u64 {
-        let common = format!(
-            r#""group":"ib_core","method":"kprobe","pid":300,"tid":300,"comm":"churner","obj":"{:#x}","mm":"0xff10000000001000","start":"{:#x}","end":"{:#x}""#,
-            0xff00_0000_0000_0000u64 + i * 0x200,
-            0x7f00_0000_0000u64 + i * 0x10_0000,
-            0x7f00_0000_0000u64 + i * 0x10_0000 + 0x10_0000,
-        );
-        for (point, extra) in [
-            ("umem_get", r#","device":"rxe0","args":[79,0,0,0],"ret":0"#),
-            ("fault", r#","args":[0,0,0,0],"ret":256"#),
-            ("umem_release", r#","args":[0,0,0,0]"#),
-        ] {
-            text.push_str(&format!(
-                r#"{{"ts_ns":{ts},"duration_ns":1000,"point":"{point}",{common}{extra},"aux":0}}"#
-            ));
-            text.push('\n');
-            ts += 10_000;
-        }
+    let mut recording = Synthetic::default();
+    for _ in 0..3000 {
+        recording.mr("churner", 300, 1, true);
     }
-    std::fs::write(&path, text).expect("write");
+    recording.write(&path);
     let (child, addr) = start(&["--replay".as_ref(), path.as_os_str()]);
-    let m = metrics_once_complete(&addr, 9000.0);
+    let m = metrics_once_complete(&addr, recording.events as f64);
     assert_eq!(
         sum(&m, "odp_faults_total", &["process=\"churner\""]),
         3000.0
@@ -531,43 +511,18 @@ fn a_process_whose_mrs_were_all_retired_keeps_its_label() {
     // processes: it is still among the top process names, not folded into "other".
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("retired-heavy.jsonl");
-    let mut text = String::new();
-    let mut ts = 1_000_000_000u64;
-    let mut mr = 0u64;
-    let mut cycle = |text: &mut String, comm: &str, pid: u32, faults: u32| {
-        let common = format!(
-            r#""group":"ib_core","method":"kprobe","pid":{pid},"tid":{pid},"comm":"{comm}","obj":"{:#x}","mm":"{:#x}","start":"{:#x}","end":"{:#x}""#,
-            0xff00_0000_0000_0000u64 + mr * 0x200,
-            0xff10_0000_0000_0000u64 + u64::from(pid) * 0x1000,
-            0x7f00_0000_0000u64 + mr * 0x10_0000,
-            0x7f00_0000_0000u64 + mr * 0x10_0000 + 0x10_0000,
-        );
-        mr += 1;
-        let mut line = |point: &str, extra: &str| {
-            text.push_str(&format!(
-                r#"{{"ts_ns":{ts},"duration_ns":1000,"point":"{point}",{common}{extra},"aux":0}}"#
-            ));
-            text.push('\n');
-            ts += 10_000;
-        };
-        line("umem_get", r#","device":"rxe0","args":[79,0,0,0],"ret":0"#);
-        for _ in 0..faults {
-            line("fault", r#","args":[0,0,0,0],"ret":1"#);
-        }
-        line("umem_release", r#","args":[0,0,0,0]"#);
-    };
+    let mut recording = Synthetic::default();
     for _ in 0..5 {
-        cycle(&mut text, "heavy", 500, 100);
+        recording.mr("heavy", 500, 100, true);
     }
-    for p in 0..21u32 {
+    for p in 0..21 {
         for _ in 0..60 {
-            cycle(&mut text, &format!("light{p}"), 600 + p, 1);
+            recording.mr(&format!("light{p}"), 600 + p, 1, true);
         }
     }
-    std::fs::write(&path, text).expect("write");
-    let events = 5.0 * 102.0 + 21.0 * 60.0 * 3.0;
+    recording.write(&path);
     let (child, addr) = start(&["--replay".as_ref(), path.as_os_str()]);
-    let m = metrics_once_complete(&addr, events);
+    let m = metrics_once_complete(&addr, recording.events as f64);
     assert_eq!(sum(&m, "odp_faults_total", &["process=\"heavy\""]), 500.0);
     // 22 names for 20 labels: the two lightest are "other".
     assert_eq!(sum(&m, "odp_faults_total", &["process=\"other\""]), 120.0);

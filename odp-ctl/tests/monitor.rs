@@ -19,7 +19,7 @@ use odp_core::verbs::{Access, Context, LoopbackConfig, LoopbackRc, MemoryRegion}
 use serde_json::Value;
 
 mod common;
-use common::{fixture, odp_ctl, odp_ctl_path, Terminal};
+use common::{fifo, fixture, odp_ctl, odp_ctl_path, Synthetic, Terminal};
 
 fn records(path: &Path) -> Vec<Record<'static>> {
     std::fs::read_to_string(path)
@@ -516,10 +516,7 @@ fn replay_input_is_bounded_named_and_counted() {
 #[test]
 fn a_signal_ends_a_replay_stuck_on_a_fifo_without_a_writer() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let fifo = dir.path().join("events.fifo");
-    let path = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
-    // SAFETY: a valid C path; mkfifo only creates the node.
-    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let fifo = fifo(dir.path());
     let mut child = odp_ctl()
         .args(["monitor", "--summary", "--replay"])
         .arg(&fifo)
@@ -564,35 +561,16 @@ fn tens_of_thousands_of_mrs_take_bounded_memory_and_say_what_was_summarised() {
     const PROCESSES: u64 = 1_500;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("many-mrs.jsonl");
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
-    let mut ts = 1_000_000_000u64;
+    let mut recording = Synthetic::default();
     for i in 0..MRS {
-        let pid = 1000 + i % PROCESSES;
-        let common = format!(
-            r#""group":"ib_core","method":"kprobe","pid":{pid},"tid":{pid},"comm":"w{}","obj":"{:#x}","mm":"{:#x}","start":"{:#x}","end":"{:#x}""#,
-            i % PROCESSES,
-            0xff00_0000_0000_0000u64 + i * 0x200,
-            0xff10_0000_0000_0000u64 + (i % PROCESSES) * 0x1000,
-            0x7f00_0000_0000u64 + i * 0x10_0000,
-            0x7f00_0000_0000u64 + i * 0x10_0000 + 0x10_0000,
+        recording.mr(
+            &format!("w{}", i % PROCESSES),
+            1000 + i % PROCESSES,
+            2,
+            false,
         );
-        writeln!(
-            w,
-            r#"{{"ts_ns":{ts},"duration_ns":1000,"point":"umem_get","device":"rxe0",{common},"args":[79,0,0,0],"ret":0,"aux":0}}"#
-        )
-        .expect("write");
-        ts += 1000;
-        for _ in 0..2 {
-            writeln!(
-                w,
-                r#"{{"ts_ns":{ts},"duration_ns":20000,"point":"fault",{common},"args":[4611686018427387904,0,0,0],"ret":256,"aux":0}}"#
-            )
-            .expect("write");
-            ts += 30_000;
-        }
     }
-    w.flush().expect("flush");
-    drop(w);
+    recording.write(&path);
     let out = dir.path().join("summary.json");
     let (code, peak_kib) = peak_rss_kib(
         &[

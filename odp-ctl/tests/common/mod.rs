@@ -104,3 +104,74 @@ pub fn fixture() -> PathBuf {
     })
     .clone()
 }
+
+/// A recording made up for a test: MRs registered, faulted and released, as `trace --json`
+/// writes them, one line per event, timestamps 10 us apart.
+pub struct Synthetic {
+    pub text: String,
+    pub events: u64,
+    ts: u64,
+    mrs: u64,
+}
+
+impl Default for Synthetic {
+    fn default() -> Self {
+        Synthetic {
+            text: String::new(),
+            events: 0,
+            ts: 1_000_000_000,
+            mrs: 0,
+        }
+    }
+}
+
+impl Synthetic {
+    /// One more MR (1 MiB, on rxe0) of process `comm` (pid `pid`, its address space one per
+    /// pid): registered, faulted `faults` times, and released if `release`.
+    pub fn mr(&mut self, comm: &str, pid: u64, faults: u32, release: bool) {
+        let i = self.mrs;
+        self.mrs += 1;
+        let common = format!(
+            r#""group":"ib_core","method":"kprobe","pid":{pid},"tid":{pid},"comm":"{comm}","obj":"{:#x}","mm":"{:#x}","start":"{:#x}","end":"{:#x}""#,
+            0xff00_0000_0000_0000u64 + i * 0x200,
+            0xff10_0000_0000_0000u64 + pid * 0x1000,
+            0x7f00_0000_0000u64 + i * 0x10_0000,
+            0x7f00_0000_0000u64 + i * 0x10_0000 + 0x10_0000,
+        );
+        self.line(
+            "umem_get",
+            &common,
+            r#","device":"rxe0","args":[79,0,0,0],"ret":0"#,
+        );
+        for _ in 0..faults {
+            self.line("fault", &common, r#","args":[0,0,0,0],"ret":1"#);
+        }
+        if release {
+            self.line("umem_release", &common, r#","args":[0,0,0,0]"#);
+        }
+    }
+
+    fn line(&mut self, point: &str, common: &str, extra: &str) {
+        self.text.push_str(&format!(
+            r#"{{"ts_ns":{},"duration_ns":1000,"point":"{point}",{common}{extra},"aux":0}}"#,
+            self.ts
+        ));
+        self.text.push('\n');
+        self.ts += 10_000;
+        self.events += 1;
+    }
+
+    /// Writes the recording to `path`.
+    pub fn write(&self, path: &Path) {
+        std::fs::write(path, &self.text).expect("write the recording");
+    }
+}
+
+/// A FIFO in `dir`, for a recording fed while the test watches.
+pub fn fifo(dir: &Path) -> PathBuf {
+    let fifo = dir.join("events.fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    fifo
+}
