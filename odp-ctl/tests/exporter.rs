@@ -121,6 +121,14 @@ fn metrics_once_complete(addr: &str, events: f64) -> HashMap<String, f64> {
     }
 }
 
+/// The number of events in the committed capture (one per line).
+fn capture_events() -> f64 {
+    std::fs::read_to_string(fixture())
+        .expect("capture")
+        .lines()
+        .count() as f64
+}
+
 /// SIGTERM, then the exit status. Bounded generously: detaching two dozen kprobes in the TCG
 /// guest takes seconds (each waits for RCU), a moment on hardware.
 fn stop(mut running: Running) -> std::process::ExitStatus {
@@ -432,61 +440,89 @@ fn query(prometheus: &str, promql: &str) -> Option<f64> {
     doc["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
+/// A Prometheus server of its own on a free loopback port, scraping `target` every second;
+/// killed with its storage when dropped. None (after a named skip) where no server is given.
+struct Prometheus {
+    web: String,
+    _server: Running,
+    _storage: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn scraping(test: &str, target: &str) -> Option<Prometheus> {
+        let Some(server) = std::env::var_os("ODP_PROMETHEUS") else {
+            odp_core::testing::skip(
+                test,
+                "no Prometheus server (ODP_PROMETHEUS; cargo xtask test provides Debian's)",
+            );
+            return None;
+        };
+        let storage = tempfile::tempdir().expect("tempdir");
+        let config = storage.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                 scrape_configs:\n  - job_name: odp\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .expect("config");
+        let web = format!("127.0.0.1:{}", free_port());
+        let server = std::process::Command::new(&server)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                storage.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        Some(Prometheus {
+            web,
+            _server: Running(Some(server)),
+            _storage: storage,
+        })
+    }
+
+    /// An instant query; the first result's value, if any.
+    fn query(&self, promql: &str) -> Option<f64> {
+        query(&self.web, promql)
+    }
+
+    /// Waits (bounded: scrapes come once a second, the guest is slow) until `promql` answers
+    /// `want`; the last answer.
+    fn wait_for(&self, promql: &str, want: f64) -> Option<f64> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut answer = None;
+        while Instant::now() < deadline {
+            answer = self.query(promql);
+            if answer == Some(want) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        answer
+    }
+}
+
 #[test]
 fn a_real_prometheus_scrapes_the_exporter_and_answers_from_its_series() {
     let test = "a_real_prometheus_scrapes_the_exporter_and_answers_from_its_series";
-    let Some(server) = std::env::var_os("ODP_PROMETHEUS") else {
-        odp_core::testing::skip(
-            test,
-            "no Prometheus server (ODP_PROMETHEUS; cargo xtask test provides Debian's)",
-        );
-        return;
-    };
     let capture = fixture();
     let (exporter, addr) = start(&["--replay".as_ref(), capture.as_os_str()]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-             scrape_configs:\n  - job_name: odp\n    static_configs:\n      - targets: ['{addr}']\n"
-        ),
-    )
-    .expect("config");
-    let web = format!("127.0.0.1:{}", free_port());
-    let prometheus = std::process::Command::new(&server)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start prometheus");
-    let prometheus = Running(Some(prometheus));
-    // Scrapes come once a second; the guest is slow, so the wait is generous but bounded.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut faults = None;
-    while Instant::now() < deadline {
-        faults = query(&web, "sum(odp_faults_total)");
-        if faults == Some(1473.0) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let Some(prometheus) = Prometheus::scraping(test, &addr) else {
+        return;
+    };
+    let faults = prometheus.wait_for("sum(odp_faults_total)", 1473.0);
     let answers = (
         faults,
-        query(&web, "up{job=\"odp\"}"),
-        query(&web, "sum(odp_races_total)"),
-        query(&web, "sum(odp_invalidations_total{cause=\"CLEAR\"})"),
-        query(&web, "sum(odp_fault_duration_seconds_count)"),
-        query(
-            &web,
-            "histogram_quantile(1, sum by (le) (odp_fault_duration_seconds_bucket))",
-        ),
+        prometheus.query("up{job=\"odp\"}"),
+        prometheus.query("sum(odp_races_total)"),
+        prometheus.query("sum(odp_invalidations_total{cause=\"CLEAR\"})"),
+        prometheus.query("sum(odp_fault_duration_seconds_count)"),
+        prometheus.query("histogram_quantile(1, sum by (le) (odp_fault_duration_seconds_bucket))"),
     );
     drop(prometheus);
     assert!(stop(exporter).success());
@@ -503,6 +539,57 @@ fn a_real_prometheus_scrapes_the_exporter_and_answers_from_its_series() {
     // The slowest fault (7.53 ms) lies in the (5 ms, 10 ms] bucket; Prometheus answers that
     // bucket's upper bound for the 100th percentile.
     assert_eq!(worst, Some(0.01), "histogram_quantile over the buckets");
+}
+
+/// promtool, shipped beside the server in Debian's package.
+fn promtool(test: &str) -> Option<std::path::PathBuf> {
+    let server = std::env::var_os("ODP_PROMETHEUS").map(std::path::PathBuf::from);
+    let tool = server.and_then(|s| Some(s.parent()?.join("promtool")));
+    match tool {
+        Some(tool) if tool.is_file() => Some(tool),
+        _ => {
+            odp_core::testing::skip(
+                test,
+                "no promtool beside the Prometheus server (ODP_PROMETHEUS)",
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn promtool_finds_nothing_to_lint_in_either_format() {
+    let test = "promtool_finds_nothing_to_lint_in_either_format";
+    let Some(promtool) = promtool(test) else {
+        return;
+    };
+    let capture = fixture();
+    let (exporter, addr) = start(&["--replay".as_ref(), capture.as_os_str()]);
+    metrics_once_complete(&addr, capture_events());
+    for accept in [None, Some("application/openmetrics-text; version=1.0.0")] {
+        let (_, content_type, body) = get(&addr, "/metrics", accept);
+        let mut check = std::process::Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool");
+        check
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(body.as_bytes())
+            .expect("feed promtool");
+        let out = check.wait_with_output().expect("promtool");
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool check metrics on {content_type}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(stop(exporter).success());
 }
 
 #[test]
@@ -528,4 +615,117 @@ fn a_process_whose_mrs_were_all_retired_keeps_its_label() {
     assert_eq!(sum(&m, "odp_faults_total", &["process=\"other\""]), 120.0);
     assert_eq!(sum(&m, "odp_faults_total", &[]), 500.0 + 1260.0);
     assert!(stop(child).success());
+}
+
+/// The (lower, upper] bounds in seconds of the fault-duration bucket holding `seconds`, from
+/// the bucket bounds the exporter serves.
+fn bucket_holding(samples: &HashMap<String, f64>, seconds: f64) -> (f64, f64) {
+    let mut bounds: Vec<f64> = samples
+        .keys()
+        .filter(|k| k.starts_with("odp_fault_duration_seconds_bucket{"))
+        .filter_map(|k| k.split("le=\"").nth(1)?.split('"').next()?.parse().ok())
+        .filter(|b: &f64| b.is_finite())
+        .collect();
+    bounds.sort_by(f64::total_cmp);
+    bounds.dedup();
+    let upper = bounds
+        .iter()
+        .copied()
+        .find(|&b| seconds <= b)
+        .unwrap_or(f64::INFINITY);
+    let lower = bounds
+        .iter()
+        .copied()
+        .rev()
+        .find(|&b| b < seconds)
+        .unwrap_or(0.0);
+    (lower, upper)
+}
+
+#[test]
+fn a_live_exporter_agrees_with_a_stress_run_through_prometheus() {
+    let test = "a_live_exporter_agrees_with_a_stress_run_through_prometheus";
+    if odp_core::testing::device_or_skip(test).is_none()
+        || !odp_core::testing::root_or_skip(test, "loading BPF")
+    {
+        return;
+    }
+    let (exporter, addr) = start(&[]);
+    let Some(prometheus) = Prometheus::scraping(test, &addr) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scenario = dir.path().join("dontneed-storm.toml");
+    std::fs::write(
+        &scenario,
+        include_str!("../../scenarios/dontneed-storm.toml"),
+    )
+    .expect("scenario");
+    let out = odp_ctl()
+        .args(["--json", "stress", "--duration", "3s"])
+        .arg(&scenario)
+        .output()
+        .expect("stress");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    let totals = &report["probes"]["summary"]["totals"];
+    let n = |v: &serde_json::Value| v.as_u64().expect("a count") as f64;
+    let faults = n(&totals["faults"]);
+    assert!(faults > 0.0, "{totals}");
+
+    // The stress run's engine and the exporter's saw the same kernel calls through their own
+    // probes and rings; once Prometheus has scraped the end of the run, both tell one story.
+    let seen = prometheus.wait_for("sum(odp_faults_total)", faults);
+    let answers = (
+        seen,
+        prometheus.query("sum(odp_invalidations_total{cause=\"CLEAR\"})"),
+        prometheus.query("sum(odp_invalidations_total)"),
+        prometheus.query("sum(odp_races_total)"),
+        prometheus.query("sum(odp_exporter_ring_drops_total)"),
+        prometheus
+            .query("histogram_quantile(0.99, sum by (le) (odp_fault_duration_seconds_bucket))"),
+    );
+    let (_, _, body) = get(&addr, "/metrics", None);
+    let served = samples(&body);
+    drop(prometheus);
+    assert!(stop(exporter).success());
+    let (seen, clear, invalidations, races, drops, p99) = answers;
+    assert_eq!(
+        seen,
+        Some(faults),
+        "faults: Prometheus vs the stress report"
+    );
+    assert_eq!(
+        clear,
+        Some(n(&totals["invalidations_by_cause"]["CLEAR"])),
+        "{totals}"
+    );
+    assert_eq!(invalidations, Some(n(&totals["invalidations"])));
+    assert_eq!(races, Some(n(&totals["races"])));
+    assert_eq!(drops, Some(0.0));
+    // Prometheus interpolates inside the bucket where the 99th percentile's rank falls; that
+    // is the bucket holding the engine's p99 (the engine's quantile is within 1% of the exact
+    // value, so a p99 that close to a bound may sit in the bucket beside it).
+    let p99 = p99.expect("histogram_quantile answered");
+    let engine_p99 = n(&totals["latency"]["fault"]["p99_ns"]) / 1e9;
+    let (lower, upper) = bucket_holding(&served, engine_p99);
+    let near_bound = |b: f64| (engine_p99 - b).abs() <= engine_p99 * 0.01;
+    let within = p99 > lower && p99 <= upper;
+    let beside =
+        (near_bound(upper) && p99 > upper && p99 <= bucket_holding(&served, upper * 1.0001).1)
+            || (near_bound(lower) && p99 <= lower && p99 > bucket_holding(&served, lower).0);
+    assert!(
+        within || beside,
+        "histogram_quantile(0.99) = {p99} s, the engine's p99 {engine_p99} s in ({lower}, {upper}]"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: {faults} faults, {} invalidations, {} races; p99 {engine_p99} s in ({lower}, {upper}], Prometheus {p99} s",
+        n(&totals["invalidations"]),
+        n(&totals["races"])
+    );
 }

@@ -300,6 +300,8 @@ fn vm_tests(opts: &TestOpts, prometheus: &Path) -> Result<(bool, Counts)> {
     let mut binaries = tests.clone();
     binaries.push(odp_ctl);
     binaries.push(prometheus.to_path_buf());
+    // The exporter's lint test finds promtool beside the server, as Debian ships them.
+    binaries.push(prometheus.with_file_name("promtool"));
     // mlx5_ib loads without hardware; its module BTF is what the mlx5 probe test needs.
     let mut vm_opts = opts.vm_opts.clone();
     if !vm_opts.modules.iter().any(|m| m == "mlx5_ib") {
