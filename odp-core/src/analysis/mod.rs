@@ -98,6 +98,8 @@ pub struct Engine {
     released_order: VecDeque<u64>,
     /// Counts of retired MRs by (device, process name).
     retired: BTreeMap<(String, String), Counts>,
+    /// Stream time of the last sweep of idle address spaces, threads and processes.
+    last_sweep_ns: u64,
 }
 
 /// What the engine kept in less detail than the rest, so that its memory stays bounded however
@@ -117,6 +119,12 @@ pub struct Summarised {
     /// Released MRs past the last RELEASED_KEPT: folded into counts per device and process
     /// name (`Engine::retired`), no longer listed one by one.
     pub mrs_retired: u64,
+    /// Processes forgotten once none of their MRs was kept and their address space had been
+    /// idle for IDLE_SPACE_NS: their counts live on in the totals and the retired counts.
+    pub processes_retired: u64,
+    /// Retired MRs whose process name came past RETIRED_NAMES_KEPT, counted under
+    /// OTHER_PROCESSES.
+    pub mrs_retired_under_other_names: u64,
 }
 
 impl Summarised {
@@ -134,6 +142,15 @@ pub const MRS_WITH_LATENCY: usize = 4096;
 pub const PROCESSES_WITH_LATENCY: usize = 1024;
 /// Released MRs kept one by one (for the views); older ones are retired into counts.
 pub const RELEASED_KEPT: usize = 1024;
+/// Distinct process names retired MRs are counted under; later names share OTHER_PROCESSES.
+pub const RETIRED_NAMES_KEPT: usize = 256;
+/// Where retired MRs of the process names past RETIRED_NAMES_KEPT are counted.
+pub const OTHER_PROCESSES: &str = "(other processes)";
+/// Stream time between sweeps of idle address spaces, threads and processes.
+const SWEEP_EVERY_NS: u64 = 10_000_000_000;
+/// An address space without MRs is forgotten after this long without an event of its own:
+/// long past any fault or invalidation that could still be matched with it.
+const IDLE_SPACE_NS: u64 = 60_000_000_000;
 /// Distinct task names counted apart in invalidations by task.
 pub const TASK_NAMES_KEPT: usize = 256;
 /// Where invalidations by the task names past TASK_NAMES_KEPT are counted.
@@ -172,6 +189,7 @@ impl Engine {
             summarised: Summarised::default(),
             released_order: VecDeque::new(),
             retired: BTreeMap::new(),
+            last_sweep_ns: 0,
         }
     }
 
@@ -297,6 +315,10 @@ impl Engine {
             }
             // Timed by their own events only; the fault they serve carries the verdict.
             Kind::Unmap | Kind::DriverRegister | Kind::DriverFault | Kind::DriverCopy => {}
+        }
+        if end_ts >= self.last_sweep_ns.saturating_add(SWEEP_EVERY_NS) {
+            self.last_sweep_ns = end_ts;
+            self.sweep(end_ts);
         }
         if self.events % 4096 == 0 {
             self.expire_pending_ranges();

@@ -10,7 +10,8 @@ use super::faults::FaultSpan;
 use super::invalidations::InvSpan;
 use super::stats::Resolution;
 use super::{
-    Engine, RangeSet, Stats, FINE_LATENCY, MRS_WITH_LATENCY, PROCESSES_WITH_LATENCY, RELEASED_KEPT,
+    Engine, RangeSet, Stats, FINE_LATENCY, HORIZON_NS, IDLE_SPACE_NS, MRS_WITH_LATENCY,
+    OTHER_PROCESSES, PROCESSES_WITH_LATENCY, RELEASED_KEPT, RETIRED_NAMES_KEPT,
 };
 
 /// What the engine found worth pointing at.
@@ -107,6 +108,8 @@ pub(super) struct Space {
     pub(super) mrs: Vec<u64>,
     pub(super) faults: VecDeque<FaultSpan>,
     pub(super) invalidations: VecDeque<InvSpan>,
+    /// Stream time of the newest event seen in this address space.
+    pub(super) last_seen_ns: u64,
 }
 
 /// Facts about the event source the engine cannot see in the events.
@@ -162,6 +165,7 @@ impl Engine {
             return;
         }
         let space = self.spaces.entry(e.mm).or_default();
+        space.last_seen_ns = space.last_seen_ns.max(e.ts_ns);
         if space.pid == 0 {
             space.pid = e.pid;
             space.comm = e.comm();
@@ -211,9 +215,10 @@ impl Engine {
     ) -> u64 {
         let id = self.next_mr;
         self.next_mr += 1;
-        // Ids count from 1: the id-th MR has id - 1 before it.
+        // By the MRs kept now, not ever seen: a host that churns MRs for months still gives
+        // its newest ones histograms once the old ones are retired.
         let resolution = resolution_for(
-            usize::try_from(id - 1).unwrap_or(usize::MAX),
+            self.mrs.len(),
             MRS_WITH_LATENCY,
             &mut self.summarised.mrs_with_coarse_latency,
             &mut self.summarised.mrs_without_latency,
@@ -322,13 +327,51 @@ impl Engine {
             let Some(mr) = self.mrs.remove(&id) else {
                 continue;
             };
-            let retired = self
-                .retired
-                .entry((mr.device.clone(), mr.comm.clone()))
-                .or_default();
-            retired.add(&mr.stats.counts);
+            let mut key = (mr.device, mr.comm);
+            if !self.retired.contains_key(&key) && self.retired.len() >= RETIRED_NAMES_KEPT {
+                key.1 = OTHER_PROCESSES.to_string();
+                self.summarised.mrs_retired_under_other_names += 1;
+            }
+            self.retired.entry(key).or_default().add(&mr.stats.counts);
             self.summarised.mrs_retired += 1;
         }
+    }
+
+    /// Forgets what only served address spaces, threads and processes that went idle, so a
+    /// host where processes come and go for months keeps the engine's memory bounded: an
+    /// address space with no MRs and no event for IDLE_SPACE_NS, a thread's calls past the
+    /// matching horizon, an unfinished range past it, a process with neither a kept MR nor a
+    /// kept address space.
+    pub(super) fn sweep(&mut self, now: u64) {
+        let idle_before = now.saturating_sub(IDLE_SPACE_NS);
+        let expired_before = now.saturating_sub(HORIZON_NS);
+        self.spaces.retain(|_, space| {
+            let newest_window = space
+                .faults
+                .back()
+                .map(|f| f.end_ts)
+                .into_iter()
+                .chain(space.invalidations.back().map(|i| i.end_ts))
+                .max()
+                .unwrap_or(0);
+            !space.mrs.is_empty() || space.last_seen_ns.max(newest_window) >= idle_before
+        });
+        self.threads.retain(|_, calls| {
+            calls
+                .last()
+                .is_some_and(|c| c.ts.saturating_add(c.duration) >= expired_before)
+        });
+        self.pending_ranges
+            .retain(|_, r| r.ts.saturating_add(r.duration) >= expired_before);
+        let kept: rustc_hash::FxHashSet<u32> = self
+            .mrs
+            .values()
+            .map(|m| m.pid)
+            .chain(self.spaces.values().map(|s| s.pid))
+            .collect();
+        let before = self.processes.len();
+        self.processes.retain(|pid, _| kept.contains(pid));
+        self.summarised.processes_retired += (before - self.processes.len()) as u64;
     }
 
     /// An MR registered before the trace started, first seen through one of its events.

@@ -74,6 +74,13 @@ impl Ev {
         self.0.args[3] = u64::from_ne_bytes(bytes[8..].try_into().expect("8"));
         self
     }
+    fn process(mut self, pid: u32, comm: &str) -> Self {
+        self.0.pid = pid;
+        self.0.tid = pid;
+        self.0.comm = [0; 16];
+        self.0.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+        self
+    }
     fn args(mut self, i: usize, v: u64) -> Self {
         self.0.args[i] = v;
         self
@@ -603,4 +610,69 @@ fn released_mrs_past_the_kept_ones_are_retired_into_counts_not_lost() {
         engine.retired().keys().collect::<Vec<_>>(),
         vec![&("rxe0".to_string(), "app".to_string())]
     );
+}
+
+#[test]
+fn processes_that_come_and_go_for_hours_leave_bounded_state_and_whole_counts() {
+    // One short-lived process a second for 3,000 s, each with its own name, address space and
+    // MR, faulted once (by a kworker, in its address space) and released.
+    let processes = 3000u64;
+    let mut engine = Engine::new(AnalysisConfig::default());
+    for i in 0..processes {
+        let pid = 1000 + i as u32;
+        let comm = format!("job-{i}");
+        let mm = MM + (i + 1) * 0x10_0000;
+        let umem = UMEM + i * 0x1000;
+        let at = i * 1_000_000;
+        for e in [
+            ev(Point::UmemGet, at, 5)
+                .obj(umem)
+                .mm(mm)
+                .pages(0, 64)
+                .device("rxe0")
+                .process(pid, &comm)
+                .ret(0),
+            ev(Point::VerbsDeregMr, at + 19, 1).mm(mm).process(pid, &comm),
+            ev(Point::MapDma, at + 10, 5)
+                .obj(umem)
+                .mm(mm)
+                .pages(0, 2)
+                .kworker(7)
+                .ret(2),
+            ev(Point::UmemRelease, at + 20, 5)
+                .obj(umem)
+                .mm(mm)
+                .pages(0, 64)
+                .process(pid, &comm),
+        ] {
+            engine.ingest(&e.0);
+        }
+    }
+    let summary = engine.summary();
+    // Kept: the last RELEASED_KEPT MRs' processes; the rest retired, their counts kept.
+    // Sweeps come every 10 s of stream time: up to ten more processes wait for the next.
+    let kept = summary.processes.len();
+    assert!(
+        (RELEASED_KEPT..=RELEASED_KEPT + 10).contains(&kept),
+        "{kept} {:?}",
+        summary.summarised
+    );
+    assert_eq!(
+        summary.summarised.processes_retired,
+        processes - kept as u64
+    );
+    assert!(engine.spaces.len() <= RELEASED_KEPT, "{}", engine.spaces.len());
+    assert!(engine.threads.len() <= 1, "{}", engine.threads.len());
+    assert_eq!(engine.retired().len(), RETIRED_NAMES_KEPT + 1);
+    assert_eq!(
+        summary.summarised.mrs_retired_under_other_names,
+        processes - RELEASED_KEPT as u64 - RETIRED_NAMES_KEPT as u64
+    );
+    let retired: u64 = engine.retired().values().map(|c| c.faults).sum();
+    let listed: u64 = engine.mrs().map(|m| m.stats.counts.faults).sum();
+    assert_eq!(engine.total().counts.faults, processes);
+    assert_eq!(retired + listed, processes);
+    // The newest MRs still get latency histograms, however many came before them.
+    let newest = engine.mrs().last().expect("an MR");
+    assert_eq!(newest.stats.fault.count(), 1);
 }

@@ -193,6 +193,21 @@ pub fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
             odp_core::analysis::RELEASED_KEPT
         );
     }
+    if summarised.processes_retired > 0 {
+        println!(
+            "retired: {} processes with no MR left and an address space idle for a minute are \
+             counted in the totals and by process name, no longer listed",
+            summarised.processes_retired
+        );
+    }
+    if summarised.mrs_retired_under_other_names > 0 {
+        println!(
+            "retired: {} MRs of process names past the first {} are counted under \"{}\"",
+            summarised.mrs_retired_under_other_names,
+            odp_core::analysis::RETIRED_NAMES_KEPT,
+            odp_core::analysis::OTHER_PROCESSES
+        );
+    }
     if summarised.mrs_without_latency
         + summarised.processes_without_latency
         + summarised.invalidations_of_other_tasks
