@@ -8,7 +8,7 @@ mod live;
 mod output;
 mod tui;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -64,6 +64,11 @@ enum Command {
     /// Serve the correlation engine's figures as Prometheus metrics (/metrics, Prometheus text
     /// or OpenMetrics), from live probes or a --replay recording, until Ctrl-C or SIGTERM.
     Exporter(cmd::exporter::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions { shell: clap_complete::Shell },
+    /// Write a man page for odp-ctl and each subcommand into a directory (for packaging).
+    #[command(hide = true)]
+    Manpages { dir: std::path::PathBuf },
 }
 
 fn main() {
@@ -83,6 +88,17 @@ fn main() {
         Command::Monitor(args) => cmd::monitor::run(&out, &args),
         Command::Exporter(args) => cmd::exporter::run(&out, &args),
         Command::Stress(args) => cmd::stress::run(&out, &args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "odp-ctl",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Manpages { dir } => clap_mangen::generate_to(Cli::command(), &dir)
+            .map_err(|e| anyhow::anyhow!("writing man pages into {}: {e}", dir.display())),
     };
     if let Err(err) = result {
         std::process::exit(out.error(&err));

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::workspace_root;
 
-fn cargo_build_release(args: &[&str]) -> Result<()> {
+pub fn cargo_build_release(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--release"])
@@ -647,5 +647,372 @@ pub fn vm_stress(vm_opts: &crate::VmOpts, rounds: usize, seconds: u32) -> Result
     println!("medians of {rounds} rounds of {seconds}s:");
     println!("  DONTNEED 64K on a registered 4M ODP MR: bare loop {b:.0}/s, stress generator {g:.0}/s (ratio {:.2})", g / b);
     println!("  loopback WRITE+READ on ODP MRs: {p0:.1} MB/s without probes, {p1:.1} MB/s with (ratio {:.2})", p1 / p0);
+    Ok(())
+}
+
+/// One piece of a capture line rewritten per synthetic copy.
+enum Piece {
+    Text(String),
+    /// The event's time, shifted by the copy's offset.
+    Ts(u64),
+    /// A user process's pid or tid: each copy is another process.
+    Pid(u64),
+    /// An address space or kernel object: each copy has its own.
+    Addr(u64),
+    /// The workload's name: copies cycle through SYNTHETIC_NAMES names.
+    Comm,
+}
+
+/// Process names the synthetic copies cycle through: more than the engine keeps apart in
+/// retired counts, as a fleet host's many jobs would be.
+const SYNTHETIC_NAMES: u64 = 500;
+
+/// The committed capture as a template for long synthetic streams: copy `n` is another process
+/// (pid, address spaces, objects of its own) registering, faulting, racing and releasing its
+/// MR, `n` capture-lengths later.
+struct SyntheticStream {
+    lines: Vec<Vec<Piece>>,
+    period: u64,
+}
+
+impl SyntheticStream {
+    fn from_capture() -> Result<SyntheticStream> {
+        let text = std::fs::read_to_string(workspace_root().join(MONITOR_CAPTURE))?;
+        let mut lines = Vec::new();
+        let (mut first, mut last) = (u64::MAX, 0);
+        for line in text.lines() {
+            let mut v: serde_json::Value = serde_json::from_str(line)?;
+            let mut fields = Vec::new();
+            let ts = v["ts_ns"].as_u64().context("ts_ns")?;
+            first = first.min(ts);
+            last = last.max(ts);
+            v["ts_ns"] = "@@0@@".into();
+            fields.push(Piece::Ts(ts));
+            let kernel_thread = v["comm"].as_str().is_some_and(|c| c.starts_with("kworker"));
+            if !kernel_thread {
+                for key in ["pid", "tid"] {
+                    let id = v[key].as_u64().context("pid")?;
+                    v[key] = format!("@@{}@@", fields.len()).into();
+                    fields.push(Piece::Pid(id));
+                }
+            }
+            if v["comm"] == "race_workload" {
+                v["comm"] = format!("@@{}@@", fields.len()).into();
+                fields.push(Piece::Comm);
+            }
+            for key in ["mm", "obj"] {
+                let hex = v[key].as_str().context("address")?;
+                let addr = u64::from_str_radix(hex.trim_start_matches("0x"), 16)?;
+                if addr != 0 {
+                    v[key] = format!("@@{}@@", fields.len()).into();
+                    fields.push(Piece::Addr(addr));
+                }
+            }
+            // Numbers go in without the quotes their markers were serialised with.
+            let json = serde_json::to_string(&v)?
+                .replace("\"@@", "@@")
+                .replace("@@\"", "@@");
+            let mut pieces = Vec::new();
+            let mut fields = fields.into_iter().map(Some).collect::<Vec<_>>();
+            for (i, part) in json.split("@@").enumerate() {
+                if i % 2 == 0 {
+                    pieces.push(Piece::Text(part.to_string()));
+                } else {
+                    let index: usize = part.parse()?;
+                    let field = fields.get_mut(index).and_then(Option::take);
+                    pieces.push(field.context("a marker used twice")?);
+                }
+            }
+            // Addresses and comm are strings in the recording: put their quotes back.
+            for i in 0..pieces.len() {
+                if matches!(pieces[i], Piece::Addr(_) | Piece::Comm) {
+                    for j in [i - 1, i + 1] {
+                        if let Some(Piece::Text(t)) = pieces.get_mut(j) {
+                            if j < i {
+                                t.push('"');
+                            } else {
+                                t.insert(0, '"');
+                            }
+                        }
+                    }
+                }
+            }
+            lines.push(pieces);
+        }
+        if lines.is_empty() {
+            bail!("{MONITOR_CAPTURE} is empty");
+        }
+        Ok(SyntheticStream {
+            lines,
+            period: last - first + 10_000_000,
+        })
+    }
+
+    fn events_per_copy(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Writes line `index` of copy `copy`.
+    fn write(&self, out: &mut impl std::io::Write, copy: u64, index: usize) -> Result<()> {
+        for piece in &self.lines[index] {
+            match piece {
+                Piece::Text(t) => out.write_all(t.as_bytes())?,
+                Piece::Ts(ts) => write!(out, "{}", ts + copy * self.period)?,
+                Piece::Pid(pid) => write!(out, "{}", pid + 1000 + copy)?,
+                Piece::Addr(a) => write!(out, "{:#x}", a ^ (copy << 40))?,
+                Piece::Comm => write!(out, "job-{}", copy % SYNTHETIC_NAMES)?,
+            }
+        }
+        out.write_all(b"\n")?;
+        Ok(())
+    }
+}
+
+/// A FIFO in a fresh directory under target/bench.
+fn bench_fifo(name: &str) -> Result<PathBuf> {
+    let dir = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    let c_path = std::ffi::CString::new(path.to_str().context("utf-8 path")?)?;
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+    if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
+        bail!(
+            "mkfifo {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(path)
+}
+
+/// A running `odp-ctl exporter --replay FIFO` and the address it serves.
+struct ReplayExporter {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl ReplayExporter {
+    fn start(odp_ctl: &Path, fifo: &Path) -> Result<ReplayExporter> {
+        use std::io::BufRead as _;
+        let mut child = Command::new(odp_ctl)
+            .args(["exporter", "--listen", "127.0.0.1:0", "--replay"])
+            .arg(fifo)
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut stderr = std::io::BufReader::new(child.stderr.take().context("stderr")?);
+        let mut line = String::new();
+        stderr.read_line(&mut line)?;
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .with_context(|| format!("no address in {line:?}"))?
+            .to_string();
+        Ok(ReplayExporter { child, addr })
+    }
+
+    /// (VmRSS, VmHWM) in MiB.
+    fn memory(&self) -> Result<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        Ok((kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0))
+    }
+
+    /// User + system CPU ticks of the whole process.
+    fn ticks(&self) -> Result<u64> {
+        Ok(thread_ticks(&self.child.id().to_string())?
+            .iter()
+            .map(|(_, t)| t)
+            .sum())
+    }
+
+    /// One scrape of /metrics: (milliseconds it took, bytes, odp_exporter_events_total).
+    fn scrape(&self) -> Result<(f64, usize, u64)> {
+        use std::io::{Read as _, Write as _};
+        let t = std::time::Instant::now();
+        let mut stream = std::net::TcpStream::connect(&self.addr)?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let events = body
+            .lines()
+            .find_map(|l| l.strip_prefix("odp_exporter_events_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        Ok((ms, body.len(), events))
+    }
+
+    /// The sum of a counter's samples, all labels.
+    fn counter(&self, name: &str) -> Result<f64> {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(&self.addr)?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        Ok(body
+            .lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// Waits (up to a minute) until the engine has taken `events`.
+    fn wait_for_events(&self, events: u64) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if self.scrape()?.2 >= events {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the exporter never counted {events} events");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    fn stop(mut self) -> Result<()> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("the exporter exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+/// The exporter's memory over a long replay of MR churn, and its CPU at a steady event rate
+/// with a scrape every second.
+pub fn exporter(events: usize, rate: f64, seconds: u64) -> Result<()> {
+    crate::host::ensure()?;
+    cargo_build_release(&["-p", "odp-ctl"])?;
+    let odp_ctl = workspace_root().join("target/release/odp-ctl");
+    let stream = SyntheticStream::from_capture()?;
+    let per_copy = stream.events_per_copy();
+    let copies = events.div_ceil(per_copy) as u64;
+    let total = copies * per_copy as u64;
+    println!(
+        "memory: {total} events, {copies} copies of {MONITOR_CAPTURE} ({per_copy} events, one MR \
+         registered, raced and released by its own process), {:.0} s of stream time, {SYNTHETIC_NAMES} \
+         process names",
+        copies as f64 * stream.period as f64 / 1e9
+    );
+    let fifo = bench_fifo("exporter-memory.fifo")?;
+    let exporter = ReplayExporter::start(&odp_ctl, &fifo)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&fifo)?);
+    let started = std::time::Instant::now();
+    let marks = [copies / 10, copies / 2, copies];
+    for copy in 0..copies {
+        for index in 0..per_copy {
+            stream.write(&mut out, copy, index)?;
+        }
+        if let Some(&mark) = marks.iter().find(|&&m| m == copy + 1) {
+            std::io::Write::flush(&mut out)?;
+            // All but the reordering window's last 100 ms of stream have reached the engine.
+            let written = (copy + 1) * per_copy as u64;
+            exporter.wait_for_events(written - per_copy as u64)?;
+            let (rss, peak) = exporter.memory()?;
+            let (ms, bytes, _) = exporter.scrape()?;
+            println!(
+                "  {:>3}% ({written} events, {:.0} s): RSS {rss:.1} MiB, peak {peak:.1} MiB; \
+                 a scrape {ms:.1} ms, {bytes} bytes",
+                mark * 100 / copies,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    drop(out);
+    exporter.wait_for_events(total)?;
+    // Every copy's faults and races counted: the churn lost nothing.
+    let faults = exporter.counter("odp_faults_total")?;
+    let races = exporter.counter("odp_races_total")?;
+    if faults != (copies * 1473) as f64 || races != (copies * 4) as f64 {
+        bail!(
+            "the exporter counted {faults} faults and {races} races, not {} and {}",
+            copies * 1473,
+            copies * 4
+        );
+    }
+    let (rss, peak) = exporter.memory()?;
+    println!(
+        "  end of stream: RSS {rss:.1} MiB, peak {peak:.1} MiB; {:.2}M events/s through the \
+         FIFO, parse and engine",
+        total as f64 / started.elapsed().as_secs_f64() / 1e6
+    );
+    exporter.stop()?;
+
+    println!(
+        "cpu: {rate:.0} events/s for {seconds} s (the capture's copies, paced every 10 ms), a \
+         scrape each second"
+    );
+    let fifo = bench_fifo("exporter-cpu.fifo")?;
+    let exporter = ReplayExporter::start(&odp_ctl, &fifo)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&fifo)?);
+    let tick = std::time::Duration::from_millis(10);
+    let per_tick = (rate / 100.0).round() as u64;
+    let warmup = 2;
+    let (mut copy, mut index, mut sent) = (0u64, 0usize, 0u64);
+    let begun = std::time::Instant::now();
+    let mut window = None;
+    let mut scrapes = Vec::new();
+    let mut next_scrape = begun + std::time::Duration::from_secs(1);
+    for step in 0..(seconds + warmup) * 100 {
+        for _ in 0..per_tick {
+            stream.write(&mut out, copy, index)?;
+            sent += 1;
+            index += 1;
+            if index == per_copy {
+                index = 0;
+                copy += 1;
+            }
+        }
+        std::io::Write::flush(&mut out)?;
+        if step == warmup * 100 {
+            window = Some((std::time::Instant::now(), exporter.ticks()?, sent));
+        }
+        let now = std::time::Instant::now();
+        if now >= next_scrape {
+            scrapes.push(exporter.scrape()?.0);
+            next_scrape += std::time::Duration::from_secs(1);
+        }
+        let due = begun + tick * (step as u32 + 1);
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let (from, ticks_before, sent_before) = window.context("no measuring window")?;
+    let ticks = exporter.ticks()? - ticks_before;
+    let secs = from.elapsed().as_secs_f64();
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let achieved = (sent - sent_before) as f64 / secs;
+    println!(
+        "  {achieved:.0} events/s achieved: the exporter used {:.1}% of a core; scrapes median \
+         {:.2} ms (max {:.2}), {} of them",
+        ticks as f64 / hz / secs * 100.0,
+        median(&mut scrapes.clone()),
+        scrapes.iter().copied().fold(0.0, f64::max),
+        scrapes.len()
+    );
+    drop(out);
+    exporter.wait_for_events(sent)?;
+    exporter.stop()?;
     Ok(())
 }

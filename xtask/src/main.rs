@@ -7,6 +7,7 @@ mod apt;
 mod bench;
 mod drive;
 mod host;
+mod package;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,9 @@ enum Cmd {
         #[command(flatten)]
         opts: VmOpts,
     },
+    /// Build the Debian package of odp-ctl (release build; man pages, completions, the
+    /// exporter's systemd unit, the Grafana dashboard) into target/debian.
+    Package,
     /// Benchmarks for BENCHMARKS.md (not tests).
     Bench {
         #[command(subcommand)]
@@ -100,6 +104,19 @@ enum BenchCmd {
         /// Events per second for the TUI run.
         #[arg(long, default_value_t = 100_000.0)]
         rate: f64,
+    },
+    /// The exporter: memory over a long replay of MR and process churn (RSS at 10%, 50% and
+    /// 100%), and its CPU at a steady event rate with a scrape each second.
+    Exporter {
+        /// Events in the memory run (copies of the committed capture).
+        #[arg(long, default_value_t = 50_000_000)]
+        events: usize,
+        /// Events per second in the CPU run.
+        #[arg(long, default_value_t = 100_000.0)]
+        rate: f64,
+        /// Seconds measured in the CPU run.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
     },
     /// The stress engine in the VM: action generator vs a bare madvise loop, throughput with
     /// and without probes.
@@ -188,6 +205,13 @@ fn run(cli: Cli) -> Result<()> {
             vm_opts: opts,
             filter,
         }),
+        Cmd::Package => {
+            host::ensure()?;
+            bench::cargo_build_release(&["-p", "odp-ctl"])?;
+            let binary = workspace_root().join("target/release/odp-ctl");
+            println!("{}", package::build(&binary)?.display());
+            Ok(())
+        }
         Cmd::Bench { command } => match command {
             BenchCmd::Probes {
                 rounds,
@@ -195,6 +219,11 @@ fn run(cli: Cli) -> Result<()> {
                 loops,
             } => bench::probes(rounds, pages, loops),
             BenchCmd::Monitor { rounds, rate } => bench::monitor(rounds, rate),
+            BenchCmd::Exporter {
+                events,
+                rate,
+                seconds,
+            } => bench::exporter(events, rate, seconds),
             BenchCmd::VmProbes { rounds, opts } => bench::vm_probes(&opts, rounds),
             BenchCmd::VmStress {
                 rounds,

@@ -632,7 +632,9 @@ fn processes_that_come_and_go_for_hours_leave_bounded_state_and_whole_counts() {
                 .device("rxe0")
                 .process(pid, &comm)
                 .ret(0),
-            ev(Point::VerbsDeregMr, at + 19, 1).mm(mm).process(pid, &comm),
+            ev(Point::VerbsDeregMr, at + 19, 1)
+                .mm(mm)
+                .process(pid, &comm),
             ev(Point::MapDma, at + 10, 5)
                 .obj(umem)
                 .mm(mm)
@@ -661,7 +663,11 @@ fn processes_that_come_and_go_for_hours_leave_bounded_state_and_whole_counts() {
         summary.summarised.processes_retired,
         processes - kept as u64
     );
-    assert!(engine.spaces.len() <= RELEASED_KEPT, "{}", engine.spaces.len());
+    assert!(
+        engine.spaces.len() <= RELEASED_KEPT,
+        "{}",
+        engine.spaces.len()
+    );
     assert!(engine.threads.len() <= 1, "{}", engine.threads.len());
     assert_eq!(engine.retired().len(), RETIRED_NAMES_KEPT + 1);
     assert_eq!(
