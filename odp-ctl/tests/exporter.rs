@@ -320,6 +320,12 @@ fn live_probes_are_served_while_a_workload_faults() {
             .collect::<Vec<_>>()
     );
     assert_eq!(sum(&m, "odp_exporter_missed_runs_total", &[]), 0.0);
+    for family in LIVE_ONLY {
+        assert!(
+            m.keys().any(|k| k.split('{').next() == Some(family)),
+            "{family} not served live"
+        );
+    }
     let status = stop(child);
     assert!(status.success(), "{status}");
 }
@@ -420,17 +426,25 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Asks the Prometheus HTTP API for an instant query; the first result's value, if any.
-fn query(prometheus: &str, promql: &str) -> Option<f64> {
-    let encoded: String = promql
+/// A query parameter, percent-encoded.
+fn encode(promql: &str) -> String {
+    promql
         .bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
-        .collect();
-    let (status, _, body) =
-        try_get(prometheus, &format!("/api/v1/query?query={encoded}"), None).ok()?;
+        .collect()
+}
+
+/// Asks the Prometheus HTTP API for an instant query; the first result's value, if any.
+fn query(prometheus: &str, promql: &str) -> Option<f64> {
+    let (status, _, body) = try_get(
+        prometheus,
+        &format!("/api/v1/query?query={}", encode(promql)),
+        None,
+    )
+    .ok()?;
     if status != 200 {
         return None;
     }
@@ -728,4 +742,124 @@ fn a_live_exporter_agrees_with_a_stress_run_through_prometheus() {
         n(&totals["invalidations"]),
         n(&totals["races"])
     );
+}
+
+/// Families only live probes fill (a recording has no probe points); the live test checks they
+/// are served there.
+const LIVE_ONLY: [&str; 2] = ["odp_exporter_probe", "odp_exporter_missed_runs_total"];
+
+/// Every PromQL expression of the Grafana dashboard (panels and variables), with Grafana's
+/// variables given values as Grafana would.
+fn dashboard_queries() -> Vec<String> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/grafana-dashboard.json"))
+            .expect("the dashboard is JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            queries.push(target["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+    {
+        if let Some(q) = variable["query"]["query"].as_str() {
+            // label_values(EXPR, label) is Grafana's; its series are EXPR's.
+            let inner = q
+                .strip_prefix("label_values(")
+                .and_then(|r| r.rsplit_once(',').map(|(e, _)| e.to_string()))
+                .expect("label_values");
+            queries.push(inner);
+        }
+    }
+    queries
+        .into_iter()
+        .map(|q| {
+            q.replace("$__rate_interval", "1m")
+                .replace("$instance", ".*")
+                .replace("$device", ".*")
+        })
+        .collect()
+}
+
+#[test]
+fn the_grafana_dashboard_asks_prometheus_only_for_what_the_exporter_serves() {
+    let test = "the_grafana_dashboard_asks_prometheus_only_for_what_the_exporter_serves";
+    let queries = dashboard_queries();
+    assert!(queries.len() > 20, "{queries:?}");
+    // The metric families the exporter declares, with the series names histograms add.
+    let capture = fixture();
+    let (exporter, addr) = start(&["--replay".as_ref(), capture.as_os_str()]);
+    metrics_once_complete(&addr, capture_events());
+    let (_, _, body) = get(&addr, "/metrics", None);
+    let mut served = std::collections::HashSet::new();
+    for line in body.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            served.insert(name.to_string());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    served.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    for q in &queries {
+        let mut rest = q.as_str();
+        while let Some(at) = rest.find("odp_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                served.contains(&name) || LIVE_ONLY.contains(&name.as_str()),
+                "{name} is not served (in {q})"
+            );
+            rest = &rest[at + name.len()..];
+        }
+    }
+    // A real Prometheus parses and answers every one, and the main panels have data.
+    let Some(prometheus) = Prometheus::scraping(test, &addr) else {
+        assert!(stop(exporter).success());
+        return;
+    };
+    prometheus.wait_for("sum(odp_faults_total)", 1473.0);
+    // Rates need two scrapes of the complete totals.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prometheus
+        .query("count_over_time(odp_exporter_events_total[1m])")
+        .is_none_or(|n| n < 2.0)
+    {
+        assert!(Instant::now() < deadline, "no second scrape");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let mut empty = Vec::new();
+    for q in &queries {
+        let (status, _, body) = try_get(
+            &prometheus.web,
+            &format!("/api/v1/query?query={}", encode(q)),
+            None,
+        )
+        .expect("query");
+        assert!(
+            status == 200 && body.contains("\"status\":\"success\""),
+            "Prometheus refused {q}: {body}"
+        );
+        if body.contains("\"result\":[]") {
+            empty.push(q.clone());
+        }
+    }
+    drop(prometheus);
+    assert!(stop(exporter).success());
+    // A recording's counters stand still, so its rates are zero, not missing; only the
+    // families of live probes have no series here.
+    for q in &empty {
+        assert!(
+            LIVE_ONLY.iter().any(|family| q.contains(family)),
+            "no data for {q}"
+        );
+    }
 }

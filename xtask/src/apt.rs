@@ -30,6 +30,9 @@ pub const GUEST_PACKAGES: &[&str] = &[
     "perftest",
     "libelf1t64",
     "zlib1g",
+    // The package test installs odp-ctl's .deb with them (dpkg-deb runs GNU tar).
+    "dpkg",
+    "tar",
 ];
 
 /// Oldest kernel whose rxe supports both ODP registration (6.15) and prefetch (6.17).

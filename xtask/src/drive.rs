@@ -173,6 +173,7 @@ pub struct TestOpts {
 pub fn test(opts: &TestOpts) -> Result<()> {
     crate::host::ensure()?;
     let prometheus = crate::host::prometheus()?;
+    let deb = test_package()?;
     let mut total = Counts::default();
     let mut ok = true;
     if opts.host {
@@ -182,7 +183,8 @@ pub fn test(opts: &TestOpts) -> Result<()> {
         let mut cmd = cargo();
         cmd.args(["test", "--workspace"])
             .env(SKIP_LOG_ENV, &skip_log)
-            .env(PROMETHEUS_ENV, &prometheus);
+            .env(PROMETHEUS_ENV, &prometheus)
+            .env(DEB_ENV, &deb);
         if let Some(f) = &opts.filter {
             cmd.args(["--", f]);
         }
@@ -197,7 +199,7 @@ pub fn test(opts: &TestOpts) -> Result<()> {
     }
     if opts.vm {
         println!("== VM tests on soft-RoCE (rxe)");
-        let (success, counts) = vm_tests(opts, &prometheus)?;
+        let (success, counts) = vm_tests(opts, &prometheus, &deb)?;
         ok &= success;
         total.add(counts);
     }
@@ -226,6 +228,21 @@ pub fn test(opts: &TestOpts) -> Result<()> {
 const SKIP_LOG_ENV: &str = "ODP_SKIP_LOG";
 /// Where the tests find a Prometheus server to scrape the exporter with.
 const PROMETHEUS_ENV: &str = "ODP_PROMETHEUS";
+/// Where the package tests find odp-ctl's Debian package.
+const DEB_ENV: &str = "ODP_DEB";
+
+/// The Debian package around the test build's odp-ctl (the packaging is what is tested; a
+/// release build would compile everything a second time).
+fn test_package() -> Result<PathBuf> {
+    let status = cargo()
+        .args(["build", "-p", "odp-ctl"])
+        .status()
+        .context("cargo build -p odp-ctl")?;
+    if !status.success() {
+        bail!("cargo build -p odp-ctl failed");
+    }
+    crate::package::build(&workspace_root().join("target/debug/odp-ctl"))
+}
 
 /// Guest boots a VM job may use: a guest killed by the emulator's int3 oops
 /// (docs/FINDINGS.md #6) is booted again (the tests: for the binaries it had not finished).
@@ -243,11 +260,12 @@ struct BinaryResult {
 
 /// The guest script for these test binaries. Each one's status is written only after its
 /// output has fully reached the share, so a binary with a status file has a complete log.
-fn vm_test_script(names: &[String], filter: Option<&str>) -> String {
+fn vm_test_script(names: &[String], filter: Option<&str>, deb: &str) -> String {
     let filter = filter.map(|f| format!(" '{f}'")).unwrap_or_default();
     let mut script = format!(
         "export ODP_REQUIRE_DEVICE=1 ODP_CTL=/job/bin/odp-ctl RUST_BACKTRACE=1 \
-         {SKIP_LOG_ENV}=/job/{VM_RESULTS}/{VM_SKIPS} {PROMETHEUS_ENV}=/job/bin/prometheus\n\
+         {SKIP_LOG_ENV}=/job/{VM_RESULTS}/{VM_SKIPS} {PROMETHEUS_ENV}=/job/bin/prometheus \
+         {DEB_ENV}=/job/bin/{deb}\n\
          mkdir -p /job/{VM_RESULTS}\nfail=0\n"
     );
     for name in names {
@@ -285,7 +303,7 @@ fn finished_binaries(names: &[String]) -> Vec<(String, BinaryResult)> {
 
 /// Runs every integration test binary in the guest, booting it again (up to VM_BOOTS)
 /// when the emulator's int3 oops kills it; returns whether all passed and the counts.
-fn vm_tests(opts: &TestOpts, prometheus: &Path) -> Result<(bool, Counts)> {
+fn vm_tests(opts: &TestOpts, prometheus: &Path, deb: &Path) -> Result<(bool, Counts)> {
     let (tests, odp_ctl) = build_vm_artifacts()?;
     let guest = crate::prepare(&opts.vm_opts)?;
     let mut pending = tests
@@ -302,6 +320,12 @@ fn vm_tests(opts: &TestOpts, prometheus: &Path) -> Result<(bool, Counts)> {
     binaries.push(prometheus.to_path_buf());
     // The exporter's lint test finds promtool beside the server, as Debian ships them.
     binaries.push(prometheus.with_file_name("promtool"));
+    binaries.push(deb.to_path_buf());
+    let deb_name = deb
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("package file name")?
+        .to_string();
     // mlx5_ib loads without hardware; its module BTF is what the mlx5 probe test needs.
     let mut vm_opts = opts.vm_opts.clone();
     if !vm_opts.modules.iter().any(|m| m == "mlx5_ib") {
@@ -311,7 +335,7 @@ fn vm_tests(opts: &TestOpts, prometheus: &Path) -> Result<(bool, Counts)> {
     let mut reboots = Vec::new();
     let mut skips = Vec::new();
     for boot in 1..=VM_BOOTS {
-        let script = vm_test_script(&pending, opts.filter.as_deref());
+        let script = vm_test_script(&pending, opts.filter.as_deref(), &deb_name);
         let run = vm::run_job(&guest, &crate::job(&vm_opts, script, binaries.clone()));
         // Read before the next boot clears the share.
         skips.extend(read_skips(&vm::job_dir().join(VM_RESULTS).join(VM_SKIPS))?);

@@ -85,6 +85,7 @@ pub fn prepare(opts: &Prepare) -> Result<Guest> {
             )?;
         }
         merge_usr(&root)?;
+        dpkg_database(&root, kernel_debs.iter().chain(&user_debs))?;
         // busybox-static installs no applet links; programs that run `sh -c` (tmux) need one.
         let sh = root.join("usr/bin/sh");
         if !sh.exists() {
@@ -110,6 +111,38 @@ pub fn prepare(opts: &Prepare) -> Result<Guest> {
         vmlinuz,
         initramfs,
     })
+}
+
+/// dpkg's database of the root: every package unpacked into it, as installed, so that dpkg in
+/// the guest resolves a package's dependencies against what the root really has.
+fn dpkg_database<'a>(root: &Path, debs: impl Iterator<Item = &'a PathBuf>) -> Result<()> {
+    let admin = root.join("var/lib/dpkg");
+    for dir in ["info", "updates", "triggers"] {
+        std::fs::create_dir_all(admin.join(dir))?;
+    }
+    let mut status = String::new();
+    for deb in debs {
+        let out = Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(deb)
+            .output()
+            .with_context(|| format!("dpkg-deb -f {}", deb.display()))?;
+        if !out.status.success() {
+            bail!("dpkg-deb -f {} failed", deb.display());
+        }
+        let fields = String::from_utf8_lossy(&out.stdout);
+        for line in fields.lines() {
+            status.push_str(line);
+            status.push('\n');
+            if line.starts_with("Package:") {
+                status.push_str("Status: install ok installed\n");
+            }
+        }
+        status.push('\n');
+    }
+    std::fs::write(admin.join("status"), status)?;
+    std::fs::write(admin.join("available"), "")?;
+    Ok(())
 }
 
 /// Debian is merged-/usr; packages that still ship /lib or /bin paths are folded into /usr so

@@ -362,7 +362,13 @@ impl Snapshot {
             registry.register(name, help, c).map_err(fail)?;
         }
         let missed = Family::<PointOnly, Counter>::default();
-        for (point, n) in &s.missed_per_point {
+        // Every attached point has its series from the start, so rate() sees the first miss.
+        let attached = self
+            .probes
+            .iter()
+            .filter(|(_, _, status)| status == "attached")
+            .map(|(point, _, _)| (point, &0));
+        for (point, n) in attached.chain(&s.missed_per_point) {
             missed.with_or_new(
                 &PointOnly {
                     point: point.clone(),
