@@ -863,3 +863,65 @@ fn the_grafana_dashboard_asks_prometheus_only_for_what_the_exporter_serves() {
         );
     }
 }
+
+#[test]
+fn a_port_in_use_or_an_address_not_here_is_refused_before_anything_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    // 192.0.2.0/24 is TEST-NET-1: never an address of this host.
+    for (listen, why) in [
+        (addr.as_str(), "Address already in use"),
+        ("192.0.2.1:10087", "Cannot assign requested address"),
+        ("127.0.0.1:99999", "invalid port value"),
+    ] {
+        let out = odp_ctl()
+            .args(["exporter", "--listen", listen, "--replay"])
+            .arg(fixture())
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "{listen}: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot listen on {listen}")) && stderr.contains(why),
+            "{listen}: {stderr}"
+        );
+        // Refused before serving: nothing was announced.
+        assert!(!stderr.contains("serving"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_recording_that_does_not_parse_ends_the_exporter_naming_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("broken.jsonl");
+    let capture = std::fs::read_to_string(fixture()).expect("capture");
+    let mut lines: Vec<&str> = capture.lines().take(10).collect();
+    lines.insert(5, "{\"ts_ns\": \"soon\"}");
+    std::fs::write(&path, lines.join("\n")).expect("write");
+    let out = odp_ctl()
+        .args(["exporter", "--listen", "127.0.0.1:0", "--replay"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("broken.jsonl:6:"), "{stderr}");
+}
+
+#[test]
+fn live_probes_without_root_are_a_permission_error() {
+    let test = "live_probes_without_root_are_a_permission_error";
+    if !odp_core::testing::root_or_skip(test, "running odp-ctl as another user") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let out = odp_ctl()
+        .args(["exporter", "--listen", "127.0.0.1:0", "--duration", "5s"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("needs root"), "{stderr}");
+}
