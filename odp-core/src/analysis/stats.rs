@@ -54,31 +54,53 @@ pub struct Counts {
 impl Counts {
     /// Adds every count of `other` to these.
     pub fn add(&mut self, other: &Counts) {
-        self.faults += other.faults;
-        self.fault_pages += other.fault_pages;
-        self.fault_errors += other.fault_errors;
-        self.prefetches += other.prefetches;
-        self.prefetched_pages += other.prefetched_pages;
-        self.prefetched_then_faulted_pages += other.prefetched_then_faulted_pages;
-        self.prefetch_retries += other.prefetch_retries;
-        self.invalidations += other.invalidations;
-        self.invalidated_bytes += other.invalidated_bytes;
-        for (total, n) in self
-            .invalidations_by_cause
-            .iter_mut()
-            .zip(other.invalidations_by_cause)
-        {
-            *total += n;
+        *self = self.zip_with(other, u64::saturating_add);
+    }
+
+    /// Every count of these less `other`'s, none below zero.
+    pub fn less(&self, other: &Counts) -> Counts {
+        self.zip_with(other, u64::saturating_sub)
+    }
+
+    /// Every count the larger of these and `other`'s.
+    pub fn max(&self, other: &Counts) -> Counts {
+        self.zip_with(other, u64::max)
+    }
+
+    /// `f` applied to each count of these and the same count of `other`: the one place that
+    /// lists every field.
+    fn zip_with(&self, other: &Counts, f: impl Fn(u64, u64) -> u64) -> Counts {
+        let mut by_cause = [0; CAUSES + 1];
+        for (i, n) in by_cause.iter_mut().enumerate() {
+            *n = f(
+                self.invalidations_by_cause[i],
+                other.invalidations_by_cause[i],
+            );
         }
-        self.races += other.races;
-        self.retries += other.retries;
-        self.retried_faults += other.retried_faults;
-        self.hmm_busy += other.hmm_busy;
-        self.collision_waits += other.collision_waits;
-        self.hmm_timeouts += other.hmm_timeouts;
-        self.unresolved += other.unresolved;
-        self.slow += other.slow;
-        self.cpu_faults += other.cpu_faults;
+        Counts {
+            faults: f(self.faults, other.faults),
+            fault_pages: f(self.fault_pages, other.fault_pages),
+            fault_errors: f(self.fault_errors, other.fault_errors),
+            prefetches: f(self.prefetches, other.prefetches),
+            prefetched_pages: f(self.prefetched_pages, other.prefetched_pages),
+            prefetched_then_faulted_pages: f(
+                self.prefetched_then_faulted_pages,
+                other.prefetched_then_faulted_pages,
+            ),
+            prefetch_retries: f(self.prefetch_retries, other.prefetch_retries),
+            invalidations: f(self.invalidations, other.invalidations),
+            invalidated_bytes: f(self.invalidated_bytes, other.invalidated_bytes),
+            invalidations_by_cause: by_cause,
+            races: f(self.races, other.races),
+            retries: f(self.retries, other.retries),
+            retried_faults: f(self.retried_faults, other.retried_faults),
+            hmm_busy: f(self.hmm_busy, other.hmm_busy),
+            collision_waits: f(self.collision_waits, other.collision_waits),
+            hmm_timeouts: f(self.hmm_timeouts, other.hmm_timeouts),
+            unresolved: f(self.unresolved, other.unresolved),
+            slow: f(self.slow, other.slow),
+            cpu_faults: f(self.cpu_faults, other.cpu_faults),
+        }
     }
 
     /// Every kind of timeout the issue names: HMM limit, unresolved, slow.

@@ -33,7 +33,7 @@ const OTHER_PROCESSES: &str = "other";
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 
 /// Counts for one (device, process) pair.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Copy)]
 struct PairCounts {
     counts: Counts,
     live_mrs: u64,
@@ -67,38 +67,124 @@ pub struct Snapshot {
     /// Per device: fault, invalidation, collision-wait and prefetch durations.
     latency: BTreeMap<String, [Histo; 4]>,
     /// (point, method, status) of each probe point; empty for a recording.
-    probes: Vec<(String, String, String)>,
+    probes: Vec<ProbeState>,
+}
+
+/// Which process names have series of their own. A name, once labelled, keeps its label for the
+/// exporter's life and never goes back to "other", and what "other" had already served of it
+/// stays there: so no counter of any series ever goes back, which Prometheus would read as a
+/// reset and a burst.
+#[derive(Debug, Default)]
+struct ProcessLabels {
+    named: std::collections::BTreeSet<String>,
+    /// Counts each (device, name) had when its name was labelled: served in "other" before.
+    baseline: BTreeMap<(String, String), Counts>,
+    /// The counts last served per labelled (device, name).
+    served: BTreeMap<(String, String), Counts>,
+    /// The exact counts of the unlabelled (device, name) pairs inside the last "other" served.
+    in_other: BTreeMap<(String, String), Counts>,
+}
+
+impl ProcessLabels {
+    /// Labels the busiest names not yet labelled, while there is room.
+    fn promote(&mut self, ranked: &[(&str, u64)]) {
+        for (name, faults) in ranked {
+            if self.named.len() >= PROCESS_LABELS {
+                break;
+            }
+            // The catch-all names (the engine's and ours) are never a process of their own.
+            if *faults == 0
+                || *name == odp_core::analysis::OTHER_PROCESSES
+                || *name == OTHER_PROCESSES
+            {
+                continue;
+            }
+            if self.named.insert(name.to_string()) {
+                for (key, counts) in &self.in_other {
+                    if key.1 == *name {
+                        self.baseline.insert(key.clone(), *counts);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The counts to serve for every (device, label): a labelled name's own since it was
+    /// labelled, never less than last served; per device, "other" is the rest of the device's
+    /// exact total, so the series always add up to it.
+    fn serve(
+        &mut self,
+        exact: BTreeMap<(String, String), PairCounts>,
+    ) -> BTreeMap<(String, String), PairCounts> {
+        let mut device_totals: BTreeMap<String, PairCounts> = BTreeMap::new();
+        let mut out: BTreeMap<(String, String), PairCounts> = BTreeMap::new();
+        let mut in_other = BTreeMap::new();
+        for ((device, comm), pair) in exact {
+            let total = device_totals.entry(device.clone()).or_default();
+            total.counts.add(&pair.counts);
+            let key = (device, comm);
+            if self.named.contains(&key.1) {
+                let baseline = self.baseline.get(&key).copied().unwrap_or_default();
+                let served = self.served.entry(key.clone()).or_default();
+                *served = served.max(&pair.counts.less(&baseline));
+                out.insert(
+                    key,
+                    PairCounts {
+                        counts: *served,
+                        ..pair
+                    },
+                );
+            } else {
+                let other = total_other(&mut out, &key.0);
+                other.live_mrs += pair.live_mrs;
+                other.live_bytes += pair.live_bytes;
+                in_other.insert(key, pair.counts);
+            }
+        }
+        self.in_other = in_other;
+        // A labelled pair whose MRs the engine no longer lists by name keeps its last counts.
+        for (key, served) in &self.served {
+            out.entry(key.clone()).or_insert_with(|| PairCounts {
+                counts: *served,
+                ..PairCounts::default()
+            });
+            device_totals.entry(key.0.clone()).or_default();
+        }
+        for (device, total) in device_totals {
+            let labelled = out
+                .iter()
+                .filter(|((d, comm), _)| *d == device && comm != OTHER_PROCESSES)
+                .fold(Counts::default(), |mut sum, (_, p)| {
+                    sum.add(&p.counts);
+                    sum
+                });
+            let rest = total.counts.less(&labelled);
+            let other = total_other(&mut out, &device);
+            other.counts = rest;
+        }
+        out
+    }
+}
+
+fn total_other<'a>(
+    out: &'a mut BTreeMap<(String, String), PairCounts>,
+    device: &str,
+) -> &'a mut PairCounts {
+    out.entry((device.to_string(), OTHER_PROCESSES.to_string()))
+        .or_default()
 }
 
 impl Snapshot {
-    pub fn of(engine: &Engine, probes: &[(String, String, String)]) -> Snapshot {
-        // Process names ranked by faults over every MR seen, retired ones included; past the
-        // top ones, "other".
-        let mut by_process: BTreeMap<&str, u64> = BTreeMap::new();
+    fn of(
+        engine: &Engine,
+        probes: &[ProbeState],
+        labels: &mut ProcessLabels,
+    ) -> Snapshot {
+        // Exact counts by (device, process name): every MR kept, and those retired.
+        let mut exact: BTreeMap<(String, String), PairCounts> = BTreeMap::new();
         for mr in engine.mrs() {
-            *by_process.entry(mr.comm.as_str()).or_default() += mr.stats.counts.faults;
-        }
-        for ((_, comm), counts) in engine.retired() {
-            *by_process.entry(comm.as_str()).or_default() += counts.faults;
-        }
-        let mut ranked: Vec<(&str, u64)> = by_process.into_iter().collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let named: std::collections::HashSet<&str> = ranked
-            .iter()
-            .take(PROCESS_LABELS)
-            .map(|(name, _)| *name)
-            .collect();
-        let label = |comm: &str| {
-            if named.contains(comm) {
-                comm.to_string()
-            } else {
-                OTHER_PROCESSES.to_string()
-            }
-        };
-        let mut pairs: BTreeMap<(String, String), PairCounts> = BTreeMap::new();
-        for mr in engine.mrs() {
-            let pair = pairs
-                .entry((mr.device.clone(), label(&mr.comm)))
+            let pair = exact
+                .entry((mr.device.clone(), mr.comm.clone()))
                 .or_default();
             pair.counts.add(&mr.stats.counts);
             if mr.released_ns.is_none() {
@@ -106,14 +192,21 @@ impl Snapshot {
                 pair.live_bytes += mr.end.saturating_sub(mr.start);
             }
         }
-        // MRs retired after their release still count.
         for ((device, comm), counts) in engine.retired() {
-            pairs
-                .entry((device.clone(), label(comm)))
+            exact
+                .entry((device.clone(), comm.clone()))
                 .or_default()
                 .counts
                 .add(counts);
         }
+        let mut by_process: BTreeMap<&str, u64> = BTreeMap::new();
+        for ((_, comm), pair) in &exact {
+            *by_process.entry(comm.as_str()).or_default() += pair.counts.faults;
+        }
+        let mut ranked: Vec<(&str, u64)> = by_process.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        labels.promote(&ranked);
+        let pairs = labels.serve(exact);
         let latency = engine
             .devices()
             .iter()
@@ -366,8 +459,8 @@ impl Snapshot {
         let attached = self
             .probes
             .iter()
-            .filter(|(_, _, status)| status == "attached")
-            .map(|(point, _, _)| (point, &0));
+            .filter(|p| p.status == "attached")
+            .map(|p| (&p.point, &0));
         for (point, n) in attached.chain(&s.missed_per_point) {
             missed.with_or_new(
                 &PointOnly {
@@ -384,13 +477,8 @@ impl Snapshot {
             )
             .map_err(fail)?;
         let probes = Family::<ProbeState, Gauge<i64>>::default();
-        for (point, method, status) in &self.probes {
-            let labels = ProbeState {
-                point: point.clone(),
-                method: method.clone(),
-                status: status.clone(),
-            };
-            probes.with_or_new(&labels, |g| g.set(1));
+        for labels in &self.probes {
+            probes.with_or_new(labels, |g| g.set(1));
         }
         registry
             .register(
@@ -487,7 +575,8 @@ label_set!(PointOnly { point: String });
 label_set!(ProbeState {
     point: String,
     method: String,
-    status: String
+    status: String,
+    reason: String
 });
 label_set!(BuildInfo { version: &'static str, kernel: String });
 
@@ -510,7 +599,8 @@ impl Latest {
 /// The sink: a snapshot of the engine every SNAPSHOT_EVERY and at the end.
 pub struct Publisher {
     latest: Arc<Latest>,
-    probes: Vec<(String, String, String)>,
+    probes: Vec<ProbeState>,
+    labels: ProcessLabels,
     next: Instant,
 }
 
@@ -519,22 +609,24 @@ impl Publisher {
         let probes = plans
             .iter()
             .map(|p| {
-                let (status, _) = match &p.status {
+                let (status, reason) = match &p.status {
                     odp_ebpf::Status::Attached => ("attached", String::new()),
                     odp_ebpf::Status::Planned => ("planned", String::new()),
                     odp_ebpf::Status::Skipped(r) => ("skipped", r.clone()),
                     odp_ebpf::Status::Failed(r) => ("failed", r.clone()),
                 };
-                (
-                    p.point.name().to_string(),
-                    p.method.map_or("-", |m| m.name()).to_string(),
-                    status.to_string(),
-                )
+                ProbeState {
+                    point: p.point.name().to_string(),
+                    method: p.method.map_or("-", |m| m.name()).to_string(),
+                    status: status.to_string(),
+                    reason,
+                }
             })
             .collect();
         Publisher {
             latest,
             probes,
+            labels: ProcessLabels::default(),
             next: Instant::now(),
         }
     }
@@ -543,14 +635,16 @@ impl Publisher {
 impl Sink for Publisher {
     fn tick(&mut self, engine: &Engine, _state: &State) -> anyhow::Result<Flow> {
         if Instant::now() >= self.next {
-            self.latest.set(Snapshot::of(engine, &self.probes));
+            self.latest
+                .set(Snapshot::of(engine, &self.probes, &mut self.labels));
             self.next = Instant::now() + SNAPSHOT_EVERY;
         }
         Ok(Flow::Continue)
     }
 
     fn finish(&mut self, engine: &Engine) -> anyhow::Result<()> {
-        self.latest.set(Snapshot::of(engine, &self.probes));
+        self.latest
+            .set(Snapshot::of(engine, &self.probes, &mut self.labels));
         Ok(())
     }
 }
@@ -696,5 +790,89 @@ mod tests {
             negotiate(Some("application/json")),
             TextProfile::PrometheusV0_0_4
         );
+    }
+
+    #[test]
+    fn served_counters_never_go_back_and_always_add_up_per_device() {
+        // 60 names on two devices come and go over 400 snapshots, with uneven rates; now and
+        // then the engine folds a name's retired counts under its catch-all name (past its
+        // kept names), which lowers that name's exact count.
+        let mut labels = ProcessLabels::default();
+        let mut exact: BTreeMap<(String, String), PairCounts> = BTreeMap::new();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut last: BTreeMap<(String, String), Counts> = BTreeMap::new();
+        for step in 0..400u64 {
+            for _ in 0..next(20) {
+                let name = format!("job-{}", next(60.min(step / 4 + 1)));
+                let device = ["rxe0", "mlx5_0"][next(2) as usize].to_string();
+                let pair = exact.entry((device, name)).or_default();
+                // Some names count races before their first fault: they sit in "other" first.
+                pair.counts.faults += next(1 + step % 7) * u64::from(step > 50 || next(3) == 0);
+                pair.counts.races += next(2);
+            }
+            if next(10) == 0 {
+                let keys: Vec<_> = exact.keys().cloned().collect();
+                let victim = keys[next(keys.len() as u64) as usize].clone();
+                if let Some(folded) = exact.remove(&victim) {
+                    let catch_all = (
+                        victim.0.clone(),
+                        odp_core::analysis::OTHER_PROCESSES.to_string(),
+                    );
+                    exact
+                        .entry(catch_all)
+                        .or_default()
+                        .counts
+                        .add(&folded.counts);
+                }
+            }
+            let mut by_name: BTreeMap<&str, u64> = BTreeMap::new();
+            for ((_, comm), p) in &exact {
+                *by_name.entry(comm).or_default() += p.counts.faults;
+            }
+            let mut ranked: Vec<(&str, u64)> = by_name.into_iter().collect();
+            ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            labels.promote(&ranked);
+            let served = labels.serve(exact.clone());
+            let processes: std::collections::BTreeSet<&str> =
+                served.keys().map(|(_, p)| p.as_str()).collect();
+            assert!(processes.len() <= PROCESS_LABELS + 1, "{processes:?}");
+            for device in ["rxe0", "mlx5_0"] {
+                let sum = |m: &BTreeMap<(String, String), Counts>| {
+                    m.iter()
+                        .filter(|((d, _), _)| d == device)
+                        .map(|(_, c)| c.faults)
+                        .sum::<u64>()
+                };
+                let exact_total: u64 = exact
+                    .iter()
+                    .filter(|((d, _), _)| d == device)
+                    .map(|(_, p)| p.counts.faults)
+                    .sum();
+                let served_counts: BTreeMap<_, _> =
+                    served.iter().map(|(k, p)| (k.clone(), p.counts)).collect();
+                assert_eq!(sum(&served_counts), exact_total, "step {step} {device}");
+            }
+            for (key, pair) in &served {
+                let before = last.get(key).copied().unwrap_or_default();
+                assert!(
+                    pair.counts.faults >= before.faults && pair.counts.races >= before.races,
+                    "step {step}: {key:?} went back from {} to {}",
+                    before.faults,
+                    pair.counts.faults
+                );
+                last.insert(key.clone(), pair.counts);
+            }
+            // A series served once is served ever after.
+            for key in last.keys() {
+                assert!(served.contains_key(key), "step {step}: {key:?} vanished");
+            }
+        }
+        assert_eq!(labels.named.len(), PROCESS_LABELS);
     }
 }
