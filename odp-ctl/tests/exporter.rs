@@ -925,3 +925,56 @@ fn live_probes_without_root_are_a_permission_error() {
     assert_eq!(out.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("needs root"), "{stderr}");
 }
+
+#[test]
+fn per_mr_series_are_served_for_the_busiest_live_mrs_only_when_asked() {
+    // Five live MRs faulted 5, 4, 3, 2 and 1 times, and a released one faulted 9 times.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mrs.jsonl");
+    let mut recording = Synthetic::default();
+    recording.mr("gone", 70, 9, true);
+    for faults in [5, 4, 3, 2, 1] {
+        recording.mr("app", 71, faults, false);
+    }
+    recording.write(&path);
+    let (child, addr) = start(&[
+        "--mr-series".as_ref(),
+        "3".as_ref(),
+        "--replay".as_ref(),
+        path.as_os_str(),
+    ]);
+    let m = metrics_once_complete(&addr, recording.events as f64);
+    let mut per_mr: Vec<(String, f64)> = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("odp_mr_faults_total{"))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    per_mr.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let values: Vec<f64> = per_mr.iter().map(|(_, v)| *v).collect();
+    assert_eq!(values, [5.0, 4.0, 3.0], "{per_mr:?}");
+    // The busiest is the second MR of the recording: 1 MiB at 0x7f0000100000, pid 71.
+    let (busiest, _) = &per_mr[0];
+    for label in [
+        "mr=\"2\"",
+        "pid=\"71\"",
+        "process=\"app\"",
+        "device=\"rxe0\"",
+        "start=\"0x7f0000100000\"",
+        "length=\"1048576\"",
+    ] {
+        assert!(busiest.contains(label), "{label} in {busiest}");
+    }
+    assert!(stop(child).success());
+
+    // Not asked: no per-MR series. Asked for too many: a usage error.
+    let (child, addr) = start(&["--replay".as_ref(), path.as_os_str()]);
+    let m = metrics_once_complete(&addr, recording.events as f64);
+    assert!(!m.keys().any(|k| k.starts_with("odp_mr_")));
+    assert!(stop(child).success());
+    let out = odp_ctl()
+        .args(["exporter", "--mr-series", "1001", "--replay"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

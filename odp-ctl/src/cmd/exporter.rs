@@ -18,6 +18,10 @@ use crate::output::Output;
 /// and registered on that list before a release.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:10087";
 
+/// The most MRs --mr-series serves one by one: past a few hundred series per host, a fleet's
+/// Prometheus pays more than per-MR detail is worth.
+const MR_SERIES_MAX: i64 = 1000;
+
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -33,6 +37,10 @@ pub struct Args {
     /// live probes; the metrics stay up until Ctrl-C or SIGTERM.
     #[arg(long, conflicts_with_all = ["pid", "comm", "device", "range", "all_mms", "cpu_faults", "attach"])]
     pub replay: Option<PathBuf>,
+    /// Also serve per-MR counters (odp_mr_*_total, labelled by MR, pid and range) for the N
+    /// busiest live MRs; each MR is a series of its own, so N is capped.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=MR_SERIES_MAX))]
+    pub mr_series: u16,
     /// Stop after this long (default: until Ctrl-C or SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -72,7 +80,8 @@ pub fn run(_out: &Output, args: &Args) -> anyhow::Result<()> {
         }
     );
     let latest = Arc::new(Latest::default());
-    let mut publisher = Publisher::new(Arc::clone(&latest), &source.plans);
+    let mut publisher = Publisher::new(Arc::clone(&latest), &source.plans)
+        .with_mr_series(usize::from(args.mr_series));
     let addr = server.addr;
     let status = move || {
         format!(

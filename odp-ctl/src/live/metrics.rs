@@ -68,6 +68,8 @@ pub struct Snapshot {
     latency: BTreeMap<String, [Histo; 4]>,
     /// (point, method, status) of each probe point; empty for a recording.
     probes: Vec<ProbeState>,
+    /// The busiest live MRs' own counts, when asked for.
+    mrs: Vec<(MrLabels, Counts)>,
 }
 
 /// Which process names have series of their own. A name, once labelled, keeps its label for the
@@ -179,6 +181,7 @@ impl Snapshot {
         engine: &Engine,
         probes: &[ProbeState],
         labels: &mut ProcessLabels,
+        mr_series: usize,
     ) -> Snapshot {
         // Exact counts by (device, process name): every MR kept, and those retired.
         let mut exact: BTreeMap<(String, String), PairCounts> = BTreeMap::new();
@@ -222,12 +225,42 @@ impl Snapshot {
                 )
             })
             .collect();
+        let mut live: Vec<&odp_core::analysis::Mr> = if mr_series == 0 {
+            Vec::new()
+        } else {
+            engine.mrs().filter(|m| m.released_ns.is_none()).collect()
+        };
+        live.sort_by(|a, b| {
+            b.stats
+                .counts
+                .faults
+                .cmp(&a.stats.counts.faults)
+                .then(a.id.cmp(&b.id))
+        });
+        let mrs = live
+            .into_iter()
+            .take(mr_series)
+            .map(|m| {
+                (
+                    MrLabels {
+                        device: m.device.clone(),
+                        process: m.comm.clone(),
+                        pid: m.pid.to_string(),
+                        mr: m.id.to_string(),
+                        start: format!("{:#x}", m.start),
+                        length: m.end.saturating_sub(m.start).to_string(),
+                    },
+                    m.stats.counts,
+                )
+            })
+            .collect();
         Snapshot {
             events: engine.events(),
             source: engine.source.clone(),
             pairs,
             latency,
             probes: probes.to_vec(),
+            mrs,
         }
     }
 
@@ -415,8 +448,52 @@ impl Snapshot {
             }
             registry.register(name, help, family).map_err(fail)?;
         }
+        self.register_mrs(&mut registry)?;
         self.register_health(&mut registry)?;
         Ok(registry)
+    }
+
+    /// The busiest live MRs' own counters (--mr-series): exact per MR, so a series that leaves
+    /// the top and comes back resumes where it was.
+    fn register_mrs(&self, registry: &mut Registry) -> anyhow::Result<()> {
+        if self.mrs.is_empty() {
+            return Ok(());
+        }
+        let fail = |e: fastmetrics::error::Error| anyhow::anyhow!("registering metrics: {e}");
+        for (name, help, value) in [
+            (
+                "mr_faults_total",
+                "Device page faults on this MR.",
+                (|c: &Counts| c.faults) as fn(&Counts) -> u64,
+            ),
+            (
+                "mr_fault_pages_total",
+                "4 KiB pages the device faults on this MR covered.",
+                |c| c.fault_pages,
+            ),
+            (
+                "mr_invalidations_total",
+                "Driver invalidate callbacks on this MR.",
+                |c| c.invalidations,
+            ),
+            (
+                "mr_races_total",
+                "Device faults on this MR an invalidation ran into.",
+                |c| c.races,
+            ),
+            (
+                "mr_retries_total",
+                "Extra attempts inside device faults on this MR.",
+                |c| c.retries,
+            ),
+        ] {
+            let family = Family::<MrLabels, Counter>::default();
+            for (labels, counts) in &self.mrs {
+                family.with_or_new(labels, |c| c.inc_by(value(counts)));
+            }
+            registry.register(name, help, family).map_err(fail)?;
+        }
+        Ok(())
     }
 
     /// The exporter's own health: what it saw, lost and attached.
@@ -572,6 +649,14 @@ label_set!(DeviceProcessCause { device: String, process: String, cause: &'static
 label_set!(DeviceProcessKind { device: String, process: String, kind: &'static str });
 label_set!(DeviceOnly { device: String });
 label_set!(PointOnly { point: String });
+label_set!(MrLabels {
+    device: String,
+    process: String,
+    pid: String,
+    mr: String,
+    start: String,
+    length: String
+});
 label_set!(ProbeState {
     point: String,
     method: String,
@@ -601,6 +686,7 @@ pub struct Publisher {
     latest: Arc<Latest>,
     probes: Vec<ProbeState>,
     labels: ProcessLabels,
+    mr_series: usize,
     next: Instant,
 }
 
@@ -627,24 +713,39 @@ impl Publisher {
             latest,
             probes,
             labels: ProcessLabels::default(),
+            mr_series: 0,
             next: Instant::now(),
         }
+    }
+
+    /// Also serve the `n` busiest live MRs' own counters.
+    pub fn with_mr_series(mut self, n: usize) -> Publisher {
+        self.mr_series = n;
+        self
     }
 }
 
 impl Sink for Publisher {
     fn tick(&mut self, engine: &Engine, _state: &State) -> anyhow::Result<Flow> {
         if Instant::now() >= self.next {
-            self.latest
-                .set(Snapshot::of(engine, &self.probes, &mut self.labels));
+            self.latest.set(Snapshot::of(
+                engine,
+                &self.probes,
+                &mut self.labels,
+                self.mr_series,
+            ));
             self.next = Instant::now() + SNAPSHOT_EVERY;
         }
         Ok(Flow::Continue)
     }
 
     fn finish(&mut self, engine: &Engine) -> anyhow::Result<()> {
-        self.latest
-            .set(Snapshot::of(engine, &self.probes, &mut self.labels));
+        self.latest.set(Snapshot::of(
+            engine,
+            &self.probes,
+            &mut self.labels,
+            self.mr_series,
+        ));
         Ok(())
     }
 }

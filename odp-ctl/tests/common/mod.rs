@@ -141,7 +141,8 @@ impl Synthetic {
         self.line(
             "umem_get",
             &common,
-            r#","device":"rxe0","args":[79,0,0,0],"ret":0"#,
+            // The device name travels in args[2..4], as the probes record it.
+            r#","device":"rxe0","args":[79,0,811956338,0],"ret":0"#,
         );
         for _ in 0..faults {
             self.line("fault", &common, r#","args":[0,0,0,0],"ret":1"#);
