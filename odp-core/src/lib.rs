@@ -6,6 +6,7 @@
 //! results and errors.
 
 pub mod analysis;
+pub mod driver_counters;
 pub mod error;
 pub mod memory;
 pub mod stress;

@@ -375,3 +375,36 @@ fn deregistering_reports_the_kernels_answer_while_the_process_lives() {
         "deregister() returned Ok: the kernel must have dropped the MR already"
     );
 }
+
+#[test]
+fn rdma_netlink_lists_an_odp_mr_while_registered_with_no_rxe_counters() {
+    let test = "rdma_netlink_lists_an_odp_mr_while_registered_with_no_rxe_counters";
+    let Some(ctx) = open(test) else { return };
+    let device = ctx.name().to_string();
+    let mut netlink = odp_core::driver_counters::RdmaNetlink::open().expect("rdma netlink");
+    let index = netlink
+        .devices()
+        .expect("devices")
+        .into_iter()
+        .find(|(_, name)| *name == device)
+        .map(|(index, _)| index)
+        .expect("the device is listed by index");
+    let before = netlink.mr_counters(index).expect("MRs before");
+    let pd = ctx.alloc_pd().expect("pd");
+    let map = Arc::new(Mapping::new(1 << 20, Backing::Anonymous).expect("map"));
+    let mr = MemoryRegion::register(&pd, &map, 0, 1 << 20, ODP).expect("register");
+    let during = netlink.mr_counters(index).expect("MRs while registered");
+    drop(mr);
+    let after = netlink.mr_counters(index).expect("MRs after");
+    assert_eq!(during.len(), before.len() + 1, "{during:?}");
+    assert_eq!(after.len(), before.len(), "{after:?}");
+    let new: Vec<_> = during
+        .iter()
+        .filter(|m| !before.iter().any(|b| b.mrn == m.mrn))
+        .collect();
+    assert_eq!(new.len(), 1, "{during:?}");
+    // rxe keeps no per-MR ODP counters (mlx5 fills page_faults, page_invalidations, ...).
+    if device.starts_with("rxe") {
+        assert!(new[0].counters.is_empty(), "{new:?}");
+    }
+}
