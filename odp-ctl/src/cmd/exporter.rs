@@ -82,6 +82,9 @@ pub fn run(_out: &Output, args: &Args) -> anyhow::Result<()> {
     let latest = Arc::new(Latest::default());
     let mut publisher = Publisher::new(Arc::clone(&latest), &source.plans)
         .with_mr_series(usize::from(args.mr_series));
+    if args.replay.is_none() {
+        publisher = publisher.with_driver_counters();
+    }
     let addr = server.addr;
     let status = move || {
         format!(

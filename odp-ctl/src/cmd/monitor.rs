@@ -133,9 +133,14 @@ fn view_or_summarize(
 ) -> anyhow::Result<()> {
     let server = args.metrics.as_deref().map(Server::bind).transpose()?;
     let latest = Arc::new(Latest::default());
-    let mut publisher = server
-        .as_ref()
-        .map(|_| Publisher::new(Arc::clone(&latest), &source.plans));
+    let mut publisher = server.as_ref().map(|_| {
+        let publisher = Publisher::new(Arc::clone(&latest), &source.plans);
+        if args.replay.is_none() {
+            publisher.with_driver_counters()
+        } else {
+            publisher
+        }
+    });
     let label = source.label.clone();
     if let Some(server) = &server {
         eprintln!("monitor: serving http://{}/metrics", server.addr);

@@ -21,6 +21,7 @@ use fastmetrics::raw::bucket::Bucket;
 use fastmetrics::raw::{LabelSetSchema, MetricLabelSet, MetricType, TypedMetric};
 use fastmetrics::registry::Registry;
 use odp_core::analysis::{Counts, Engine, Latency, SourceFacts, BUCKET_BOUNDS_NS, CAUSES};
+use odp_core::driver_counters::{DeviceMrs, RdmaNetlink};
 
 use super::{Flow, Sink, State};
 
@@ -70,6 +71,10 @@ pub struct Snapshot {
     probes: Vec<ProbeState>,
     /// The busiest live MRs' own counts, when asked for.
     mrs: Vec<(MrLabels, Counts)>,
+    /// The drivers' own per-MR counters (RDMA netlink), for live probes.
+    driver: Vec<DeviceMrs>,
+    /// The most MRs whose driver counters are served one by one (--mr-series).
+    mr_series: usize,
 }
 
 /// Which process names have series of their own. A name, once labelled, keeps its label for the
@@ -261,6 +266,8 @@ impl Snapshot {
             latency,
             probes: probes.to_vec(),
             mrs,
+            driver: Vec::new(),
+            mr_series,
         }
     }
 
@@ -449,6 +456,7 @@ impl Snapshot {
             registry.register(name, help, family).map_err(fail)?;
         }
         self.register_mrs(&mut registry)?;
+        self.register_driver(&mut registry)?;
         self.register_health(&mut registry)?;
         Ok(registry)
     }
@@ -492,6 +500,79 @@ impl Snapshot {
                 family.with_or_new(labels, |c| c.inc_by(value(counts)));
             }
             registry.register(name, help, family).map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// The drivers' own per-MR ODP counters, as `rdma stat show mr` prints them (mlx5); none
+    /// where a driver keeps none (rxe). Summed over each device's live MRs as gauges (an MR's
+    /// counts leave with it), and per MR for the --mr-series busiest.
+    fn register_driver(&self, registry: &mut Registry) -> anyhow::Result<()> {
+        let fail = |e: fastmetrics::error::Error| anyhow::anyhow!("registering metrics: {e}");
+        let listed = Family::<DeviceOnly, Gauge<i64>>::default();
+        let sums = Family::<DeviceCounter, Gauge<i64>>::default();
+        let mut per_mr: Vec<(u64, &str, &odp_core::driver_counters::MrCounters)> = Vec::new();
+        for device in &self.driver {
+            let Ok(mrs) = &device.mrs else { continue };
+            listed.with_or_new(
+                &DeviceOnly {
+                    device: device.device.clone(),
+                },
+                |g| g.set(i64::try_from(mrs.len()).unwrap_or(i64::MAX)),
+            );
+            for mr in mrs {
+                for (counter, value) in &mr.counters {
+                    let labels = DeviceCounter {
+                        device: device.device.clone(),
+                        counter: counter.clone(),
+                    };
+                    let value = i64::try_from(*value).unwrap_or(i64::MAX);
+                    sums.with_or_new(&labels, |g| g.set(g.get().saturating_add(value)));
+                }
+                if !mr.counters.is_empty() {
+                    let total = mr.counters.iter().map(|(_, v)| *v).sum();
+                    per_mr.push((total, &device.device, mr));
+                }
+            }
+        }
+        registry
+            .register(
+                "exporter_driver_mrs",
+                "MRs the driver listed over RDMA netlink at the last read (with or without \
+                 counters of their own).",
+                listed,
+            )
+            .map_err(fail)?;
+        registry
+            .register(
+                "driver_live_mr_counters",
+                "The driver's own per-MR ODP counters (rdma stat show mr: page_faults, \
+                 page_invalidations, page_prefetch on mlx5), summed over the device's live MRs; \
+                 a gauge, since an MR's counts leave with it. None where the driver keeps none.",
+                sums,
+            )
+            .map_err(fail)?;
+        if self.mr_series > 0 {
+            per_mr.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.mrn.cmp(&b.2.mrn)));
+            let family = Family::<DeviceMrnCounter, Counter>::default();
+            for (_, device, mr) in per_mr.into_iter().take(self.mr_series) {
+                for (counter, value) in &mr.counters {
+                    let labels = DeviceMrnCounter {
+                        device: device.to_string(),
+                        mrn: mr.mrn.to_string(),
+                        counter: counter.clone(),
+                    };
+                    family.with_or_new(&labels, |c| c.inc_by(*value));
+                }
+            }
+            registry
+                .register(
+                    "driver_mr_counter_total",
+                    "The driver's own ODP counters of one MR (mrn as rdma stat show mr prints \
+                     it), for the busiest ones.",
+                    family,
+                )
+                .map_err(fail)?;
         }
         Ok(())
     }
@@ -649,6 +730,15 @@ label_set!(DeviceProcessCause { device: String, process: String, cause: &'static
 label_set!(DeviceProcessKind { device: String, process: String, kind: &'static str });
 label_set!(DeviceOnly { device: String });
 label_set!(PointOnly { point: String });
+label_set!(DeviceCounter {
+    device: String,
+    counter: String
+});
+label_set!(DeviceMrnCounter {
+    device: String,
+    mrn: String,
+    counter: String
+});
 label_set!(MrLabels {
     device: String,
     process: String,
@@ -687,6 +777,8 @@ pub struct Publisher {
     probes: Vec<ProbeState>,
     labels: ProcessLabels,
     mr_series: usize,
+    /// RDMA netlink, for the drivers' own counters (live probes only).
+    driver: Option<RdmaNetlink>,
     next: Instant,
 }
 
@@ -714,8 +806,35 @@ impl Publisher {
             probes,
             labels: ProcessLabels::default(),
             mr_series: 0,
+            driver: None,
             next: Instant::now(),
         }
+    }
+
+    /// Also serve the drivers' own per-MR counters, read over RDMA netlink at each snapshot;
+    /// where RDMA netlink cannot be opened, says why and serves without them.
+    pub fn with_driver_counters(mut self) -> Publisher {
+        match RdmaNetlink::open() {
+            Ok(netlink) => self.driver = Some(netlink),
+            Err(e) => {
+                eprintln!("odp-ctl: the drivers' per-MR counters are not served: RDMA netlink: {e}")
+            }
+        }
+        self
+    }
+
+    fn snapshot(&mut self, engine: &Engine) -> Snapshot {
+        let mut snapshot = Snapshot::of(engine, &self.probes, &mut self.labels, self.mr_series);
+        if let Some(netlink) = &mut self.driver {
+            match netlink.all_mr_counters() {
+                Ok(devices) => snapshot.driver = devices,
+                Err(e) => {
+                    eprintln!("odp-ctl: reading the drivers' per-MR counters stopped: {e}");
+                    self.driver = None;
+                }
+            }
+        }
+        snapshot
     }
 
     /// Also serve the `n` busiest live MRs' own counters.
@@ -728,24 +847,16 @@ impl Publisher {
 impl Sink for Publisher {
     fn tick(&mut self, engine: &Engine, _state: &State) -> anyhow::Result<Flow> {
         if Instant::now() >= self.next {
-            self.latest.set(Snapshot::of(
-                engine,
-                &self.probes,
-                &mut self.labels,
-                self.mr_series,
-            ));
+            let snapshot = self.snapshot(engine);
+            self.latest.set(snapshot);
             self.next = Instant::now() + SNAPSHOT_EVERY;
         }
         Ok(Flow::Continue)
     }
 
     fn finish(&mut self, engine: &Engine) -> anyhow::Result<()> {
-        self.latest.set(Snapshot::of(
-            engine,
-            &self.probes,
-            &mut self.labels,
-            self.mr_series,
-        ));
+        let snapshot = self.snapshot(engine);
+        self.latest.set(snapshot);
         Ok(())
     }
 }
