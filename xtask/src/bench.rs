@@ -110,10 +110,12 @@ pub fn probes(rounds: usize, pages: usize, loops: usize) -> Result<()> {
         "count-only",
         "stream-json",
         "bpftrace-printf",
+        "exporter",
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); conditions.len()];
     let mut drops = 0u64;
     let mut streamed_events = Vec::new();
+    let mut exporter_events = Vec::new();
     for round in 0..rounds {
         // Each round starts one condition later, so none always runs right after another
         // (bpftrace's teardown, say) and position effects spread over all of them.
@@ -127,6 +129,7 @@ pub fn probes(rounds: usize, pages: usize, loops: usize) -> Result<()> {
                         .args(["trace", "--count-only", "--points", "cpu", "--"])
                         .args(&workload),
                 )?,
+                "exporter" => exporter_beside(&odp_ctl, &workload, &mut exporter_events)?,
                 "stream-json" => ns_per_fault(
                     Command::new(&odp_ctl)
                         .args(["--json", "trace", "--points", "cpu", "--output"])
@@ -188,7 +191,52 @@ pub fn probes(rounds: usize, pages: usize, loops: usize) -> Result<()> {
         "stream-json: {drops} drops in total; events per run: {streamed_events:?} (faults per run: {})",
         pages * loops
     );
+    println!("exporter: events its engine took per run: {exporter_events:?}");
     Ok(())
+}
+
+/// ns per fault of the workload while `odp-ctl exporter --cpu-faults` watches it, live, from
+/// attach to detach; the events the exporter's engine took are pushed to `events`.
+fn exporter_beside(odp_ctl: &Path, workload: &[String], events: &mut Vec<u64>) -> Result<f64> {
+    use std::io::BufRead as _;
+    let comm = Path::new(&workload[0])
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("workload name")?
+        .to_string();
+    let mut exporter = Command::new(odp_ctl)
+        .args([
+            "exporter",
+            "--cpu-faults",
+            "--listen",
+            "127.0.0.1:0",
+            "--comm",
+        ])
+        .arg(&comm)
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stderr = std::io::BufReader::new(exporter.stderr.take().context("stderr")?);
+    let mut line = String::new();
+    stderr.read_line(&mut line)?;
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .with_context(|| format!("no address in {line:?}"))?
+        .to_string();
+    let exporter = ExporterProcess {
+        child: exporter,
+        addr,
+    };
+    // Probes are attached once the exporter names its address.
+    let ns = ns_per_fault(Command::new(&workload[0]).args(&workload[1..]));
+    // Its events reach the engine within the reordering window and a snapshot.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let seen = exporter.scrape().map(|(_, _, n)| n);
+    exporter.stop()?;
+    events.push(seen?);
+    ns
 }
 
 /// (drops, events) from the summary line at the end of a JSON Lines trace file.
@@ -786,14 +834,14 @@ fn bench_fifo(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// A running `odp-ctl exporter --replay FIFO` and the address it serves.
-struct ReplayExporter {
+/// A running `odp-ctl exporter` (a replay, or live probes) and the address it serves.
+struct ExporterProcess {
     child: std::process::Child,
     addr: String,
 }
 
-impl ReplayExporter {
-    fn start(odp_ctl: &Path, fifo: &Path) -> Result<ReplayExporter> {
+impl ExporterProcess {
+    fn start(odp_ctl: &Path, fifo: &Path) -> Result<ExporterProcess> {
         use std::io::BufRead as _;
         let mut child = Command::new(odp_ctl)
             .args(["exporter", "--listen", "127.0.0.1:0", "--replay"])
@@ -810,7 +858,7 @@ impl ReplayExporter {
             .and_then(|r| r.split('/').next())
             .with_context(|| format!("no address in {line:?}"))?
             .to_string();
-        Ok(ReplayExporter { child, addr })
+        Ok(ExporterProcess { child, addr })
     }
 
     /// (VmRSS, VmHWM) in MiB.
@@ -915,7 +963,7 @@ pub fn exporter(events: usize, rate: f64, seconds: u64) -> Result<()> {
         copies as f64 * stream.period as f64 / 1e9
     );
     let fifo = bench_fifo("exporter-memory.fifo")?;
-    let exporter = ReplayExporter::start(&odp_ctl, &fifo)?;
+    let exporter = ExporterProcess::start(&odp_ctl, &fifo)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&fifo)?);
     let started = std::time::Instant::now();
     let marks = [copies / 10, copies / 2, copies];
@@ -963,7 +1011,7 @@ pub fn exporter(events: usize, rate: f64, seconds: u64) -> Result<()> {
          scrape each second"
     );
     let fifo = bench_fifo("exporter-cpu.fifo")?;
-    let exporter = ReplayExporter::start(&odp_ctl, &fifo)?;
+    let exporter = ExporterProcess::start(&odp_ctl, &fifo)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&fifo)?);
     let tick = std::time::Duration::from_millis(10);
     let per_tick = (rate / 100.0).round() as u64;
