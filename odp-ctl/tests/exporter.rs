@@ -1030,3 +1030,40 @@ fn per_mr_series_are_served_for_the_busiest_live_mrs_only_when_asked() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+#[test]
+fn points_choose_what_the_exporter_attaches() {
+    let out = odp_ctl()
+        .args([
+            "exporter",
+            "--listen",
+            "127.0.0.1:0",
+            "--points",
+            "fault,nonsense",
+        ])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("unknown point \"nonsense\""), "{stderr}");
+
+    let test = "points_choose_what_the_exporter_attaches";
+    if !odp_core::testing::root_or_skip(test, "loading BPF") {
+        return;
+    }
+    // The CPU page-fault point attaches on any kernel these tests run on (tp_btf or the
+    // tracepoint); named, it is attached, and nothing else is.
+    let (child, addr) = start(&["--points".as_ref(), "cpu".as_ref()]);
+    let (_, _, body) = get(&addr, "/metrics", None);
+    let m = samples(&body);
+    let attached: Vec<&String> = m
+        .keys()
+        .filter(|k| k.starts_with("odp_exporter_probe{") && k.contains("status=\"attached\""))
+        .collect();
+    assert_eq!(attached.len(), 1, "{attached:?}");
+    assert!(
+        attached[0].contains("point=\"page_fault_user\""),
+        "{attached:?}"
+    );
+    assert!(stop(child).success());
+}

@@ -33,9 +33,13 @@ pub struct Args {
     /// rate).
     #[arg(long)]
     pub cpu_faults: bool,
+    /// Only these points (comma-separated names or groups, see `odp-ctl probes`); the CPU
+    /// page-fault point only when named or with --cpu-faults.
+    #[arg(long, value_delimiter = ',')]
+    pub points: Vec<String>,
     /// Serve the totals of a recording (from `trace --json`, `monitor --record`) instead of
     /// live probes; the metrics stay up until Ctrl-C or SIGTERM.
-    #[arg(long, conflicts_with_all = ["pid", "comm", "device", "range", "all_mms", "cpu_faults", "attach"])]
+    #[arg(long, conflicts_with_all = ["pid", "comm", "device", "range", "all_mms", "cpu_faults", "attach", "points"])]
     pub replay: Option<PathBuf>,
     /// Also serve per-MR counters (odp_mr_*_total, labelled by MR, pid and range) for the N
     /// busiest live MRs; each MR is a series of its own, so N is capped.
@@ -54,11 +58,16 @@ pub fn run(_out: &Output, args: &Args) -> anyhow::Result<()> {
         Some(path) => Source::recording(path.clone(), 0.0)?,
         None => {
             let mut config = args.filter.config(None)?;
+            let named = super::launch::select_points(&args.points)?;
+            let cpu_faults = args.cpu_faults
+                || named
+                    .as_ref()
+                    .is_some_and(|n| n.contains(&Point::PageFaultUser));
             config.points = Some(
-                Point::ALL
-                    .iter()
-                    .copied()
-                    .filter(|&p| args.cpu_faults || p != Point::PageFaultUser)
+                named
+                    .unwrap_or_else(|| Point::ALL.to_vec())
+                    .into_iter()
+                    .filter(|&p| cpu_faults || p != Point::PageFaultUser)
                     .collect(),
             );
             Source::probes(config, deadline)?

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use bpf_common::{Group, Point};
 use odp_ebpf::Config;
 
 use odp_core::units::{parse_range, parse_size};
@@ -316,4 +317,32 @@ pub fn child_outcome(status: Option<i32>) -> anyhow::Result<()> {
         }
         None => Ok(()),
     }
+}
+
+/// The points named (each a point or a group, see `odp-ctl probes`); None when none are.
+pub fn select_points(names: &[String]) -> anyhow::Result<Option<Vec<Point>>> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let mut points = Vec::new();
+    for name in names {
+        let before = points.len();
+        points.extend(
+            Point::ALL
+                .iter()
+                .copied()
+                .filter(|p| p.name() == name || p.group().name() == name),
+        );
+        if points.len() == before {
+            let known: Vec<&str> = Point::ALL.iter().map(|p| p.name()).collect();
+            let groups: Vec<&str> = Group::ALL.iter().map(|g| g.name()).collect();
+            return Err(odp_core::Error::invalid(format!(
+                "unknown point {name:?}; points: {}; groups: {}",
+                known.join(", "),
+                groups.join(", ")
+            ))
+            .into());
+        }
+    }
+    Ok(Some(points))
 }

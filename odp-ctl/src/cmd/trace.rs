@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bpf_common::{Group, OdpEvent, Point};
+use bpf_common::OdpEvent;
 use odp_core::analysis::{AnalysisConfig, Engine};
 use odp_core::trace::{monotonic_ns, write_json_line, Record};
 use odp_ebpf::{Config, Status};
@@ -61,33 +61,6 @@ struct Summary {
     skipped: BTreeMap<&'static str, String>,
 }
 
-fn select_points(names: &[String]) -> anyhow::Result<Option<Vec<Point>>> {
-    if names.is_empty() {
-        return Ok(None);
-    }
-    let mut points = Vec::new();
-    for name in names {
-        let before = points.len();
-        points.extend(
-            Point::ALL
-                .iter()
-                .copied()
-                .filter(|p| p.name() == name || p.group().name() == name),
-        );
-        if points.len() == before {
-            let known: Vec<&str> = Point::ALL.iter().map(|p| p.name()).collect();
-            let groups: Vec<&str> = Group::ALL.iter().map(|g| g.name()).collect();
-            return Err(odp_core::Error::invalid(format!(
-                "unknown point {name:?}; points: {}; groups: {}",
-                known.join(", "),
-                groups.join(", ")
-            ))
-            .into());
-        }
-    }
-    Ok(Some(points))
-}
-
 /// Decoded events, as lines or JSON Lines, to stdout or a file.
 struct Writer {
     out: BufWriter<Box<dyn Write>>,
@@ -124,7 +97,7 @@ impl Sink for Writer {
 }
 
 pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
-    let points = select_points(&args.points)?;
+    let points = super::launch::select_points(&args.points)?;
     args.filter.check_command(&args.command)?;
     if args.count_only && args.filter.range.is_some() {
         // Calls are counted when they start, before their range is known.
