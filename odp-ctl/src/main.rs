@@ -6,6 +6,7 @@
 mod cmd;
 mod live;
 mod output;
+mod perfetto;
 mod tui;
 
 use clap::{CommandFactory, Parser, Subcommand};

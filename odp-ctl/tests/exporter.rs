@@ -748,18 +748,26 @@ fn a_live_exporter_agrees_with_a_stress_run_through_prometheus() {
     drop(prometheus);
     assert!(stop(exporter).success());
     let (seen, clear, invalidations, races, drops, p99) = answers;
+    // What either side lost or could not place, for the messages below.
+    let facts = format!(
+        "exporter: late {} unpaired {} missed {}; stress: {}",
+        sum(&served, "odp_exporter_late_events_total", &[]),
+        sum(&served, "odp_exporter_unpaired_calls_total", &[]),
+        sum(&served, "odp_exporter_missed_runs_total", &[]),
+        report["probes"]["summary"]["source"]
+    );
     assert_eq!(
         seen,
         Some(faults),
-        "faults: Prometheus vs the stress report"
+        "faults: Prometheus vs the stress report; {facts}"
     );
     assert_eq!(
         clear,
         Some(n(&totals["invalidations_by_cause"]["CLEAR"])),
-        "{totals}"
+        "{totals}; {facts}"
     );
-    assert_eq!(invalidations, Some(n(&totals["invalidations"])));
-    assert_eq!(races, Some(n(&totals["races"])));
+    assert_eq!(invalidations, Some(n(&totals["invalidations"])), "{facts}");
+    assert_eq!(races, Some(n(&totals["races"])), "{facts}");
     assert_eq!(drops, Some(0.0));
     // Prometheus interpolates inside the bucket where the 99th percentile's rank falls; that
     // is the bucket holding the engine's p99 (the engine's quantile is within 1% of the exact
@@ -778,7 +786,7 @@ fn a_live_exporter_agrees_with_a_stress_run_through_prometheus() {
     );
     let _ = writeln!(
         std::io::stderr(),
-        "{test}: {faults} faults, {} invalidations, {} races; p99 {engine_p99} s in ({lower}, {upper}], Prometheus {p99} s",
+        "{test}: {faults} faults, {} invalidations, {} races; p99 {engine_p99} s in ({lower}, {upper}], Prometheus {p99} s; {facts}",
         n(&totals["invalidations"]),
         n(&totals["races"])
     );

@@ -4,7 +4,9 @@
 use bpf_common::OdpEvent;
 
 use super::faults::FaultSpan;
-use super::{push_window, Engine, CAUSES, HORIZON_NS, OTHER_TASKS, REORDER_NS, TASK_NAMES_KEPT};
+use super::{
+    push_window, Engine, CAUSES, OTHER_TASKS, RANGE_END_WAIT_NS, REORDER_NS, TASK_NAMES_KEPT,
+};
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct InvSpan {
@@ -157,9 +159,10 @@ impl Engine {
         );
     }
 
-    /// Starts whose end never came (range_end not probed, or lost): judge them as they are.
+    /// Starts whose end has not come in RANGE_END_WAIT_NS (range_end not probed, or lost):
+    /// judge them as they are.
     pub(super) fn expire_pending_ranges(&mut self) {
-        let horizon = self.last_ts.saturating_sub(HORIZON_NS);
+        let horizon = self.last_ts.saturating_sub(RANGE_END_WAIT_NS);
         let stale: Vec<(u32, u64)> = self
             .pending_ranges
             .iter()

@@ -100,6 +100,8 @@ pub struct Engine {
     retired: BTreeMap<(String, String), Counts>,
     /// Stream time of the last sweep of idle address spaces, threads and processes.
     last_sweep_ns: u64,
+    /// Stream time of the last judgment of unfinished notifier ranges.
+    last_expiry_ns: u64,
 }
 
 /// What the engine kept in less detail than the rest, so that its memory stays bounded however
@@ -146,6 +148,12 @@ pub const RELEASED_KEPT: usize = 1024;
 pub const RETIRED_NAMES_KEPT: usize = 256;
 /// Where retired MRs of the process names past RETIRED_NAMES_KEPT are counted.
 pub const OTHER_PROCESSES: &str = "(other processes)";
+/// Stream time between judgments of notifier ranges whose end has not come.
+const EXPIRY_EVERY_NS: u64 = 250_000_000;
+/// A notifier range whose end has not come this long after its start is judged as its start
+/// call saw it: well inside HORIZON_NS, so the faults it may have run into are still in their
+/// window (a later judgment finds them gone).
+const RANGE_END_WAIT_NS: u64 = HORIZON_NS / 2;
 /// Stream time between sweeps of idle address spaces, threads and processes.
 const SWEEP_EVERY_NS: u64 = 10_000_000_000;
 /// An address space without MRs is forgotten after this long without an event of its own:
@@ -190,6 +198,7 @@ impl Engine {
             released_order: VecDeque::new(),
             retired: BTreeMap::new(),
             last_sweep_ns: 0,
+            last_expiry_ns: 0,
         }
     }
 
@@ -320,7 +329,8 @@ impl Engine {
             self.last_sweep_ns = end_ts;
             self.sweep(end_ts);
         }
-        if self.events % 4096 == 0 {
+        if end_ts >= self.last_expiry_ns.saturating_add(EXPIRY_EVERY_NS) {
+            self.last_expiry_ns = end_ts;
             self.expire_pending_ranges();
         }
     }

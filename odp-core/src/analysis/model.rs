@@ -340,8 +340,8 @@ impl Engine {
     /// Forgets what only served address spaces, threads and processes that went idle, so a
     /// host where processes come and go for months keeps the engine's memory bounded: an
     /// address space with no MRs and no event for IDLE_SPACE_NS, a thread's calls past the
-    /// matching horizon, an unfinished range past it, a process with neither a kept MR nor a
-    /// kept address space.
+    /// matching horizon, a process with neither a kept MR nor a kept address space (unfinished
+    /// notifier ranges are judged on their own clock, expire_pending_ranges).
     pub(super) fn sweep(&mut self, now: u64) {
         let idle_before = now.saturating_sub(IDLE_SPACE_NS);
         let expired_before = now.saturating_sub(HORIZON_NS);
@@ -361,8 +361,6 @@ impl Engine {
                 .last()
                 .is_some_and(|c| c.ts.saturating_add(c.duration) >= expired_before)
         });
-        self.pending_ranges
-            .retain(|_, r| r.ts.saturating_add(r.duration) >= expired_before);
         let kept: rustc_hash::FxHashSet<u32> = self
             .mrs
             .values()

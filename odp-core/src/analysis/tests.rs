@@ -543,6 +543,23 @@ fn a_notifier_range_whose_end_never_came_is_judged_when_the_stream_ends() {
     assert_eq!(engine.total().counts.races, 1);
 }
 
+/// Found by the live exporter's agreement test: the sweep of idle state dropped unfinished
+/// ranges past the horizon instead of judging them, and their races were lost.
+#[test]
+fn a_notifier_range_whose_end_never_came_is_judged_when_swept_not_dropped() {
+    let mut events = vec![
+        register(UMEM),
+        fault(100, 50, 0, 1),
+        mm_range(Point::InvRangeStart, 110, 5, 0, 4),
+    ];
+    // Other work for 30 s of stream time: sweeps run every 10 s.
+    for i in 1..=30u64 {
+        events.push(fault(i * 1_000_000, 5, 8, 1));
+    }
+    let engine = run(&events);
+    assert_eq!(engine.total().counts.races, 1);
+}
+
 #[test]
 fn absurd_timestamps_saturate_instead_of_overflowing() {
     let mut late = fault(0, 0, 0, 1);
