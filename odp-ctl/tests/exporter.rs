@@ -767,7 +767,15 @@ fn a_live_exporter_agrees_with_a_stress_run_through_prometheus() {
         "{totals}; {facts}"
     );
     assert_eq!(invalidations, Some(n(&totals["invalidations"])), "{facts}");
-    assert_eq!(races, Some(n(&totals["races"])), "{facts}");
+    // A race is a time overlap, and two sets of probes stamp the same call microseconds apart
+    // (docs/FINDINGS.md #9): overlaps closer than that fall either way, so the exporter's races
+    // may differ from the stress run's by a few, never more than a tenth (at least one).
+    let races = races.expect("races answered");
+    let stress_races = n(&totals["races"]);
+    assert!(
+        (races - stress_races).abs() <= (stress_races / 10.0).max(1.0),
+        "races: Prometheus {races} vs the stress report {stress_races}; {facts}"
+    );
     assert_eq!(drops, Some(0.0));
     // Prometheus interpolates inside the bucket where the 99th percentile's rank falls; that
     // is the bucket holding the engine's p99 (the engine's quantile is within 1% of the exact
