@@ -4,12 +4,14 @@
 use bpf_common::{mmu_event_name, OdpEvent};
 
 use super::invalidations::{overlaps, InvSpan};
+use super::activity::{Activity, FaultActivity};
 use super::{
     fmt_ns, fmt_range, push_window, Engine, FindingKind, EBUSY, PAGE, REORDER_NS, SUBCALLS_KEPT,
 };
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct FaultSpan {
+    pub(super) id: u64,
     pub(super) start_ts: u64,
     pub(super) end_ts: u64,
     pub(super) lo: u64,
@@ -99,7 +101,7 @@ impl Engine {
             c.hmm_timeouts += u64::from(hmm_timeout);
             c.slow += u64::from(is_slow);
             c.collision_waits += waits.len() as u64;
-            for w in &waits {
+            for (_, w) in &waits {
                 s.collision_wait.record(*w);
             }
         });
@@ -110,6 +112,36 @@ impl Engine {
             b.timeouts += u64::from(hmm_timeout || is_slow);
         }
         self.fault_findings(e, mr, &attempts, prefetch, hmm_timeout, is_slow);
+        let id = self.span_id();
+        self.note_activity(|| {
+            Activity::Fault(FaultActivity {
+                id,
+                mr,
+                tid: e.tid,
+                task: e.comm(),
+                start_ns: e.ts_ns,
+                end_ns: fault_end,
+                lo,
+                hi,
+                prefetch,
+                ret: e.has_ret().then_some(e.ret),
+                retries_at: attempts
+                    .calls
+                    .iter()
+                    .filter(|c| c.read_begin)
+                    .skip(1)
+                    .map(|c| c.ts)
+                    .collect(),
+                waits,
+                timeout: if hmm_timeout {
+                    Some(FindingKind::HmmTimeout)
+                } else if is_slow {
+                    Some(FindingKind::Slow)
+                } else {
+                    None
+                },
+            })
+        });
         if prefetch {
             // Races are faults the device was waiting on; a prefetch's map is not one.
             return;
@@ -117,6 +149,7 @@ impl Engine {
         self.race_with_finished_invalidations(
             e.mm,
             FaultSpan {
+                id,
                 start_ts: e.ts_ns,
                 end_ts: fault_end,
                 lo,
@@ -162,7 +195,14 @@ impl Engine {
 
     /// Waits behind an invalidation: the durations of the sequence reads that overlapped one
     /// on this range of this MR (or an mm-wide one).
-    fn collision_waits(&self, mm: u64, mr: u64, lo: u64, hi: u64, calls: &[SubCall]) -> Vec<u64> {
+    fn collision_waits(
+        &self,
+        mm: u64,
+        mr: u64,
+        lo: u64,
+        hi: u64,
+        calls: &[SubCall],
+    ) -> Vec<(u64, u64)> {
         let mut waits = Vec::new();
         let Some(space) = self.spaces.get(&mm) else {
             return waits;
@@ -186,7 +226,7 @@ impl Engine {
                         && inv.mr.is_none_or(|m| m == mr)
                 });
             if collided {
-                waits.push(call.duration);
+                waits.push((call.ts, call.duration));
             }
         }
         waits
@@ -302,6 +342,10 @@ impl Engine {
     }
 
     pub(super) fn race(&mut self, fault: &FaultSpan, inv: &InvSpan) {
+        self.note_activity(|| Activity::Race {
+            fault: fault.id,
+            invalidation: inv.id,
+        });
         let mr = fault.mr;
         self.account(mr, |s| s.counts.races += 1);
         self.bucket(fault.end_ts.max(inv.end_ts)).races += 1;
@@ -350,6 +394,11 @@ impl Engine {
             None => self.total.counts.unresolved += 1,
         }
         self.bucket(e.ts_ns.saturating_add(e.duration_ns)).timeouts += 1;
+        self.note_activity(|| Activity::Unresolved {
+            mr,
+            at_ns: e.ts_ns,
+            detail: detail.clone(),
+        });
         self.finding(FindingKind::Unresolved, e.ts_ns, mr, e.start, e.end, detail);
     }
 }

@@ -3,6 +3,7 @@
 
 use bpf_common::OdpEvent;
 
+use super::activity::{Activity, InvalidationActivity};
 use super::faults::FaultSpan;
 use super::{
     push_window, Engine, CAUSES, OTHER_TASKS, RANGE_END_WAIT_NS, REORDER_NS, TASK_NAMES_KEPT,
@@ -10,6 +11,7 @@ use super::{
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct InvSpan {
+    pub(super) id: u64,
     pub(super) start_ts: u64,
     pub(super) end_ts: u64,
     pub(super) lo: u64,
@@ -29,6 +31,7 @@ pub(super) struct PendingRange {
     pub(super) hi: u64,
     pub(super) cause: u32,
     pub(super) pid: u32,
+    pub(super) task: [u8; 16],
 }
 
 impl PendingRange {
@@ -42,13 +45,28 @@ impl PendingRange {
             hi: e.end,
             cause: e.aux,
             pid: e.pid,
+            task: e.comm,
         }
     }
 }
 
 impl Engine {
     /// An invalidation is complete: match it against faults that finished before it did.
-    pub(super) fn invalidation_done(&mut self, mm: u64, inv: InvSpan) {
+    pub(super) fn invalidation_done(&mut self, mm: u64, inv: InvSpan, task: &[u8; 16]) {
+        self.note_activity(|| {
+            Activity::Invalidation(InvalidationActivity {
+                id: inv.id,
+                mr: inv.mr,
+                mm,
+                pid: inv.pid,
+                task: comm_string(task),
+                start_ns: inv.start_ts,
+                end_ns: inv.end_ts,
+                lo: inv.lo,
+                hi: inv.hi,
+                cause: inv.cause,
+            })
+        });
         let mut raced = Vec::new();
         let since = inv.start_ts.saturating_sub(REORDER_NS);
         if let Some(space) = self.spaces.get_mut(&mm) {
@@ -100,9 +118,11 @@ impl Engine {
         }
         self.bucket(e.ts_ns.saturating_add(e.duration_ns))
             .invalidations += 1;
+        let id = self.span_id();
         self.invalidation_done(
             e.mm,
             InvSpan {
+                id,
                 start_ts: e.ts_ns,
                 end_ts: e.ts_ns.saturating_add(e.duration_ns),
                 lo: e.start,
@@ -111,6 +131,7 @@ impl Engine {
                 cause: e.aux,
                 pid: e.pid,
             },
+            &e.comm,
         );
     }
 
@@ -145,9 +166,12 @@ impl Engine {
         if !touches_mr {
             return;
         }
+        let id = self.span_id();
+        let task = r.task;
         self.invalidation_done(
             r.mm,
             InvSpan {
+                id,
                 start_ts: r.ts,
                 end_ts: end_ts.max(r.ts.saturating_add(r.duration)),
                 lo: r.lo,
@@ -156,6 +180,7 @@ impl Engine {
                 cause: r.cause,
                 pid: r.pid,
             },
+            &task,
         );
     }
 
@@ -175,6 +200,12 @@ impl Engine {
             }
         }
     }
+}
+
+/// A task name as the kernel recorded it (NUL-padded).
+fn comm_string(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
 pub(super) fn overlaps(f: &FaultSpan, inv: &InvSpan) -> bool {

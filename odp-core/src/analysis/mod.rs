@@ -6,6 +6,7 @@
 //! invalidation that overlapped can arrive in either order. Each side keeps a short, time-bounded
 //! window of the other per address space, and a pair is judged by whichever arrives second.
 
+mod activity;
 mod faults;
 mod invalidations;
 mod model;
@@ -23,6 +24,7 @@ use serde::Serialize;
 use faults::SubCall;
 use invalidations::PendingRange;
 use model::Space;
+pub use activity::{Activity, FaultActivity, InvalidationActivity};
 pub use model::{Bucket, Device, Finding, FindingKind, Mr, Process, SourceFacts};
 pub use ranges::RangeSet;
 pub use reorder::{OrderFacts, Reorder, LEAP_NS, LIVE_HOLD_NS, RECORDING_WINDOW_NS};
@@ -102,6 +104,10 @@ pub struct Engine {
     last_sweep_ns: u64,
     /// Stream time of the last judgment of unfinished notifier ranges.
     last_expiry_ns: u64,
+    /// Faults, invalidations and races as judged, when a view asked for them.
+    activity: Option<Vec<Activity>>,
+    /// Ids of faults and invalidations, for their activity records.
+    next_span_id: u64,
 }
 
 /// What the engine kept in less detail than the rest, so that its memory stays bounded however
@@ -199,6 +205,8 @@ impl Engine {
             retired: BTreeMap::new(),
             last_sweep_ns: 0,
             last_expiry_ns: 0,
+            activity: None,
+            next_span_id: 1,
         }
     }
 
@@ -206,6 +214,29 @@ impl Engine {
     /// MRs still kept, they add up to everything the engine saw.
     pub fn retired(&self) -> &BTreeMap<(String, String), Counts> {
         &self.retired
+    }
+
+    /// From now on, keep a record of each fault, invalidation and race for `take_activity`.
+    pub fn record_activity(&mut self) {
+        self.activity.get_or_insert_with(Vec::new);
+    }
+
+    /// The records kept since the last call, in the order the engine judged them (a race comes
+    /// after both its fault and its invalidation).
+    pub fn take_activity(&mut self) -> Vec<Activity> {
+        self.activity.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    pub(super) fn note_activity(&mut self, record: impl FnOnce() -> Activity) {
+        if let Some(records) = &mut self.activity {
+            records.push(record());
+        }
+    }
+
+    pub(super) fn span_id(&mut self) -> u64 {
+        let id = self.next_span_id;
+        self.next_span_id += 1;
+        id
     }
 
     pub fn config(&self) -> &AnalysisConfig {

@@ -699,3 +699,63 @@ fn processes_that_come_and_go_for_hours_leave_bounded_state_and_whole_counts() {
     let newest = engine.mrs().last().expect("an MR");
     assert_eq!(newest.stats.fault.count(), 1);
 }
+
+#[test]
+fn activity_records_each_fault_and_invalidation_and_ties_races_to_both() {
+    let mut engine = Engine::new(AnalysisConfig::default());
+    engine.record_activity();
+    for e in [
+        register(UMEM),
+        fault(100, 30, 0, 4),
+        callback(120, 50, 3, 8),
+        fault(500, 10, 20, 1),
+    ] {
+        engine.ingest(&e.0);
+    }
+    let records = engine.take_activity();
+    let faults: Vec<&FaultActivity> = records
+        .iter()
+        .filter_map(|r| match r {
+            Activity::Fault(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    let invalidations: Vec<&InvalidationActivity> = records
+        .iter()
+        .filter_map(|r| match r {
+            Activity::Invalidation(i) => Some(i),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(faults.len(), 2);
+    assert_eq!(invalidations.len(), 1);
+    let first = faults[0];
+    assert_eq!(
+        (first.start_ns, first.end_ns),
+        (1_000_100_000, 1_000_130_000),
+        "exact start and end"
+    );
+    assert_eq!((first.lo, first.hi), (BASE, BASE + 4 * PAGE));
+    assert_eq!(first.task, "kworker");
+    assert_eq!(invalidations[0].cause, 1);
+    assert_eq!(invalidations[0].task, "app");
+    assert_eq!(invalidations[0].mr, engine.mrs().next().map(|m| m.id));
+    // One race, from that invalidation to the first fault; the second fault raced nothing.
+    let races: Vec<(u64, u64)> = records
+        .iter()
+        .filter_map(|r| match r {
+            Activity::Race {
+                fault,
+                invalidation,
+            } => Some((*fault, *invalidation)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(races, [(first.id, invalidations[0].id)]);
+    assert_eq!(engine.total().counts.races, 1);
+    // Taken once; a second take starts empty.
+    assert!(engine.take_activity().is_empty());
+    // Not asked for: nothing kept.
+    let plain = run(&[register(UMEM), fault(100, 30, 0, 4)]);
+    assert!(plain.clone().take_activity().is_empty());
+}
