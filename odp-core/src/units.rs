@@ -87,6 +87,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     duration_from_secs(secs, text)
 }
 
+/// A size in the shortest binary unit that keeps it readable: 4K, 1.5M, 512M.
+pub fn fmt_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || v >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0}{}", UNITS[unit])
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,6 +65,9 @@ enum Command {
     /// Serve the correlation engine's figures as Prometheus metrics (/metrics, Prometheus text
     /// or OpenMetrics), from live probes or a --replay recording, until Ctrl-C or SIGTERM.
     Exporter(cmd::exporter::Args),
+    /// Write a recording as a timeline: Perfetto's trace format, with a track per process and
+    /// MR, faults, invalidations, prefetches and library calls as slices, races as flows.
+    Export(cmd::export::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions { shell: clap_complete::Shell },
     /// Write a man page for odp-ctl and each subcommand into a directory (for packaging).
@@ -88,6 +91,7 @@ fn main() {
         Command::Trace(args) => cmd::trace::run(&out, &args),
         Command::Monitor(args) => cmd::monitor::run(&out, &args),
         Command::Exporter(args) => cmd::exporter::run(&out, &args),
+        Command::Export(args) => cmd::export::run(&out, &args),
         Command::Stress(args) => cmd::stress::run(&out, &args),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -37,6 +37,8 @@ pub struct InvalidationActivity {
     /// The MR a driver callback zapped; None for a notifier range.
     pub mr: Option<u64>,
     pub mm: u64,
+    /// The process owning the address space (0 where the engine has not learned it).
+    pub owner_pid: u32,
     /// The task that invalidated (madvise, munmap, ksmd, ...).
     pub pid: u32,
     pub task: String,
@@ -53,7 +55,10 @@ pub enum Activity {
     Fault(FaultActivity),
     Invalidation(InvalidationActivity),
     /// An invalidation overlapped a fault in flight on the same memory.
-    Race { fault: u64, invalidation: u64 },
+    Race {
+        fault: u64,
+        invalidation: u64,
+    },
     /// The driver left a fault unresolved (mlx5 resumed it with an error, rxe could not map).
     Unresolved {
         mr: Option<u64>,

@@ -3,8 +3,8 @@
 
 use bpf_common::{mmu_event_name, OdpEvent};
 
-use super::invalidations::{overlaps, InvSpan};
 use super::activity::{Activity, FaultActivity};
+use super::invalidations::{overlaps, InvSpan};
 use super::{
     fmt_ns, fmt_range, push_window, Engine, FindingKind, EBUSY, PAGE, REORDER_NS, SUBCALLS_KEPT,
 };

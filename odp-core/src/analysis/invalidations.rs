@@ -53,11 +53,13 @@ impl PendingRange {
 impl Engine {
     /// An invalidation is complete: match it against faults that finished before it did.
     pub(super) fn invalidation_done(&mut self, mm: u64, inv: InvSpan, task: &[u8; 16]) {
+        let owner_pid = self.spaces.get(&mm).map_or(0, |s| s.pid);
         self.note_activity(|| {
             Activity::Invalidation(InvalidationActivity {
                 id: inv.id,
                 mr: inv.mr,
                 mm,
+                owner_pid,
                 pid: inv.pid,
                 task: comm_string(task),
                 start_ns: inv.start_ts,

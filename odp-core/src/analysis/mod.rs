@@ -21,10 +21,10 @@ use bpf_common::{Kind, OdpEvent};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
+pub use activity::{Activity, FaultActivity, InvalidationActivity};
 use faults::SubCall;
 use invalidations::PendingRange;
 use model::Space;
-pub use activity::{Activity, FaultActivity, InvalidationActivity};
 pub use model::{Bucket, Device, Finding, FindingKind, Mr, Process, SourceFacts};
 pub use ranges::RangeSet;
 pub use reorder::{OrderFacts, Reorder, LEAP_NS, LIVE_HOLD_NS, RECORDING_WINDOW_NS};
@@ -224,7 +224,10 @@ impl Engine {
     /// The records kept since the last call, in the order the engine judged them (a race comes
     /// after both its fault and its invalidation).
     pub fn take_activity(&mut self) -> Vec<Activity> {
-        self.activity.as_mut().map(std::mem::take).unwrap_or_default()
+        self.activity
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     pub(super) fn note_activity(&mut self, record: impl FnOnce() -> Activity) {

@@ -1,5 +1,6 @@
 pub mod caps;
 pub mod devices;
+pub mod export;
 pub mod exporter;
 pub mod launch;
 pub mod monitor;

@@ -16,6 +16,7 @@ use crate::live::{
     self, print_summary, Latest, Progress, Publisher, Recorder, Run, Server, Sink, Source, Until,
 };
 use crate::output::Output;
+use crate::perfetto::timeline::{Clocks, Timeline};
 use crate::tui::Tui;
 
 #[derive(clap::Args)]
@@ -48,6 +49,9 @@ pub struct Args {
     /// while the monitor runs.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Also write the run as a Perfetto timeline here (see `odp-ctl export`).
+    #[arg(long, value_name = "OUT")]
+    pub perfetto: Option<PathBuf>,
     /// Run this command and monitor it (implies --pid of the child); the source ends when it exits.
     #[arg(last = true, conflicts_with = "replay")]
     pub command: Vec<String>,
@@ -72,11 +76,30 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let stop = stop_on_signals()?;
     let deadline = args.duration.map(|d| Instant::now() + d);
     needs_a_terminal(args.summary, "the live view")?;
+    let clocks = if args.replay.is_some() {
+        Clocks::Recorded
+    } else {
+        Clocks::Live
+    };
+    let mut timeline = args
+        .perfetto
+        .as_deref()
+        .map(|p| Timeline::create(p, clocks))
+        .transpose()?;
     if let Some(path) = &args.replay {
         // A summary reads as fast as the file allows.
         let speed = if args.summary { 0.0 } else { args.speed };
         let source = Source::recording(path.clone(), speed)?;
-        return view_or_summarize(out, args, source, config, &stop, deadline, None);
+        return view_or_summarize(
+            out,
+            args,
+            source,
+            config,
+            &stop,
+            deadline,
+            None,
+            timeline.as_mut(),
+        );
     }
 
     args.filter.check_command(&args.command)?;
@@ -110,6 +133,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         &stop,
         deadline,
         recorder.as_mut(),
+        timeline.as_mut(),
     );
     // The view may end first (q, a signal): a command still running is ended, not orphaned.
     let status = match (&gated, watcher) {
@@ -122,6 +146,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
 
 /// The live screen until q, a signal or the deadline; or, with --summary, the aggregates once
 /// the source ends.
+#[allow(clippy::too_many_arguments)]
 fn view_or_summarize(
     out: &Output,
     args: &Args,
@@ -130,6 +155,7 @@ fn view_or_summarize(
     stop: &std::sync::atomic::AtomicBool,
     deadline: Option<Instant>,
     recorder: Option<&mut Recorder>,
+    timeline: Option<&mut Timeline>,
 ) -> anyhow::Result<()> {
     let server = args.metrics.as_deref().map(Server::bind).transpose()?;
     let latest = Arc::new(Latest::default());
@@ -157,6 +183,9 @@ fn view_or_summarize(
     }
     if let Some(p) = publisher.as_mut() {
         sinks.push(p);
+    }
+    if let Some(t) = timeline {
+        sinks.push(t);
     }
     match screen.as_mut() {
         Some(screen) => sinks.push(screen),

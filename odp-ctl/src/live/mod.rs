@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bpf_common::OdpEvent;
-use odp_core::analysis::{Engine, Reorder};
+use odp_core::analysis::{Activity, Engine, Reorder};
 
 pub use metrics::{serve_while, Latest, Publisher, Server};
 pub use recorder::Recorder;
@@ -41,6 +41,17 @@ pub trait Sink {
     /// Each event, in order of event time (within the reordering window), after the engine
     /// has ingested it.
     fn event(&mut self, _e: &OdpEvent, _engine: &Engine) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Whether this sink takes the engine's records of faults, invalidations and races.
+    fn wants_activity(&self) -> bool {
+        false
+    }
+
+    /// The engine's records of faults, invalidations and races as it judges them (a race after
+    /// both its ends), right after the event that completed them; only to sinks that want them.
+    fn activity(&mut self, _records: &[Activity], _engine: &Engine) -> anyhow::Result<()> {
         Ok(())
     }
 
@@ -97,6 +108,9 @@ pub fn run(
 ) -> anyhow::Result<(Engine, ProbeEnd)> {
     engine.source.probes_attached = source.probes_attached();
     engine.source.probes_total = source.plans.len();
+    if sinks.iter().any(|s| s.wants_activity()) {
+        engine.record_activity();
+    }
     let mut batch = Vec::new();
     let mut order = InOrder::new(source.live);
     let mut state = State::default();
@@ -168,6 +182,12 @@ pub fn run(
         }
     }
     engine.finish();
+    if failure.is_none() {
+        // Ranges whose end never came are judged at the finish: their records too.
+        if let Err(e) = deliver_activity(&mut engine, sinks) {
+            failure = Some(e);
+        }
+    }
     let losses = source.losses();
     let recorded = source.recorded();
     engine.source.lines_skipped = source.lines_skipped();
@@ -258,9 +278,22 @@ impl InOrder {
             for sink in sinks.iter_mut() {
                 sink.event(e, engine)?;
             }
+            deliver_activity(engine, sinks)?;
         }
         Ok(())
     }
+}
+
+/// Hands the engine's new activity records to the sinks that want them.
+fn deliver_activity(engine: &mut Engine, sinks: &mut [&mut dyn Sink]) -> anyhow::Result<()> {
+    let records = engine.take_activity();
+    if records.is_empty() {
+        return Ok(());
+    }
+    for sink in sinks.iter_mut().filter(|s| s.wants_activity()) {
+        sink.activity(&records, engine)?;
+    }
+    Ok(())
 }
 
 fn tick(engine: &Engine, sinks: &mut [&mut dyn Sink], state: &State) -> anyhow::Result<Flow> {

@@ -5,3 +5,4 @@
 pub mod protos {
     include!(concat!(env!("OUT_DIR"), "/perfetto.protos.rs"));
 }
+pub mod timeline;

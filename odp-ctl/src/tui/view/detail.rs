@@ -10,7 +10,8 @@ use ratatui::Frame;
 use super::super::app::App;
 use super::events::{finding_lines, log_lines};
 use super::footer::footer;
-use super::{alert, count, quantile, size, KEY};
+use super::{alert, count, quantile, KEY};
+use odp_core::units::fmt_size as size;
 
 pub(super) fn draw_detail(frame: &mut Frame, app: &App, engine: &Engine, mr: &Mr) {
     let [info, middle, bottom, foot] = Layout::vertical([

@@ -55,21 +55,6 @@ fn count(n: u64) -> String {
     out
 }
 
-fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 || v >= 100.0 || v.fract() == 0.0 {
-        format!("{v:.0}{}", UNITS[unit])
-    } else {
-        format!("{v:.1}{}", UNITS[unit])
-    }
-}
-
 fn quantile(l: &Latency, q: f64) -> String {
     if l.count() == 0 {
         "-".into()

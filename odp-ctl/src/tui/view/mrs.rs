@@ -6,7 +6,8 @@ use ratatui::style::{Modifier, Style};
 use ratatui::widgets::{Block, Cell, Row, Table, TableState};
 
 use super::super::app::App;
-use super::{count, quantile, size, ALERT, DIM, KEY};
+use super::{count, quantile, ALERT, DIM, KEY};
+use odp_core::units::fmt_size as size;
 
 pub(super) fn mr_table(app: &App, engine: &Engine, area: Rect) -> (Table<'static>, TableState) {
     let wide = area.width >= 110;
