@@ -406,3 +406,61 @@ fn trace_processor_reads_the_timeline_as_written() {
     };
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1473 195 4");
 }
+
+#[test]
+fn a_stress_runs_live_timeline_agrees_with_its_own_recording() {
+    let test = "a_stress_runs_live_timeline_agrees_with_its_own_recording";
+    if odp_core::testing::device_or_skip(test).is_none()
+        || !odp_core::testing::root_or_skip(test, "loading BPF")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scenario = dir.path().join("dontneed-storm.toml");
+    std::fs::write(
+        &scenario,
+        include_str!("../../scenarios/dontneed-storm.toml"),
+    )
+    .expect("scenario");
+    let trace = dir.path().join("storm.pftrace");
+    let recording = dir.path().join("storm.jsonl");
+    let out = odp_ctl()
+        .args(["--json", "stress", "--duration", "2s", "--perfetto"])
+        .arg(&trace)
+        .arg("--record")
+        .arg(&recording)
+        .arg(&scenario)
+        .output()
+        .expect("stress");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = check_against_the_engine(&trace, &recording);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    let totals = &report["probes"]["summary"]["totals"];
+    let faults = all.iter().filter(|s| s.name == "device fault").count() as u64;
+    assert_eq!(Some(faults), totals["faults"].as_u64());
+    let flows = all
+        .iter()
+        .filter(|s| !s.flows.is_empty())
+        .map(|s| s.flows.len())
+        .sum::<usize>();
+    assert_eq!(Some(flows as u64), totals["races"].as_u64());
+    // The stress process's libibverbs calls are on its track.
+    assert!(
+        all.iter()
+            .any(|s| s.name == "ibv_reg_mr_iova2" || s.name.starts_with("ibv_")),
+        "no library calls"
+    );
+    let _ = writeln_stderr(&format!(
+        "{test}: {faults} faults, {flows} races, {} slices",
+        all.len()
+    ));
+}
+
+fn writeln_stderr(line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stderr(), "{line}")
+}

@@ -1064,3 +1064,54 @@ pub fn exporter(events: usize, rate: f64, seconds: u64) -> Result<()> {
     exporter.stop()?;
     Ok(())
 }
+
+/// The Perfetto export: events/s and bytes per event over the capture repeated to 4 million
+/// events, beside `monitor --summary --replay` of the same file (the same pipeline without
+/// the timeline), interleaved.
+pub fn export(rounds: usize) -> Result<()> {
+    crate::host::ensure()?;
+    cargo_build_release(&["-p", "odp-ctl"])?;
+    let odp_ctl = workspace_root().join("target/release/odp-ctl");
+    let (capture, events, _) = repeated_capture(4_000_000)?;
+    let out = workspace_root().join("target/bench/export.pftrace");
+    let mut export_rates = Vec::new();
+    let mut summary_rates = Vec::new();
+    let mut bytes = 0;
+    for round in 1..=rounds {
+        let t = std::time::Instant::now();
+        let status = Command::new(&odp_ctl)
+            .args(["export", "--perfetto"])
+            .arg(&out)
+            .arg(&capture)
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("odp-ctl export failed: {status}");
+        }
+        export_rates.push(events as f64 / t.elapsed().as_secs_f64());
+        bytes = std::fs::metadata(&out)?.len();
+        let t = std::time::Instant::now();
+        let status = Command::new(&odp_ctl)
+            .args(["monitor", "--summary", "--replay"])
+            .arg(&capture)
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("odp-ctl monitor failed: {status}");
+        }
+        summary_rates.push(events as f64 / t.elapsed().as_secs_f64());
+        println!(
+            "round {round}: export {:.2}M events/s, monitor --summary {:.2}M events/s",
+            export_rates[round - 1] / 1e6,
+            summary_rates[round - 1] / 1e6
+        );
+    }
+    println!(
+        "{events} events: export median {:.2}M events/s, monitor --summary --replay {:.2}M \
+         events/s; the trace {bytes} bytes, {:.1} bytes per event",
+        median(&mut export_rates) / 1e6,
+        median(&mut summary_rates) / 1e6,
+        bytes as f64 / events as f64
+    );
+    Ok(())
+}

@@ -118,6 +118,12 @@ enum BenchCmd {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// The Perfetto export: events/s and bytes per event over 4 million events, beside
+    /// `monitor --summary --replay` of the same file.
+    Export {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// The stress engine in the VM: action generator vs a bare madvise loop, throughput with
     /// and without probes.
     VmStress {
@@ -224,6 +230,7 @@ fn run(cli: Cli) -> Result<()> {
                 rate,
                 seconds,
             } => bench::exporter(events, rate, seconds),
+            BenchCmd::Export { rounds } => bench::export(rounds),
             BenchCmd::VmProbes { rounds, opts } => bench::vm_probes(&opts, rounds),
             BenchCmd::VmStress {
                 rounds,

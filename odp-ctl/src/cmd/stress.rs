@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::launch::{needs_a_terminal, stop_on_signals};
 use crate::live::{self, print_summary, Recorder, Run, Sink, Source, Until};
 use crate::output::{table, AlreadyReported, DataMismatch, Output};
+use crate::perfetto::timeline::{Clocks, Timeline};
 use crate::tui::Tui;
 
 #[derive(clap::Args)]
@@ -40,6 +41,9 @@ pub struct Args {
     /// Also write every probe event to this file (the `trace --json` format).
     #[arg(long)]
     pub record: Option<PathBuf>,
+    /// Also write the run as a Perfetto timeline here (see `odp-ctl export`).
+    #[arg(long, value_name = "OUT", conflicts_with = "no_probes")]
+    pub perfetto: Option<PathBuf>,
     /// Print the built-in scenario (a starting point for your own) and exit.
     #[arg(long)]
     pub print_default: bool,
@@ -217,12 +221,18 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     needs_a_terminal(!args.monitor, "--monitor")?;
     let stop = stop_on_signals()?;
     let mut recorder = None;
+    let mut timeline = None;
     let source = if args.no_probes {
         Err("off (--no-probes)".to_string())
     } else if !odp_ebpf::is_root() {
         Err("skipped: loading BPF needs root (or run with --no-probes)".to_string())
     } else {
         recorder = args.record.as_deref().map(Recorder::create).transpose()?;
+        timeline = args
+            .perfetto
+            .as_deref()
+            .map(|p| Timeline::create(p, Clocks::Live))
+            .transpose()?;
         let config = odp_ebpf::Config {
             pid: Some(std::process::id()),
             attach: args.attach.attach,
@@ -291,6 +301,9 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             let mut sinks: Vec<&mut dyn Sink> = vec![&mut seen];
             if let Some(r) = recorder.as_mut() {
                 sinks.push(r);
+            }
+            if let Some(t) = timeline.as_mut() {
+                sinks.push(t);
             }
             let mut screen = if args.monitor {
                 Some(Tui::start(&source, 10)?)
