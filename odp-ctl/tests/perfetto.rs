@@ -464,3 +464,45 @@ fn writeln_stderr(line: &str) -> std::io::Result<()> {
     use std::io::Write;
     writeln!(std::io::stderr(), "{line}")
 }
+
+#[test]
+fn a_live_trace_writes_its_cpu_faults_and_the_hosts_clocks() {
+    let test = "a_live_trace_writes_its_cpu_faults_and_the_hosts_clocks";
+    if !odp_core::testing::root_or_skip(test, "loading BPF") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("cpu.pftrace");
+    let events = dir.path().join("cpu.jsonl");
+    let out = odp_ctl()
+        .args(["--json", "trace", "--points", "cpu", "--perfetto"])
+        .arg(&trace)
+        .arg("--output")
+        .arg(&events)
+        .args(["--", "ls", "/"])
+        .output()
+        .expect("trace");
+    assert!(out.status.success(), "{out:?}");
+    let recorded = std::fs::read_to_string(&events)
+        .expect("events")
+        .lines()
+        .filter(|l| l.contains("\"point\":\"page_fault_user\""))
+        .count();
+    assert!(recorded > 0, "ls faulted nothing?");
+    let decoded = decode(&trace);
+    let all = slices(&decoded);
+    assert_eq!(
+        all.iter().filter(|s| s.name == "cpu fault").count(),
+        recorded,
+        "one instant per recorded CPU fault"
+    );
+    // Live: boottime, monotonic and realtime, read together, boottime the trace's clock.
+    let bytes = std::fs::read(&trace).expect("read");
+    let first = Trace::decode(bytes.as_slice()).expect("trace").packet[0].clone();
+    let Some(trace_packet::Data::ClockSnapshot(clocks)) = first.data else {
+        panic!("no clock snapshot first");
+    };
+    let ids: Vec<u32> = clocks.clocks.iter().map(|c| c.clock_id()).collect();
+    assert_eq!(ids, [6, 3, 1]);
+    assert_eq!(clocks.primary_trace_clock, Some(6));
+}

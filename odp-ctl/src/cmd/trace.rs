@@ -17,6 +17,7 @@ use super::launch::{
 };
 use crate::live::{self, Flow, Run, Sink, State, Until};
 use crate::output::Output;
+use crate::perfetto::timeline::{Clocks, Timeline};
 use odp_core::units::parse_duration;
 
 #[derive(clap::Args)]
@@ -29,6 +30,9 @@ pub struct Args {
     /// Only these points (comma-separated names, see `odp-ctl probes`).
     #[arg(long, value_delimiter = ',')]
     pub points: Vec<String>,
+    /// Also write the run as a Perfetto timeline here (see `odp-ctl export`).
+    #[arg(long, value_name = "OUT", conflicts_with = "count_only")]
+    pub perfetto: Option<PathBuf>,
     /// Write events here instead of stdout.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
@@ -126,6 +130,11 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         emit_events: !args.count_only,
         ..args.filter.config(gated.as_ref().map(Gated::pid))?
     };
+    let mut timeline = args
+        .perfetto
+        .as_deref()
+        .map(|p| Timeline::create(p, Clocks::Live))
+        .transpose()?;
     let started = Instant::now();
     let deadline = args.duration.map(|d| started + d);
     let source = attach_before(gated.as_mut(), config, deadline)?;
@@ -154,12 +163,17 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         until: Until::SourceEnds,
         before_detach: &|| {},
     };
+    let mut sinks: Vec<&mut dyn Sink> = vec![&mut writer];
+    if let Some(t) = timeline.as_mut() {
+        sinks.push(t);
+    }
     let result = live::run(
         source,
         Engine::new(AnalysisConfig::default()),
-        &mut [&mut writer],
+        &mut sinks,
         run,
     );
+    drop(sinks);
     let child_status = match (&gated, watcher) {
         (Some(g), Some(w)) => g.end(w),
         _ => None,
