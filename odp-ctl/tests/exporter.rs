@@ -1070,8 +1070,16 @@ fn points_choose_what_the_exporter_attaches() {
     // The CPU page-fault point attaches on any kernel these tests run on (tp_btf or the
     // tracepoint); named, it is attached, and nothing else is.
     let (child, addr) = start(&["--points".as_ref(), "cpu".as_ref()]);
-    let (_, _, body) = get(&addr, "/metrics", None);
-    let m = samples(&body);
+    // The first snapshot comes with the engine's first tick: slow in the TCG guest.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let m = loop {
+        let (status, _, body) = get(&addr, "/metrics", None);
+        if status == 200 && body.contains("odp_exporter_probe{") {
+            break samples(&body);
+        }
+        assert!(Instant::now() < deadline, "no snapshot: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let attached: Vec<&String> = m
         .keys()
         .filter(|k| k.starts_with("odp_exporter_probe{") && k.contains("status=\"attached\""))
