@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{fifo, fixture, odp_ctl, Synthetic};
+use common::{dontneed_storm, fifo, fixture, odp_ctl, Synthetic};
 
 /// A child process that is killed if the test ends without stopping it (a failed assertion
 /// must not leave a server behind).
@@ -709,12 +709,7 @@ fn a_live_exporter_agrees_with_a_stress_run_through_prometheus() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let scenario = dir.path().join("dontneed-storm.toml");
-    std::fs::write(
-        &scenario,
-        include_str!("../../scenarios/dontneed-storm.toml"),
-    )
-    .expect("scenario");
+    let scenario = dontneed_storm(dir.path());
     let out = odp_ctl()
         .args(["--json", "stress", "--duration", "3s"])
         .arg(&scenario)

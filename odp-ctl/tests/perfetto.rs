@@ -9,7 +9,7 @@ use std::process::Command;
 use prost::Message;
 
 mod common;
-use common::{fixture, odp_ctl};
+use common::{dontneed_storm, fixture, odp_ctl};
 
 #[allow(dead_code, clippy::all)]
 mod protos {
@@ -423,12 +423,7 @@ fn a_stress_runs_live_timeline_agrees_with_its_own_recording() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let scenario = dir.path().join("dontneed-storm.toml");
-    std::fs::write(
-        &scenario,
-        include_str!("../../scenarios/dontneed-storm.toml"),
-    )
-    .expect("scenario");
+    let scenario = dontneed_storm(dir.path());
     let trace = dir.path().join("storm.pftrace");
     let recording = dir.path().join("storm.jsonl");
     let out = odp_ctl()

@@ -198,37 +198,14 @@ pub fn probes(rounds: usize, pages: usize, loops: usize) -> Result<()> {
 /// ns per fault of the workload while `odp-ctl exporter --cpu-faults` watches it, live, from
 /// attach to detach; the events the exporter's engine took are pushed to `events`.
 fn exporter_beside(odp_ctl: &Path, workload: &[String], events: &mut Vec<u64>) -> Result<f64> {
-    use std::io::BufRead as _;
     let comm = Path::new(&workload[0])
         .file_name()
-        .and_then(|n| n.to_str())
         .context("workload name")?
-        .to_string();
-    let mut exporter = Command::new(odp_ctl)
-        .args([
-            "exporter",
-            "--cpu-faults",
-            "--listen",
-            "127.0.0.1:0",
-            "--comm",
-        ])
-        .arg(&comm)
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let mut stderr = std::io::BufReader::new(exporter.stderr.take().context("stderr")?);
-    let mut line = String::new();
-    stderr.read_line(&mut line)?;
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .with_context(|| format!("no address in {line:?}"))?
-        .to_string();
-    let exporter = ExporterProcess {
-        child: exporter,
-        addr,
-    };
+        .to_os_string();
+    let exporter = ExporterProcess::start(
+        odp_ctl,
+        &["--cpu-faults".as_ref(), "--comm".as_ref(), comm.as_os_str()],
+    )?;
     // Probes are attached once the exporter names its address.
     let ns = ns_per_fault(Command::new(&workload[0]).args(&workload[1..]));
     // Its events reach the engine within the reordering window and a snapshot.
@@ -841,11 +818,12 @@ struct ExporterProcess {
 }
 
 impl ExporterProcess {
-    fn start(odp_ctl: &Path, fifo: &Path) -> Result<ExporterProcess> {
+    /// `odp-ctl exporter --listen 127.0.0.1:0 ARGS`, once it names its address.
+    fn start(odp_ctl: &Path, args: &[&std::ffi::OsStr]) -> Result<ExporterProcess> {
         use std::io::BufRead as _;
         let mut child = Command::new(odp_ctl)
-            .args(["exporter", "--listen", "127.0.0.1:0", "--replay"])
-            .arg(fifo)
+            .args(["exporter", "--listen", "127.0.0.1:0"])
+            .args(args)
             .stderr(std::process::Stdio::piped())
             .spawn()?;
         let mut stderr = std::io::BufReader::new(child.stderr.take().context("stderr")?);
@@ -963,7 +941,7 @@ pub fn exporter(events: usize, rate: f64, seconds: u64) -> Result<()> {
         copies as f64 * stream.period as f64 / 1e9
     );
     let fifo = bench_fifo("exporter-memory.fifo")?;
-    let exporter = ExporterProcess::start(&odp_ctl, &fifo)?;
+    let exporter = ExporterProcess::start(&odp_ctl, &["--replay".as_ref(), fifo.as_os_str()])?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&fifo)?);
     let started = std::time::Instant::now();
     let marks = [copies / 10, copies / 2, copies];
@@ -1011,7 +989,7 @@ pub fn exporter(events: usize, rate: f64, seconds: u64) -> Result<()> {
          scrape each second"
     );
     let fifo = bench_fifo("exporter-cpu.fifo")?;
-    let exporter = ExporterProcess::start(&odp_ctl, &fifo)?;
+    let exporter = ExporterProcess::start(&odp_ctl, &["--replay".as_ref(), fifo.as_os_str()])?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&fifo)?);
     let tick = std::time::Duration::from_millis(10);
     let per_tick = (rate / 100.0).round() as u64;

@@ -176,3 +176,14 @@ pub fn fifo(dir: &Path) -> PathBuf {
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
     fifo
 }
+
+/// The DONTNEED storm example scenario, written into `dir` for a stress run.
+pub fn dontneed_storm(dir: &Path) -> PathBuf {
+    let path = dir.join("dontneed-storm.toml");
+    std::fs::write(
+        &path,
+        include_str!("../../../scenarios/dontneed-storm.toml"),
+    )
+    .expect("write the scenario");
+    path
+}
