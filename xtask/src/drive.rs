@@ -426,6 +426,8 @@ step "odp-ctl monitor --summary: the correlation engine over a live workload (fa
 odp-ctl monitor --summary --record /tmp/monitor.jsonl -- odp-ctl register --size 4M --traffic --message-size 256K
 step "odp-ctl monitor --replay: the same run again from its recording, as on any machine without RDMA"
 odp-ctl monitor --summary --replay /tmp/monitor.jsonl | head -3
+step "odp-ctl export --perfetto: the same recording as a Perfetto timeline (tracks per process and MR, races as arrows; open it at ui.perfetto.dev)"
+odp-ctl export --perfetto /tmp/monitor.pftrace /tmp/monitor.jsonl
 step "odp-ctl stress: RDMA WRITE and READ while MADV_DONTNEED drops the same pages 1000 times a second; every byte checked, every drop matched to the kernel's invalidation"
 odp-ctl stress /job/bin/dontneed-storm.toml
 step "odp-ctl exporter: the engine always on, as Prometheus metrics, scraped while a workload faults"
