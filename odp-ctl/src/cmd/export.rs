@@ -23,8 +23,9 @@ pub struct Args {
 
 pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let stop = stop_on_signals()?;
+    // /proc's view of the descriptor: minimal systems (the test guest) have no /dev/stdin.
     let recording = if args.recording.as_os_str() == "-" {
-        PathBuf::from("/dev/stdin")
+        PathBuf::from("/proc/self/fd/0")
     } else {
         args.recording.clone()
     };

@@ -844,3 +844,73 @@ impl Sink for Timeline {
         self.close_file(engine)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use odp_core::analysis::AnalysisConfig;
+
+    use super::*;
+    use crate::live::{self, Run, Source, Until};
+
+    const CAPTURE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/rxe-dontneed-race.jsonl"
+    );
+
+    /// Perfetto's own reader on the committed capture's timeline: slices, invalidations and
+    /// flows counted with SQL. A unit test, so it runs on the host only: it needs Perfetto's
+    /// Python package with a trace_processor_shell it can fetch or has cached, and where that is
+    /// missing it is a named skip, never a pass.
+    #[test]
+    fn trace_processor_reads_the_timeline_as_written() {
+        let test = "trace_processor_reads_the_timeline_as_written";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("race.pftrace");
+        let mut timeline = Timeline::create(&path, Clocks::Recorded).expect("timeline");
+        let stop = AtomicBool::new(false);
+        live::run(
+            Source::recording(CAPTURE.into(), 0.0).expect("capture"),
+            Engine::new(AnalysisConfig::default()),
+            &mut [&mut timeline],
+            Run {
+                stop: &stop,
+                deadline: None,
+                until: Until::SourceEnds,
+                before_detach: &|| {},
+            },
+        )
+        .expect("export");
+        let script = format!(
+            "from perfetto.trace_processor import TraceProcessor\n\
+             tp = TraceProcessor(trace={:?})\n\
+             q = lambda s: list(tp.query(s))[0].n\n\
+             print(q(\"select count(*) n from slice where name = 'device fault'\"),\n\
+                   q(\"select count(*) n from slice where name like 'invalidate %'\"),\n\
+                   q('select count(*) n from flow'))\n",
+            path.display().to_string()
+        );
+        let out = match std::process::Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .output()
+        {
+            Ok(o) if o.status.success() => o,
+            Ok(o) => {
+                let why = String::from_utf8_lossy(&o.stderr);
+                let last = why.lines().last().unwrap_or("no output").to_string();
+                odp_core::testing::skip(
+                    test,
+                    &format!("no trace_processor here (perfetto Python package: {last})"),
+                );
+                return;
+            }
+            Err(e) => {
+                odp_core::testing::skip(test, &format!("no python3: {e}"));
+                return;
+            }
+        };
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1473 195 4");
+    }
+}
