@@ -403,7 +403,8 @@ impl Engine {
     }
 }
 
-pub(super) fn pages(lo: u64, hi: u64) -> u64 {
+/// The 4 KiB pages a byte range touches.
+pub fn pages(lo: u64, hi: u64) -> u64 {
     if hi <= lo {
         return 0;
     }

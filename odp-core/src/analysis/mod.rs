@@ -22,6 +22,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 pub use activity::{Activity, FaultActivity, InvalidationActivity};
+pub use faults::pages;
 use faults::SubCall;
 use invalidations::PendingRange;
 use model::Space;

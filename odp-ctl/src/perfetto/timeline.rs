@@ -22,7 +22,7 @@ use super::protos::{
     CounterDescriptor, DebugAnnotation, DebugAnnotationName, EventName, InternedData,
     ProcessDescriptor, Trace, TracePacket, TrackDescriptor, TrackEvent,
 };
-use crate::live::{Flow, Sink, State};
+use crate::live::Sink;
 
 /// Perfetto's built-in clock ids (ClockSnapshot.Clock.BuiltinClocks).
 const CLOCK_REALTIME: u32 = 1;
@@ -265,14 +265,7 @@ impl Timeline {
             None => (0, "?".to_string(), format!("MR {id}")),
         };
         let parent = self.process_track(pid, &comm)?;
-        let uuid = self.uuid(TrackKey::Mr(id));
-        self.declare(TrackDescriptor {
-            uuid: Some(uuid),
-            parent_uuid: Some(parent),
-            name: Some(name),
-            ..Default::default()
-        })?;
-        Ok(uuid)
+        self.child_track(TrackKey::Mr(id), parent, name)
     }
 
     /// A lane of `kind` under `parent` free at `start` (its slices end by then), declared when
@@ -299,12 +292,17 @@ impl Timeline {
         if let Some(&uuid) = self.tracks.get(&key) {
             return Ok(uuid);
         }
-        let uuid = self.uuid(key);
         let name = if index == 0 {
             kind.to_string()
         } else {
             format!("{kind} ({})", index + 1)
         };
+        self.child_track(key, parent, name)
+    }
+
+    /// Declares a named track under `parent` for `key`.
+    fn child_track(&mut self, key: TrackKey, parent: u64, name: String) -> anyhow::Result<u64> {
+        let uuid = self.uuid(key);
         self.declare(TrackDescriptor {
             uuid: Some(uuid),
             parent_uuid: Some(parent),
@@ -429,7 +427,6 @@ impl Timeline {
                 Child::Instant {
                     name,
                     at,
-                    args,
                     terminating,
                 } => {
                     self.event(
@@ -438,7 +435,6 @@ impl Timeline {
                         track_event::Type::Instant,
                         EventSpec {
                             name: Some(Cow::Borrowed(name)),
-                            args,
                             terminating,
                             ..Default::default()
                         },
@@ -464,7 +460,7 @@ impl Timeline {
         let lane = self.lane(mr, kind, f.start_ns, f.end_ns)?;
         let mut args = vec![
             ("range", Arg::Str(range(f.lo, f.hi))),
-            ("pages", Arg::Uint(pages(f.lo, f.hi))),
+            ("pages", Arg::Uint(odp_core::analysis::pages(f.lo, f.hi))),
             ("task", Arg::Str(f.task.clone())),
             ("tid", Arg::Uint(u64::from(f.tid))),
             ("mr", Arg::Uint(f.mr)),
@@ -472,7 +468,11 @@ impl Timeline {
         if let Some(ret) = f.ret {
             args.push(("ret", Arg::Int(ret)));
             if ret < 0 {
-                args.push(("errno", Arg::Str(errno_name(ret))));
+                let errno = i32::try_from(-ret).unwrap_or(0);
+                args.push((
+                    "errno",
+                    Arg::Str(format!("{} ({errno})", odp_core::error::errno_name(errno))),
+                ));
             }
         }
         if !f.retries_at.is_empty() {
@@ -490,7 +490,6 @@ impl Timeline {
         children.extend(f.retries_at.iter().map(|&at| Child::Instant {
             name: "retry",
             at,
-            args: Vec::new(),
             terminating: Vec::new(),
         }));
         for (flow, inv_start) in self.flows_in.remove(&f.id).unwrap_or_default() {
@@ -499,7 +498,6 @@ impl Timeline {
             children.push(Child::Instant {
                 name: "race",
                 at,
-                args: Vec::new(),
                 terminating: vec![flow],
             });
             self.written.races += 1;
@@ -511,7 +509,6 @@ impl Timeline {
                     _ => "timeout: slow",
                 },
                 at: f.end_ns,
-                args: Vec::new(),
                 terminating: Vec::new(),
             });
         }
@@ -710,7 +707,6 @@ enum Child {
     Instant {
         name: &'static str,
         at: u64,
-        args: Vec<(&'static str, Arg)>,
         terminating: Vec<u64>,
     },
 }
@@ -730,24 +726,12 @@ fn range(lo: u64, hi: u64) -> String {
     format!("{lo:#x}+{:#x}", hi.saturating_sub(lo))
 }
 
-fn pages(lo: u64, hi: u64) -> u64 {
-    if hi <= lo {
-        return 0;
-    }
-    hi.div_ceil(4096) - lo / 4096
-}
-
-fn errno_name(ret: i64) -> String {
-    let errno = i32::try_from(-ret).unwrap_or(0);
-    format!("{} ({})", std::io::Error::from_raw_os_error(errno), -ret)
-}
-
 impl Sink for Timeline {
     fn wants_activity(&self) -> bool {
         true
     }
 
-    fn event(&mut self, e: &OdpEvent, engine: &Engine) -> anyhow::Result<()> {
+    fn event(&mut self, e: &OdpEvent, _engine: &Engine) -> anyhow::Result<()> {
         if !self.started {
             self.start(e.ts_ns)?;
         }
@@ -797,7 +781,6 @@ impl Sink for Timeline {
             )?;
             self.written.library_calls += 1;
         }
-        let _ = engine;
         Ok(())
     }
 
@@ -831,10 +814,6 @@ impl Sink for Timeline {
             }
         }
         self.settle_until(engine, engine.last_ts())
-    }
-
-    fn tick(&mut self, _engine: &Engine, _state: &State) -> anyhow::Result<Flow> {
-        Ok(Flow::Continue)
     }
 
     fn finish(&mut self, engine: &Engine) -> anyhow::Result<()> {
