@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{dontneed_storm, fifo, fixture, odp_ctl, Synthetic};
+use common::{broken_capture, dontneed_storm, fifo, fixture, odp_ctl, Synthetic};
 
 /// A child process that is killed if the test ends without stopping it (a failed assertion
 /// must not leave a server behind).
@@ -956,11 +956,7 @@ fn a_port_in_use_or_an_address_not_here_is_refused_before_anything_starts() {
 #[test]
 fn a_recording_that_does_not_parse_ends_the_exporter_naming_its_line() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("broken.jsonl");
-    let capture = std::fs::read_to_string(fixture()).expect("capture");
-    let mut lines: Vec<&str> = capture.lines().take(10).collect();
-    lines.insert(5, "{\"ts_ns\": \"soon\"}");
-    std::fs::write(&path, lines.join("\n")).expect("write");
+    let path = broken_capture(dir.path(), 10, 6);
     let out = odp_ctl()
         .args(["exporter", "--listen", "127.0.0.1:0", "--replay"])
         .arg(&path)

@@ -8,7 +8,7 @@ use std::path::Path;
 use prost::Message;
 
 mod common;
-use common::{dontneed_storm, fixture, odp_ctl};
+use common::{broken_capture, dontneed_storm, fixture, odp_ctl};
 
 #[allow(dead_code, clippy::all)]
 mod protos {
@@ -348,11 +348,7 @@ fn standard_input_is_read_with_a_dash() {
 #[test]
 fn a_bad_recording_or_an_unwritable_output_leaves_no_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broken = dir.path().join("broken.jsonl");
-    let capture = std::fs::read_to_string(fixture()).expect("capture");
-    let mut lines: Vec<&str> = capture.lines().take(20).collect();
-    lines.insert(7, "{\"ts_ns\": \"soon\"}");
-    std::fs::write(&broken, lines.join("\n")).expect("write");
+    let broken = broken_capture(dir.path(), 20, 8);
     let trace = dir.path().join("out.pftrace");
     let out = export(&broken, &trace);
     assert_eq!(out.status.code(), Some(6), "{out:?}");

@@ -860,18 +860,24 @@ impl ExporterProcess {
             .sum())
     }
 
-    /// One scrape of /metrics: (milliseconds it took, bytes, odp_exporter_events_total).
-    fn scrape(&self) -> Result<(f64, usize, u64)> {
+    /// GET /metrics: the response, headers and body.
+    fn metrics(&self) -> Result<String> {
         use std::io::{Read as _, Write as _};
-        let t = std::time::Instant::now();
         let mut stream = std::net::TcpStream::connect(&self.addr)?;
         write!(
             stream,
             "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.addr
         )?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body)?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    }
+
+    /// One scrape of /metrics: (milliseconds it took, bytes, odp_exporter_events_total).
+    fn scrape(&self) -> Result<(f64, usize, u64)> {
+        let t = std::time::Instant::now();
+        let body = self.metrics()?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let events = body
             .lines()
@@ -883,16 +889,8 @@ impl ExporterProcess {
 
     /// The sum of a counter's samples, all labels.
     fn counter(&self, name: &str) -> Result<f64> {
-        use std::io::{Read as _, Write as _};
-        let mut stream = std::net::TcpStream::connect(&self.addr)?;
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        )?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body)?;
-        Ok(body
+        Ok(self
+            .metrics()?
             .lines()
             .filter(|l| l.split(['{', ' ']).next() == Some(name))
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())

@@ -187,3 +187,14 @@ pub fn dontneed_storm(dir: &Path) -> PathBuf {
     .expect("write the scenario");
     path
 }
+
+/// The committed capture's first `lines` lines with a malformed event inserted as line
+/// `bad_line` (1-based), written into `dir`: a recording that fails to parse there.
+pub fn broken_capture(dir: &Path, lines: usize, bad_line: usize) -> PathBuf {
+    let capture = std::fs::read_to_string(fixture()).expect("capture");
+    let mut kept: Vec<&str> = capture.lines().take(lines).collect();
+    kept.insert(bad_line - 1, "{\"ts_ns\": \"soon\"}");
+    let path = dir.join("broken.jsonl");
+    std::fs::write(&path, kept.join("\n")).expect("write the broken recording");
+    path
+}
