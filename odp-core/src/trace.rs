@@ -222,13 +222,54 @@ pub fn write_json_line<W: std::io::Write>(out: &mut W, e: &OdpEvent) -> std::io:
 
 /// CLOCK_MONOTONIC now, in the BPF timestamps' units.
 pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+fn clock_ns(id: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: ts is a valid out-pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+    // SAFETY: ts is a valid out-pointer; the ids used here exist on every supported kernel.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// The host's clocks read together: what lines events (stamped on the monotonic clock) up
+/// with other traces of the same host (perf and system traces use boottime) and wall time.
+/// A recording's first line, `{"clocks": {...}}`, carries the reading taken when its probes
+/// attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockReading {
+    pub boottime_ns: u64,
+    pub monotonic_ns: u64,
+    pub realtime_ns: u64,
+}
+
+impl ClockReading {
+    pub fn now() -> ClockReading {
+        // Back to back: the offsets between the three are good to a few microseconds.
+        // Monotonic first, so boottime (monotonic plus time suspended) is never behind it.
+        let monotonic_ns = clock_ns(libc::CLOCK_MONOTONIC);
+        let boottime_ns = clock_ns(libc::CLOCK_BOOTTIME);
+        let realtime_ns = clock_ns(libc::CLOCK_REALTIME);
+        ClockReading {
+            boottime_ns,
+            monotonic_ns,
+            realtime_ns,
+        }
+    }
+}
+
+/// The first line of a recording: its clock reading.
+pub fn write_clock_line<W: std::io::Write>(
+    out: &mut W,
+    clocks: &ClockReading,
+) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, &serde_json::json!({ "clocks": clocks }))?;
+    out.write_all(b"\n")
 }
 
 #[cfg(test)]

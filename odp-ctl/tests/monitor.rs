@@ -25,7 +25,9 @@ fn records(path: &Path) -> Vec<Record<'static>> {
     std::fs::read_to_string(path)
         .expect("read recording")
         .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("{\"summary\""))
+        .filter(|l| {
+            !l.trim().is_empty() && !l.starts_with("{\"summary\"") && !l.starts_with("{\"clocks\"")
+        })
         .map(|l| serde_json::from_str(l).expect("record"))
         .collect()
 }

@@ -326,6 +326,22 @@ fn the_committed_capture_exports_as_a_timeline_the_engine_agrees_with() {
         .filter_map(|e| e.ok().map(|e| e.file_name()))
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("race.pftrace")]);
+
+    // The file is a function of the events alone: monitor's replay, which reads in other
+    // batches, writes the same bytes.
+    let replayed = dir.path().join("replayed.pftrace");
+    let out = odp_ctl()
+        .args(["monitor", "--summary", "--speed", "0", "--replay"])
+        .arg(fixture())
+        .arg("--perfetto")
+        .arg(&replayed)
+        .output()
+        .expect("monitor");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        std::fs::read(&trace).expect("export") == std::fs::read(&replayed).expect("monitor"),
+        "export and monitor --perfetto differ"
+    );
 }
 
 #[test]
@@ -398,6 +414,12 @@ fn a_stress_runs_live_timeline_agrees_with_its_own_recording() {
         String::from_utf8_lossy(&out.stderr)
     );
     let all = check_against_the_engine(&trace, &recording);
+    let (boottime, monotonic, realtime) = clock_line(&recording);
+    assert_eq!(
+        clock_snapshot(&trace),
+        (vec![(6, boottime), (3, monotonic), (1, realtime)], Some(6)),
+        "the live file and the recording share one clock reading"
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
     let totals = &report["probes"]["summary"]["totals"];
     let faults = all.iter().filter(|s| s.name == "device fault").count() as u64;
@@ -418,6 +440,33 @@ fn a_stress_runs_live_timeline_agrees_with_its_own_recording() {
         "{test}: {faults} faults, {flows} races, {} slices",
         all.len()
     ));
+}
+
+/// The first packet's clock snapshot: (clock id, time) each, and the trace's clock.
+fn clock_snapshot(trace: &Path) -> (Vec<(u32, u64)>, Option<u32>) {
+    let bytes = std::fs::read(trace).expect("read");
+    let first = Trace::decode(bytes.as_slice()).expect("trace").packet[0].clone();
+    let Some(trace_packet::Data::ClockSnapshot(clocks)) = first.data else {
+        panic!("{}: no clock snapshot first", trace.display());
+    };
+    (
+        clocks
+            .clocks
+            .iter()
+            .map(|c| (c.clock_id(), c.timestamp()))
+            .collect(),
+        clocks.primary_trace_clock,
+    )
+}
+
+/// A recording's opening clock line: (boottime, monotonic, realtime).
+fn clock_line(recording: &Path) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(recording).expect("recording");
+    let first = text.lines().next().expect("a first line");
+    let v: serde_json::Value = serde_json::from_str(first).expect("json");
+    let c = &v["clocks"];
+    let n = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("{k} in {first}"));
+    (n("boottime_ns"), n("monotonic_ns"), n("realtime_ns"))
 }
 
 fn writeln_stderr(line: &str) -> std::io::Result<()> {
@@ -459,13 +508,40 @@ fn a_live_trace_writes_its_cpu_faults_and_the_hosts_clocks() {
         recorded,
         "one instant per recorded CPU fault"
     );
-    // Live: boottime, monotonic and realtime, read together, boottime the trace's clock.
-    let bytes = std::fs::read(&trace).expect("read");
-    let first = Trace::decode(bytes.as_slice()).expect("trace").packet[0].clone();
-    let Some(trace_packet::Data::ClockSnapshot(clocks)) = first.data else {
-        panic!("no clock snapshot first");
-    };
-    let ids: Vec<u32> = clocks.clocks.iter().map(|c| c.clock_id()).collect();
-    assert_eq!(ids, [6, 3, 1]);
-    assert_eq!(clocks.primary_trace_clock, Some(6));
+    // Live: boottime, monotonic and realtime read together when the probes attached, boottime
+    // the trace's clock; the recording opens with the same reading, and its export lines up
+    // exactly as the live file does.
+    let (boottime, monotonic, realtime) = clock_line(&events);
+    assert!(boottime >= monotonic, "boottime runs ahead of monotonic");
+    assert!(
+        realtime > 1_700_000_000_000_000_000,
+        "realtime is wall time"
+    );
+    let live = clock_snapshot(&trace);
+    assert_eq!(
+        live,
+        (vec![(6, boottime), (3, monotonic), (1, realtime)], Some(6))
+    );
+    let exported = dir.path().join("exported.pftrace");
+    let out = export(&events, &exported);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(clock_snapshot(&exported), live);
+}
+
+#[test]
+fn a_recording_without_a_clock_line_keeps_its_own_monotonic_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("capture.pftrace");
+    let out = export(&fixture(), &trace);
+    assert!(out.status.success(), "{out:?}");
+    let first_ts = std::fs::read_to_string(fixture())
+        .expect("capture")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["ts_ns"].as_u64())
+        .min();
+    assert_eq!(
+        clock_snapshot(&trace),
+        (vec![(3, first_ts.expect("events"))], Some(3)),
+        "the first event's time on the monotonic clock, the trace's clock"
+    );
 }

@@ -135,6 +135,9 @@ pub struct SourceFacts {
     pub lines_skipped: std::collections::BTreeMap<String, u64>,
     pub probes_attached: usize,
     pub probes_total: usize,
+    /// The host's clocks when the source began (live) or as its recording says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clocks: Option<crate::trace::ClockReading>,
 }
 
 /// How finely the latencies of the entity with `before` others ahead of it are kept: the first

@@ -7,7 +7,7 @@ use odp_core::analysis::{AnalysisConfig, Engine};
 use super::launch::stop_on_signals;
 use crate::live::{self, Run, Sink, Source, Until};
 use crate::output::Output;
-use crate::perfetto::timeline::{Clocks, Timeline};
+use crate::perfetto::timeline::Timeline;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,7 +30,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         args.recording.clone()
     };
     let source = Source::recording(recording, 0.0)?;
-    let mut timeline = Timeline::create(&args.perfetto, Clocks::Recorded)?;
+    let mut timeline = Timeline::create(&args.perfetto)?;
     let (engine, _) = live::run(
         source,
         Engine::new(AnalysisConfig::default()),

@@ -16,7 +16,7 @@ use crate::live::{
     self, print_summary, Latest, Progress, Publisher, Recorder, Run, Server, Sink, Source, Until,
 };
 use crate::output::Output;
-use crate::perfetto::timeline::{Clocks, Timeline};
+use crate::perfetto::timeline::Timeline;
 use crate::tui::Tui;
 
 #[derive(clap::Args)]
@@ -76,16 +76,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let stop = stop_on_signals()?;
     let deadline = args.duration.map(|d| Instant::now() + d);
     needs_a_terminal(args.summary, "the live view")?;
-    let clocks = if args.replay.is_some() {
-        Clocks::Recorded
-    } else {
-        Clocks::Live
-    };
-    let mut timeline = args
-        .perfetto
-        .as_deref()
-        .map(|p| Timeline::create(p, clocks))
-        .transpose()?;
+    let mut timeline = args.perfetto.as_deref().map(Timeline::create).transpose()?;
     if let Some(path) = &args.replay {
         // A summary reads as fast as the file allows.
         let speed = if args.summary { 0.0 } else { args.speed };

@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::launch::{needs_a_terminal, stop_on_signals};
 use crate::live::{self, print_summary, Recorder, Run, Sink, Source, Until};
 use crate::output::{table, AlreadyReported, DataMismatch, Output};
-use crate::perfetto::timeline::{Clocks, Timeline};
+use crate::perfetto::timeline::Timeline;
 use crate::tui::Tui;
 
 #[derive(clap::Args)]
@@ -228,11 +228,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         Err("skipped: loading BPF needs root (or run with --no-probes)".to_string())
     } else {
         recorder = args.record.as_deref().map(Recorder::create).transpose()?;
-        timeline = args
-            .perfetto
-            .as_deref()
-            .map(|p| Timeline::create(p, Clocks::Live))
-            .transpose()?;
+        timeline = args.perfetto.as_deref().map(Timeline::create).transpose()?;
         let config = odp_ebpf::Config {
             pid: Some(std::process::id()),
             attach: args.attach.attach,

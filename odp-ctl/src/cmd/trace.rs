@@ -15,9 +15,9 @@ use serde::Serialize;
 use super::launch::{
     attach_before, child_outcome, spawn_gated, stop_on_signals, Gated, ProbeFilter,
 };
-use crate::live::{self, Flow, Run, Sink, State, Until};
+use crate::live::{self, ClockLine, Flow, Run, Sink, State, Until};
 use crate::output::Output;
-use crate::perfetto::timeline::{Clocks, Timeline};
+use crate::perfetto::timeline::Timeline;
 use odp_core::units::parse_duration;
 
 #[derive(clap::Args)]
@@ -69,16 +69,19 @@ struct Summary {
 struct Writer {
     out: BufWriter<Box<dyn Write>>,
     json: bool,
+    clock_line: ClockLine,
     /// The session's start, on the events' clock.
     t0: u64,
     events: u64,
 }
 
 impl Sink for Writer {
-    fn event(&mut self, e: &OdpEvent, _engine: &Engine) -> anyhow::Result<()> {
+    fn event(&mut self, e: &OdpEvent, engine: &Engine) -> anyhow::Result<()> {
         self.events += 1;
         let written = if self.json {
-            write_json_line(&mut self.out, e)
+            self.clock_line
+                .write(&mut self.out, engine)
+                .and_then(|()| write_json_line(&mut self.out, e))
         } else {
             writeln!(self.out, "{}", Record::from_event(e).human(self.t0))
         };
@@ -93,7 +96,12 @@ impl Sink for Writer {
         Ok(Flow::Continue)
     }
 
-    fn finish(&mut self, _engine: &Engine) -> anyhow::Result<()> {
+    fn finish(&mut self, engine: &Engine) -> anyhow::Result<()> {
+        if self.json {
+            self.clock_line
+                .write(&mut self.out, engine)
+                .map_err(|err| anyhow::anyhow!("writing events: {err}"))?;
+        }
         self.out
             .flush()
             .map_err(|err| anyhow::anyhow!("writing events: {err}"))
@@ -130,11 +138,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         emit_events: !args.count_only,
         ..args.filter.config(gated.as_ref().map(Gated::pid))?
     };
-    let mut timeline = args
-        .perfetto
-        .as_deref()
-        .map(|p| Timeline::create(p, Clocks::Live))
-        .transpose()?;
+    let mut timeline = args.perfetto.as_deref().map(Timeline::create).transpose()?;
     let started = Instant::now();
     let deadline = args.duration.map(|d| started + d);
     let source = attach_before(gated.as_mut(), config, deadline)?;
@@ -143,6 +147,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         // pieces, and a BufWriter of known type takes them inline.
         out: BufWriter::with_capacity(1 << 16, destination),
         json: out.json,
+        clock_line: ClockLine::default(),
         t0: monotonic_ns(),
         events: 0,
     };

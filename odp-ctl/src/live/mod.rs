@@ -18,9 +18,9 @@ use bpf_common::OdpEvent;
 use odp_core::analysis::{Activity, Engine, Reorder};
 
 pub use metrics::{serve_while, Latest, Publisher, Server};
-pub use recorder::Recorder;
+pub use recorder::{ClockLine, Recorder};
 #[cfg(test)]
-pub use source::read_recording;
+pub use source::{read_recording, Line};
 pub use source::{Losses, ProbeEnd, Source};
 pub use summary::{print_summary, rarer_losses, Progress};
 
@@ -120,6 +120,10 @@ pub fn run(
     loop {
         state.source_done = source.done();
         source.drain(&mut batch);
+        if engine.source.clocks.is_none() {
+            // Set before any event is queued, so in place before the first reaches a sink.
+            engine.source.clocks = source.clocks();
+        }
         if let Err(e) = order.feed(&mut engine, sinks, &batch) {
             failure = Some(e);
             break;

@@ -7,12 +7,33 @@ use std::path::Path;
 
 use bpf_common::OdpEvent;
 use odp_core::analysis::Engine;
-use odp_core::trace::write_json_line;
+use odp_core::trace::{write_clock_line, write_json_line};
 
 use super::{Flow, Sink, State};
 
+/// A recording's first line, the host's clock reading, written once the source has one
+/// (before the first event, or at the end of a run without events).
+#[derive(Default)]
+pub struct ClockLine {
+    written: bool,
+}
+
+impl ClockLine {
+    pub fn write(&mut self, out: &mut impl Write, engine: &Engine) -> std::io::Result<()> {
+        if self.written {
+            return Ok(());
+        }
+        self.written = true;
+        match &engine.source.clocks {
+            Some(clocks) => write_clock_line(out, clocks),
+            None => Ok(()),
+        }
+    }
+}
+
 pub struct Recorder {
     out: BufWriter<File>,
+    clock_line: ClockLine,
     /// The first write error: reported at the end, so a full disk does not cut the run short.
     error: Option<std::io::Error>,
 }
@@ -25,15 +46,20 @@ impl Recorder {
         })?;
         Ok(Recorder {
             out: BufWriter::new(file),
+            clock_line: ClockLine::default(),
             error: None,
         })
     }
 }
 
 impl Sink for Recorder {
-    fn event(&mut self, e: &OdpEvent, _engine: &Engine) -> anyhow::Result<()> {
+    fn event(&mut self, e: &OdpEvent, engine: &Engine) -> anyhow::Result<()> {
         if self.error.is_none() {
-            if let Err(err) = write_json_line(&mut self.out, e) {
+            if let Err(err) = self
+                .clock_line
+                .write(&mut self.out, engine)
+                .and_then(|()| write_json_line(&mut self.out, e))
+            {
                 self.error = Some(err);
             }
         }
@@ -65,8 +91,10 @@ impl Sink for Recorder {
             "probes_total": f.probes_total,
         }});
         if self.error.is_none() {
-            if let Err(err) = serde_json::to_writer(&mut self.out, &closing)
-                .map_err(std::io::Error::from)
+            if let Err(err) = self
+                .clock_line
+                .write(&mut self.out, engine)
+                .and_then(|()| serde_json::to_writer(&mut self.out, &closing).map_err(Into::into))
                 .and_then(|()| self.out.write_all(b"\n"))
             {
                 self.error = Some(err);

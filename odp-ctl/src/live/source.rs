@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bpf_common::{OdpEvent, Point};
-use odp_core::trace::Record;
+use odp_core::trace::{ClockReading, Record};
 use odp_ebpf::{Config, Delivery, PointPlan, Session, Status};
 
 /// Events waiting between the source thread and the pump, at most (15 MB of events): several
@@ -75,6 +75,9 @@ struct Inbox {
     recorded: Mutex<Option<Recorded>>,
     /// A recording's lines that were not events, by reason.
     lines_skipped: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// The host's clocks: read when live probes attach, or a recording's first line; set
+    /// before any event is queued.
+    clocks: Mutex<Option<ClockReading>>,
 }
 
 /// What the probes counted by the time they detached.
@@ -194,6 +197,9 @@ impl Source {
                             return;
                         }
                     };
+                    if let Ok(mut slot) = inbox.clocks.lock() {
+                        *slot = Some(ClockReading::now());
+                    }
                     let _ = ready_tx.send(Ok(session.plans().to_vec()));
                     let mut since_drops = 0u32;
                     let result = session.run(&stop, deadline, |delivery| {
@@ -283,7 +289,7 @@ impl Source {
             std::thread::Builder::new()
                 .name("odp-replay".into())
                 .spawn(move || {
-                    match replay(&path, speed, &stop, &inbox.queue) {
+                    match replay(&path, speed, &stop, &inbox) {
                         Ok(replayed) => {
                             if let Ok(mut slot) = inbox.recorded.lock() {
                                 *slot = replayed.recorded;
@@ -347,6 +353,11 @@ impl Source {
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default()
+    }
+
+    /// The host's clocks as the source knows them (before its first event, if at all).
+    pub(super) fn clocks(&self) -> Option<ClockReading> {
+        self.inbox.clocks.lock().ok().and_then(|c| *c)
     }
 
     /// What a recording's closing line said, once it has been read.
@@ -430,13 +441,23 @@ const REPLAY_SLACK: Duration = Duration::from_millis(2);
 /// Events handed over at once when the replay is not sleeping.
 const REPLAY_BATCH: usize = 4096;
 
-fn replay(path: &Path, speed: f64, stop: &AtomicBool, queue: &Queue) -> anyhow::Result<Replayed> {
+fn replay(path: &Path, speed: f64, stop: &AtomicBool, inbox: &Inbox) -> anyhow::Result<Replayed> {
+    let queue = &inbox.queue;
     let started = Instant::now();
     let mut first_ts = None;
     // Events go over in batches, and the thread sleeps only when it is a few milliseconds
     // ahead: a lock and a sleep per event cost more than the parse.
     let mut batch = Vec::with_capacity(REPLAY_BATCH);
-    let result = read_recording(path, stop, |e| {
+    let result = read_recording(path, stop, |line| {
+        let e = match line {
+            Line::Clocks(clocks) => {
+                if let Ok(mut slot) = inbox.clocks.lock() {
+                    *slot = Some(clocks);
+                }
+                return;
+            }
+            Line::Event(e) => e,
+        };
         let t0 = *first_ts.get_or_insert(e.ts_ns);
         if speed > 0.0 {
             // Saturating: a timestamp far from the first one must not panic the replay.
@@ -495,12 +516,21 @@ fn cannot_open(path: &Path, e: std::io::Error) -> anyhow::Error {
 /// is not a recording (a file without newlines, /dev/zero) and is refused, not buffered.
 pub const MAX_LINE: usize = 64 << 10;
 
+/// What a recording's line holds, for its reader.
+pub enum Line {
+    /// The clock reading it begins with (the first one, if recordings were concatenated).
+    Clocks(ClockReading),
+    Event(OdpEvent),
+}
+
 /// What reading a recording gave besides its events.
 #[derive(Debug, Default)]
 pub struct Replayed {
     pub events: u64,
     /// Its closing summary line(s), if it has any.
     pub recorded: Option<Recorded>,
+    /// Its clock line, if it has one (not counted among the skipped lines).
+    pub clocks: Option<ClockReading>,
     /// Lines that were not events, by reason (blank, closing summary, point unknown to this
     /// build).
     pub skipped: std::collections::BTreeMap<String, u64>,
@@ -514,11 +544,12 @@ fn invalid(path: &Path, line: usize, column: usize, what: String) -> anyhow::Err
 /// `on_event` in file order. Blank lines, the closing summary line(s) and records of points
 /// this build does not know are skipped and counted; anything else that is not a record (a
 /// line over MAX_LINE, bytes that are not UTF-8, a malformed record) is invalid input named by
-/// line and column. Stops between lines when `stop` is set.
+/// line and column. The clock line comes to `on_line` before any event; it stops between lines
+/// when `stop` is set.
 pub fn read_recording(
     path: &Path,
     stop: &AtomicBool,
-    mut on_event: impl FnMut(OdpEvent),
+    mut on_line: impl FnMut(Line),
 ) -> anyhow::Result<Replayed> {
     let not_a_recording =
         |why: String| odp_core::Error::invalid(format!("cannot replay {}: {why}", path.display()));
@@ -578,12 +609,34 @@ pub fn read_recording(
                 .add(closing.summary);
             continue;
         }
+        if text.starts_with("{\"clocks\"") {
+            #[derive(serde::Deserialize)]
+            struct Opening {
+                clocks: ClockReading,
+            }
+            let opening: Opening = serde_json::from_str(text).map_err(|e| {
+                invalid(
+                    path,
+                    number,
+                    e.column(),
+                    format!("not a recording's clock line: {e}"),
+                )
+            })?;
+            if out.clocks.is_some() || out.events > 0 {
+                // Lining up needs one reading for the whole stream: the first, before events.
+                skip("clock line after the first");
+            } else {
+                out.clocks = Some(opening.clocks);
+                on_line(Line::Clocks(opening.clocks));
+            }
+            continue;
+        }
         let record: Record = serde_json::from_str(text)
             .map_err(|e| invalid(path, number, e.column(), format!("not a trace event: {e}")))?;
         // Points this build does not know are skipped, not fatal: recordings outlive builds.
         match record.to_event() {
             Some(event) => {
-                on_event(event);
+                on_line(Line::Event(event));
                 out.events += 1;
             }
             None => skip("point unknown to this build"),
@@ -640,5 +693,49 @@ mod tests {
         queue.take(&mut taken);
         assert_eq!(taken.len(), 3);
         assert_eq!(queue.overflow.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_clock_line_comes_first_and_only_the_first_counts() {
+        let event = r#"{"ts_ns":16057096957,"duration_ns":0,"point":"page_fault_user","group":"cpu","method":"tp_btf","pid":144,"tid":144,"comm":"x","obj":"0x0","mm":"0x1","start":"0x1000","end":"0x1001","args":[0,0,0,0],"aux":20}"#;
+        let clocks = r#"{"clocks":{"boottime_ns":30,"monotonic_ns":20,"realtime_ns":10}}"#;
+        let later = r#"{"clocks":{"boottime_ns":3,"monotonic_ns":2,"realtime_ns":1}}"#;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.jsonl");
+        std::fs::write(&path, format!("{clocks}\n{event}\n{later}\n{event}\n")).expect("write");
+        let mut seen = Vec::new();
+        let replayed = read_recording(&path, &AtomicBool::new(false), |line| {
+            seen.push(match line {
+                Line::Clocks(c) => format!("clocks {}", c.monotonic_ns),
+                Line::Event(e) => format!("event {}", e.ts_ns),
+            })
+        })
+        .expect("read");
+        assert_eq!(
+            seen,
+            ["clocks 20", "event 16057096957", "event 16057096957"]
+        );
+        assert_eq!(
+            replayed.clocks,
+            Some(ClockReading {
+                boottime_ns: 30,
+                monotonic_ns: 20,
+                realtime_ns: 10
+            })
+        );
+        assert_eq!(
+            replayed.skipped,
+            [("clock line after the first".to_string(), 1)].into()
+        );
+
+        // A clock line that is not one is invalid input named by its line.
+        std::fs::write(
+            &path,
+            format!("{event}\n{{\"clocks\":{{\"boottime_ns\":-1}}}}\n"),
+        )
+        .expect("write");
+        let err = read_recording(&path, &AtomicBool::new(false), |_| {}).expect_err("refused");
+        assert!(err.to_string().contains("r.jsonl:2:"), "{err}");
+        assert!(err.to_string().contains("clock line"), "{err}");
     }
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use bpf_common::{Kind, OdpEvent};
 use odp_core::analysis::{Activity, Engine, FaultActivity, FindingKind, InvalidationActivity};
+use odp_core::trace::ClockReading;
 use prost::Message;
 
 use super::protos::{
@@ -56,15 +57,6 @@ pub struct Written {
     pub cpu_faults: u64,
 }
 
-/// Where timestamps line up with other traces of this host.
-pub enum Clocks {
-    /// Read now, on this host: monotonic beside boottime and realtime, as perf and system
-    /// traces need to be lined up.
-    Live,
-    /// A recording from anywhere: its own monotonic clock, alone.
-    Recorded,
-}
-
 /// How the output file comes to be: written beside its final name, renamed when complete, so a
 /// failed run leaves no partial file.
 struct Output {
@@ -74,7 +66,6 @@ struct Output {
 
 pub struct Timeline {
     out: Option<Output>,
-    clocks: Clocks,
     started: bool,
     names: HashMap<String, u64>,
     keys: HashMap<&'static str, u64>,
@@ -106,7 +97,7 @@ enum TrackKey {
 
 impl Timeline {
     /// A timeline to be written to `path` (created beside it, renamed at the end).
-    pub fn create(path: &Path, clocks: Clocks) -> anyhow::Result<Timeline> {
+    pub fn create(path: &Path) -> anyhow::Result<Timeline> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -122,7 +113,6 @@ impl Timeline {
                 file: std::io::BufWriter::new(file),
                 path: path.to_path_buf(),
             }),
-            clocks,
             started: false,
             names: HashMap::new(),
             keys: HashMap::new(),
@@ -166,31 +156,20 @@ impl Timeline {
         Ok(())
     }
 
-    /// The first packet: the clocks, and the rate counters' tracks.
-    fn start(&mut self, first_ts: u64) -> anyhow::Result<()> {
-        let clocks = match self.clocks {
-            Clocks::Live => {
-                let read = |id| {
-                    let mut ts = libc::timespec {
-                        tv_sec: 0,
-                        tv_nsec: 0,
-                    };
-                    // SAFETY: clock_gettime writes one timespec it is given.
-                    unsafe { libc::clock_gettime(id, &mut ts) };
-                    (ts.tv_sec as u64)
-                        .saturating_mul(1_000_000_000)
-                        .saturating_add(ts.tv_nsec as u64)
-                };
-                ClockSnapshot {
-                    clocks: vec![
-                        clock(CLOCK_BOOTTIME, read(libc::CLOCK_BOOTTIME)),
-                        clock(CLOCK_MONOTONIC, read(libc::CLOCK_MONOTONIC)),
-                        clock(CLOCK_REALTIME, read(libc::CLOCK_REALTIME)),
-                    ],
-                    primary_trace_clock: Some(CLOCK_BOOTTIME),
-                }
-            }
-            Clocks::Recorded => ClockSnapshot {
+    /// The first packet: the clocks (the host's reading as the source has it, for lining the
+    /// file up with perf and system traces; else the events' monotonic clock alone), and the
+    /// rate counters' tracks.
+    fn start(&mut self, first_ts: u64, host: Option<&ClockReading>) -> anyhow::Result<()> {
+        let clocks = match host {
+            Some(c) => ClockSnapshot {
+                clocks: vec![
+                    clock(CLOCK_BOOTTIME, c.boottime_ns),
+                    clock(CLOCK_MONOTONIC, c.monotonic_ns),
+                    clock(CLOCK_REALTIME, c.realtime_ns),
+                ],
+                primary_trace_clock: Some(CLOCK_BOOTTIME),
+            },
+            None => ClockSnapshot {
                 clocks: vec![clock(CLOCK_MONOTONIC, first_ts)],
                 primary_trace_clock: Some(CLOCK_MONOTONIC),
             },
@@ -731,9 +710,9 @@ impl Sink for Timeline {
         true
     }
 
-    fn event(&mut self, e: &OdpEvent, _engine: &Engine) -> anyhow::Result<()> {
+    fn event(&mut self, e: &OdpEvent, engine: &Engine) -> anyhow::Result<()> {
         if !self.started {
-            self.start(e.ts_ns)?;
+            self.start(e.ts_ns, engine.source.clocks.as_ref())?;
         }
         let Some(point) = e.point() else {
             return Ok(());
@@ -818,7 +797,7 @@ impl Sink for Timeline {
 
     fn finish(&mut self, engine: &Engine) -> anyhow::Result<()> {
         if !self.started {
-            self.start(engine.last_ts())?;
+            self.start(engine.last_ts(), engine.source.clocks.as_ref())?;
         }
         self.close_file(engine)
     }
@@ -847,7 +826,7 @@ mod tests {
         let test = "trace_processor_reads_the_timeline_as_written";
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("race.pftrace");
-        let mut timeline = Timeline::create(&path, Clocks::Recorded).expect("timeline");
+        let mut timeline = Timeline::create(&path).expect("timeline");
         let stop = AtomicBool::new(false);
         live::run(
             Source::recording(CAPTURE.into(), 0.0).expect("capture"),

@@ -110,7 +110,7 @@ mod tests {
     use ratatui::Terminal;
 
     use super::*;
-    use crate::live::read_recording;
+    use crate::live::{read_recording, Line};
 
     /// The screens as a user sees them at the end of the committed capture (the same file the
     /// integration tests replay), driven by the same keys.
@@ -119,9 +119,11 @@ mod tests {
             .join("tests/data/rxe-dontneed-race.jsonl");
         let mut engine = Engine::new(AnalysisConfig::default());
         let mut app = App::new("replay rxe-dontneed-race.jsonl (max speed)".into(), 0, 0);
-        read_recording(&path, &AtomicBool::new(false), |e| {
-            engine.ingest(&e);
-            app.push(&e);
+        read_recording(&path, &AtomicBool::new(false), |line| {
+            if let Line::Event(e) = line {
+                engine.ingest(&e);
+                app.push(&e);
+            }
         })
         .expect("fixture");
         app.source_done = true;
