@@ -28,6 +28,9 @@ pub const GUEST_PACKAGES: &[&str] = &[
     "ibverbs-providers",
     "ibverbs-utils",
     "perftest",
+    // rdma_cm for the two-guest runs: the library odp-ctl opens and rping to check the link.
+    "librdmacm1t64",
+    "rdmacm-utils",
     "libelf1t64",
     "zlib1g",
     // The package test installs odp-ctl's .deb with them (dpkg-deb runs GNU tar).

@@ -157,6 +157,11 @@ enum VmCmd {
         /// Host binaries to put on the guest's PATH (/job/bin).
         #[arg(long = "bin")]
         binaries: Vec<PathBuf>,
+        /// Guests to boot: 2 links two by an Ethernet of their own (rxe0 on eth0, 10.20.0.1
+        /// and .2; $ODP_VM_HOST says which one a command runs in, $ODP_VM_PEER the other's
+        /// address). The command runs in each; the status is the first nonzero one.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        hosts: u8,
         /// The command (busybox sh syntax).
         #[arg(required = true, trailing_var_arg = true)]
         command: Vec<String>,
@@ -250,11 +255,29 @@ fn run(cli: Cli) -> Result<()> {
             VmCmd::Run {
                 opts,
                 binaries,
+                hosts,
                 command,
             } => {
                 let guest = prepare(&opts)?;
-                let outcome = vm::run_job(&guest, &job(&opts, command.join(" ") + "\n", binaries))?;
-                std::process::exit(outcome.status);
+                let job = job(&opts, command.join(" ") + "\n", binaries);
+                let status = if hosts == 2 {
+                    let outcomes = vm::run_pair(&guest, [&job, &job])?;
+                    for (host, outcome) in (1..).zip(&outcomes) {
+                        eprintln!(
+                            "xtask: vm{host} exited {} (output: {})",
+                            outcome.status,
+                            vm::pair_job_dir(host).join("output.log").display()
+                        );
+                    }
+                    outcomes
+                        .iter()
+                        .map(|o| o.status)
+                        .find(|&s| s != 0)
+                        .unwrap_or(0)
+                } else {
+                    vm::run_job(&guest, &job)?.status
+                };
+                std::process::exit(status);
             }
         },
     }

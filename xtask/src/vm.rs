@@ -309,6 +309,26 @@ pub fn job_dir() -> PathBuf {
     target.join("vm-job")
 }
 
+/// The share of guest `host` (1-based) of a pair: the first is the single guest's.
+pub fn pair_job_dir(host: u8) -> PathBuf {
+    match host {
+        1 => job_dir(),
+        n => job_dir().with_file_name(format!("vm-job-{n}")),
+    }
+}
+
+/// Where guest `host` (1-based) of a pair sits on the guests' own network, 10.20.0.0/24.
+pub fn pair_address(host: u8) -> String {
+    format!("10.20.0.{host}")
+}
+
+/// A guest's part in a pair: which host it is and the datagram sockets its NIC sends over.
+struct Link {
+    host: u8,
+    local: PathBuf,
+    remote: PathBuf,
+}
+
 /// Boots before the guest reports ready that are retried: under multi-threaded TCG the kernel
 /// occasionally oopses while patching its own text during early boot (seen on 7.3.4: int3 in
 /// sched_clock_cpu at ~1.5 s), which has nothing to do with the job.
@@ -319,10 +339,57 @@ const READY_MARKER: &str = "odp-vm: ready";
 pub fn run_job(guest: &Guest, job: &Job) -> Result<Outcome> {
     let mut attempt = 1;
     loop {
-        prepare_share(job)?;
-        match run_once(guest, job) {
-            Err(e) if attempt < BOOT_ATTEMPTS && !booted(&job_dir()) => {
+        let dir = job_dir();
+        prepare_share(job, &dir, None)?;
+        let result = spawn(guest, job, &dir, None).and_then(|mut running| {
+            wait_all(std::slice::from_mut(&mut running), job.timeout)?;
+            running.outcome()
+        });
+        match result {
+            Err(e) if attempt < BOOT_ATTEMPTS && !booted(&dir) => {
                 eprintln!("xtask: the guest died before it was ready ({e:#}); booting again");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Boots two guests joined by one Ethernet link (QEMU datagram sockets, no host network), each
+/// with rxe0 on its NIC at `pair_address(host)`; runs `jobs[i]` in guest i + 1 (which sees
+/// $ODP_VM_HOST and its peer's address in $ODP_VM_PEER). Both stop at the first job's timeout;
+/// returns both outcomes, host 1 first.
+pub fn run_pair(guest: &Guest, jobs: [&Job; 2]) -> Result<[Outcome; 2]> {
+    let sockets = tempfile::Builder::new()
+        .prefix("odp-vm-pair-")
+        .tempdir()
+        .context("a directory for the guests' link")?;
+    let link = |host: u8| Link {
+        host,
+        local: sockets.path().join(format!("host{host}.sock")),
+        remote: sockets.path().join(format!("host{}.sock", 3 - host)),
+    };
+    let mut attempt = 1;
+    loop {
+        let dirs = [pair_job_dir(1), pair_job_dir(2)];
+        for (i, (job, dir)) in jobs.iter().zip(&dirs).enumerate() {
+            prepare_share(job, dir, Some(&link(i as u8 + 1)))?;
+        }
+        let result = (|| {
+            let mut running = Vec::new();
+            for (i, (job, dir)) in jobs.iter().zip(&dirs).enumerate() {
+                running.push(spawn(guest, job, dir, Some(&link(i as u8 + 1)))?);
+            }
+            wait_all(&mut running, jobs[0].timeout)?;
+            let mut outcomes = running.into_iter().map(Running::outcome);
+            match (outcomes.next(), outcomes.next()) {
+                (Some(a), Some(b)) => Ok([a?, b?]),
+                _ => bail!("two guests were started"),
+            }
+        })();
+        match result {
+            Err(e) if attempt < BOOT_ATTEMPTS && !dirs.iter().all(|d| booted(d)) => {
+                eprintln!("xtask: a guest died before it was ready ({e:#}); booting both again");
                 attempt += 1;
             }
             other => return other,
@@ -349,8 +416,7 @@ fn booted(dir: &Path) -> bool {
 }
 
 /// A fresh job share: the binaries, the guest's init and the command.
-fn prepare_share(job: &Job) -> Result<()> {
-    let dir = job_dir();
+fn prepare_share(job: &Job, dir: &Path, link: Option<&Link>) -> Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
@@ -364,14 +430,30 @@ fn prepare_share(job: &Job) -> Result<()> {
     }
     let mut init = String::new();
     init.push_str(&format!("ODP_VM_MODULES='{}'\n", job.modules.join(" ")));
+    if let Some(link) = link {
+        init.push_str(&format!(
+            "ODP_VM_HOST={}\nODP_VM_ADDRESS={}\nODP_VM_PEER={}\n",
+            link.host,
+            pair_address(link.host),
+            pair_address(3 - link.host)
+        ));
+    }
     init.push_str(STAGE2);
     std::fs::write(dir.join("init.sh"), init)?;
     std::fs::write(dir.join("cmd.sh"), &job.script)?;
     Ok(())
 }
 
-fn run_once(guest: &Guest, job: &Job) -> Result<Outcome> {
-    let dir = job_dir();
+/// A guest booting or running: its QEMU, the thread copying its console, where its share is.
+struct Running {
+    child: std::process::Child,
+    streamer: std::thread::JoinHandle<std::io::Result<()>>,
+    dir: PathBuf,
+    started: Instant,
+    timed_out: Option<Duration>,
+}
+
+fn spawn(guest: &Guest, job: &Job, dir: &Path, link: Option<&Link>) -> Result<Running> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-nodefaults", "-no-user-config", "-no-reboot"])
         // Multi-threaded TCG: single-threaded TCG survives BPF attach/detach under load, which
@@ -408,15 +490,31 @@ fn run_once(guest: &Guest, job: &Job) -> Result<Outcome> {
         .arg(format!(
             "local,path={},mount_tag=job,security_model=none,multidevs=remap",
             dir.display()
-        ))
-        .stdin(Stdio::null())
+        ));
+    if let Some(link) = link {
+        // Datagram sockets both ways: neither guest has to be up first, and nothing reaches
+        // the host's network. Jumbo frames, so rxe's path MTU can be 4096 as on a real fabric.
+        cmd.arg("-netdev")
+            .arg(format!(
+                "dgram,id=link,local.type=unix,local.path={},remote.type=unix,remote.path={}",
+                link.local.display(),
+                link.remote.display()
+            ))
+            .arg("-device")
+            .arg(format!(
+                "virtio-net-pci,netdev=link,mac=52:54:00:20:00:{:02x},host_mtu=9000",
+                link.host
+            ));
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let started = Instant::now();
-    let console = dir.join("console.log");
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
     let stdout = child.stdout.take().context("qemu stdout")?;
     let console_path = dir.join("console.log");
+    // A pair's consoles interleave on the terminal: each line says whose it is.
+    let prefix = link.map(|l| format!("[vm{}] ", l.host)).unwrap_or_default();
     let streamer = std::thread::spawn(move || -> std::io::Result<()> {
         let mut log = std::fs::File::create(console_path)?;
         let out = std::io::stdout();
@@ -428,62 +526,95 @@ fn run_once(guest: &Guest, job: &Job) -> Result<Outcome> {
             log.write_all(&line)?;
             log.write_all(b"\n")?;
             let mut out = out.lock();
+            out.write_all(prefix.as_bytes())?;
             out.write_all(&line)?;
             out.write_all(b"\n")?;
             out.flush()?;
         }
         Ok(())
     });
-    let timed_out = loop {
-        if child.try_wait()?.is_some() {
-            break false;
+    Ok(Running {
+        child,
+        streamer,
+        dir: dir.to_path_buf(),
+        started,
+        timed_out: None,
+    })
+}
+
+/// Waits until every guest has powered off; at `timeout` all that are left are stopped.
+fn wait_all(running: &mut [Running], timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let mut left = 0;
+        for r in running.iter_mut() {
+            if r.child.try_wait()?.is_none() {
+                left += 1;
+            }
         }
-        if started.elapsed() > job.timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            break true;
+        if left == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            for r in running.iter_mut() {
+                if r.child.try_wait()?.is_none() {
+                    let _ = r.child.kill();
+                    let _ = r.child.wait();
+                    r.timed_out = Some(timeout);
+                }
+            }
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
-    };
-    let _ = streamer.join();
-    if timed_out {
-        bail!(
-            "the VM did not finish within {}s and was stopped (console: {})",
-            job.timeout.as_secs(),
-            dir.join("console.log").display()
-        );
     }
-    let status_text = std::fs::read_to_string(dir.join("status")).with_context(|| {
-        format!(
-            "the guest powered off without reporting a status (see {})",
-            dir.join("console.log").display()
-        )
-    })?;
-    let status: i32 = status_text
-        .trim()
-        .parse()
-        .context("parsing the guest status")?;
-    let output = std::fs::read_to_string(dir.join("output.log")).unwrap_or_default();
-    eprintln!(
-        "xtask: VM finished in {:.1}s with status {status}",
-        started.elapsed().as_secs_f64()
-    );
-    let kernel_log = std::fs::read_to_string(&console).unwrap_or_default()
-        + &std::fs::read_to_string(dir.join("dmesg.log")).unwrap_or_default();
-    // The console's lines are in the dmesg too: each problem once.
-    let mut problems = kernel_problems(&kernel_log);
-    let mut seen = std::collections::HashSet::new();
-    problems.retain(|p| seen.insert(p.clone()));
-    if !problems.is_empty() {
-        bail!(
-            "the guest kernel reported {} problem(s) (console: {}, dmesg: {}):\n  {}",
-            problems.len(),
-            console.display(),
-            dir.join("dmesg.log").display(),
-            problems.join("\n  ")
+}
+
+impl Running {
+    /// What the guest reported, once it is gone: its status and output, or why there is none
+    /// (a timeout, no status, problems its kernel reported).
+    fn outcome(self) -> Result<Outcome> {
+        let _ = self.streamer.join();
+        let dir = self.dir;
+        let console = dir.join("console.log");
+        if let Some(timeout) = self.timed_out {
+            bail!(
+                "the VM did not finish within {}s and was stopped (console: {})",
+                timeout.as_secs(),
+                console.display()
+            );
+        }
+        let status_text = std::fs::read_to_string(dir.join("status")).with_context(|| {
+            format!(
+                "the guest powered off without reporting a status (see {})",
+                console.display()
+            )
+        })?;
+        let status: i32 = status_text
+            .trim()
+            .parse()
+            .context("parsing the guest status")?;
+        let output = std::fs::read_to_string(dir.join("output.log")).unwrap_or_default();
+        eprintln!(
+            "xtask: VM finished in {:.1}s with status {status}",
+            self.started.elapsed().as_secs_f64()
         );
+        let kernel_log = std::fs::read_to_string(&console).unwrap_or_default()
+            + &std::fs::read_to_string(dir.join("dmesg.log")).unwrap_or_default();
+        // The console's lines are in the dmesg too: each problem once.
+        let mut problems = kernel_problems(&kernel_log);
+        let mut seen = std::collections::HashSet::new();
+        problems.retain(|p| seen.insert(p.clone()));
+        if !problems.is_empty() {
+            bail!(
+                "the guest kernel reported {} problem(s) (console: {}, dmesg: {}):\n  {}",
+                problems.len(),
+                console.display(),
+                dir.join("dmesg.log").display(),
+                problems.join("\n  ")
+            );
+        }
+        Ok(Outcome { status, output })
     }
-    Ok(Outcome { status, output })
 }
 
 /// What a kernel prints when something went wrong in it, after the printk timestamp.
