@@ -418,7 +418,7 @@ fn booted(dir: &Path) -> bool {
 /// A fresh job share: the binaries, the guest's init and the command.
 fn prepare_share(job: &Job, dir: &Path, link: Option<&Link>) -> Result<()> {
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir.join("bin"))?;
     for bin in &job.binaries {
