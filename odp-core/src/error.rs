@@ -17,6 +17,8 @@ pub enum ErrorKind {
     InvalidInput,
     /// A work request completed with an error, or a completion never came.
     Completion,
+    /// The peer on another host could not be reached, refused, or went away.
+    Peer,
     /// Anything else the system reported.
     System,
 }
@@ -28,6 +30,14 @@ pub enum Error {
          (rdma-core), or run the bundled soft-RoCE VM with `cargo xtask demo`"
     )]
     LibraryMissing,
+
+    #[error(
+        "librdmacm.so.1 could not be loaded: install librdmacm1 (rdma-core) to connect to a peer"
+    )]
+    CmLibraryMissing,
+
+    #[error("peer {peer}: {what}")]
+    Peer { peer: String, what: String },
 
     #[error(
         "no RDMA devices found: load a driver (for soft-RoCE: `rdma link add rxe0 type rxe \
@@ -120,12 +130,21 @@ impl Error {
 
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::LibraryMissing | Error::NoDevices => ErrorKind::NoDevice,
+            Error::LibraryMissing | Error::CmLibraryMissing | Error::NoDevices => {
+                ErrorKind::NoDevice
+            }
+            Error::Peer { .. } => ErrorKind::Peer,
             Error::OdpUnsupported { .. } | Error::ImplicitUnsupported { .. } => {
                 ErrorKind::Unsupported
             }
             Error::UnknownDevice { .. } | Error::InvalidArgument(_) => ErrorKind::InvalidInput,
             Error::Completion { .. } | Error::CompletionTimeout { .. } => ErrorKind::Completion,
+            Error::Os { op, errno, .. } if op.starts_with("rdma_create_event_channel") => {
+                match *errno {
+                    libc::ENODEV | libc::ENOENT => ErrorKind::NoDevice,
+                    _ => ErrorKind::System,
+                }
+            }
             Error::Os { errno, .. } => match *errno {
                 libc::EOPNOTSUPP | libc::ENOSYS => ErrorKind::Unsupported,
                 // ENOMEM: the memlock limit (or memory itself) refused it: a resource limit.
@@ -172,6 +191,10 @@ pub fn errno_name(errno: i32) -> &'static str {
 
 fn hint(op: &'static str, errno: i32) -> &'static str {
     match errno {
+        libc::ENODEV | libc::ENOENT if op.starts_with("rdma_create_event_channel") => {
+            "no /dev/infiniband/rdma_cm: this kernel has no rdma_cm (load rdma_ucm and an RDMA \
+             driver), or run the two-guest VM (`cargo xtask vm run --hosts 2`)"
+        }
         libc::EOPNOTSUPP | libc::ENOSYS if op.contains("advise") => {
             "the provider or kernel cannot prefetch: rxe needs kernel >= 6.17 and rdma-core >= 59"
         }

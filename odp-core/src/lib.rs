@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod driver_counters;
 pub mod error;
 pub mod memory;
+pub mod peer;
 pub mod stress;
 pub mod testing;
 pub mod trace;

@@ -21,6 +21,7 @@ Exit codes:
   5  permission or resource limit (root, memlock, huge pages)
   6  invalid input (unknown device, bad range, unknown key)
   7  data error: a work completion failed or bytes did not match
+  8  the peer (register --peer, serve) could not be reached, refused or went away
 trace -- CMD and monitor -- CMD exit as CMD did, as time(1) and strace(1) do: its exit status
 when it failed, 128+N when signal N ended it, 127 when it could not be executed.";
 
@@ -48,6 +49,9 @@ enum Command {
     /// Map a buffer, register it as an ODP MR, and optionally touch it, run verified loopback
     /// traffic over it, or hold it until Ctrl-C.
     Register(cmd::register::Args),
+    /// Own an ODP MR and serve it to `register --peer` on other hosts over rdma_cm: fill,
+    /// zero and verify it on their request, until Ctrl-C or SIGTERM (or --once).
+    Serve(cmd::serve::Args),
     /// Register an ODP MR, then prefetch ranges of it with ibv_advise_mr and time each call.
     Prefetch(cmd::prefetch::Args),
     /// Show every probe point: the method this kernel allows (fentry, kprobe, tracepoint,
@@ -86,6 +90,7 @@ fn main() {
         Command::Devices => cmd::devices::run(&out),
         Command::Caps(args) => cmd::caps::run(&out, &args),
         Command::Register(args) => cmd::register::run(&out, &args),
+        Command::Serve(args) => cmd::serve::run(&out, &args),
         Command::Prefetch(args) => cmd::prefetch::run(&out, &args),
         Command::Probes(args) => cmd::probes::run(&out, &args),
         Command::Trace(args) => cmd::trace::run(&out, &args),

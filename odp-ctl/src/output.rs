@@ -45,6 +45,7 @@ pub fn exit_code(kind: ErrorKind) -> i32 {
         ErrorKind::Permission => 5,
         ErrorKind::InvalidInput => 6,
         ErrorKind::Completion => 7,
+        ErrorKind::Peer => 8,
         ErrorKind::System => 1,
     }
 }

@@ -5,6 +5,7 @@
 //! Every handle owns its verbs object and releases it on drop, in dependency order: an MR or QP
 //! keeps its PD alive, a PD keeps its device context alive.
 
+mod cm;
 mod mr;
 mod qp;
 
@@ -17,8 +18,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
+pub use cm::{Listener, PeerConfig, PeerRc, Request, Route};
 pub use mr::{advise, Access, Advice, MemoryRegion, Sge};
-pub use qp::{Completion, LoopbackConfig, LoopbackRc, Opcode};
+pub use qp::{Completion, LoopbackConfig, LoopbackRc, Opcode, Remote};
 
 /// A device as listed, before opening it.
 #[derive(Debug, Clone, Serialize)]

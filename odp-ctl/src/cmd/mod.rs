@@ -8,5 +8,6 @@ pub mod mr;
 pub mod prefetch;
 pub mod probes;
 pub mod register;
+pub mod serve;
 pub mod stress;
 pub mod trace;

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use odp_core::memory::{Backing, Mapping};
+use odp_core::peer::{parse_address, verify_peer, Hello, Offer, PROTOCOL_VERSION};
 use odp_core::traffic::{verify_loopback, TrafficReport};
-use odp_core::verbs::{Access, LoopbackConfig, LoopbackRc, MemoryRegion};
+use odp_core::verbs::{Access, LoopbackConfig, LoopbackRc, MemoryRegion, PeerConfig, Route};
 use serde::Serialize;
 
 use super::mr::{setup, MrArgs, MrReport};
@@ -25,6 +26,11 @@ pub struct Args {
     /// peer MR) and verify every byte.
     #[arg(long)]
     pub traffic: bool,
+    /// Run the traffic against `odp-ctl serve` on another host instead of loopback, over
+    /// rdma_cm: RDMA WRITE and SEND into the peer's MR (verified there), RDMA READ out of it
+    /// (verified here). ADDR or ADDR:PORT; implies --traffic.
+    #[arg(long, value_name = "ADDR[:PORT]", conflicts_with_all = ["mtu", "gid_index"])]
+    pub peer: Option<String>,
     /// Message size for --traffic.
     #[arg(long, default_value = "64K", value_parser = parse_size)]
     pub message_size: usize,
@@ -43,16 +49,26 @@ pub struct Args {
 }
 
 #[derive(Serialize)]
+struct PeerReport {
+    address: String,
+    offer: Offer,
+}
+
+#[derive(Serialize)]
 struct Report {
     mr: MrReport,
     touched: bool,
     traffic: Option<TrafficReport>,
+    /// The peer's address and the region it offered, with --peer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<PeerReport>,
     held_ms: Option<u128>,
     deregistered: bool,
 }
 
 pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
-    if args.mr.implicit && (args.touch || args.traffic) {
+    let traffic_wanted = args.traffic || args.peer.is_some();
+    if args.mr.implicit && (args.touch || traffic_wanted) {
         return Err(odp_core::Error::invalid(
             "--touch and --traffic need a buffer; an implicit MR has none",
         )
@@ -65,13 +81,51 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             signal_hook::flag::register(sig, Arc::clone(&interrupted))?;
         }
     }
-    let setup = setup(&args.mr)?;
+    // With a peer the route comes first: it says which device the MR must be on.
+    let route = match &args.peer {
+        Some(text) => {
+            let address = parse_address(text)?;
+            let route = Route::resolve(address, &PeerConfig::default())?;
+            Some((address, route))
+        }
+        None => None,
+    };
+    let mut mr_args = args.mr.clone();
+    if let Some((address, route)) = &route {
+        let (device, _) = route.device()?;
+        match &args.mr.device {
+            Some(wanted) if *wanted != device => {
+                return Err(odp_core::Error::invalid(format!(
+                    "the route to {address} leaves through {device}, not {wanted}"
+                ))
+                .into())
+            }
+            _ => mr_args.device = Some(device),
+        }
+    }
+    let setup = setup(&mr_args)?;
     if args.touch {
         if let Some(mapping) = setup.mr.mapping() {
             mapping.touch();
         }
     }
-    let traffic = if args.traffic {
+    let mut peer_report = None;
+    let traffic = if let Some((address, route)) = route {
+        let (mut conn, answer) = route.connect(
+            &setup.pd,
+            &Hello {
+                version: PROTOCOL_VERSION,
+            }
+            .encode(),
+        )?;
+        let offer = Offer::decode(&answer, conn.peer())?;
+        let report = verify_peer(&mut conn, &setup.mr, &offer, args.message_size)?;
+        peer_report = Some(PeerReport {
+            address: address.to_string(),
+            offer,
+        });
+        Some(report)
+    } else if args.traffic {
         let config = LoopbackConfig {
             port: args.port,
             gid_index: args.gid_index,
@@ -96,7 +150,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             println!("touched      every page from the CPU");
         }
         if let Some(t) = &traffic {
-            print_traffic(t);
+            print_traffic(t, peer_report.as_ref());
         }
     }
     let mut held_ms = None;
@@ -119,6 +173,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             mr: report_mr,
             touched: args.touch,
             traffic,
+            peer: peer_report,
             held_ms,
             deregistered: true,
         })?;
@@ -127,13 +182,13 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     }
     if mismatch {
         return Err(
-            DataMismatch("loopback traffic delivered wrong bytes (see the table)".into()).into(),
+            DataMismatch("the traffic delivered wrong bytes (see the table)".into()).into(),
         );
     }
     Ok(())
 }
 
-fn print_traffic(t: &TrafficReport) {
+fn print_traffic(t: &TrafficReport, peer: Option<&PeerReport>) {
     let mut table = table(&["OP", "MESSAGES", "BYTES", "TIME_US", "MB/s", "VERIFIED"]);
     for op in &t.ops {
         let mbps = if op.elapsed_us > 0 {
@@ -157,8 +212,14 @@ fn print_traffic(t: &TrafficReport) {
             verified,
         ]);
     }
-    println!(
-        "\nloopback traffic, {}-byte messages:\n{table}",
-        t.message_size
-    );
+    let with = match peer {
+        Some(p) => format!(
+            "traffic with {} (its MR: {} bytes, {}; WRITE and SEND verified there, READ here)",
+            p.address,
+            p.offer.remote.len,
+            if p.offer.odp { "ODP" } else { "pinned" }
+        ),
+        None => "loopback traffic".to_string(),
+    };
+    println!("\n{with}, {}-byte messages:\n{table}", t.message_size);
 }

@@ -1,0 +1,538 @@
+//! Traffic between two hosts with every byte checked where it lands: the protocol `odp-ctl
+//! serve` (the passive side, which owns the target MR) and `--peer` (the active side, which
+//! drives the traffic) speak over one rdma_cm RC connection.
+//!
+//! The connect request carries a `Hello` (magic, protocol version); the accept an `Offer` (the
+//! served MR's address, rkey, length, whether it is ODP). After that the active side sends
+//! fixed-size control messages (SEND into a small pinned buffer) and the passive side answers
+//! each one: fill or zero its MR with a pattern, expect a number of SENDs into it, verify it.
+//! RDMA WRITEs and SENDs are verified by the passive side where they landed; RDMA READs by the
+//! active side where they were read into.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::memory::{Backing, Mapping};
+use crate::traffic::{fill_pattern, first_mismatch, Mismatch, OpResult, TrafficReport};
+use crate::verbs::{Access, MemoryRegion, Opcode, PeerRc, Remote};
+
+/// Bumped whenever a message changes shape or meaning; both sides must agree.
+pub const PROTOCOL_VERSION: u16 = 1;
+const MAGIC: [u8; 4] = *b"ODPP";
+/// The port `serve` listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 10089;
+
+/// A peer's address: `ADDR` or `ADDR:PORT` (IPv4; the port defaults to DEFAULT_PORT).
+pub fn parse_address(text: &str) -> Result<std::net::SocketAddrV4> {
+    let bad = || {
+        Error::invalid(format!(
+            "{text:?} is not an IPv4 address with an optional port (10.20.0.1 or \
+             10.20.0.1:{DEFAULT_PORT})"
+        ))
+    };
+    if let Ok(addr) = text.parse::<std::net::SocketAddrV4>() {
+        return Ok(addr);
+    }
+    let ip: std::net::Ipv4Addr = text.parse().map_err(|_| bad())?;
+    Ok(std::net::SocketAddrV4::new(ip, DEFAULT_PORT))
+}
+
+/// The connect request's private data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+}
+
+impl Hello {
+    pub fn encode(self) -> [u8; 8] {
+        let mut out = [0u8; 8];
+        out[..4].copy_from_slice(&MAGIC);
+        out[4..6].copy_from_slice(&self.version.to_le_bytes());
+        out
+    }
+
+    /// The peer's hello, or why it is not one this side can serve (the reason is sent back).
+    pub fn check(bytes: &[u8]) -> std::result::Result<Hello, String> {
+        if bytes.len() < 6 || bytes[..4] != MAGIC {
+            return Err("not an odp-ctl peer (no ODPP hello)".into());
+        }
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        if version != PROTOCOL_VERSION {
+            return Err(format!(
+                "odp-ctl peer protocol {version}, this side speaks {PROTOCOL_VERSION}: run the \
+                 same odp-ctl version on both hosts"
+            ));
+        }
+        Ok(Hello { version })
+    }
+}
+
+/// The accept's private data: the served region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Offer {
+    pub remote: Remote,
+    pub odp: bool,
+}
+
+impl Offer {
+    pub fn encode(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out[..4].copy_from_slice(&MAGIC);
+        out[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        out[6] = u8::from(self.odp);
+        out[8..16].copy_from_slice(&self.remote.addr.to_le_bytes());
+        out[16..20].copy_from_slice(&self.remote.rkey.to_le_bytes());
+        out[24..32].copy_from_slice(&(self.remote.len as u64).to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8], peer: &str) -> Result<Offer> {
+        let bad = |what: &str| Error::Peer {
+            peer: peer.to_string(),
+            what: what.to_string(),
+        };
+        if bytes.len() < 32 || bytes[..4] != MAGIC {
+            return Err(bad("answered, but not as an odp-ctl serve"));
+        }
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        if version != PROTOCOL_VERSION {
+            return Err(bad(&format!(
+                "speaks peer protocol {version}, this side {PROTOCOL_VERSION}"
+            )));
+        }
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        let len = usize::try_from(word(24)).map_err(|_| bad("offers a region too large"))?;
+        Ok(Offer {
+            remote: Remote {
+                addr: word(8),
+                rkey: u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]),
+                len,
+            },
+            odp: bytes[6] != 0,
+        })
+    }
+}
+
+/// A control message's operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Op {
+    /// Fill `len` bytes with the pattern of `seed`.
+    Fill = 1,
+    /// Zero `len` bytes.
+    Zero = 2,
+    /// Compare `len` bytes with the pattern of `seed`; the reply says how many differ.
+    Verify = 3,
+    /// Post `count` receives of `size` bytes from offset `c` on.
+    ExpectSends = 4,
+    Bye = 5,
+    Reply = 16,
+    Failed = 17,
+}
+
+impl Op {
+    fn from_u32(v: u32) -> Option<Op> {
+        Some(match v {
+            1 => Op::Fill,
+            2 => Op::Zero,
+            3 => Op::Verify,
+            4 => Op::ExpectSends,
+            5 => Op::Bye,
+            16 => Op::Reply,
+            17 => Op::Failed,
+            _ => return None,
+        })
+    }
+}
+
+const MESSAGE: usize = 32;
+
+/// One control message: an operation and three words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Message {
+    op: Op,
+    a: u64,
+    b: u64,
+    c: u64,
+}
+
+impl Message {
+    fn encode(self) -> [u8; MESSAGE] {
+        let mut out = [0u8; MESSAGE];
+        out[..4].copy_from_slice(&MAGIC);
+        out[4..8].copy_from_slice(&(self.op as u32).to_le_bytes());
+        out[8..16].copy_from_slice(&self.a.to_le_bytes());
+        out[16..24].copy_from_slice(&self.b.to_le_bytes());
+        out[24..32].copy_from_slice(&self.c.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Message> {
+        if bytes.len() < MESSAGE || bytes[..4] != MAGIC {
+            return None;
+        }
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        Some(Message {
+            op: Op::from_u32(u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]))?,
+            a: word(8),
+            b: word(16),
+            c: word(24),
+        })
+    }
+}
+
+/// A small pinned buffer for control messages: a receive slot and a send slot.
+struct ControlBuffer {
+    mr: MemoryRegion,
+    mapping: Arc<Mapping>,
+}
+
+const RECV_SLOT: usize = 0;
+const SEND_SLOT: usize = 64;
+
+impl ControlBuffer {
+    fn new(conn: &PeerRc) -> Result<ControlBuffer> {
+        let mapping = Arc::new(Mapping::new(4096, Backing::Anonymous)?);
+        let mr = MemoryRegion::register(conn.pd(), &mapping, 0, 4096, Access::FULL)?;
+        Ok(ControlBuffer { mr, mapping })
+    }
+
+    fn post_recv(&self, conn: &mut PeerRc) -> Result<u64> {
+        conn.post_recv(&self.mr, RECV_SLOT, MESSAGE)
+    }
+
+    fn received(&self) -> Result<Option<Message>> {
+        Ok(Message::decode(&self.mapping.to_vec(RECV_SLOT, MESSAGE)?))
+    }
+
+    fn send(&self, conn: &mut PeerRc, message: Message) -> Result<()> {
+        self.mapping.write(SEND_SLOT, &message.encode())?;
+        let id = conn.post_send(&self.mr, SEND_SLOT, MESSAGE)?;
+        conn.wait(id)?;
+        Ok(())
+    }
+}
+
+/// What the passive side did for one connection.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Served {
+    pub peer: String,
+    pub fills: u64,
+    pub sends_received: u64,
+    pub bytes_received: u64,
+    pub verifies: u64,
+    /// Verifications that found bytes differing from the pattern.
+    pub mismatched: u64,
+    /// Whether the peer said goodbye (else it disconnected or the run stopped).
+    pub clean_end: bool,
+}
+
+/// How often a waiting side looks at its stop flag and the connection's state.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Serves one connection until the peer says goodbye or disconnects, or `stop` is set: the
+/// passive side of `verify_peer`, on `target` (the MR offered to the peer).
+pub fn serve(conn: &mut PeerRc, target: &MemoryRegion, stop: &AtomicBool) -> Result<Served> {
+    let control = ControlBuffer::new(conn)?;
+    let mut served = Served {
+        peer: conn.peer().to_string(),
+        ..Served::default()
+    };
+    let mut pending_recvs: Vec<(u64, usize)> = Vec::new();
+    let mut next = control.post_recv(conn)?;
+    loop {
+        match conn.wait_for(next, POLL) {
+            Ok(_) => {}
+            Err(Error::CompletionTimeout { .. }) => {
+                if stop.load(Ordering::Relaxed) || conn.disconnected()? {
+                    return Ok(served);
+                }
+                continue;
+            }
+            // A flushed receive: the peer went away.
+            Err(e) if conn.disconnected()? => {
+                let _ = e;
+                return Ok(served);
+            }
+            Err(e) => return Err(e),
+        }
+        let Some(message) = control.received()? else {
+            control.send(conn, failed(0))?;
+            return Err(Error::Peer {
+                peer: conn.peer().to_string(),
+                what: "sent a control message that is not one".into(),
+            });
+        };
+        let len = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).min(target.len());
+        let reply = match message.op {
+            Op::Fill => {
+                fill_pattern_prefix(target, message.a, len(message.b))?;
+                served.fills += 1;
+                ok()
+            }
+            Op::Zero => {
+                mapping_of(target)?.write(0, &vec![0u8; len(message.b)])?;
+                ok()
+            }
+            Op::ExpectSends => {
+                let size = len(message.b).max(1);
+                let base = len(message.c);
+                for i in 0..message.a {
+                    let offset = usize::try_from(i)
+                        .unwrap_or(usize::MAX)
+                        .saturating_mul(size)
+                        .saturating_add(base);
+                    let n = size.min(target.len().saturating_sub(offset));
+                    pending_recvs.push((conn.post_recv(target, offset, n)?, n));
+                }
+                ok()
+            }
+            Op::Verify => {
+                for (id, n) in pending_recvs.drain(..) {
+                    conn.wait(id)?;
+                    served.sends_received += 1;
+                    served.bytes_received += n as u64;
+                }
+                if message.b > 0 {
+                    served.verifies += 1;
+                }
+                match first_mismatch_prefix(target, message.a, len(message.b))? {
+                    None => ok(),
+                    Some(m) => {
+                        served.mismatched += 1;
+                        Message {
+                            op: Op::Reply,
+                            a: m.bytes_wrong as u64,
+                            b: m.offset as u64,
+                            c: u64::from(m.expected) << 8 | u64::from(m.actual),
+                        }
+                    }
+                }
+            }
+            Op::Bye => {
+                control.send(conn, ok())?;
+                served.clean_end = true;
+                return Ok(served);
+            }
+            Op::Reply | Op::Failed => failed(u64::from(message.op as u32)),
+        };
+        // The next receive is up before the answer goes out: the peer's next message has a
+        // place to land.
+        next = control.post_recv(conn)?;
+        control.send(conn, reply)?;
+    }
+}
+
+fn ok() -> Message {
+    Message {
+        op: Op::Reply,
+        a: 0,
+        b: 0,
+        c: 0,
+    }
+}
+
+fn failed(why: u64) -> Message {
+    Message {
+        op: Op::Failed,
+        a: why,
+        b: 0,
+        c: 0,
+    }
+}
+
+fn mapping_of(mr: &MemoryRegion) -> Result<&Mapping> {
+    mr.mapping()
+        .map(|m| m.as_ref())
+        .ok_or_else(|| Error::invalid("peer traffic needs an explicit MR over a buffer"))
+}
+
+fn fill_pattern_prefix(mr: &MemoryRegion, seed: u64, len: usize) -> Result<()> {
+    let data: Vec<u8> = (0..len)
+        .map(|i| crate::traffic::pattern_byte(seed, i))
+        .collect();
+    mapping_of(mr)?.write(0, &data)
+}
+
+fn first_mismatch_prefix(mr: &MemoryRegion, seed: u64, len: usize) -> Result<Option<Mismatch>> {
+    let actual = mapping_of(mr)?.to_vec(0, len)?;
+    let mut bad = actual
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b != crate::traffic::pattern_byte(seed, i));
+    let Some((offset, &got)) = bad.next() else {
+        return Ok(None);
+    };
+    Ok(Some(Mismatch {
+        offset,
+        expected: crate::traffic::pattern_byte(seed, offset),
+        actual: got,
+        bytes_wrong: 1 + bad.count(),
+    }))
+}
+
+/// The active side: moves the whole of `local` to and from the peer's region in
+/// `message_size` pieces (RDMA WRITE, RDMA READ, SEND), each byte verified where it landed,
+/// then says goodbye.
+pub fn verify_peer(
+    conn: &mut PeerRc,
+    local: &MemoryRegion,
+    offer: &Offer,
+    message_size: usize,
+) -> Result<TrafficReport> {
+    if message_size == 0 {
+        return Err(Error::invalid("message size must be greater than zero"));
+    }
+    let len = local.len();
+    if len > offer.remote.len {
+        return Err(Error::invalid(format!(
+            "the MR ({len} bytes) is larger than the peer's ({} bytes): use --size {} or less",
+            offer.remote.len, offer.remote.len
+        )));
+    }
+    let control = ControlBuffer::new(conn)?;
+    let chunks: Vec<(usize, usize)> = (0..len)
+        .step_by(message_size)
+        .map(|off| (off, message_size.min(len - off)))
+        .collect();
+    let mut ops = Vec::new();
+    let ask = |conn: &mut PeerRc, op: Op, a: u64, b: u64, c: u64| -> Result<Message> {
+        let reply = control.post_recv(conn)?;
+        control.send(conn, Message { op, a, b, c })?;
+        conn.wait(reply)?;
+        let answer = control.received()?.filter(|m| m.op == Op::Reply);
+        answer.ok_or_else(|| Error::Peer {
+            peer: conn.peer().to_string(),
+            what: format!("could not carry out {op:?}"),
+        })
+    };
+    let remote_mismatch = |m: Message| -> Option<Mismatch> {
+        (m.a > 0).then(|| Mismatch {
+            offset: m.b as usize,
+            expected: (m.c >> 8) as u8,
+            actual: m.c as u8,
+            bytes_wrong: m.a as usize,
+        })
+    };
+    let len64 = len as u64;
+
+    // RDMA WRITE: the pattern leaves here and is checked on the peer.
+    fill_pattern(local, 1)?;
+    ask(conn, Op::Zero, 0, len64, 0)?;
+    let started = Instant::now();
+    for &(off, n) in &chunks {
+        let id = conn.post_rdma(Opcode::Write, local, off, offer.remote, off, n)?;
+        conn.wait(id)?;
+    }
+    let elapsed = started.elapsed();
+    let verdict = ask(conn, Op::Verify, 1, len64, 0)?;
+    ops.push(op_result(Opcode::Write, &chunks, len, elapsed, remote_mismatch(verdict)));
+
+    // RDMA READ: the peer fills its region; it is checked here.
+    ask(conn, Op::Fill, 2, len64, 0)?;
+    mapping_of(local)?.fill(0);
+    let started = Instant::now();
+    for &(off, n) in &chunks {
+        let id = conn.post_rdma(Opcode::Read, local, off, offer.remote, off, n)?;
+        conn.wait(id)?;
+    }
+    let elapsed = started.elapsed();
+    ops.push(op_result(Opcode::Read, &chunks, len, elapsed, first_mismatch(local, 2)?));
+
+    // SEND: into receives the peer posts over its region, a window at a time, checked there.
+    fill_pattern(local, 3)?;
+    ask(conn, Op::Zero, 0, len64, 0)?;
+    let window = 16usize;
+    let started = Instant::now();
+    for group in chunks.chunks(window) {
+        // Each message lands at its own offset in the peer's region, as in ours.
+        let base = group.first().map_or(0, |&(off, _)| off) as u64;
+        ask(conn, Op::ExpectSends, group.len() as u64, message_size as u64, base)?;
+        for &(off, n) in group {
+            let id = conn.post_send(local, off, n)?;
+            conn.wait(id)?;
+        }
+        // A verification of no bytes: the peer has taken every receive of the window before
+        // the next is announced, so its receive queue never overflows.
+        ask(conn, Op::Verify, 3, 0, 0)?;
+    }
+    let elapsed = started.elapsed();
+    let verdict = ask(conn, Op::Verify, 3, len64, 0)?;
+    ops.push(op_result(Opcode::Send, &chunks, len, elapsed, remote_mismatch(verdict)));
+
+    ask(conn, Op::Bye, 0, 0, 0)?;
+    Ok(TrafficReport {
+        message_size,
+        ops,
+    })
+}
+
+fn op_result(
+    op: Opcode,
+    chunks: &[(usize, usize)],
+    bytes: usize,
+    elapsed: Duration,
+    mismatch: Option<Mismatch>,
+) -> OpResult {
+    OpResult {
+        op,
+        messages: chunks.len(),
+        bytes,
+        elapsed_us: elapsed.as_micros(),
+        mismatch,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_offers_round_trip_and_strangers_are_refused() {
+        let m = Message {
+            op: Op::Verify,
+            a: 3,
+            b: 1 << 40,
+            c: u64::MAX,
+        };
+        assert_eq!(Message::decode(&m.encode()), Some(m));
+        assert_eq!(Message::decode(&[0u8; MESSAGE]), None);
+        let offer = Offer {
+            remote: Remote {
+                addr: 0x7f00_dead_b000,
+                rkey: 0x1234,
+                len: 16 << 20,
+            },
+            odp: true,
+        };
+        assert_eq!(Offer::decode(&offer.encode(), "p").ok(), Some(offer));
+        let mut newer = offer.encode();
+        newer[4] = 9;
+        let err = Offer::decode(&newer, "p").expect_err("another version");
+        assert!(err.to_string().contains("protocol 9"), "{err}");
+        assert_eq!(Hello::check(&Hello { version: 1 }.encode()), Ok(Hello { version: 1 }));
+        let refused = Hello::check(&Hello { version: 2 }.encode()).expect_err("v2");
+        assert!(refused.contains("protocol 2"), "{refused}");
+        assert!(Hello::check(b"hello").is_err());
+        assert_eq!(
+            parse_address("10.20.0.1").expect("bare").to_string(),
+            format!("10.20.0.1:{DEFAULT_PORT}")
+        );
+        assert_eq!(parse_address("10.20.0.1:7").expect("port").port(), 7);
+        for bad in ["", "host", "10.20.0.1:", "10.20.0.1:99999", "::1"] {
+            assert!(parse_address(bad).is_err(), "{bad}");
+        }
+    }
+}
