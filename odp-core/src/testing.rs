@@ -59,6 +59,26 @@ pub fn device_or_skip(test: &str) -> Option<String> {
     None
 }
 
+/// Where the tests find `odp-ctl serve` on another host (ADDR or ADDR:PORT).
+pub const PEER_ENV: &str = "ODP_PEER";
+
+/// The address of a host serving this one (`odp-ctl serve`), after skipping `test` if there is
+/// none.
+pub fn peer_or_skip(test: &str) -> Option<String> {
+    match std::env::var(PEER_ENV) {
+        Ok(peer) if !peer.is_empty() => Some(peer),
+        _ => {
+            skip(
+                test,
+                &format!(
+                    "no peer host in {PEER_ENV} (runs between two guests: cargo xtask test)"
+                ),
+            );
+            None
+        }
+    }
+}
+
 /// Whether this process is root, after skipping `test` if it is not (`what` needs root).
 pub fn root_or_skip(test: &str, what: &str) -> bool {
     // SAFETY: geteuid has no preconditions.

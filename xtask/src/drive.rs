@@ -230,6 +230,8 @@ const SKIP_LOG_ENV: &str = "ODP_SKIP_LOG";
 const PROMETHEUS_ENV: &str = "ODP_PROMETHEUS";
 /// Where the package tests find odp-ctl's Debian package.
 const DEB_ENV: &str = "ODP_DEB";
+/// Where the two-host tests find `odp-ctl serve` (odp_core::testing::PEER_ENV).
+const PEER_ENV: &str = "ODP_PEER";
 
 /// The Debian package around the test build's odp-ctl (the packaging is what is tested; a
 /// release build would compile everything a second time).
@@ -282,9 +284,10 @@ fn vm_test_script(names: &[String], filter: Option<&str>, deb: &str) -> String {
     script
 }
 
-/// Results of the binaries that finished in the last guest run, by name.
-fn finished_binaries(names: &[String]) -> Vec<(String, BinaryResult)> {
-    let dir = vm::job_dir().join(VM_RESULTS);
+/// Results of the binaries that finished in the last guest run (whose share is `share`), by
+/// name.
+fn finished_binaries(share: &Path, names: &[String]) -> Vec<(String, BinaryResult)> {
+    let dir = share.join(VM_RESULTS);
     let mut finished = Vec::new();
     for name in names {
         let Ok(status) = std::fs::read_to_string(dir.join(format!("{name}.status"))) else {
@@ -306,7 +309,7 @@ fn finished_binaries(names: &[String]) -> Vec<(String, BinaryResult)> {
 fn vm_tests(opts: &TestOpts, prometheus: &Path, deb: &Path) -> Result<(bool, Counts)> {
     let (tests, odp_ctl) = build_vm_artifacts()?;
     let guest = crate::prepare(&opts.vm_opts)?;
-    let mut pending = tests
+    let pending = tests
         .iter()
         .map(|t| {
             t.file_name()
@@ -315,6 +318,11 @@ fn vm_tests(opts: &TestOpts, prometheus: &Path, deb: &Path) -> Result<(bool, Cou
                 .context("test binary name")
         })
         .collect::<Result<Vec<_>>>()?;
+    // The tests that need a second host run between two guests, after the single guest's.
+    let (peer_tests, single): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .partition(|name| name.starts_with(PEER_TESTS));
+    let mut pending = single;
     let mut binaries = tests.clone();
     binaries.push(odp_ctl);
     binaries.push(prometheus.to_path_buf());
@@ -339,7 +347,7 @@ fn vm_tests(opts: &TestOpts, prometheus: &Path, deb: &Path) -> Result<(bool, Cou
         let run = vm::run_job(&guest, &crate::job(&vm_opts, script, binaries.clone()));
         // Read before the next boot clears the share.
         skips.extend(read_skips(&vm::job_dir().join(VM_RESULTS).join(VM_SKIPS))?);
-        let finished = finished_binaries(&pending);
+        let finished = finished_binaries(&vm::job_dir(), &pending);
         pending.retain(|name| !finished.iter().any(|(done, _)| done == name));
         results.extend(finished);
         let Err(err) = run else { break };
@@ -397,6 +405,90 @@ fn vm_tests(opts: &TestOpts, prometheus: &Path, deb: &Path) -> Result<(bool, Cou
     println!(
         "== VM ({}): {} passed, {} failed, {} skipped{reboots}",
         guest.kernel.abi, counts.passed, counts.failed, counts.skipped
+    );
+    let mut total = counts;
+    for name in &peer_tests {
+        let binary = tests
+            .iter()
+            .find(|t| t.file_name().and_then(|n| n.to_str()) == Some(name.as_str()))
+            .context("the peer test binary")?;
+        let (pair_ok, counts) = pair_tests(opts, &guest, name, binary, &binaries)?;
+        ok &= pair_ok;
+        total.add(counts);
+    }
+    Ok((ok, total))
+}
+
+/// Test binaries (by name prefix) that need `odp-ctl serve` on a second host.
+const PEER_TESTS: &str = "peer-";
+
+/// The serving guest of a pair: `odp-ctl serve` on its address until the testing guest has
+/// powered off (three pings unanswered after it was first seen), then its status.
+const SERVE_WHILE_PEER_LIVES: &str = r#"bb=/usr/bin/busybox
+/job/bin/odp-ctl --json serve --listen $ODP_VM_ADDRESS --size 16M >/job/serve.jsonl 2>/job/serve.err & s=$!
+n=0
+until $bb ping -c1 -W1 $ODP_VM_PEER >/dev/null 2>&1; do n=$((n + 1)); [ $n -ge 120 ] && break; done
+misses=0
+while [ $misses -lt 3 ]; do
+    if $bb ping -c1 -W1 $ODP_VM_PEER >/dev/null 2>&1; then misses=0; else misses=$((misses + 1)); fi
+    $bb sleep 1
+done
+kill -TERM $s
+wait $s
+status=$?
+cat /job/serve.err /job/serve.jsonl
+echo "== serve exited $status after $(grep -c . /job/serve.jsonl) connections"
+exit $status
+"#;
+
+/// Runs a test binary that needs a peer in the second guest of a pair while the first serves
+/// it; whether it and the serving side passed, and the counts.
+fn pair_tests(
+    opts: &TestOpts,
+    guest: &vm::Guest,
+    name: &str,
+    binary: &Path,
+    binaries: &[PathBuf],
+) -> Result<(bool, Counts)> {
+    println!("== two guests: {name} against odp-ctl serve on the other");
+    let testing = format!(
+        "export {PEER_ENV}=$ODP_VM_PEER\n         n=0\n         until /job/bin/odp-ctl register --peer $ODP_VM_PEER --size 64K >/dev/null 2>&1; do\n         n=$((n + 1)); [ $n -ge 60 ] && {{ echo \"no odp-ctl serve on $ODP_VM_PEER\"; break; }}\n         /usr/bin/busybox sleep 1\n         done\n{}",
+        vm_test_script(&[name.to_string()], opts.filter.as_deref(), "none")
+    );
+    let serving = crate::job(
+        &opts.vm_opts,
+        SERVE_WHILE_PEER_LIVES.to_string(),
+        binaries.to_vec(),
+    );
+    let mut tester_binaries = vec![binary.to_path_buf()];
+    tester_binaries.extend(binaries.iter().filter(|b| b.ends_with("odp-ctl")).cloned());
+    let tester = crate::job(&opts.vm_opts, testing, tester_binaries);
+    let [served, _] = vm::run_pair(guest, [&serving, &tester])?;
+    let share = vm::pair_job_dir(2);
+    let skips = read_skips(&share.join(VM_RESULTS).join(VM_SKIPS))?;
+    let mut ok = skips.is_empty() && served.status == 0;
+    if served.status != 0 {
+        println!(
+            "== two guests: odp-ctl serve exited {} (see {})",
+            served.status,
+            vm::pair_job_dir(1).join("output.log").display()
+        );
+    }
+    let mut counts = Counts::default();
+    match finished_binaries(&share, &[name.to_string()]).pop() {
+        Some((_, result)) => {
+            counts = result.counts;
+            ok &= result.status == 0;
+        }
+        None => {
+            ok = false;
+            println!("== two guests: {name} left no result (see {})", share.display());
+        }
+    }
+    let counts = counts.with_skips(&skips);
+    println!(
+        "== two guests: {} passed, {} failed, {} skipped",
+        counts.passed, counts.failed, counts.skipped
     );
     Ok((ok, counts))
 }

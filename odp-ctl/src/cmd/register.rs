@@ -11,7 +11,7 @@ use odp_core::verbs::{Access, LoopbackConfig, LoopbackRc, MemoryRegion, PeerConf
 use serde::Serialize;
 
 use super::mr::{setup, MrArgs, MrReport};
-use crate::output::{table, DataMismatch, Output};
+use crate::output::{table, AlreadyReported, DataMismatch, Output};
 use odp_core::units::parse_size;
 
 #[derive(clap::Args)]
@@ -181,9 +181,11 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         println!("deregistered");
     }
     if mismatch {
-        return Err(
-            DataMismatch("the traffic delivered wrong bytes (see the table)".into()).into(),
-        );
+        // The report above says where: --json output stays that one document.
+        return Err(AlreadyReported(
+            DataMismatch("the traffic delivered wrong bytes (see the report)".into()).into(),
+        )
+        .into());
     }
     Ok(())
 }

@@ -91,7 +91,6 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             break;
         }
     }
-    let mismatched = connections.iter().any(|c| c.mismatched > 0);
     setup.mr.deregister()?;
     if args.once && connections.is_empty() && !stop.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(odp_core::Error::Peer {
@@ -100,12 +99,8 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         }
         .into());
     }
-    if mismatched {
-        return Err(crate::output::DataMismatch(
-            "a peer's traffic landed wrong bytes in the served MR".into(),
-        )
-        .into());
-    }
+    // Wrong bytes are each connection's verdict, reported above and to its peer (which exits
+    // 7); a service that served is a success.
     Ok(())
 }
 
