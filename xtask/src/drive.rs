@@ -542,6 +542,32 @@ wait $!
 echo "ibv_rc_pingpong -o -P: both sides ok"
 "#;
 
+/// The demo's second part, in each of two linked guests: odp-ctl across hosts, then perftest.
+const DEMO_PAIR: &str = r#"
+bb=/usr/bin/busybox
+step() { echo; echo "=== vm$ODP_VM_HOST: $*"; }
+n=0
+until $bb ping -c1 -W1 $ODP_VM_PEER >/dev/null 2>&1; do n=$((n + 1)); [ $n -ge 120 ] && exit 3; done
+if [ "$ODP_VM_HOST" = 1 ]; then
+    step "odp-ctl serve: a 16 MiB ODP MR offered to the other host over rdma_cm; it checks what lands"
+    odp-ctl serve --listen $ODP_VM_ADDRESS --size 16M --once --duration 120s
+    step "ib_write_bw --odp -R: perftest's server, its buffer an ODP MR too"
+    ib_write_bw --odp -R -d rxe0 -s 65536 -n 500
+else
+    n=0
+    until odp-ctl register --peer $ODP_VM_PEER --size 16M --message-size 64K >/tmp/peer.log 2>&1; do
+        n=$((n + 1)); [ $n -ge 60 ] && { cat /tmp/peer.log; exit 4; }; $bb sleep 1
+    done
+    step "odp-ctl register --peer: RDMA WRITE and SEND into the other host's ODP MR, READ out of it, every byte checked where it landed"
+    cat /tmp/peer.log
+    step "ib_write_bw --odp -R: perftest between the two hosts over rdma_cm"
+    n=0
+    until ib_write_bw --odp -R -d rxe0 -s 65536 -n 500 $ODP_VM_PEER; do
+        n=$((n + 1)); [ $n -ge 20 ] && exit 5; $bb sleep 1
+    done
+fi
+"#;
+
 pub fn demo(vm_opts: &crate::VmOpts) -> Result<()> {
     crate::host::ensure()?;
     let status = cargo()
@@ -579,6 +605,13 @@ pub fn demo(vm_opts: &crate::VmOpts) -> Result<()> {
     };
     if outcome.status != 0 {
         bail!("the demo failed in the VM (status {})", outcome.status);
+    }
+    println!("\n=== two hosts: two guests linked by their own Ethernet, rxe on each");
+    let pair_job = crate::job(vm_opts, DEMO_PAIR.to_string(), job.binaries.clone());
+    for (host, outcome) in (1..).zip(vm::run_pair(&guest, [&pair_job, &pair_job])?) {
+        if outcome.status != 0 {
+            bail!("the two-host demo failed in vm{host} (status {})", outcome.status);
+        }
     }
     Ok(())
 }
