@@ -419,7 +419,7 @@ pub fn verify_peer(
         })
     };
     let remote_mismatch = |m: Message| -> Option<Mismatch> {
-        (m.a > 0).then(|| Mismatch {
+        (m.a > 0).then_some(Mismatch {
             offset: m.b as usize,
             expected: (m.c >> 8) as u8,
             actual: m.c as u8,
@@ -438,7 +438,13 @@ pub fn verify_peer(
     }
     let elapsed = started.elapsed();
     let verdict = ask(conn, Op::Verify, 1, len64, 0)?;
-    ops.push(op_result(Opcode::Write, &chunks, len, elapsed, remote_mismatch(verdict)));
+    ops.push(op_result(
+        Opcode::Write,
+        &chunks,
+        len,
+        elapsed,
+        remote_mismatch(verdict),
+    ));
 
     // RDMA READ: the peer fills its region; it is checked here.
     ask(conn, Op::Fill, 2, len64, 0)?;
@@ -449,7 +455,13 @@ pub fn verify_peer(
         conn.wait(id)?;
     }
     let elapsed = started.elapsed();
-    ops.push(op_result(Opcode::Read, &chunks, len, elapsed, first_mismatch(local, 2)?));
+    ops.push(op_result(
+        Opcode::Read,
+        &chunks,
+        len,
+        elapsed,
+        first_mismatch(local, 2)?,
+    ));
 
     // SEND: into receives the peer posts over its region, a window at a time, checked there.
     fill_pattern(local, 3)?;
@@ -459,7 +471,13 @@ pub fn verify_peer(
     for group in chunks.chunks(window) {
         // Each message lands at its own offset in the peer's region, as in ours.
         let base = group.first().map_or(0, |&(off, _)| off) as u64;
-        ask(conn, Op::ExpectSends, group.len() as u64, message_size as u64, base)?;
+        ask(
+            conn,
+            Op::ExpectSends,
+            group.len() as u64,
+            message_size as u64,
+            base,
+        )?;
         for &(off, n) in group {
             let id = conn.post_send(local, off, n)?;
             conn.wait(id)?;
@@ -470,13 +488,16 @@ pub fn verify_peer(
     }
     let elapsed = started.elapsed();
     let verdict = ask(conn, Op::Verify, 3, len64, 0)?;
-    ops.push(op_result(Opcode::Send, &chunks, len, elapsed, remote_mismatch(verdict)));
+    ops.push(op_result(
+        Opcode::Send,
+        &chunks,
+        len,
+        elapsed,
+        remote_mismatch(verdict),
+    ));
 
     ask(conn, Op::Bye, 0, 0, 0)?;
-    Ok(TrafficReport {
-        message_size,
-        ops,
-    })
+    Ok(TrafficReport { message_size, ops })
 }
 
 fn op_result(
@@ -522,7 +543,10 @@ mod tests {
         newer[4] = 9;
         let err = Offer::decode(&newer, "p").expect_err("another version");
         assert!(err.to_string().contains("protocol 9"), "{err}");
-        assert_eq!(Hello::check(&Hello { version: 1 }.encode()), Ok(Hello { version: 1 }));
+        assert_eq!(
+            Hello::check(&Hello { version: 1 }.encode()),
+            Ok(Hello { version: 1 })
+        );
         let refused = Hello::check(&Hello { version: 2 }.encode()).expect_err("v2");
         assert!(refused.contains("protocol 2"), "{refused}");
         assert!(Hello::check(b"hello").is_err());

@@ -70,9 +70,7 @@ pub fn peer_or_skip(test: &str) -> Option<String> {
         _ => {
             skip(
                 test,
-                &format!(
-                    "no peer host in {PEER_ENV} (runs between two guests: cargo xtask test)"
-                ),
+                &format!("no peer host in {PEER_ENV} (runs between two guests: cargo xtask test)"),
             );
             None
         }

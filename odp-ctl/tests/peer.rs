@@ -34,7 +34,10 @@ fn traffic_to_a_peer_is_verified_where_it_lands() {
     // the next test); then a pinned MR here with a short last message.
     for (args, messages) in [
         (&["--size", "4M", "--message-size", "64K"][..], 64),
-        (&["--size", "1M", "--pinned", "--message-size", "12K"][..], 86),
+        (
+            &["--size", "1M", "--pinned", "--message-size", "12K"][..],
+            86,
+        ),
     ] {
         let (code, report, stderr) = register_with(&peer, args);
         assert_eq!(code, Some(0), "{args:?}: {stderr}");
@@ -123,11 +126,17 @@ fn unaligned_messages_go_wrong_in_the_peers_odp_mr_on_rxe() {
     );
     let first_bad: Vec<Option<u64>> = report["traffic"]["ops"]
         .as_array()
-        .map(|ops| ops.iter().map(|o| o["mismatch"]["offset"].as_u64()).collect())
+        .map(|ops| {
+            ops.iter()
+                .map(|o| o["mismatch"]["offset"].as_u64())
+                .collect()
+        })
         .unwrap_or_default();
     if first_bad.iter().all(Option::is_none) {
         assert_eq!(code, Some(0), "{said}");
-        panic!("rxe now copies unaligned ODP data correctly: update docs/FINDINGS.md #1 and this test");
+        panic!(
+            "rxe now copies unaligned ODP data correctly: update docs/FINDINGS.md #1 and this test"
+        );
     }
     assert_eq!(code, Some(7), "{said}");
     // The copy uses the page's start, not the packet's place in it: WRITE and SEND into the
@@ -135,7 +144,11 @@ fn unaligned_messages_go_wrong_in_the_peers_odp_mr_on_rxe() {
     // brings wrong bytes from 12345 on.
     assert_eq!(
         first_bad,
-        [Some(unaligned & !4095), Some(unaligned), Some(unaligned & !4095)],
+        [
+            Some(unaligned & !4095),
+            Some(unaligned),
+            Some(unaligned & !4095)
+        ],
         "{report}"
     );
 }

@@ -675,6 +675,104 @@ pub fn vm_stress(vm_opts: &crate::VmOpts, rounds: usize, seconds: u32) -> Result
     Ok(())
 }
 
+/// Cross-host traffic in two linked guests: the serving guest offers an ODP MR on one port and a
+/// pinned one on another; the other guest alternates ODP-to-ODP and pinned-to-pinned runs of
+/// `register --peer`, round by round, so both see the same moments of host noise.
+const VM_PEER_BENCH: &str = r#"bb=/usr/bin/busybox
+n=0
+until $bb ping -c1 -W1 $ODP_VM_PEER >/dev/null 2>&1; do n=$((n + 1)); [ $n -ge 120 ] && exit 3; done
+if [ "$ODP_VM_HOST" = 1 ]; then
+    odp-ctl serve --listen $ODP_VM_ADDRESS:10090 --pinned --size SIZE >/tmp/pinned.log 2>&1 & p=$!
+    odp-ctl serve --listen $ODP_VM_ADDRESS --size SIZE >/tmp/odp.log 2>&1 & o=$!
+    misses=0
+    while [ $misses -lt 3 ]; do
+        if $bb ping -c1 -W1 $ODP_VM_PEER >/dev/null 2>&1; then misses=0; else misses=$((misses + 1)); fi
+        $bb sleep 1
+    done
+    kill -TERM $p $o
+    wait
+else
+    n=0
+    until odp-ctl register --peer $ODP_VM_PEER --size 64K >/dev/null 2>&1 && odp-ctl register --peer $ODP_VM_PEER:10090 --pinned --size 64K >/dev/null 2>&1; do
+        n=$((n + 1)); [ $n -ge 60 ] && exit 4; $bb sleep 1
+    done
+    for r in $(seq ROUNDS); do
+        echo "PEER odp $(odp-ctl --json register --peer $ODP_VM_PEER --size SIZE --message-size MSG)" | tr -d '\n'; echo
+        echo "PEER pinned $(odp-ctl --json register --peer $ODP_VM_PEER:10090 --pinned --size SIZE --message-size MSG)" | tr -d '\n'; echo
+    done
+fi
+"#;
+
+pub fn vm_peer(vm_opts: &crate::VmOpts, rounds: usize, size: &str, message: &str) -> Result<()> {
+    crate::host::ensure()?;
+    cargo_build_release(&["-p", "odp-ctl"])?;
+    let binaries = vec![workspace_root().join("target/release/odp-ctl")];
+    let guest = crate::prepare(vm_opts)?;
+    let script = VM_PEER_BENCH
+        .replace("ROUNDS", &rounds.to_string())
+        .replace("SIZE", size)
+        .replace("MSG", message);
+    let job = crate::job(vm_opts, script, binaries);
+    let [serving, driving] = crate::vm::run_pair(&guest, [&job, &job])?;
+    if serving.status != 0 || driving.status != 0 {
+        bail!(
+            "the benchmark failed in the guests (status {} and {})",
+            serving.status,
+            driving.status
+        );
+    }
+    // (kind, op) -> MB/s per round.
+    let mut rates: std::collections::BTreeMap<(String, String), Vec<f64>> = Default::default();
+    for line in driving.output.lines() {
+        let Some(rest) = line.strip_prefix("PEER ") else {
+            continue;
+        };
+        let (kind, json) = rest.split_once(' ').context("PEER line without a kind")?;
+        let doc: serde_json::Value =
+            serde_json::from_str(json).with_context(|| format!("register's report: {json}"))?;
+        for op in doc["traffic"]["ops"].as_array().into_iter().flatten() {
+            if !op["mismatch"].is_null() {
+                bail!("{kind} {}: wrong bytes: {}", op["op"], op["mismatch"]);
+            }
+            let bytes = op["bytes"].as_f64().unwrap_or(0.0);
+            let us = op["elapsed_us"].as_f64().unwrap_or(f64::NAN);
+            rates
+                .entry((
+                    kind.to_string(),
+                    op["op"].as_str().unwrap_or("?").to_string(),
+                ))
+                .or_default()
+                .push(bytes / us);
+        }
+    }
+    println!("medians of {rounds} interleaved rounds, {size} per op, {message} messages, MB/s:");
+    for op in ["write", "read", "send"] {
+        let mut odp = rates.remove(&("odp".into(), op.into())).unwrap_or_default();
+        let mut pinned = rates
+            .remove(&("pinned".into(), op.into()))
+            .unwrap_or_default();
+        if odp.len() != rounds || pinned.len() != rounds {
+            bail!(
+                "{op}: {} ODP and {} pinned rounds of {rounds}",
+                odp.len(),
+                pinned.len()
+            );
+        }
+        let spread = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{lo:.1}..{hi:.1}")
+        };
+        let (so, sp) = (spread(&odp), spread(&pinned));
+        let (o, p) = (median(&mut odp), median(&mut pinned));
+        println!(
+            "  {op:<5} ODP {o:.1} ({so}), pinned {p:.1} ({sp}), ODP/pinned {:.2}",
+            o / p
+        );
+    }
+    Ok(())
+}
+
 /// One piece of a capture line rewritten per synthetic copy.
 enum Piece {
     Text(String),

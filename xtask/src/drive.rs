@@ -482,7 +482,10 @@ fn pair_tests(
         }
         None => {
             ok = false;
-            println!("== two guests: {name} left no result (see {})", share.display());
+            println!(
+                "== two guests: {name} left no result (see {})",
+                share.display()
+            );
         }
     }
     let counts = counts.with_skips(&skips);
@@ -610,7 +613,10 @@ pub fn demo(vm_opts: &crate::VmOpts) -> Result<()> {
     let pair_job = crate::job(vm_opts, DEMO_PAIR.to_string(), job.binaries.clone());
     for (host, outcome) in (1..).zip(vm::run_pair(&guest, [&pair_job, &pair_job])?) {
         if outcome.status != 0 {
-            bail!("the two-host demo failed in vm{host} (status {})", outcome.status);
+            bail!(
+                "the two-host demo failed in vm{host} (status {})",
+                outcome.status
+            );
         }
     }
     Ok(())

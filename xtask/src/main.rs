@@ -134,6 +134,19 @@ enum BenchCmd {
         #[command(flatten)]
         opts: VmOpts,
     },
+    /// Cross-host throughput in two linked guests: register --peer against odp-ctl serve,
+    /// ODP on both sides vs pinned on both, rounds interleaved, medians.
+    VmPeer {
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        /// Bytes moved per operation and round.
+        #[arg(long, default_value = "16M")]
+        size: String,
+        #[arg(long, default_value = "64K")]
+        message_size: String,
+        #[command(flatten)]
+        opts: VmOpts,
+    },
     /// Loopback RDMA throughput on an ODP MR in the VM: full probe set by fentry, by kprobes, off.
     VmProbes {
         #[arg(long, default_value_t = 3)]
@@ -237,6 +250,12 @@ fn run(cli: Cli) -> Result<()> {
             } => bench::exporter(events, rate, seconds),
             BenchCmd::Export { rounds } => bench::export(rounds),
             BenchCmd::VmProbes { rounds, opts } => bench::vm_probes(&opts, rounds),
+            BenchCmd::VmPeer {
+                rounds,
+                size,
+                message_size,
+                opts,
+            } => bench::vm_peer(&opts, rounds, &size, &message_size),
             BenchCmd::VmStress {
                 rounds,
                 seconds,

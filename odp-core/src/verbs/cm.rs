@@ -168,9 +168,8 @@ impl CmId {
             Error::invalid("the address is not on an RDMA device (no rxe or NIC port holds it)")
         })?;
         // SAFETY: a live context's device pointer is valid; the name is NUL-terminated.
-        let name = unsafe {
-            std::ffi::CStr::from_ptr(sys::ibv_get_device_name(verbs.as_ref().device))
-        };
+        let name =
+            unsafe { std::ffi::CStr::from_ptr(sys::ibv_get_device_name(verbs.as_ref().device)) };
         Ok((name.to_string_lossy().into_owned(), id.port_num))
     }
 
@@ -300,7 +299,9 @@ fn expect(
     }
     let what = match event.kind {
         t::RDMA_CM_EVENT_REJECTED => format!("refused the connection: {}", refusal(&event.private)),
-        t::RDMA_CM_EVENT_ADDR_ERROR | t::RDMA_CM_EVENT_ROUTE_ERROR | t::RDMA_CM_EVENT_UNREACHABLE => {
+        t::RDMA_CM_EVENT_ADDR_ERROR
+        | t::RDMA_CM_EVENT_ROUTE_ERROR
+        | t::RDMA_CM_EVENT_UNREACHABLE => {
             format!(
                 "unreachable while {step}: {} ({})",
                 event.name(),
@@ -504,11 +505,7 @@ impl Listener {
     }
 
     /// The next connection request, waiting up to `timeout` or until `stop` is set.
-    pub fn next_request(
-        &self,
-        timeout: Duration,
-        stop: &AtomicBool,
-    ) -> Result<Option<Request>> {
+    pub fn next_request(&self, timeout: Duration, stop: &AtomicBool) -> Result<Option<Request>> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -519,9 +516,9 @@ impl Listener {
                 // Nothing else concerns a listener whose connections have channels of their own.
                 continue;
             }
-            let id = NonNull::new(event.id).map(CmId).ok_or_else(|| {
-                Error::invalid("a connection request without an id")
-            })?;
+            let id = NonNull::new(event.id)
+                .map(CmId)
+                .ok_or_else(|| Error::invalid("a connection request without an id"))?;
             // SAFETY: the id is live and came with a request, so its address is resolved.
             let from = unsafe { peer_of(&*id.ptr()) };
             return Ok(Some(Request {
@@ -659,8 +656,13 @@ impl PeerRc {
         remote_offset: usize,
         len: usize,
     ) -> Result<u64> {
-        self.queues
-            .post_rdma(&self.qp, opcode, local, local_offset, remote, remote_offset, len)
+        self.queues.post_rdma(
+            &self.qp,
+            opcode,
+            local.sge(local_offset, len)?,
+            remote,
+            remote_offset,
+        )
     }
 
     pub fn post_send(&mut self, local: &MemoryRegion, offset: usize, len: usize) -> Result<u64> {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rdma_mummy_sys as sys;
 
-use super::{mtu_from_bytes, MemoryRegion, ProtectionDomain};
+use super::{mtu_from_bytes, MemoryRegion, ProtectionDomain, Sge};
 use crate::error::{Error, Result};
 
 /// How to build the loopback pair.
@@ -83,7 +83,11 @@ pub(super) struct QueuePair(NonNull<sys::ibv_qp>);
 
 impl QueuePair {
     /// An RC QP on `pd` completing into `cq`.
-    pub(super) fn create_rc(pd: &ProtectionDomain, cq: &CompletionQueue, depth: u32) -> Result<Self> {
+    pub(super) fn create_rc(
+        pd: &ProtectionDomain,
+        cq: &CompletionQueue,
+        depth: u32,
+    ) -> Result<Self> {
         // SAFETY: ibv_qp_init_attr is plain old data; zero is valid for unused fields.
         let mut init: sys::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
         init.send_cq = cq.0.as_ptr();
@@ -205,16 +209,15 @@ impl WorkQueues {
         id
     }
 
-    /// Posts an RDMA WRITE or READ on `qp` from `local` (at `local_offset`) to/from `remote`.
+    /// Posts an RDMA WRITE or READ on `qp` between `local` and as many bytes of `remote` at
+    /// `remote_offset`.
     pub(super) fn post_rdma(
         &mut self,
         qp: &QueuePair,
         opcode: Opcode,
-        local: &MemoryRegion,
-        local_offset: usize,
+        local: Sge,
         remote: Remote,
         remote_offset: usize,
-        len: usize,
     ) -> Result<u64> {
         let wr_opcode = match opcode {
             Opcode::Write => sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE,
@@ -226,10 +229,9 @@ impl WorkQueues {
                 )))
             }
         };
-        let sge = local.sge(local_offset, len)?;
-        let remote_addr = remote.at(remote_offset, len)?;
+        let remote_addr = remote.at(remote_offset, local.len as usize)?;
         let wr_id = self.take_wr_id(opcode);
-        let mut raw_sge = sge.raw();
+        let mut raw_sge = local.raw();
         // SAFETY: ibv_send_wr is plain old data (pointers and integers); zero is valid.
         let mut wr: sys::ibv_send_wr = unsafe { std::mem::zeroed() };
         wr.wr_id = wr_id;
@@ -328,7 +330,12 @@ impl WorkQueues {
         self.post_send_wr(qp, wr_id, &mut wr)
     }
 
-    fn post_send_wr(&mut self, qp: &QueuePair, wr_id: u64, wr: &mut sys::ibv_send_wr) -> Result<u64> {
+    fn post_send_wr(
+        &mut self,
+        qp: &QueuePair,
+        wr_id: u64,
+        wr: &mut sys::ibv_send_wr,
+    ) -> Result<u64> {
         let mut bad = std::ptr::null_mut();
         // SAFETY: the QP is live; wr and its SGE outlive the call (the provider copies them).
         let rc = unsafe { sys::ibv_post_send(qp.0.as_ptr(), wr, &mut bad) };
@@ -534,11 +541,9 @@ impl LoopbackRc {
         self.queues.post_rdma(
             &self.requester,
             opcode,
-            local,
-            local_offset,
+            local.sge(local_offset, len)?,
             remote.into(),
             remote_offset,
-            len,
         )
     }
 

@@ -40,10 +40,9 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let mut mr_args = args.mr.clone();
     match &args.mr.device {
         Some(wanted) if *wanted != device => {
-            return Err(odp_core::Error::invalid(format!(
-                "{address} is on {device}, not {wanted}"
-            ))
-            .into())
+            return Err(
+                odp_core::Error::invalid(format!("{address} is on {device}, not {wanted}")).into(),
+            )
         }
         _ => mr_args.device = Some(device.clone()),
     }
