@@ -422,10 +422,10 @@ fn vm_tests(opts: &TestOpts, prometheus: &Path, deb: &Path) -> Result<(bool, Cou
 /// Test binaries (by name prefix) that need `odp-ctl serve` on a second host.
 const PEER_TESTS: &str = "peer-";
 
-/// The serving guest of a pair: `odp-ctl serve` on its address until the testing guest has
-/// powered off (three pings unanswered after it was first seen), then its status.
+/// The serving guest of a pair: `odp-ctl serve --probes` on its address until the testing guest
+/// has powered off (three pings unanswered after it was first seen), then its status.
 const SERVE_WHILE_PEER_LIVES: &str = r#"bb=/usr/bin/busybox
-/job/bin/odp-ctl --json serve --listen $ODP_VM_ADDRESS --size 16M >/job/serve.jsonl 2>/job/serve.err & s=$!
+/job/bin/odp-ctl --json serve --probes --listen $ODP_VM_ADDRESS --size 16M >/job/serve.jsonl 2>/job/serve.err & s=$!
 n=0
 until $bb ping -c1 -W1 $ODP_VM_PEER >/dev/null 2>&1; do n=$((n + 1)); [ $n -ge 120 ] && break; done
 misses=0
@@ -437,9 +437,39 @@ kill -TERM $s
 wait $s
 status=$?
 cat /job/serve.err /job/serve.jsonl
-echo "== serve exited $status after $(grep -c . /job/serve.jsonl) connections"
+echo "== serve exited $status after $(grep -c '"peer"' /job/serve.jsonl) connections"
 exit $status
 "#;
+
+/// What the serving side's probes saw, checked: attached, nothing lost, the peers' traffic
+/// faulted the served MR in.
+fn serving_side(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let probes = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("probes").cloned())
+        .context("serve printed no probes summary")?;
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let totals = &probes["totals"];
+    let source = &probes["source"];
+    if n(&source["probes_attached"]) == 0 {
+        bail!("no probe attached: {source}");
+    }
+    if n(&source["drops"]) > 0 || n(&source["missed"]) > 0 {
+        bail!("events lost: {source}");
+    }
+    if n(&totals["faults"]) == 0 {
+        bail!("no device fault while peers wrote into its ODP MR: {totals}");
+    }
+    Ok(format!(
+        "{} device faults ({} pages), {} invalidations, {} races",
+        n(&totals["faults"]),
+        n(&totals["fault_pages"]),
+        n(&totals["invalidations"]),
+        n(&totals["races"])
+    ))
+}
 
 /// Runs a test binary that needs a peer in the second guest of a pair while the first serves
 /// it; whether it and the serving side passed, and the counts.
@@ -473,6 +503,13 @@ fn pair_tests(
             served.status,
             vm::pair_job_dir(1).join("output.log").display()
         );
+    }
+    match serving_side(&vm::pair_job_dir(1).join("serve.jsonl")) {
+        Ok(line) => println!("== two guests: the serving side's probes saw {line}"),
+        Err(e) => {
+            ok = false;
+            println!("== two guests: the serving side: {e:#}");
+        }
     }
     let mut counts = Counts::default();
     match finished_binaries(&share, &[name.to_string()]).pop() {

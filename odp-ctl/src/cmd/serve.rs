@@ -1,13 +1,16 @@
 //! `odp-ctl serve`: the passive side of two-host traffic. It owns the ODP MR the peer's RDMA
 //! WRITEs, READs and SENDs target, and verifies what lands in it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use odp_core::analysis::{AnalysisConfig, Engine, Summary};
 use odp_core::peer::{parse_address, serve, Hello, Offer, Served};
 use odp_core::verbs::{Access, Listener, PeerConfig, Remote};
 
 use super::launch::stop_on_signals;
-use super::mr::{setup, MrArgs};
+use super::mr::{setup, MrArgs, MrSetup};
+use crate::live::{self, Run, Source, Until};
 use crate::output::Output;
 
 #[derive(clap::Args)]
@@ -24,6 +27,16 @@ pub struct Args {
     /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or SIGTERM.
     #[arg(long, value_parser = odp_core::units::parse_duration)]
     pub duration: Option<Duration>,
+    /// Watch this host's ODP paths while serving (needs root): the device faults,
+    /// invalidations, races and retries the peers' traffic causes here, summed up at the end.
+    #[arg(long)]
+    pub probes: bool,
+}
+
+/// What the probes saw on this host while it served.
+#[derive(serde::Serialize)]
+struct Probes {
+    probes: Summary,
 }
 
 pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
@@ -46,6 +59,16 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         }
         _ => mr_args.device = Some(device.clone()),
     }
+    // The probes attach before the MR is registered, so the engine knows it from its start.
+    let source = if args.probes {
+        let config = odp_ebpf::Config {
+            pid: Some(std::process::id()),
+            ..odp_ebpf::Config::default()
+        };
+        Some(Source::probes(config, None)?)
+    } else {
+        None
+    };
     let setup = setup(&mr_args)?;
     let offer = Offer {
         remote: Remote::from(&setup.mr),
@@ -53,20 +76,110 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     };
     // On stderr in every mode, so scripts (and people) know when to connect.
     eprintln!(
-        "serving a {} {} MR on {device} at {address}; Ctrl-C to stop",
+        "serving a {} {} MR on {device} at {address}{}; Ctrl-C to stop",
         odp_core::units::fmt_size(setup.mr.len() as u64),
         if offer.odp { "ODP" } else { "pinned" },
+        source.as_ref().map_or(String::new(), |s| format!(
+            ", {}/{} probes attached",
+            s.probes_attached(),
+            s.plans.len()
+        )),
     );
+    let (served, engine) = match source {
+        None => (serve_peers(out, args, &listener, &setup, &offer, &stop), None),
+        Some(source) => {
+            let source_stop = source.stopper();
+            let serving_over = AtomicBool::new(false);
+            std::thread::scope(|scope| {
+                let pump = scope.spawn(|| {
+                    live::run(
+                        source,
+                        Engine::new(AnalysisConfig::default()),
+                        &mut [],
+                        Run {
+                            stop: &stop,
+                            deadline: None,
+                            until: Until::SourceEnds,
+                            // Serving stops before the probes detach.
+                            before_detach: &|| {
+                                stop.store(true, Ordering::Relaxed);
+                                while !serving_over.load(Ordering::Acquire) {
+                                    std::thread::sleep(Duration::from_millis(10));
+                                }
+                            },
+                        },
+                    )
+                });
+                let served = serve_peers(out, args, &listener, &setup, &offer, &stop);
+                serving_over.store(true, Ordering::Release);
+                source_stop.store(true, Ordering::Relaxed);
+                let engine = pump
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the probe pump panicked")));
+                (served, Some(engine))
+            })
+        }
+    };
+    let connections = served?;
+    setup.mr.deregister()?;
+    if let Some(engine) = engine {
+        let (engine, _) = engine?;
+        let summary = engine.summary();
+        if out.json {
+            println!("{}", serde_json::to_string(&Probes { probes: summary })?);
+        } else {
+            let t = &summary.totals.counts;
+            let fault = summary.totals.latency.fault.as_ref();
+            println!(
+                "probes here: {} device faults ({} pages{}), {} invalidations, {} races, {} \
+                 retries, {} timeouts; {} events, {} drops",
+                t.faults,
+                t.fault_pages,
+                fault.map_or(String::new(), |f| format!(
+                    "; p50 {:.1} us, p99 {:.1} us",
+                    f.p50_ns as f64 / 1e3,
+                    f.p99_ns as f64 / 1e3
+                )),
+                t.invalidations,
+                t.races,
+                t.retries,
+                summary.totals.timeouts,
+                summary.events,
+                summary.source.drops
+            );
+        }
+    }
+    if args.once && connections.is_empty() && !stop.load(Ordering::Relaxed) {
+        return Err(odp_core::Error::Peer {
+            peer: address.to_string(),
+            what: "no peer connected and completed".into(),
+        }
+        .into());
+    }
+    // Wrong bytes are each connection's verdict, reported above and to its peer (which exits
+    // 7); a service that served is a success.
+    Ok(())
+}
+
+/// Serves peers one after another until `--once`, `--duration` or `stop`.
+fn serve_peers(
+    out: &Output,
+    args: &Args,
+    listener: &Listener,
+    setup: &MrSetup,
+    offer: &Offer,
+    stop: &AtomicBool,
+) -> anyhow::Result<Vec<Served>> {
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut connections = Vec::new();
     loop {
         let left = deadline.map_or(Duration::from_secs(3600), |d| {
             d.saturating_duration_since(Instant::now())
         });
-        if left.is_zero() || stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if left.is_zero() || stop.load(Ordering::Relaxed) {
             break;
         }
-        let Some(request) = listener.next_request(left.min(Duration::from_secs(1)), &stop)? else {
+        let Some(request) = listener.next_request(left.min(Duration::from_secs(1)), stop)? else {
             continue;
         };
         if let Err(reason) = Hello::check(&request.hello) {
@@ -77,7 +190,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         let from = request.from.clone();
         let served = request
             .accept(&setup.pd, &offer.encode())
-            .and_then(|mut conn| serve(&mut conn, &setup.mr, &stop));
+            .and_then(|mut conn| serve(&mut conn, &setup.mr, stop));
         match served {
             Ok(served) => {
                 report(out, &served)?;
@@ -90,17 +203,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             break;
         }
     }
-    setup.mr.deregister()?;
-    if args.once && connections.is_empty() && !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(odp_core::Error::Peer {
-            peer: address.to_string(),
-            what: "no peer connected and completed".into(),
-        }
-        .into());
-    }
-    // Wrong bytes are each connection's verdict, reported above and to its peer (which exits
-    // 7); a service that served is a success.
-    Ok(())
+    Ok(connections)
 }
 
 fn report(out: &Output, served: &Served) -> anyhow::Result<()> {
