@@ -9,8 +9,8 @@
 //! RDMA WRITEs and SENDs are verified by the passive side where they landed; RDMA READs by the
 //! active side where they were read into.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -134,6 +134,9 @@ enum Op {
     /// Post `count` receives of `size` bytes from offset `c` on.
     ExpectSends = 4,
     Bye = 5,
+    /// Drop `b`-byte pieces of the region with MADV_DONTNEED `a` times a second while WRITEs
+    /// and SENDs land in it (from the next zeroing to the verification that ends the pass).
+    Storm = 6,
     Reply = 16,
     Failed = 17,
 }
@@ -146,6 +149,7 @@ impl Op {
             3 => Op::Verify,
             4 => Op::ExpectSends,
             5 => Op::Bye,
+            6 => Op::Storm,
             16 => Op::Reply,
             17 => Op::Failed,
             _ => return None,
@@ -153,15 +157,16 @@ impl Op {
     }
 }
 
-const MESSAGE: usize = 32;
+const MESSAGE: usize = 40;
 
-/// One control message: an operation and three words.
+/// One control message: an operation and four words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Message {
     op: Op,
     a: u64,
     b: u64,
     c: u64,
+    d: u64,
 }
 
 impl Message {
@@ -172,6 +177,7 @@ impl Message {
         out[8..16].copy_from_slice(&self.a.to_le_bytes());
         out[16..24].copy_from_slice(&self.b.to_le_bytes());
         out[24..32].copy_from_slice(&self.c.to_le_bytes());
+        out[32..40].copy_from_slice(&self.d.to_le_bytes());
         out
     }
 
@@ -189,6 +195,7 @@ impl Message {
             a: word(8),
             b: word(16),
             c: word(24),
+            d: word(32),
         })
     }
 }
@@ -235,6 +242,10 @@ pub struct Served {
     pub verifies: u64,
     /// Verifications that found bytes differing from the pattern.
     pub mismatched: u64,
+    /// MADV_DONTNEED calls the peer's storm made on the region, and pages found zeroed by them
+    /// at verification.
+    pub storm_actions: u64,
+    pub zeroed_pages: u64,
     /// Whether the peer said goodbye (else it disconnected or the run stopped).
     pub clean_end: bool,
 }
@@ -242,9 +253,137 @@ pub struct Served {
 /// How often a waiting side looks at its stop flag and the connection's state.
 const POLL: Duration = Duration::from_millis(200);
 
+/// A DONTNEED storm on the served region, running while a pass's data lands in it. Each page it
+/// drops is marked first, so a verification can tell a page the storm took away from one the
+/// traffic got wrong.
+struct Storm {
+    /// Storm while set (between a pass's zeroing and its verification).
+    active: AtomicBool,
+    over: AtomicBool,
+    /// Held across each madvise, so a verification starts with none in flight.
+    in_flight: Mutex<()>,
+    /// Pages dropped since the pass began.
+    dropped: Vec<AtomicBool>,
+    actions: AtomicU64,
+    failure: Mutex<Option<Error>>,
+}
+
+impl Storm {
+    fn new(pages: usize) -> Storm {
+        Storm {
+            active: AtomicBool::new(false),
+            over: AtomicBool::new(false),
+            in_flight: Mutex::new(()),
+            dropped: (0..pages).map(|_| AtomicBool::new(false)).collect(),
+            actions: AtomicU64::new(0),
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// Drops `length`-byte, page-aligned pieces of `mapping` at `rate` a second while active.
+    fn run(&self, mapping: &Mapping, rate: u64, length: usize, seed: u64) {
+        use rand::{Rng, SeedableRng};
+        let page = crate::memory::page_size();
+        let length = length.clamp(page, mapping.len()) / page * page;
+        let slots = (mapping.len() - length) / page + 1;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+        let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+        let mut next = Instant::now();
+        while !self.over.load(Ordering::Relaxed) {
+            if !self.active.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+                next = Instant::now();
+                continue;
+            }
+            let offset = rng.random_range(0..slots) * page;
+            {
+                let Ok(_held) = self.in_flight.lock() else {
+                    return;
+                };
+                if !self.active.load(Ordering::Acquire) {
+                    continue;
+                }
+                for flag in &self.dropped[offset / page..(offset + length) / page] {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                if let Err(e) = mapping.madvise(
+                    offset,
+                    length,
+                    libc::MADV_DONTNEED,
+                    "madvise(MADV_DONTNEED)",
+                ) {
+                    if let Ok(mut f) = self.failure.lock() {
+                        f.get_or_insert(e);
+                    }
+                    return;
+                }
+                self.actions.fetch_add(1, Ordering::Relaxed);
+            }
+            next += interval;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            } else {
+                next = now;
+            }
+        }
+    }
+
+    /// A pass begins: forget what earlier passes dropped, then storm.
+    fn start_pass(&self) {
+        for flag in &self.dropped {
+            flag.store(false, Ordering::Relaxed);
+        }
+        self.active.store(true, Ordering::Release);
+    }
+
+    /// The pass's data has landed: stop, and wait out an action in flight.
+    fn end_pass(&self) {
+        self.active.store(false, Ordering::Release);
+        drop(self.in_flight.lock());
+    }
+
+    fn dropped(&self, page: usize) -> bool {
+        self.dropped
+            .get(page)
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+}
+
 /// Serves one connection until the peer says goodbye or disconnects, or `stop` is set: the
 /// passive side of `verify_peer`, on `target` (the MR offered to the peer).
 pub fn serve(conn: &mut PeerRc, target: &MemoryRegion, stop: &AtomicBool) -> Result<Served> {
+    let mapping = mapping_of(target)?;
+    let storm = Storm::new(target.len().div_ceil(crate::memory::page_size()));
+    let mut storming = false;
+    let served = std::thread::scope(|scope| {
+        let result = serve_messages(conn, target, stop, &storm, |rate, len| {
+            if !storming {
+                storming = true;
+                let storm = &storm;
+                let seed = crate::trace::monotonic_ns();
+                scope.spawn(move || storm.run(mapping, rate, len, seed));
+            }
+        });
+        storm.active.store(false, Ordering::Release);
+        storm.over.store(true, Ordering::Relaxed);
+        result
+    });
+    if let Some(e) = storm.failure.lock().ok().and_then(|mut f| f.take()) {
+        return Err(e);
+    }
+    let mut served = served?;
+    served.storm_actions = storm.actions.load(Ordering::Relaxed);
+    Ok(served)
+}
+
+fn serve_messages(
+    conn: &mut PeerRc,
+    target: &MemoryRegion,
+    stop: &AtomicBool,
+    storm: &Storm,
+    mut start_storm: impl FnMut(u64, usize),
+) -> Result<Served> {
     let control = ControlBuffer::new(conn)?;
     let mut served = Served {
         peer: conn.peer().to_string(),
@@ -262,10 +401,7 @@ pub fn serve(conn: &mut PeerRc, target: &MemoryRegion, stop: &AtomicBool) -> Res
                 continue;
             }
             // A flushed receive: the peer went away.
-            Err(e) if conn.disconnected()? => {
-                let _ = e;
-                return Ok(served);
-            }
+            Err(_) if conn.disconnected()? => return Ok(served),
             Err(e) => return Err(e),
         }
         let Some(message) = control.received()? else {
@@ -278,12 +414,19 @@ pub fn serve(conn: &mut PeerRc, target: &MemoryRegion, stop: &AtomicBool) -> Res
         let len = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).min(target.len());
         let reply = match message.op {
             Op::Fill => {
+                storm.end_pass();
                 fill_pattern_prefix(target, message.a, len(message.b))?;
                 served.fills += 1;
                 ok()
             }
             Op::Zero => {
+                storm.end_pass();
                 mapping_of(target)?.write(0, &vec![0u8; len(message.b)])?;
+                storm.start_pass();
+                ok()
+            }
+            Op::Storm => {
+                start_storm(message.a, len(message.b));
                 ok()
             }
             Op::ExpectSends => {
@@ -305,23 +448,34 @@ pub fn serve(conn: &mut PeerRc, target: &MemoryRegion, stop: &AtomicBool) -> Res
                     served.sends_received += 1;
                     served.bytes_received += n as u64;
                 }
-                if message.b > 0 {
+                if message.b == 0 {
+                    // A window's receives are all in; the pass goes on.
+                    ok()
+                } else {
+                    storm.end_pass();
                     served.verifies += 1;
-                }
-                match first_mismatch_prefix(target, message.a, len(message.b))? {
-                    None => ok(),
-                    Some(m) => {
-                        served.mismatched += 1;
-                        Message {
-                            op: Op::Reply,
-                            a: m.bytes_wrong as u64,
-                            b: m.offset as u64,
-                            c: u64::from(m.expected) << 8 | u64::from(m.actual),
+                    let verdict = verify_pages(target, message.a, len(message.b), storm)?;
+                    served.zeroed_pages += verdict.zeroed_pages;
+                    match verdict.mismatch {
+                        None => Message {
+                            d: verdict.zeroed_pages,
+                            ..ok()
+                        },
+                        Some(m) => {
+                            served.mismatched += 1;
+                            Message {
+                                op: Op::Reply,
+                                a: m.bytes_wrong as u64,
+                                b: m.offset as u64,
+                                c: u64::from(m.expected) << 8 | u64::from(m.actual),
+                                d: verdict.zeroed_pages,
+                            }
                         }
                     }
                 }
             }
             Op::Bye => {
+                storm.end_pass();
                 control.send(conn, ok())?;
                 served.clean_end = true;
                 return Ok(served);
@@ -341,6 +495,7 @@ fn ok() -> Message {
         a: 0,
         b: 0,
         c: 0,
+        d: 0,
     }
 }
 
@@ -350,6 +505,7 @@ fn failed(why: u64) -> Message {
         a: why,
         b: 0,
         c: 0,
+        d: 0,
     }
 }
 
@@ -366,31 +522,69 @@ fn fill_pattern_prefix(mr: &MemoryRegion, seed: u64, len: usize) -> Result<()> {
     mapping_of(mr)?.write(0, &data)
 }
 
-fn first_mismatch_prefix(mr: &MemoryRegion, seed: u64, len: usize) -> Result<Option<Mismatch>> {
+struct PageVerdict {
+    mismatch: Option<Mismatch>,
+    zeroed_pages: u64,
+}
+
+/// The first `len` bytes against the pattern of `seed`, page by page: a page the storm dropped
+/// may read as zeros (it was taken away after its data landed); anything else must match.
+fn verify_pages(mr: &MemoryRegion, seed: u64, len: usize, storm: &Storm) -> Result<PageVerdict> {
+    let page = crate::memory::page_size();
     let actual = mapping_of(mr)?.to_vec(0, len)?;
-    let mut bad = actual
-        .iter()
-        .enumerate()
-        .filter(|&(i, &b)| b != crate::traffic::pattern_byte(seed, i));
-    let Some((offset, &got)) = bad.next() else {
-        return Ok(None);
+    let mut verdict = PageVerdict {
+        mismatch: None,
+        zeroed_pages: 0,
     };
-    Ok(Some(Mismatch {
-        offset,
-        expected: crate::traffic::pattern_byte(seed, offset),
-        actual: got,
-        bytes_wrong: 1 + bad.count(),
-    }))
+    for (index, bytes) in actual.chunks(page).enumerate() {
+        let base = index * page;
+        let wrong = |(i, &b): (usize, &u8)| b != crate::traffic::pattern_byte(seed, base + i);
+        if !bytes.iter().enumerate().any(wrong) {
+            continue;
+        }
+        if storm.dropped(index) && bytes.iter().all(|&b| b == 0) {
+            verdict.zeroed_pages += 1;
+            continue;
+        }
+        let mut bad = bytes.iter().enumerate().filter(|&x| wrong(x));
+        let Some((i, &got)) = bad.next() else {
+            continue;
+        };
+        let count = 1 + bad.count();
+        match &mut verdict.mismatch {
+            Some(m) => m.bytes_wrong += count,
+            None => {
+                verdict.mismatch = Some(Mismatch {
+                    offset: base + i,
+                    expected: crate::traffic::pattern_byte(seed, base + i),
+                    actual: got,
+                    bytes_wrong: count,
+                })
+            }
+        }
+    }
+    Ok(verdict)
+}
+
+/// An invalidation storm the serving side runs on its region while WRITEs and SENDs land in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RemoteStorm {
+    /// MADV_DONTNEED calls a second.
+    pub rate: u64,
+    /// Bytes each one drops (page-aligned pieces).
+    pub length: usize,
 }
 
 /// The active side: moves the whole of `local` to and from the peer's region in
 /// `message_size` pieces (RDMA WRITE, RDMA READ, SEND), each byte verified where it landed,
-/// then says goodbye.
+/// then says goodbye. With `storm`, the peer drops pieces of its region while WRITEs and SENDs
+/// land in it; pages it dropped may read as zeros, every other byte must match.
 pub fn verify_peer(
     conn: &mut PeerRc,
     local: &MemoryRegion,
     offer: &Offer,
     message_size: usize,
+    storm: Option<RemoteStorm>,
 ) -> Result<TrafficReport> {
     if message_size == 0 {
         return Err(Error::invalid("message size must be greater than zero"));
@@ -410,7 +604,7 @@ pub fn verify_peer(
     let mut ops = Vec::new();
     let ask = |conn: &mut PeerRc, op: Op, a: u64, b: u64, c: u64| -> Result<Message> {
         let reply = control.post_recv(conn)?;
-        control.send(conn, Message { op, a, b, c })?;
+        control.send(conn, Message { op, a, b, c, d: 0 })?;
         conn.wait(reply)?;
         let answer = control.received()?.filter(|m| m.op == Op::Reply);
         answer.ok_or_else(|| Error::Peer {
@@ -427,6 +621,15 @@ pub fn verify_peer(
         })
     };
     let len64 = len as u64;
+    if let Some(storm) = storm {
+        if storm.rate == 0 || storm.length == 0 {
+            return Err(Error::invalid(
+                "a storm needs a rate and a length above zero",
+            ));
+        }
+        ask(conn, Op::Storm, storm.rate, storm.length as u64, 0)?;
+    }
+    let zeroed = |m: &Message| storm.map(|_| m.d);
 
     // RDMA WRITE: the pattern leaves here and is checked on the peer.
     fill_pattern(local, 1)?;
@@ -438,13 +641,16 @@ pub fn verify_peer(
     }
     let elapsed = started.elapsed();
     let verdict = ask(conn, Op::Verify, 1, len64, 0)?;
-    ops.push(op_result(
-        Opcode::Write,
-        &chunks,
-        len,
-        elapsed,
-        remote_mismatch(verdict),
-    ));
+    ops.push(OpResult {
+        zeroed_pages: zeroed(&verdict),
+        ..op_result(
+            Opcode::Write,
+            &chunks,
+            len,
+            elapsed,
+            remote_mismatch(verdict),
+        )
+    });
 
     // RDMA READ: the peer fills its region; it is checked here.
     ask(conn, Op::Fill, 2, len64, 0)?;
@@ -488,13 +694,16 @@ pub fn verify_peer(
     }
     let elapsed = started.elapsed();
     let verdict = ask(conn, Op::Verify, 3, len64, 0)?;
-    ops.push(op_result(
-        Opcode::Send,
-        &chunks,
-        len,
-        elapsed,
-        remote_mismatch(verdict),
-    ));
+    ops.push(OpResult {
+        zeroed_pages: zeroed(&verdict),
+        ..op_result(
+            Opcode::Send,
+            &chunks,
+            len,
+            elapsed,
+            remote_mismatch(verdict),
+        )
+    });
 
     ask(conn, Op::Bye, 0, 0, 0)?;
     Ok(TrafficReport { message_size, ops })
@@ -513,6 +722,7 @@ fn op_result(
         bytes,
         elapsed_us: elapsed.as_micros(),
         mismatch,
+        zeroed_pages: None,
     }
 }
 
@@ -527,6 +737,7 @@ mod tests {
             a: 3,
             b: 1 << 40,
             c: u64::MAX,
+            d: 7,
         };
         assert_eq!(Message::decode(&m.encode()), Some(m));
         assert_eq!(Message::decode(&[0u8; MESSAGE]), None);

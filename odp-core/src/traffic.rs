@@ -68,6 +68,10 @@ pub struct OpResult {
     pub bytes: usize,
     pub elapsed_us: u128,
     pub mismatch: Option<Mismatch>,
+    /// Pages found zeroed where an invalidation storm dropped them (two-host traffic under
+    /// `--remote-dontneed`): accepted, since the page was taken away after the data landed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zeroed_pages: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -128,6 +132,7 @@ pub fn verify_loopback(
             bytes: len,
             elapsed_us: started.elapsed().as_micros(),
             mismatch: first_mismatch(target, seed)?,
+            zeroed_pages: None,
         });
     }
 

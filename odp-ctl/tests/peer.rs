@@ -2,6 +2,7 @@
 //! test driver starts it there), over rdma_cm. Every byte is checked where it lands: WRITEs and
 //! SENDs by the serving side, READs here; failures to reach or be served by the peer exit 8.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use odp_core::testing::peer_or_skip;
@@ -150,5 +151,53 @@ fn unaligned_messages_go_wrong_in_the_peers_odp_mr_on_rxe() {
             Some(unaligned & !4095)
         ],
         "{report}"
+    );
+}
+
+/// A DONTNEED storm on the responder's ODP MR while the WRITEs and SENDs land in it: every page
+/// is the pattern, or zeros where the storm dropped it after its data landed; nothing else. (The
+/// serving side's probes must see one CLEAR invalidation per call: the test driver checks
+/// that from its summary.)
+#[test]
+fn a_dontneed_storm_on_the_peers_mr_loses_no_byte_it_did_not_drop() {
+    let test = "a_dontneed_storm_on_the_peers_mr_loses_no_byte_it_did_not_drop";
+    let Some(peer) = peer_or_skip(test) else {
+        return;
+    };
+    let (code, report, said) = register_with(
+        &peer,
+        &[
+            "--size",
+            "8M",
+            "--message-size",
+            "64K",
+            "--remote-dontneed",
+            "500",
+            "--remote-dontneed-length",
+            "64K",
+        ],
+    );
+    assert_eq!(code, Some(0), "{said}");
+    let ops = report["traffic"]["ops"].as_array().expect("ops");
+    let mut zeroed = 0;
+    for op in ops {
+        assert_eq!(op["mismatch"], Value::Null, "{op}");
+        if op["op"] == "read" {
+            assert!(
+                op.get("zeroed_pages").is_none(),
+                "no storm during READ: {op}"
+            );
+        } else {
+            zeroed += op["zeroed_pages"].as_u64().expect("zeroed pages");
+        }
+    }
+    // 16 pages a call, hundreds of calls over the passes: the storm did take pages away.
+    assert!(
+        zeroed > 0,
+        "the storm dropped nothing after data landed: {report}"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: {zeroed} pages zeroed by the storm, every other byte exact"
     );
 }

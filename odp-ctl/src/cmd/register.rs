@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use odp_core::memory::{Backing, Mapping};
-use odp_core::peer::{parse_address, verify_peer, Hello, Offer, PROTOCOL_VERSION};
+use odp_core::peer::{parse_address, verify_peer, Hello, Offer, RemoteStorm, PROTOCOL_VERSION};
 use odp_core::traffic::{verify_loopback, TrafficReport};
 use odp_core::verbs::{Access, LoopbackConfig, LoopbackRc, MemoryRegion, PeerConfig, Route};
 use serde::Serialize;
@@ -31,6 +31,14 @@ pub struct Args {
     /// (verified here). ADDR or ADDR:PORT; implies --traffic.
     #[arg(long, value_name = "ADDR[:PORT]", conflicts_with_all = ["mtu", "gid_index"])]
     pub peer: Option<String>,
+    /// With --peer: the serving host drops pieces of its MR with MADV_DONTNEED this many times
+    /// a second while the WRITEs and SENDs land in it (a page it dropped may then read as
+    /// zeros; every other byte must match).
+    #[arg(long, value_name = "RATE", requires = "peer")]
+    pub remote_dontneed: Option<u64>,
+    /// The piece each --remote-dontneed call drops.
+    #[arg(long, default_value = "64K", value_parser = parse_size, requires = "remote_dontneed")]
+    pub remote_dontneed_length: usize,
     /// Message size for --traffic.
     #[arg(long, default_value = "64K", value_parser = parse_size)]
     pub message_size: usize,
@@ -119,7 +127,11 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             .encode(),
         )?;
         let offer = Offer::decode(&answer, conn.peer())?;
-        let report = verify_peer(&mut conn, &setup.mr, &offer, args.message_size)?;
+        let storm = args.remote_dontneed.map(|rate| RemoteStorm {
+            rate,
+            length: args.remote_dontneed_length,
+        });
+        let report = verify_peer(&mut conn, &setup.mr, &offer, args.message_size, storm)?;
         peer_report = Some(PeerReport {
             address: address.to_string(),
             offer,
@@ -199,7 +211,10 @@ fn print_traffic(t: &TrafficReport, peer: Option<&PeerReport>) {
             0.0
         };
         let verified = match &op.mismatch {
-            None => "all bytes ok".to_string(),
+            None => match op.zeroed_pages {
+                Some(n) if n > 0 => format!("all bytes ok ({n} pages zeroed by the peer's storm)"),
+                _ => "all bytes ok".to_string(),
+            },
             Some(m) => format!(
                 "MISMATCH at {} (expected {:#04x}, got {:#04x}; {} bytes wrong)",
                 m.offset, m.expected, m.actual, m.bytes_wrong

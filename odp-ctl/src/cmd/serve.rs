@@ -86,7 +86,10 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         )),
     );
     let (served, engine) = match source {
-        None => (serve_peers(out, args, &listener, &setup, &offer, &stop), None),
+        None => (
+            serve_peers(out, args, &listener, &setup, &offer, &stop),
+            None,
+        ),
         Some(source) => {
             let source_stop = source.stopper();
             let serving_over = AtomicBool::new(false);
