@@ -1,7 +1,9 @@
-//! The drivers' own per-MR ODP counters, read as `rdma stat show mr` reads them: a dump of the
-//! RDMA netlink device client (NETLINK_RDMA, nldev) for each device's MR resources. mlx5 fills
-//! page_faults, page_invalidations and page_prefetch for its ODP MRs; drivers that keep none
-//! (rxe) list their MRs with no counters.
+//! The drivers' own counters, read as the `rdma` tool reads them, over the RDMA netlink device
+//! client (NETLINK_RDMA, nldev): per-MR ODP counters (`rdma stat show mr`: a dump of each
+//! device's MR resources; mlx5 fills page_faults, page_invalidations and page_prefetch for its
+//! ODP MRs, drivers that keep none (rxe) list their MRs with no counters), and a port's hardware
+//! counters (`rdma stat show link DEV/PORT`: packets, retransmissions, RNR NAKs, retries
+//! exceeded, by the driver's names).
 //!
 //! The message layout is the kernel's UAPI, include/uapi/rdma/rdma_netlink.h; netlink framing,
 //! attributes and the socket come from the rust-netlink crates.
@@ -10,8 +12,8 @@ use std::io;
 
 use netlink_packet_core::{
     parse_string, parse_u32, parse_u64, DefaultNla, Emitable, NetlinkDeserializable, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload, NetlinkSerializable, NlasIterator, NLA_HEADER_SIZE, NLM_F_DUMP,
-    NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload, NetlinkSerializable, NlasIterator, NLA_HEADER_SIZE, NLM_F_ACK,
+    NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_sys::{protocols::NETLINK_RDMA, Socket, SocketAddr};
 
@@ -22,6 +24,7 @@ const CMD_STAT_GET: u16 = 17;
 
 const ATTR_DEV_INDEX: u16 = 1;
 const ATTR_DEV_NAME: u16 = 2;
+const ATTR_PORT_INDEX: u16 = 3;
 const ATTR_RES_MR: u16 = 40;
 const ATTR_RES_MR_ENTRY: u16 = 41;
 const ATTR_RES_MRN: u16 = 62;
@@ -142,12 +145,18 @@ impl RdmaNetlink {
 
     /// Sends a dump request and returns every reply's attributes, up to the dump's end.
     fn dump(&mut self, request: Nldev) -> io::Result<Vec<Vec<u8>>> {
+        self.exchange(request, NLM_F_REQUEST | NLM_F_DUMP)
+    }
+
+    /// Sends a request and returns every reply's attributes: up to a dump's end, or to the
+    /// acknowledgement of a single request.
+    fn exchange(&mut self, request: Nldev, flags: u16) -> io::Result<Vec<Vec<u8>>> {
         self.sequence = self.sequence.wrapping_add(1);
         let mut message = NetlinkMessage::new(
             NetlinkHeader::default(),
             NetlinkPayload::InnerMessage(request),
         );
-        message.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        message.header.flags = flags;
         message.header.sequence_number = self.sequence;
         message.finalize();
         let mut bytes = vec![0; message.buffer_len()];
@@ -174,6 +183,8 @@ impl RdmaNetlink {
                     NetlinkPayload::InnerMessage(m) => replies.push(m.attributes),
                     NetlinkPayload::Done(_) => return Ok(replies),
                     NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                    // The acknowledgement: a request's replies are all in.
+                    NetlinkPayload::Error(_) => return Ok(replies),
                     _ => {}
                 }
             }
@@ -211,6 +222,32 @@ impl RdmaNetlink {
         Ok(mrs)
     }
 
+    /// A port's hardware counters (`rdma stat show link DEV/PORT`), by the driver's names.
+    pub fn port_counters(&mut self, device: &str, port: u32) -> io::Result<Vec<(String, u64)>> {
+        let index = self
+            .devices()?
+            .into_iter()
+            .find(|(_, name)| name == device)
+            .map(|(index, _)| index)
+            .ok_or_else(|| bad(format!("no RDMA device {device}")))?;
+        let request = Nldev::request(
+            CMD_STAT_GET,
+            &[
+                DefaultNla::new(ATTR_DEV_INDEX, index.to_ne_bytes().to_vec()),
+                DefaultNla::new(ATTR_PORT_INDEX, port.to_ne_bytes().to_vec()),
+            ],
+        );
+        let mut counters = Vec::new();
+        for reply in self.exchange(request, NLM_F_REQUEST | NLM_F_ACK)? {
+            for (kind, table) in attributes(&reply)? {
+                if kind == ATTR_STAT_HWCOUNTERS {
+                    hardware_counters(table, &mut counters)?;
+                }
+            }
+        }
+        Ok(counters)
+    }
+
     /// Every device's MRs; a device whose MRs cannot be read says why.
     pub fn all_mr_counters(&mut self) -> io::Result<Vec<DeviceMrs>> {
         let devices = self.devices()?;
@@ -239,28 +276,57 @@ fn parse_mr_table(reply: &[u8], mrs: &mut Vec<MrCounters>) -> io::Result<()> {
             let mrn = u32_attr(&fields, ATTR_RES_MRN).ok_or_else(|| bad("an MR without mrn"))?;
             let mut counters = Vec::new();
             for (kind, table) in &fields {
-                if *kind != ATTR_STAT_HWCOUNTERS {
-                    continue;
-                }
-                for (kind, counter) in attributes(table)? {
-                    if kind != ATTR_STAT_HWCOUNTER_ENTRY {
-                        continue;
-                    }
-                    let pair = attributes(counter)?;
-                    let name = string_attr(&pair, ATTR_STAT_HWCOUNTER_ENTRY_NAME);
-                    let value = pair
-                        .iter()
-                        .find(|(k, _)| *k == ATTR_STAT_HWCOUNTER_ENTRY_VALUE)
-                        .and_then(|(_, v)| parse_u64(v).ok());
-                    if let (Some(name), Some(value)) = (name, value) {
-                        counters.push((name, value));
-                    }
+                if *kind == ATTR_STAT_HWCOUNTERS {
+                    hardware_counters(table, &mut counters)?;
                 }
             }
             mrs.push(MrCounters { mrn, counters });
         }
     }
     Ok(())
+}
+
+/// A port's hardware counters now (`rdma stat show link DEVICE/PORT`), or why they cannot be
+/// read.
+pub fn port_counters(device: &str, port: u8) -> Result<Vec<(String, u64)>, String> {
+    RdmaNetlink::open()
+        .and_then(|mut nl| nl.port_counters(device, u32::from(port)))
+        .map_err(|e| format!("cannot read {device}/{port}'s counters: {e}"))
+}
+
+/// A STAT_HWCOUNTERS table: STAT_HWCOUNTER_ENTRY { NAME, VALUE } ...
+fn hardware_counters(table: &[u8], counters: &mut Vec<(String, u64)>) -> io::Result<()> {
+    for (kind, counter) in attributes(table)? {
+        if kind != ATTR_STAT_HWCOUNTER_ENTRY {
+            continue;
+        }
+        let pair = attributes(counter)?;
+        let name = string_attr(&pair, ATTR_STAT_HWCOUNTER_ENTRY_NAME);
+        let value = pair
+            .iter()
+            .find(|(k, _)| *k == ATTR_STAT_HWCOUNTER_ENTRY_VALUE)
+            .and_then(|(_, v)| parse_u64(v).ok());
+        if let (Some(name), Some(value)) = (name, value) {
+            counters.push((name, value));
+        }
+    }
+    Ok(())
+}
+
+/// What each counter gained between two readings (counters absent from the first count from 0;
+/// a counter that went back, a driver reset, counts as its new value).
+pub fn deltas(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<(String, u64)> {
+    after
+        .iter()
+        .map(|(name, value)| {
+            let was = before
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0, |(_, v)| *v);
+            let gained = if *value >= was { value - was } else { *value };
+            (name.clone(), gained)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -344,5 +410,40 @@ mod tests {
         // Truncated: an error, not a panic or a made-up MR.
         let mut cut = Vec::new();
         assert!(parse_mr_table(&bytes[..bytes.len() - 6], &mut cut).is_err());
+    }
+
+    #[test]
+    fn a_ports_counters_are_read_by_name_and_their_gains_taken() {
+        let table = nested(
+            ATTR_STAT_HWCOUNTERS,
+            &[counter("sent_pkts", 4100), counter("rcvd_rnr_err", 2)],
+        );
+        let mut bytes = vec![0; table.buffer_len()];
+        table.emit(&mut bytes);
+        let mut counters = Vec::new();
+        for (kind, inner) in attributes(&bytes).expect("attributes") {
+            assert_eq!(kind, ATTR_STAT_HWCOUNTERS);
+            hardware_counters(inner, &mut counters).expect("table");
+        }
+        assert_eq!(
+            counters,
+            [
+                ("sent_pkts".to_string(), 4100),
+                ("rcvd_rnr_err".to_string(), 2)
+            ]
+        );
+        let before = [("sent_pkts".to_string(), 100)];
+        assert_eq!(
+            deltas(&before, &counters),
+            [
+                ("sent_pkts".to_string(), 4000),
+                ("rcvd_rnr_err".to_string(), 2)
+            ]
+        );
+        // A counter that went back (the driver reset it) gained its new value.
+        assert_eq!(
+            deltas(&[("sent_pkts".to_string(), 9000)], &counters)[0].1,
+            4100
+        );
     }
 }

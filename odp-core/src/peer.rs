@@ -248,6 +248,10 @@ pub struct Served {
     pub zeroed_pages: u64,
     /// Whether the peer said goodbye (else it disconnected or the run stopped).
     pub clean_end: bool,
+    /// What this side's port counters gained over the connection, by the driver's names (set by
+    /// the caller, which reads them).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub port_counters: std::collections::BTreeMap<String, u64>,
 }
 
 /// How often a waiting side looks at its stop flag and the connection's state.

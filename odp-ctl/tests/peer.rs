@@ -57,6 +57,23 @@ fn traffic_to_a_peer_is_verified_where_it_lands() {
             "{report}"
         );
         assert_eq!(report["deregistered"], true);
+        // This port's own counters over the run (rxe's names): at least a packet per MTU
+        // (4096) of WRITE and SEND data out, and of READ data in.
+        if report["mr"]["device"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("rxe"))
+        {
+            let gained = &report["peer"]["port_counters"]["Ok"];
+            let packets = size / 4096;
+            assert!(
+                gained["sent_pkts"].as_u64() >= Some(2 * packets),
+                "{args:?}: {gained}"
+            );
+            assert!(
+                gained["rcvd_pkts"].as_u64() >= Some(packets),
+                "{args:?}: {gained}"
+            );
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use odp_core::driver_counters::port_counters;
 use odp_core::memory::{Backing, Mapping};
 use odp_core::peer::{parse_address, verify_peer, Hello, Offer, RemoteStorm, PROTOCOL_VERSION};
 use odp_core::traffic::{verify_loopback, TrafficReport};
@@ -60,6 +61,9 @@ pub struct Args {
 struct PeerReport {
     address: String,
     offer: Offer,
+    /// What this port's hardware counters gained over the traffic (`rdma stat show link`), or
+    /// why they could not be read.
+    port_counters: Result<std::collections::BTreeMap<String, u64>, String>,
 }
 
 #[derive(Serialize)]
@@ -119,6 +123,8 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     }
     let mut peer_report = None;
     let traffic = if let Some((address, route)) = route {
+        let port = route.device()?;
+        let counters_before = port_counters(&port.0, port.1);
         let (mut conn, answer) = route.connect(
             &setup.pd,
             &Hello {
@@ -132,9 +138,17 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             length: args.remote_dontneed_length,
         });
         let report = verify_peer(&mut conn, &setup.mr, &offer, args.message_size, storm)?;
+        let port_counters = counters_before.and_then(|before| {
+            port_counters(&port.0, port.1).map(|after| {
+                odp_core::driver_counters::deltas(&before, &after)
+                    .into_iter()
+                    .collect()
+            })
+        });
         peer_report = Some(PeerReport {
             address: address.to_string(),
             offer,
+            port_counters,
         });
         Some(report)
     } else if args.traffic {
@@ -239,4 +253,17 @@ fn print_traffic(t: &TrafficReport, peer: Option<&PeerReport>) {
         None => "loopback traffic".to_string(),
     };
     println!("\n{with}, {}-byte messages:\n{table}", t.message_size);
+    if let Some(p) = peer {
+        match &p.port_counters {
+            Ok(counters) => {
+                let gained: Vec<String> = counters
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(name, n)| format!("{name}={n}"))
+                    .collect();
+                println!("this port's counters gained: {}", gained.join(" "));
+            }
+            Err(why) => println!("{why}"),
+        }
+    }
 }

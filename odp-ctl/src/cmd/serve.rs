@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use odp_core::analysis::{AnalysisConfig, Engine, Summary};
+use odp_core::driver_counters::port_counters;
 use odp_core::peer::{parse_address, serve, Hello, Offer, Served};
 use odp_core::verbs::{Access, Listener, PeerConfig, Remote};
 
@@ -191,9 +192,19 @@ fn serve_peers(
             continue;
         }
         let from = request.from.clone();
+        let port = listener.device()?;
+        let before = port_counters(&port.0, port.1);
         let served = request
             .accept(&setup.pd, &offer.encode())
-            .and_then(|mut conn| serve(&mut conn, &setup.mr, stop));
+            .and_then(|mut conn| serve(&mut conn, &setup.mr, stop))
+            .map(|mut served| {
+                if let (Ok(before), Ok(after)) = (before, port_counters(&port.0, port.1)) {
+                    served.port_counters = odp_core::driver_counters::deltas(&before, &after)
+                        .into_iter()
+                        .collect();
+                }
+                served
+            });
         match served {
             Ok(served) => {
                 report(out, &served)?;
