@@ -254,6 +254,9 @@ pub struct Served {
     pub port_counters: std::collections::BTreeMap<String, u64>,
 }
 
+/// The storm's thread name: the task name its invalidations carry.
+pub const STORM_THREAD: &str = "odp-storm";
+
 /// How often a waiting side looks at its stop flag and the connection's state.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -366,7 +369,17 @@ pub fn serve(conn: &mut PeerRc, target: &MemoryRegion, stop: &AtomicBool) -> Res
                 storming = true;
                 let storm = &storm;
                 let seed = crate::trace::monotonic_ns();
-                scope.spawn(move || storm.run(mapping, rate, len, seed));
+                // Named, so its invalidations are told from the CPU's own (a verification
+                // that reads a dropped page maps the zero page; the next fill's write replaces
+                // it, which invalidates too).
+                let spawned = std::thread::Builder::new()
+                    .name(STORM_THREAD.into())
+                    .spawn_scoped(scope, move || storm.run(mapping, rate, len, seed));
+                if let Err(e) = spawned {
+                    if let Ok(mut f) = storm.failure.lock() {
+                        f.get_or_insert(Error::invalid(format!("cannot start the storm: {e}")));
+                    }
+                }
             }
         });
         storm.active.store(false, Ordering::Release);
