@@ -218,3 +218,77 @@ fn a_dontneed_storm_on_the_peers_mr_loses_no_byte_it_did_not_drop() {
         "{test}: {zeroed} pages zeroed by the storm, every other byte exact"
     );
 }
+
+/// The requester's view of slow faults on the responder: with the ACK timeout at its minimum
+/// (rxe: one scheduler tick) while a storm makes the peer's ODP faults slow, requests go
+/// unanswered long enough to be sent again. The port's counters say so; the data is still
+/// exact.
+#[test]
+fn a_short_ack_timeout_turns_slow_peer_faults_into_retransmissions() {
+    let test = "a_short_ack_timeout_turns_slow_peer_faults_into_retransmissions";
+    let Some(peer) = peer_or_skip(test) else {
+        return;
+    };
+    let (code, report, said) = register_with(
+        &peer,
+        &[
+            "--size",
+            "8M",
+            "--ack-timeout",
+            "1",
+            "--remote-dontneed",
+            "500",
+        ],
+    );
+    assert_eq!(code, Some(0), "{said}");
+    for op in report["traffic"]["ops"].as_array().expect("ops") {
+        assert_eq!(op["mismatch"], Value::Null, "{op}");
+    }
+    let gained = &report["peer"]["port_counters"]["Ok"];
+    if report["mr"]["device"]
+        .as_str()
+        .is_some_and(|d| d.starts_with("rxe"))
+    {
+        let retries = gained["completer_retry_err"].as_u64().unwrap_or(0);
+        assert!(retries > 0, "no retransmission: {gained}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "{test}: {retries} retransmissions, every byte exact"
+        );
+    }
+}
+
+/// With no retries allowed, the first request the peer answers too late fails the transfer:
+/// named, with its status, exit 7; both sides clean up and the peer serves the next one.
+#[test]
+fn retry_exhaustion_toward_a_slow_peer_fails_the_request_and_says_so() {
+    let test = "retry_exhaustion_toward_a_slow_peer_fails_the_request_and_says_so";
+    let Some(peer) = peer_or_skip(test) else {
+        return;
+    };
+    let (code, report, said) = register_with(
+        &peer,
+        &[
+            "--size",
+            "16M",
+            "--ack-timeout",
+            "1",
+            "--retry-count",
+            "0",
+            "--remote-dontneed",
+            "500",
+        ],
+    );
+    assert_eq!(code, Some(7), "{said}");
+    assert_eq!(report["error"]["kind"], "completion", "{report}");
+    assert!(said.contains("transport retry counter exceeded"), "{said}");
+    assert!(
+        ["RDMA WRITE", "RDMA READ", "SEND"]
+            .iter()
+            .any(|op| said.contains(op)),
+        "{said}"
+    );
+    // The serving side is still there for the next peer.
+    let (code, _, said) = register_with(&peer, &["--size", "1M"]);
+    assert_eq!(code, Some(0), "{said}");
+}

@@ -32,6 +32,9 @@ pub struct PeerConfig {
     pub retry_count: u8,
     /// RNR retries (0..=7; 7 is infinite).
     pub rnr_retry: u8,
+    /// The local ACK timeout exponent (4.096 us x 2^N before a request is sent again; 0 waits
+    /// forever); None takes rdma_cm's default.
+    pub ack_timeout: Option<u8>,
 }
 
 impl Default for PeerConfig {
@@ -42,9 +45,14 @@ impl Default for PeerConfig {
             connect_timeout: Duration::from_secs(5),
             retry_count: 7,
             rnr_retry: 7,
+            ack_timeout: None,
         }
     }
 }
+
+/// rdma_cma.h's option level and name for the ACK timeout (an anonymous enum there).
+const RDMA_OPTION_ID: i32 = 0;
+const RDMA_OPTION_ID_ACK_TIMEOUT: i32 = 3;
 
 /// RDMA READs and atomics a side keeps in flight toward, or serves for, the other.
 const RD_ATOMIC: u8 = 16;
@@ -171,6 +179,30 @@ impl CmId {
         let name =
             unsafe { std::ffi::CStr::from_ptr(sys::ibv_get_device_name(verbs.as_ref().device)) };
         Ok((name.to_string_lossy().into_owned(), id.port_num))
+    }
+
+    /// Sets the ACK timeout the QP's RTS attributes will carry.
+    fn set_ack_timeout(&self, exponent: u8) -> Result<()> {
+        if exponent > 31 {
+            return Err(Error::invalid(format!(
+                "ACK timeout exponent {exponent} is over 31"
+            )));
+        }
+        let mut value = exponent;
+        // SAFETY: the id is live; the option is one byte, given as such.
+        let rc = unsafe {
+            sys::rdma_set_option(
+                self.ptr(),
+                RDMA_OPTION_ID,
+                RDMA_OPTION_ID_ACK_TIMEOUT,
+                (&mut value as *mut u8).cast(),
+                1,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::last_os("rdma_set_option(ACK_TIMEOUT)"));
+        }
+        Ok(())
     }
 
     /// Moves `qp` to `state` with the attributes rdma_cm gives for this connection.
@@ -384,6 +416,9 @@ impl Route {
             .filter(|&n| n <= 56)
             .ok_or_else(|| Error::invalid("a connection request carries at most 56 bytes"))?;
         check_device(pd, &self.id)?;
+        if let Some(exponent) = self.config.ack_timeout {
+            self.id.set_ack_timeout(exponent)?;
+        }
         let queues = WorkQueues::new(pd, self.config.depth, self.config.timeout)?;
         let qp = QueuePair::create_rc(pd, &queues.cq, self.config.depth)?;
         self.id

@@ -40,6 +40,14 @@ pub struct Args {
     /// The piece each --remote-dontneed call drops.
     #[arg(long, default_value = "64K", value_parser = parse_size, requires = "remote_dontneed")]
     pub remote_dontneed_length: usize,
+    /// With --peer: the ACK timeout exponent (a request unanswered for 4.096 us x 2^N is sent
+    /// again; rxe rounds up to a scheduler tick); low values make a slow fault on the peer
+    /// visible here as retransmissions.
+    #[arg(long, value_name = "N", requires = "peer", value_parser = clap::value_parser!(u8).range(0..=31))]
+    pub ack_timeout: Option<u8>,
+    /// With --peer: transport retries before a request fails with "retry exceeded" (0..7).
+    #[arg(long, default_value_t = 7, requires = "peer", value_parser = clap::value_parser!(u8).range(0..=7))]
+    pub retry_count: u8,
     /// Message size for --traffic.
     #[arg(long, default_value = "64K", value_parser = parse_size)]
     pub message_size: usize,
@@ -97,7 +105,12 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let route = match &args.peer {
         Some(text) => {
             let address = parse_address(text)?;
-            let route = Route::resolve(address, &PeerConfig::default())?;
+            let config = PeerConfig {
+                ack_timeout: args.ack_timeout,
+                retry_count: args.retry_count,
+                ..PeerConfig::default()
+            };
+            let route = Route::resolve(address, &config)?;
             Some((address, route))
         }
         None => None,
