@@ -292,3 +292,69 @@ fn retry_exhaustion_toward_a_slow_peer_fails_the_request_and_says_so() {
     let (code, _, said) = register_with(&peer, &["--size", "1M"]);
     assert_eq!(code, Some(0), "{said}");
 }
+
+/// perftest, the RDMA engineer's yardstick, between the two hosts over rdma_cm with ODP buffers,
+/// traced here by the monitor (the serving guest traces its side the same way; the test driver
+/// checks that one): perftest registers one ODP MR of twice the message size per run, and the
+/// device faults each of its pages in exactly once, nothing invalidating them.
+#[test]
+fn perftest_against_the_peer_is_traced_on_both_sides() {
+    let test = "perftest_against_the_peer_is_traced_on_both_sides";
+    let Some(peer) = peer_or_skip(test) else {
+        return;
+    };
+    let host = peer.split(':').next().unwrap_or(&peer).to_string();
+    for (comm, size, iterations) in [
+        ("ib_write_bw", 65536u64, "200"),
+        ("ib_read_lat", 4096, "100"),
+    ] {
+        // One monitor per client (a monitor follows its command, not the command's children);
+        // the serving guest starts each server after the last client left: retried, bounded.
+        let mut attempt = 0;
+        let summary = loop {
+            attempt += 1;
+            let out = odp_ctl()
+                .args(["--json", "monitor", "--summary", "--", comm, "--odp", "-R"])
+                .args([
+                    "-d",
+                    "rxe0",
+                    "-s",
+                    &size.to_string(),
+                    "-n",
+                    iterations,
+                    &host,
+                ])
+                .output()
+                .expect("monitor");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() {
+                // perftest prints to the same stdout: the summary is the document from "{" on.
+                let at = text.find("\n{\n").map_or(0, |i| i + 1);
+                break serde_json::from_str::<Value>(&text[at..]).expect("the monitor's summary");
+            }
+            assert!(
+                attempt < 20,
+                "{comm}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        let pages = 2 * size / 4096;
+        let mrs: Vec<&Value> = summary["mrs"]
+            .as_array()
+            .expect("mrs")
+            .iter()
+            .filter(|m| m["comm"] == comm)
+            .collect();
+        assert_eq!(mrs.len(), 1, "{comm}: {summary}");
+        assert_eq!(mrs[0]["registration_seen"], true, "{}", mrs[0]);
+        assert_eq!(mrs[0]["released"], true, "{}", mrs[0]);
+        assert_eq!(mrs[0]["fault_pages"].as_u64(), Some(pages), "{}", mrs[0]);
+        assert_eq!(
+            summary["totals"]["invalidations"], 0,
+            "{}",
+            summary["totals"]
+        );
+        assert_eq!(summary["source"]["drops"], 0);
+    }
+}
