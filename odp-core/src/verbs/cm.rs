@@ -57,27 +57,11 @@ const RDMA_OPTION_ID_ACK_TIMEOUT: i32 = 3;
 /// RDMA READs and atomics a side keeps in flight toward, or serves for, the other.
 const RD_ATOMIC: u8 = 16;
 
-/// Whether librdmacm could be loaded into this process (see `super::library_loaded`).
-fn library_loaded() -> bool {
-    // SAFETY: the name is a valid NUL-terminated string; the returned handle is closed at once.
-    unsafe {
-        let handle = libc::dlopen(
-            c"librdmacm.so.1".as_ptr(),
-            libc::RTLD_LAZY | libc::RTLD_NOLOAD,
-        );
-        if handle.is_null() {
-            return false;
-        }
-        libc::dlclose(handle);
-        true
-    }
-}
-
 struct Channel(NonNull<sys::rdma_event_channel>);
 
 impl Channel {
     fn new() -> Result<Channel> {
-        if !library_loaded() {
+        if !super::library_loaded(c"librdmacm.so.1") {
             return Err(Error::CmLibraryMissing);
         }
         // SAFETY: no arguments; NULL is checked.
@@ -423,18 +407,7 @@ impl Route {
         let qp = QueuePair::create_rc(pd, &queues.cq, self.config.depth)?;
         self.id
             .transition(&qp, sys::ibv_qp_state::IBV_QPS_INIT, "ibv_modify_qp(INIT)")?;
-        let rd_atomic = rd_atomic(pd);
-        let mut param = sys::rdma_conn_param {
-            private_data: hello.as_ptr().cast(),
-            private_data_len,
-            responder_resources: rd_atomic,
-            initiator_depth: rd_atomic,
-            flow_control: 1,
-            retry_count: self.config.retry_count.min(7),
-            rnr_retry_count: self.config.rnr_retry.min(7),
-            srq: 0,
-            qp_num: qp.num(),
-        };
+        let mut param = conn_param(&self.config, pd, &qp, hello, private_data_len);
         // SAFETY: the id is live and routed; param and the hello it points to outlive the call.
         if unsafe { sys::rdma_connect(self.id.ptr(), &mut param) } != 0 {
             return Err(Error::last_os("rdma_connect"));
@@ -470,10 +443,30 @@ impl Route {
     }
 }
 
-fn rd_atomic(pd: &ProtectionDomain) -> u8 {
+/// What a side says of its QP when it connects or accepts: its number, the READs and atomics it
+/// takes and issues at once, its retries, and `private` (which the caller keeps alive, and
+/// whose length it has checked).
+fn conn_param(
+    config: &PeerConfig,
+    pd: &ProtectionDomain,
+    qp: &QueuePair,
+    private: &[u8],
+    private_data_len: u8,
+) -> sys::rdma_conn_param {
     let a = pd.context().attributes();
     let limit = a.max_qp_rd_atom.min(a.max_qp_init_rd_atom).max(1);
-    u8::try_from(limit).unwrap_or(u8::MAX).min(RD_ATOMIC)
+    let rd_atomic = u8::try_from(limit).unwrap_or(u8::MAX).min(RD_ATOMIC);
+    sys::rdma_conn_param {
+        private_data: private.as_ptr().cast(),
+        private_data_len,
+        responder_resources: rd_atomic,
+        initiator_depth: rd_atomic,
+        flow_control: 1,
+        retry_count: config.retry_count.min(7),
+        rnr_retry_count: config.rnr_retry.min(7),
+        srq: 0,
+        qp_num: qp.num(),
+    }
 }
 
 fn check_device(pd: &ProtectionDomain, id: &CmId) -> Result<()> {
@@ -621,18 +614,7 @@ impl Request {
         ] {
             self.id.transition(&qp, state, op)?;
         }
-        let rd_atomic = rd_atomic(pd);
-        let mut param = sys::rdma_conn_param {
-            private_data: answer.as_ptr().cast(),
-            private_data_len,
-            responder_resources: rd_atomic,
-            initiator_depth: rd_atomic,
-            flow_control: 1,
-            retry_count: self.config.retry_count.min(7),
-            rnr_retry_count: self.config.rnr_retry.min(7),
-            srq: 0,
-            qp_num: qp.num(),
-        };
+        let mut param = conn_param(&self.config, pd, &qp, answer, private_data_len);
         // SAFETY: the id is live; param and the answer it points to outlive the call.
         if unsafe { sys::rdma_accept(self.id.ptr(), &mut param) } != 0 {
             return Err(Error::last_os("rdma_accept"));

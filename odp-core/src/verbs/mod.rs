@@ -31,16 +31,14 @@ pub struct DeviceInfo {
     pub transport: &'static str,
 }
 
-/// Whether libibverbs could be loaded into this process at all.
-fn library_loaded() -> bool {
-    // rdma-mummy-sys dlopens the library from a constructor; RTLD_NOLOAD only asks whether it is
-    // resident, so this neither loads it twice nor changes anything.
+/// Whether a library rdma-mummy-sys opens (libibverbs.so.1, librdmacm.so.1) could be loaded
+/// into this process at all.
+fn library_loaded(name: &std::ffi::CStr) -> bool {
+    // rdma-mummy-sys dlopens the libraries from a constructor; RTLD_NOLOAD only asks whether one
+    // is resident, so this neither loads it twice nor changes anything.
     // SAFETY: the name is a valid NUL-terminated string; the returned handle is closed at once.
     unsafe {
-        let handle = libc::dlopen(
-            c"libibverbs.so.1".as_ptr(),
-            libc::RTLD_LAZY | libc::RTLD_NOLOAD,
-        );
+        let handle = libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
         if handle.is_null() {
             return false;
         }
@@ -57,7 +55,7 @@ struct DeviceList {
 
 impl DeviceList {
     fn get() -> Result<Self> {
-        if !library_loaded() {
+        if !library_loaded(c"libibverbs.so.1") {
             return Err(Error::LibraryMissing);
         }
         let mut n: i32 = 0;
