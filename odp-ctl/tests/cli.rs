@@ -43,8 +43,10 @@ fn help_lists_every_command_and_the_exit_codes() {
         "monitor",
         "stress",
         "exporter",
+        "serve",
         "Exit codes:",
         "3  no RDMA device",
+        "8  the peer",
     ] {
         assert!(text.contains(word), "help lacks {word:?}:\n{text}");
     }
@@ -57,6 +59,16 @@ fn malformed_arguments_are_usage_errors() {
     assert!(stderr(&out).contains("bad size suffix"), "{}", stderr(&out));
     let out = run(&["prefetch", "--mode", "sometimes"]);
     assert_eq!(out.status.code(), Some(2));
+    // A storm of no calls, and knobs without a peer to apply them to.
+    for args in [
+        &["register", "--peer", "10.20.0.1", "--remote-dontneed", "0"][..],
+        &["register", "--remote-dontneed", "5"],
+        &["register", "--ack-timeout", "1"],
+        &["register", "--peer", "10.20.0.1", "--ack-timeout", "32"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
 }
 
 #[test]
@@ -218,6 +230,29 @@ fn zero_length_is_invalid_input_before_any_device_is_touched() {
         "{}",
         stderr(&out)
     );
+    // Before any route to the peer is looked for (without rdma_cm that would be exit 3).
+    for (args, said) in [
+        (
+            &["register", "--peer", "10.20.0.1", "--message-size", "0"][..],
+            "--message-size",
+        ),
+        (
+            &[
+                "register",
+                "--peer",
+                "10.20.0.1",
+                "--remote-dontneed",
+                "5",
+                "--remote-dontneed-length",
+                "100",
+            ],
+            "at least a page",
+        ),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(6), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(said), "{}", stderr(&out));
+    }
     let out = run(&["--json", "register", "--backing", "hugetlb", "--size", "4K"]);
     assert_eq!(out.status.code(), Some(6));
     let doc = json(&out);

@@ -296,7 +296,8 @@ fn retry_exhaustion_toward_a_slow_peer_fails_the_request_and_says_so() {
 /// perftest, the RDMA engineer's yardstick, between the two hosts over rdma_cm with ODP buffers,
 /// traced here by the monitor (the serving guest traces its side the same way; the test driver
 /// checks that one): perftest registers one ODP MR of twice the message size per run, and the
-/// device faults each of its pages in exactly once, nothing invalidating them.
+/// device faults each of its pages in, once unless something invalidated it; nothing does but
+/// NUMA balancing's hinting scans (PROTECTION_VMA: the guests have two nodes).
 #[test]
 fn perftest_against_the_peer_is_traced_on_both_sides() {
     let test = "perftest_against_the_peer_is_traced_on_both_sides";
@@ -349,11 +350,19 @@ fn perftest_against_the_peer_is_traced_on_both_sides() {
         assert_eq!(mrs.len(), 1, "{comm}: {summary}");
         assert_eq!(mrs[0]["registration_seen"], true, "{}", mrs[0]);
         assert_eq!(mrs[0]["released"], true, "{}", mrs[0]);
-        assert_eq!(mrs[0]["fault_pages"].as_u64(), Some(pages), "{}", mrs[0]);
-        assert_eq!(
-            summary["totals"]["invalidations"], 0,
-            "{}",
-            summary["totals"]
+        let causes = &summary["totals"]["invalidations_by_cause"];
+        for (cause, n) in causes.as_object().expect("causes") {
+            assert!(
+                cause == "PROTECTION_VMA" || n == 0,
+                "{comm}: invalidated by {cause}: {causes}"
+            );
+        }
+        let faulted = mrs[0]["fault_pages"].as_u64().unwrap_or(0);
+        let refaults_allowed = summary["totals"]["invalidations"] != 0;
+        assert!(
+            faulted == pages || (faulted > pages && refaults_allowed),
+            "{comm}: {faulted} pages faulted for {pages}: {}",
+            mrs[0]
         );
         assert_eq!(summary["source"]["drops"], 0);
     }

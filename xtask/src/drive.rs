@@ -453,8 +453,9 @@ exit $status
 "#;
 
 /// The serving guest's perftest servers as its monitor saw them, checked as the tester checks
-/// its clients: one ODP MR of twice the message size per server, each page faulted in once,
-/// nothing invalidated.
+/// its clients: one ODP MR of twice the message size per server, each page faulted in, and in
+/// once unless something invalidated it; nothing invalidates it but NUMA balancing's hinting
+/// scans (PROTECTION_VMA; the guest has two nodes).
 fn perftest_serving_side(share: &Path) -> Result<String> {
     let mut seen = Vec::new();
     for (comm, size, out) in [
@@ -466,9 +467,15 @@ fn perftest_serving_side(share: &Path) -> Result<String> {
         let at = text.find("\n{\n").map_or(0, |i| i + 1);
         let summary: serde_json::Value = serde_json::from_str(&text[at..])
             .with_context(|| format!("the monitor's summary in {}", path.display()))?;
-        if summary["totals"]["invalidations"] != 0 {
-            bail!("invalidations while {comm} ran: {}", summary["totals"]);
+        let causes = &summary["totals"]["invalidations_by_cause"];
+        let invalidated = causes.as_object().is_some_and(|c| {
+            c.iter()
+                .any(|(cause, n)| cause != "PROTECTION_VMA" && n.as_u64() != Some(0))
+        });
+        if invalidated {
+            bail!("invalidations while {comm} ran: {causes}");
         }
+        let refaults_allowed = summary["totals"]["invalidations"] != 0;
         let pages = 2 * size / 4096;
         let mrs: Vec<&serde_json::Value> = summary["mrs"]
             .as_array()
@@ -476,7 +483,11 @@ fn perftest_serving_side(share: &Path) -> Result<String> {
             .flatten()
             .filter(|m| m["comm"] == comm)
             .collect();
-        if mrs.len() != 1 || mrs[0]["fault_pages"].as_u64() != Some(pages) {
+        let faulted = mrs
+            .first()
+            .and_then(|m| m["fault_pages"].as_u64())
+            .unwrap_or(0);
+        if mrs.len() != 1 || faulted < pages || (faulted > pages && !refaults_allowed) {
             bail!("{comm}: expected one MR with {pages} pages faulted in, got {mrs:?}");
         }
         seen.push(format!("{comm} 1 MR, {pages} pages faulted in"));

@@ -35,7 +35,7 @@ pub struct Args {
     /// With --peer: the serving host drops pieces of its MR with MADV_DONTNEED this many times
     /// a second while the WRITEs and SENDs land in it (a page it dropped may then read as
     /// zeros; every other byte must match).
-    #[arg(long, value_name = "RATE", requires = "peer")]
+    #[arg(long, value_name = "RATE", requires = "peer", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub remote_dontneed: Option<u64>,
     /// The piece each --remote-dontneed call drops.
     #[arg(long, default_value = "64K", value_parser = parse_size, requires = "remote_dontneed")]
@@ -88,6 +88,17 @@ struct Report {
 
 pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let traffic_wanted = args.traffic || args.peer.is_some();
+    // Before any device, route or peer is touched.
+    if traffic_wanted && args.message_size == 0 {
+        return Err(odp_core::Error::invalid("--message-size must be greater than zero").into());
+    }
+    if args.remote_dontneed.is_some() && args.remote_dontneed_length < odp_core::memory::page_size()
+    {
+        return Err(odp_core::Error::invalid(
+            "--remote-dontneed-length must be at least a page: the storm drops whole pages",
+        )
+        .into());
+    }
     if args.mr.implicit && (args.touch || traffic_wanted) {
         return Err(odp_core::Error::invalid(
             "--touch and --traffic need a buffer; an implicit MR has none",
