@@ -36,6 +36,16 @@ pub enum Error {
     )]
     CmLibraryMissing,
 
+    #[error(
+        "rdma_create_event_channel failed: {errno_name} ({errno}): no /dev/infiniband/rdma_cm: \
+         this kernel has no rdma_cm (load rdma_ucm and an RDMA driver), or run the two-guest VM \
+         (`cargo xtask vm run --hosts 2`)"
+    )]
+    CmUnavailable {
+        errno: i32,
+        errno_name: &'static str,
+    },
+
     #[error("peer {peer}: {what}")]
     Peer { peer: String, what: String },
 
@@ -130,21 +140,16 @@ impl Error {
 
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::LibraryMissing | Error::CmLibraryMissing | Error::NoDevices => {
-                ErrorKind::NoDevice
-            }
+            Error::LibraryMissing
+            | Error::CmLibraryMissing
+            | Error::CmUnavailable { .. }
+            | Error::NoDevices => ErrorKind::NoDevice,
             Error::Peer { .. } => ErrorKind::Peer,
             Error::OdpUnsupported { .. } | Error::ImplicitUnsupported { .. } => {
                 ErrorKind::Unsupported
             }
             Error::UnknownDevice { .. } | Error::InvalidArgument(_) => ErrorKind::InvalidInput,
             Error::Completion { .. } | Error::CompletionTimeout { .. } => ErrorKind::Completion,
-            Error::Os { op, errno, .. } if op.starts_with("rdma_create_event_channel") => {
-                match *errno {
-                    libc::ENODEV | libc::ENOENT => ErrorKind::NoDevice,
-                    _ => ErrorKind::System,
-                }
-            }
             Error::Os { errno, .. } => match *errno {
                 libc::EOPNOTSUPP | libc::ENOSYS => ErrorKind::Unsupported,
                 // ENOMEM: the memlock limit (or memory itself) refused it: a resource limit.
@@ -160,7 +165,7 @@ impl Error {
     /// The errno behind an OS error, for callers that match on it.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Os { errno, .. } => Some(*errno),
+            Error::Os { errno, .. } | Error::CmUnavailable { errno, .. } => Some(*errno),
             _ => None,
         }
     }
@@ -191,10 +196,6 @@ pub fn errno_name(errno: i32) -> &'static str {
 
 fn hint(op: &'static str, errno: i32) -> &'static str {
     match errno {
-        libc::ENODEV | libc::ENOENT if op.starts_with("rdma_create_event_channel") => {
-            "no /dev/infiniband/rdma_cm: this kernel has no rdma_cm (load rdma_ucm and an RDMA \
-             driver), or run the two-guest VM (`cargo xtask vm run --hosts 2`)"
-        }
         libc::EOPNOTSUPP | libc::ENOSYS if op.contains("advise") => {
             "the provider or kernel cannot prefetch: rxe needs kernel >= 6.17 and rdma-core >= 59"
         }

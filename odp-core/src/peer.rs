@@ -17,7 +17,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::memory::{Backing, Mapping};
-use crate::traffic::{fill_pattern, first_mismatch, Mismatch, OpResult, TrafficReport};
+use crate::traffic::{
+    explicit, fill_pattern, fill_pattern_prefix, first_mismatch, Mismatch, OpResult, TrafficReport,
+};
 use crate::verbs::{Access, MemoryRegion, Opcode, PeerRc, Remote};
 
 /// Bumped whenever a message changes shape or meaning; both sides must agree.
@@ -104,11 +106,7 @@ impl Offer {
                 "speaks peer protocol {version}, this side {PROTOCOL_VERSION}"
             )));
         }
-        let word = |at: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_le_bytes(w)
-        };
+        let word = |at| le_u64(bytes, at);
         let len = usize::try_from(word(24)).map_err(|_| bad("offers a region too large"))?;
         Ok(Offer {
             remote: Remote {
@@ -119,6 +117,13 @@ impl Offer {
             odp: bytes[6] != 0,
         })
     }
+}
+
+/// The little-endian word at `at` (the caller has checked the length).
+fn le_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
 }
 
 /// A control message's operation.
@@ -185,11 +190,7 @@ impl Message {
         if bytes.len() < MESSAGE || bytes[..4] != MAGIC {
             return None;
         }
-        let word = |at: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_le_bytes(w)
-        };
+        let word = |at| le_u64(bytes, at);
         Some(Message {
             op: Op::from_u32(u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]))?,
             a: word(8),
@@ -360,7 +361,7 @@ impl Storm {
 /// Serves one connection until the peer says goodbye or disconnects, or `stop` is set: the
 /// passive side of `verify_peer`, on `target` (the MR offered to the peer).
 pub fn serve(conn: &mut PeerRc, target: &MemoryRegion, stop: &AtomicBool) -> Result<Served> {
-    let mapping = mapping_of(target)?;
+    let mapping = explicit(target)?;
     let storm = Storm::new(target.len().div_ceil(crate::memory::page_size()));
     let mut storming = false;
     let served = std::thread::scope(|scope| {
@@ -438,7 +439,7 @@ fn serve_messages(
             }
             Op::Zero => {
                 storm.end_pass();
-                mapping_of(target)?.write(0, &vec![0u8; len(message.b)])?;
+                explicit(target)?.write(0, &vec![0u8; len(message.b)])?;
                 storm.start_pass();
                 ok()
             }
@@ -526,19 +527,6 @@ fn failed(why: u64) -> Message {
     }
 }
 
-fn mapping_of(mr: &MemoryRegion) -> Result<&Mapping> {
-    mr.mapping()
-        .map(|m| m.as_ref())
-        .ok_or_else(|| Error::invalid("peer traffic needs an explicit MR over a buffer"))
-}
-
-fn fill_pattern_prefix(mr: &MemoryRegion, seed: u64, len: usize) -> Result<()> {
-    let data: Vec<u8> = (0..len)
-        .map(|i| crate::traffic::pattern_byte(seed, i))
-        .collect();
-    mapping_of(mr)?.write(0, &data)
-}
-
 struct PageVerdict {
     mismatch: Option<Mismatch>,
     zeroed_pages: u64,
@@ -548,7 +536,7 @@ struct PageVerdict {
 /// may read as zeros (it was taken away after its data landed); anything else must match.
 fn verify_pages(mr: &MemoryRegion, seed: u64, len: usize, storm: &Storm) -> Result<PageVerdict> {
     let page = crate::memory::page_size();
-    let actual = mapping_of(mr)?.to_vec(0, len)?;
+    let actual = explicit(mr)?.to_vec(0, len)?;
     let mut verdict = PageVerdict {
         mismatch: None,
         zeroed_pages: 0,
@@ -671,7 +659,7 @@ pub fn verify_peer(
 
     // RDMA READ: the peer fills its region; it is checked here.
     ask(conn, Op::Fill, 2, len64, 0)?;
-    mapping_of(local)?.fill(0);
+    explicit(local)?.fill(0);
     let started = Instant::now();
     for &(off, n) in &chunks {
         let id = conn.post_rdma(Opcode::Read, local, off, offer.remote, off, n)?;

@@ -17,9 +17,13 @@ pub fn pattern_byte(seed: u64, offset: usize) -> u8 {
 }
 
 pub fn fill_pattern(mr: &MemoryRegion, seed: u64) -> Result<()> {
-    let mapping = explicit(mr)?;
-    let data: Vec<u8> = (0..mr.len()).map(|i| pattern_byte(seed, i)).collect();
-    mapping.write(0, &data)
+    fill_pattern_prefix(mr, seed, mr.len())
+}
+
+/// The pattern of `seed` over the MR's first `len` bytes.
+pub(crate) fn fill_pattern_prefix(mr: &MemoryRegion, seed: u64, len: usize) -> Result<()> {
+    let data: Vec<u8> = (0..len).map(|i| pattern_byte(seed, i)).collect();
+    explicit(mr)?.write(0, &data)
 }
 
 /// The first differing offset, if any, between an MR's bytes and the pattern.
@@ -47,7 +51,7 @@ pub fn first_mismatch(mr: &MemoryRegion, seed: u64) -> Result<Option<Mismatch>> 
     }))
 }
 
-fn explicit(mr: &MemoryRegion) -> Result<&crate::memory::Mapping> {
+pub(crate) fn explicit(mr: &MemoryRegion) -> Result<&crate::memory::Mapping> {
     mr.mapping()
         .map(|m| m.as_ref())
         .ok_or_else(|| Error::invalid("byte verification needs an explicit MR over a buffer"))

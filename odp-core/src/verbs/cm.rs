@@ -65,8 +65,15 @@ impl Channel {
             return Err(Error::CmLibraryMissing);
         }
         // SAFETY: no arguments; NULL is checked.
-        let ch = NonNull::new(unsafe { sys::rdma_create_event_channel() })
-            .ok_or_else(|| Error::last_os("rdma_create_event_channel"))?;
+        let ch = NonNull::new(unsafe { sys::rdma_create_event_channel() }).ok_or_else(|| {
+            match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
+                errno @ (libc::ENODEV | libc::ENOENT) => Error::CmUnavailable {
+                    errno,
+                    errno_name: crate::error::errno_name(errno),
+                },
+                errno => Error::os("rdma_create_event_channel", errno),
+            }
+        })?;
         let channel = Channel(ch);
         // Non-blocking, so every wait is bounded by poll and a stop flag.
         let fd = channel.fd();

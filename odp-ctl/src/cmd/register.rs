@@ -122,21 +122,21 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
                 ..PeerConfig::default()
             };
             let route = Route::resolve(address, &config)?;
-            Some((address, route))
+            let port = route.device()?;
+            Some((address, route, port))
         }
         None => None,
     };
     let mut mr_args = args.mr.clone();
-    if let Some((address, route)) = &route {
-        let (device, _) = route.device()?;
+    if let Some((address, _, (device, _))) = &route {
         match &args.mr.device {
-            Some(wanted) if *wanted != device => {
+            Some(wanted) if wanted != device => {
                 return Err(odp_core::Error::invalid(format!(
                     "the route to {address} leaves through {device}, not {wanted}"
                 ))
                 .into())
             }
-            _ => mr_args.device = Some(device),
+            _ => mr_args.device = Some(device.clone()),
         }
     }
     let setup = setup(&mr_args)?;
@@ -146,8 +146,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         }
     }
     let mut peer_report = None;
-    let traffic = if let Some((address, route)) = route {
-        let port = route.device()?;
+    let traffic = if let Some((address, route, port)) = route {
         let counters_before = port_counters(&port.0, port.1);
         let (mut conn, answer) = route.connect(
             &setup.pd,
