@@ -509,7 +509,8 @@ fn serving_side(path: &Path) -> Result<String> {
         .context("serve printed no probes summary")?;
     // Every MADV_DONTNEED a peer's storm made is an invalidation of the served MR by the
     // storm's thread (odp-storm): 2153 for 2153 calls, 2174 for 2174 with every peer test;
-    // one run showed 2224 for 2037 (not explained yet), so at least one each. THP is off in the serving guest: with it (the guest's default
+    // two runs showed more (2224 for 2037, 2274 for 2041; not explained yet), so at least
+    // one each. THP is off in the serving guest: with it (the guest's default
     // is "always"), the first cut into a huge page splits it, one more CLEAR (918 for 910 calls
     // on a 16 MiB MR's 8 huge pages; more once khugepaged puts them back together). Other
     // CLEARs come from the serving thread: a verification that read a dropped page mapped the
