@@ -41,7 +41,7 @@ enum odp_point {
 	 *                                  u64 access_mask, bool fault)
 	 * The fault. obj: umem_odp; [user_virt, user_virt + bcnt); ret: pages mapped or -errno;
 	 * flags: ODP_FLAG_PREFETCH inside an advise call or its work item
-	 * args: access, fault, -, - */
+	 * args: access, fault, responder_qp, responder_psn */
 	ODP_POINT_MAP_DMA = 5,
 	/* void ib_umem_odp_unmap_dma_pages(struct ib_umem_odp *umem_odp, u64 virt, u64 bound)
 	 * obj: umem_odp; [virt, bound)
@@ -86,7 +86,7 @@ enum odp_point {
 	ODP_POINT_RXE_MR_INIT = 21,
 	/* int rxe_odp_map_range_and_lock(struct rxe_mr *mr, u64 iova, int length, u32 flags)
 	 * rxe's device fault. obj: mr; [iova, iova + length)
-	 * args: flags, umem, -, - */
+	 * args: flags, umem, responder_qp, responder_psn */
 	ODP_POINT_RXE_MAP_RANGE = 22,
 	/* int rxe_ib_advise_mr(struct ib_pd *ibpd, enum ib_uverbs_advise_mr_advice advice,
 	 *                      u32 flags, struct ib_sge *sg_list, u32 num_sge, attrs)
@@ -100,8 +100,28 @@ enum odp_point {
 	/* int rxe_odp_mr_copy(struct rxe_mr *mr, u64 iova, void *addr, unsigned int length,
 	 *                     enum rxe_mr_copy_dir dir)
 	 * obj: mr; [iova, iova + length)
-	 * args: dir, umem, -, - */
+	 * args: dir, umem, responder_qp, responder_psn */
 	ODP_POINT_RXE_MR_COPY = 25,
+	/* int rxe_responder(struct rxe_qp *qp)
+	 * Never emitted: while it runs, the faults and copies its thread makes are answering a
+	 * peer's request, and carry responder_qp (qp's number, 0 outside) and responder_psn (the
+	 * PSN of the request or read response in hand).
+	 * args: -, -, -, - */
+	ODP_POINT_RXE_RESPONDER = 26,
+	/* int rxe_completer(struct rxe_qp *qp)
+	 * Emitted only for runs that moved the device's retry counters: a transport retry (the
+	 * ACK timer expired and requests from psn on go again), retry exhaustion, an RNR NAK
+	 * received, RNR retry exhaustion. obj: qp; psn: the first unacknowledged, next_psn: the
+	 * next to be sent, at entry; aux: those four counts, one per byte from the low one
+	 * (completer_retry_err, retry_exceeded_err, rcvd_rnr_err, retry_rnr_exceeded_err): exact
+	 * while one completer at a time moves them on the device
+	 * args: qp_num, dest_qp, psn, next_psn */
+	ODP_POINT_RXE_COMPLETER = 27,
+	/* int rxe_receiver(struct rxe_qp *qp)
+	 * The responder's task since requester and completer were merged (rxe_responder inlined
+	 * into it): as RXE_RESPONDER, never emitted
+	 * args: -, -, -, - */
+	ODP_POINT_RXE_RECEIVER = 28,
 
 	/* mlx5 */
 

@@ -52,6 +52,11 @@ pub enum Kind {
     VerbsRegister,
     /// Any other libibverbs call: it names the process behind an address space.
     VerbsCall,
+    /// The driver answering a peer's requests on one QP: never emitted, it tags the faults
+    /// and copies made inside it with the QP and the PSN being answered.
+    Responder,
+    /// The requester's transport gave up waiting: a retry, retry exhaustion, or an RNR NAK.
+    RequesterRetry,
 }
 
 impl Kind {
@@ -98,6 +103,8 @@ pub enum Obj {
     VerbsMr,
     /// The device list returned.
     DeviceList,
+    /// The driver's QP (struct rxe_qp).
+    Qp,
     /// Nothing.
     None,
 }
@@ -113,6 +120,9 @@ pub enum Aux {
     ErrorCode,
     /// mlx5_ib_page_fault_resume's `error` (1: the fault is left unresolved).
     ResumeError,
+    /// Transport retries, retry exhaustions, RNR NAKs received and RNR retry exhaustions, one
+    /// count per byte from the low one.
+    RetryCounts,
 }
 
 macro_rules! args {
@@ -164,6 +174,12 @@ args!(Arg {
     OdpUmem => "odp",
     Pd => "pd",
     Key => "key",
+    ResponderQp => "responder_qp",
+    ResponderPsn => "responder_psn",
+    QpNum => "qp_num",
+    DestQp => "dest_qp",
+    Psn => "psn",
+    NextPsn => "next_psn",
 });
 
 /// One `args` slot: named, or unused.
@@ -300,7 +316,8 @@ points! {
     }
     MapDma = 5 {
         name: "fault", group: IbCore, kind: Kind::Fault,
-        target: "ib_umem_odp_map_dma_and_lock", obj: Umem, args: [Access, FaultRequested, _, _],
+        target: "ib_umem_odp_map_dma_and_lock", obj: Umem,
+        args: [Access, FaultRequested, ResponderQp, ResponderPsn],
     }
     UnmapDma = 6 {
         name: "unmap", group: IbCore, kind: Kind::Unmap,
@@ -339,7 +356,8 @@ points! {
     }
     RxeMapRange = 22 {
         name: "rxe_map_range", group: Rxe, kind: Kind::DriverMap,
-        target: "rxe_odp_map_range_and_lock", obj: RxeMr, args: [MapFlags, Umem, _, _],
+        target: "rxe_odp_map_range_and_lock", obj: RxeMr,
+        args: [MapFlags, Umem, ResponderQp, ResponderPsn],
     }
     RxeAdvise = 23 {
         name: "rxe_advise", group: Rxe, kind: Kind::Advise,
@@ -351,7 +369,21 @@ points! {
     }
     RxeMrCopy = 25 {
         name: "rxe_mr_copy", group: Rxe, kind: Kind::DriverCopy,
-        target: "rxe_odp_mr_copy", obj: RxeMr, args: [CopyDirection, Umem, _, _],
+        target: "rxe_odp_mr_copy", obj: RxeMr,
+        args: [CopyDirection, Umem, ResponderQp, ResponderPsn],
+    }
+    RxeResponder = 26 {
+        name: "rxe_responder", group: Rxe, kind: Kind::Responder,
+        target: "rxe_responder", obj: Qp, args: [_, _, _, _],
+    }
+    RxeCompleter = 27 {
+        name: "rxe_completer", group: Rxe, kind: Kind::RequesterRetry,
+        target: "rxe_completer", obj: Qp, args: [QpNum, DestQp, Psn, NextPsn],
+        aux: RetryCounts,
+    }
+    RxeReceiver = 28 {
+        name: "rxe_receiver", group: Rxe, kind: Kind::Responder,
+        target: "rxe_receiver", obj: Qp, args: [_, _, _, _],
     }
     Mlx5Invalidate = 30 {
         name: "mlx5_invalidate", group: Mlx5, kind: Kind::DriverInvalidate,

@@ -10,6 +10,7 @@ pub mod driver_counters;
 pub mod error;
 pub mod memory;
 pub mod peer;
+pub mod remote;
 pub mod stress;
 pub mod testing;
 pub mod trace;

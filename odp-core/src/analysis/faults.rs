@@ -1,7 +1,7 @@
 //! Device faults: the calls made inside one (sequence reads, HMM walks), its retries, collision
 //! waits, timeouts and races, and prefetches, which take the same path but are not faults.
 
-use bpf_common::{mmu_event_name, OdpEvent};
+use bpf_common::{mmu_event_name, Arg, OdpEvent};
 
 use super::activity::{Activity, FaultActivity};
 use super::invalidations::{overlaps, InvSpan};
@@ -77,6 +77,7 @@ impl Engine {
         let faulted_anyway = self.note_pages(mr, lo, hi, prefetch, failed);
         let duration = e.duration_ns;
         let retries = attempts.retries;
+        let for_peer = e.arg(Arg::ResponderQp).is_some_and(|qp| qp != 0);
         self.account(mr, |s| {
             let c = &mut s.counts;
             if prefetch {
@@ -85,6 +86,7 @@ impl Engine {
                 }
             } else {
                 c.faults += 1;
+                c.peer_faults += u64::from(for_peer);
                 c.fault_pages += pages;
                 c.fault_errors += u64::from(failed);
                 c.prefetched_then_faulted_pages += faulted_anyway;

@@ -357,8 +357,21 @@ impl Engine {
                     p.stats.counts.cpu_faults += 1;
                 }
             }
-            // Timed by their own events only; the fault they serve carries the verdict.
-            Kind::Unmap | Kind::DriverRegister | Kind::DriverFault | Kind::DriverCopy => {}
+            Kind::RequesterRetry => {
+                if let Some(r) = crate::remote::RequesterRetry::from_event(e) {
+                    let c = &mut self.total.counts;
+                    c.transport_retries += u64::from(r.retries);
+                    c.retry_exceeded += u64::from(r.exceeded) + u64::from(r.rnr_exceeded);
+                    c.rnr_naks += u64::from(r.rnr_naks);
+                }
+            }
+            // Timed by their own events only; the fault they serve carries the verdict. The
+            // responder is never emitted: its QP and PSN are on the faults inside it.
+            Kind::Unmap
+            | Kind::DriverRegister
+            | Kind::DriverFault
+            | Kind::DriverCopy
+            | Kind::Responder => {}
         }
         if end_ts >= self.last_sweep_ns.saturating_add(SWEEP_EVERY_NS) {
             self.last_sweep_ns = end_ts;

@@ -49,6 +49,15 @@ pub struct Counts {
     pub slow: u64,
     /// CPU page faults in the watched processes.
     pub cpu_faults: u64,
+    /// Of the device faults, those taken answering a peer's request (rxe's responder).
+    pub peer_faults: u64,
+    /// Requester QPs' transport retries: the ACK timer expired with packets outstanding
+    /// (totals only: they belong to a QP, not an MR).
+    pub transport_retries: u64,
+    /// Requests failed with "transport retry counter exceeded".
+    pub retry_exceeded: u64,
+    /// RNR NAKs requester QPs received.
+    pub rnr_naks: u64,
 }
 
 impl Counts {
@@ -100,6 +109,10 @@ impl Counts {
             unresolved: f(self.unresolved, other.unresolved),
             slow: f(self.slow, other.slow),
             cpu_faults: f(self.cpu_faults, other.cpu_faults),
+            peer_faults: f(self.peer_faults, other.peer_faults),
+            transport_retries: f(self.transport_retries, other.transport_retries),
+            retry_exceeded: f(self.retry_exceeded, other.retry_exceeded),
+            rnr_naks: f(self.rnr_naks, other.rnr_naks),
         }
     }
 

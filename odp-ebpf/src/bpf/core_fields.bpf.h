@@ -39,6 +39,57 @@ struct rxe_mr___odp {
 	struct ib_umem___odp *umem;
 } __attribute__((preserve_access_index));
 
+/* ib_core's struct ib_qp and its attributes, and rxe's QP around them (module BTF). The
+ * requester, completer and responder state rxe keeps per QP: PSNs of the send window and of
+ * the request being answered, and the read response in progress. */
+struct ib_qp___odp {
+	struct ib_device___odp *device;
+	u32 qp_num;
+} __attribute__((preserve_access_index));
+
+struct ib_qp_attr___odp {
+	u32 dest_qp_num;
+} __attribute__((preserve_access_index));
+
+struct rxe_req_info___odp {
+	u32 psn;
+} __attribute__((preserve_access_index));
+
+struct rxe_comp_info___odp {
+	u32 psn;
+} __attribute__((preserve_access_index));
+
+struct resp_res___odp {
+	u32 cur_psn;
+} __attribute__((preserve_access_index));
+
+struct rxe_resp_info___odp {
+	u32 psn;
+	struct resp_res___odp *res;
+} __attribute__((preserve_access_index));
+
+struct rxe_qp___odp {
+	struct ib_qp___odp ibqp;
+	struct ib_qp_attr___odp attr;
+	struct rxe_req_info___odp req;
+	struct rxe_comp_info___odp comp;
+	struct rxe_resp_info___odp resp;
+} __attribute__((preserve_access_index));
+
+/* The device's hardware counters, as `rdma statistic` reads them. */
+struct rxe_dev___odp {
+	struct ib_device___odp ib_dev;
+	atomic64_t stats_counters[1];
+} __attribute__((preserve_access_index));
+
+/* Matched by name: the numbering moved when ack_deferred was dropped. */
+enum rxe_counters___odp {
+	RXE_CNT_RCV_RNR,
+	RXE_CNT_RETRY_EXCEEDED,
+	RXE_CNT_RNR_RETRY_EXCEEDED,
+	RXE_CNT_COMP_RETRY,
+};
+
 /*
  * Fields of structs that live in modules (ib_core, rxe) and in HMM are read only through these
  * accessors, each guarded with bpf_core_field_exists: on a kernel where a field is gone or
@@ -113,6 +164,88 @@ static __always_inline __u64 notifier_mm(__u64 sub)
 
 	return sub ? (__u64)BPF_CORE_READ(n, mm) : 0;
 }
+
+static __always_inline __u32 qp_num(__u64 qp)
+{
+	struct rxe_qp___odp *q = (void *)qp;
+
+	if (!qp || !bpf_core_field_exists(q->ibqp.qp_num))
+		return 0;
+	return BPF_CORE_READ(q, ibqp.qp_num);
+}
+
+static __always_inline __u32 qp_dest_num(__u64 qp)
+{
+	struct rxe_qp___odp *q = (void *)qp;
+
+	if (!qp || !bpf_core_field_exists(q->attr.dest_qp_num))
+		return 0;
+	return BPF_CORE_READ(q, attr.dest_qp_num);
+}
+
+static __always_inline __u64 qp_device(__u64 qp)
+{
+	struct rxe_qp___odp *q = (void *)qp;
+
+	if (!qp || !bpf_core_field_exists(q->ibqp.device))
+		return 0;
+	return (__u64)BPF_CORE_READ(q, ibqp.device);
+}
+
+/* The first PSN the requester has sent and not seen acknowledged. */
+static __always_inline __u32 qp_unacked_psn(__u64 qp)
+{
+	struct rxe_qp___odp *q = (void *)qp;
+
+	if (!qp || !bpf_core_field_exists(q->comp.psn))
+		return 0;
+	return BPF_CORE_READ(q, comp.psn);
+}
+
+/* The PSN the requester sends next. */
+static __always_inline __u32 qp_next_psn(__u64 qp)
+{
+	struct rxe_qp___odp *q = (void *)qp;
+
+	if (!qp || !bpf_core_field_exists(q->req.psn))
+		return 0;
+	return BPF_CORE_READ(q, req.psn);
+}
+
+/* The PSN of the packet the responder is handling: the read response it is building, else the
+ * request it expects (a WRITE or SEND packet is executed before the PSN moves on). */
+static __always_inline __u32 qp_responder_psn(__u64 qp)
+{
+	struct rxe_qp___odp *q = (void *)qp;
+	struct resp_res___odp *res;
+
+	if (!qp || !bpf_core_field_exists(q->resp.psn))
+		return 0;
+	if (bpf_core_field_exists(q->resp.res) && bpf_core_field_exists(res->cur_psn)) {
+		res = BPF_CORE_READ(q, resp.res);
+		if (res)
+			return BPF_CORE_READ(res, cur_psn);
+	}
+	return BPF_CORE_READ(q, resp.psn);
+}
+
+/* One of rxe's device counters for the QP's device (0 where the kernel has no such counter). */
+#define RXE_COUNTER(qp, name)                                                               \
+	({                                                                                  \
+		__u64 value_ = 0;                                                           \
+		__u64 dev_ = qp_device(qp);                                                 \
+		if (dev_ && bpf_core_enum_value_exists(enum rxe_counters___odp, name) &&     \
+		    bpf_core_field_exists(struct rxe_dev___odp, stats_counters))             \
+			bpf_probe_read_kernel(                                              \
+				&value_, sizeof(value_),                                    \
+				(void *)dev_ -                                              \
+					bpf_core_field_offset(struct rxe_dev___odp, ib_dev) + \
+					bpf_core_field_offset(struct rxe_dev___odp,          \
+							      stats_counters) +              \
+					8 * bpf_core_enum_value(enum rxe_counters___odp,     \
+								name));                      \
+		value_;                                                                     \
+	})
 
 /* Copies the first 16 bytes of an ib_device's name (room enough for rxe0, mlx5_12...). */
 static __always_inline void device_name(__u64 dev, char out[16])

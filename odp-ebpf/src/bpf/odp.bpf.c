@@ -208,9 +208,25 @@ static __always_inline __u64 point_device(__u32 point, const __u64 *a)
 	case ODP_POINT_RXE_MAP_RANGE:
 	case ODP_POINT_RXE_MR_COPY:
 		return umem_device(rxe_mr_umem(a[0]));
+	case ODP_POINT_RXE_RESPONDER:
+	case ODP_POINT_RXE_RECEIVER:
+	case ODP_POINT_RXE_COMPLETER:
+		return qp_device(a[0]);
 	default:
 		return 0;
 	}
+}
+
+/* Points on a QP's transport, which rxe runs in its worker for whoever owns the QP: the task
+ * filter cannot tell, readers match them to QPs by number. */
+static __always_inline bool responder_point(__u32 point)
+{
+	return point == ODP_POINT_RXE_RESPONDER || point == ODP_POINT_RXE_RECEIVER;
+}
+
+static __always_inline bool qp_point(__u32 point)
+{
+	return responder_point(point) || point == ODP_POINT_RXE_COMPLETER;
 }
 
 
@@ -245,6 +261,8 @@ static __always_inline bool wanted(__u32 point, const __u64 *a)
 
 	if (!device_selected(point, a))
 		return false;
+	if (qp_point(point))
+		return true;
 	mm = point_mm(point, a);
 	if (filtering() && selected)
 		watch_mm(current_mm());
@@ -366,6 +384,22 @@ static __always_inline bool in_prefetch(void)
 	return false;
 }
 
+/* Inside rxe's responder, the QP answered and the PSN in hand, into two argument slots. */
+static __always_inline void responder_context(struct odp_event *e, int slot)
+{
+	__u64 key = inflight_key(ODP_POINT_RXE_RESPONDER);
+	struct inflight *responder = bpf_map_lookup_elem(&inflight, &key);
+
+	if (!responder) {
+		key = inflight_key(ODP_POINT_RXE_RECEIVER);
+		responder = bpf_map_lookup_elem(&inflight, &key);
+	}
+	if (!responder || slot < 0 || slot > 2)
+		return;
+	e->args[slot] = qp_num(responder->args[0]);
+	e->args[slot + 1] = qp_responder_psn(responder->args[0]);
+}
+
 /*
  * Decoding each point's saved arguments (a[], as at entry) and its return value into the event,
  * one function per point under the kernel signature it reads (the header documents the same
@@ -453,6 +487,7 @@ static __always_inline void fill_map_dma(struct odp_event *e, const __u64 *a, __
 	e->args[1] = fault;
 	if (in_prefetch())
 		e->flags |= ODP_FLAG_PREFETCH;
+	responder_context(e, 2);
 }
 
 /* void ib_umem_odp_unmap_dma_pages(struct ib_umem_odp *umem_odp, u64 virt, u64 bound) */
@@ -536,6 +571,39 @@ static __always_inline void fill_rxe_mr_access(struct odp_event *e, __u32 point,
 	e->args[1] = umem;
 	e->start = iova;
 	e->end = iova + length;
+	responder_context(e, 2);
+}
+
+/* int rxe_completer(struct rxe_qp *qp): the send window's end and the device's retry counters
+ * were saved at entry (save_completer_state); a run that moved none is not reported. */
+static __always_inline __u32 completer_outcome(const __u64 *a)
+{
+	__u64 qp = a[0];
+	__u64 moved[4] = {
+		RXE_COUNTER(qp, RXE_CNT_COMP_RETRY) - a[2],
+		RXE_COUNTER(qp, RXE_CNT_RETRY_EXCEEDED) - a[3],
+		RXE_COUNTER(qp, RXE_CNT_RCV_RNR) - a[4],
+		RXE_COUNTER(qp, RXE_CNT_RNR_RETRY_EXCEEDED) - a[5],
+	};
+	__u32 outcome = 0;
+
+	for (int i = 0; i < 4; i++)
+		outcome |= (moved[i] > 0xff ? 0xff : (__u32)moved[i]) << (8 * i);
+	return outcome;
+}
+
+static __always_inline void fill_rxe_completer(struct odp_event *e, const __u64 *a, __u64 ret,
+					       __u32 outcome)
+{
+	__u64 qp = a[0], next_psn = a[1];
+
+	keep_ret(e, (__s32)ret);
+	e->obj = qp;
+	e->aux = outcome;
+	e->args[0] = qp_num(qp);
+	e->args[1] = qp_dest_num(qp);
+	e->args[2] = qp_unacked_psn(qp);
+	e->args[3] = next_psn;
 }
 
 /* int rxe_ib_advise_mr(struct ib_pd *ibpd, enum ib_uverbs_advise_mr_advice advice, u32 flags,
@@ -671,10 +739,15 @@ static __always_inline int leave(__u32 point, __u64 ret, __u8 method)
 	__u64 key = inflight_key(point);
 	struct inflight *v = bpf_map_lookup_elem(&inflight, &key);
 	struct odp_event *e;
+	__u32 outcome = 0;
 
 	if (!v)
 		return 0;
 	count(point);
+	if (point == ODP_POINT_RXE_COMPLETER)
+		outcome = completer_outcome(v->args);
+	if (responder_point(point) || (point == ODP_POINT_RXE_COMPLETER && !outcome))
+		goto out;
 	if (emit_events) {
 		e = reserve();
 		if (e) {
@@ -682,10 +755,14 @@ static __always_inline int leave(__u32 point, __u64 ret, __u8 method)
 			header(e, point, method);
 			e->ts_ns = v->ts;
 			e->duration_ns = bpf_ktime_get_ns() - v->ts;
-			fill(e, point, v->args, ret);
+			if (point == ODP_POINT_RXE_COMPLETER)
+				fill_rxe_completer(e, v->args, ret, outcome);
+			else
+				fill(e, point, v->args, ret);
 			submit_selected(e);
 		}
 	}
+out:
 	bpf_map_delete_elem(&inflight, &key);
 	return 0;
 }
@@ -698,14 +775,33 @@ static __always_inline void save_release_state(__u64 *a)
 	a[5] = umem_mm(a[0]);
 }
 
+/* rxe_completer: the next PSN to send and the retry counters before the run. */
+static __always_inline void save_completer_state(__u64 *a)
+{
+	__u64 qp = a[0];
+
+	a[1] = qp_next_psn(qp);
+	a[2] = RXE_COUNTER(qp, RXE_CNT_COMP_RETRY);
+	a[3] = RXE_COUNTER(qp, RXE_CNT_RETRY_EXCEEDED);
+	a[4] = RXE_COUNTER(qp, RXE_CNT_RCV_RNR);
+	a[5] = RXE_COUNTER(qp, RXE_CNT_RNR_RETRY_EXCEEDED);
+}
+
+static __always_inline void save_entry_state(__u32 point, __u64 *a)
+{
+	if (point == ODP_POINT_UMEM_RELEASE)
+		save_release_state(a);
+	else if (point == ODP_POINT_RXE_COMPLETER)
+		save_completer_state(a);
+}
+
 static __always_inline int fentry_enter(void *ctx, __u32 point)
 {
 	__u64 a[6] = {};
 
 	for (int i = 0; i < 6; i++)
 		bpf_get_func_arg(ctx, i, &a[i]);
-	if (point == ODP_POINT_UMEM_RELEASE)
-		save_release_state(a);
+	save_entry_state(point, a);
 	return enter(point, a);
 }
 
@@ -724,8 +820,7 @@ static __always_inline int kprobe_enter(struct pt_regs *ctx, __u32 point)
 		PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx),
 	};
 
-	if (point == ODP_POINT_UMEM_RELEASE)
-		save_release_state(a);
+	save_entry_state(point, a);
 	return enter(point, a);
 }
 
@@ -763,6 +858,9 @@ FUNC_POINT(rxe_odp_map_range_and_lock, ODP_POINT_RXE_MAP_RANGE)
 FUNC_POINT(rxe_ib_advise_mr, ODP_POINT_RXE_ADVISE)
 FUNC_POINT(rxe_ib_prefetch_mr_work, ODP_POINT_RXE_PREFETCH_WORK)
 FUNC_POINT(rxe_odp_mr_copy, ODP_POINT_RXE_MR_COPY)
+FUNC_POINT(rxe_responder, ODP_POINT_RXE_RESPONDER)
+FUNC_POINT(rxe_completer, ODP_POINT_RXE_COMPLETER)
+FUNC_POINT(rxe_receiver, ODP_POINT_RXE_RECEIVER)
 FUNC_POINT(mlx5_ib_invalidate_range, ODP_POINT_MLX5_INVALIDATE)
 FUNC_POINT(pagefault_mr, ODP_POINT_MLX5_PAGEFAULT_MR)
 FUNC_POINT(pagefault_real_mr, ODP_POINT_MLX5_PAGEFAULT_REAL)
