@@ -20,10 +20,11 @@ use crate::memory::{Backing, Mapping};
 use crate::traffic::{
     explicit, fill_pattern, fill_pattern_prefix, first_mismatch, Mismatch, OpResult, TrafficReport,
 };
+use crate::remote::{Delay, RequesterRetry, ResponderFault, RetryReport};
 use crate::verbs::{Access, MemoryRegion, Opcode, PeerRc, Remote};
 
 /// Bumped whenever a message changes shape or meaning; both sides must agree.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 const MAGIC: [u8; 4] = *b"ODPP";
 /// The port `serve` listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 10089;
@@ -142,6 +143,9 @@ enum Op {
     /// Drop `b`-byte pieces of the region with MADV_DONTNEED `a` times a second while WRITEs
     /// and SENDs land in it (from the next zeroing to the verification that ends the pass).
     Storm = 6,
+    /// Which of the serving side's faults on its QP `a` held up the window of PSNs `[b, c)`:
+    /// the cause of a retry the asking side's requester made (needs `serve --probes`).
+    Cause = 7,
     Reply = 16,
     Failed = 17,
 }
@@ -155,6 +159,7 @@ impl Op {
             4 => Op::ExpectSends,
             5 => Op::Bye,
             6 => Op::Storm,
+            7 => Op::Cause,
             16 => Op::Reply,
             17 => Op::Failed,
             _ => return None,
@@ -231,6 +236,28 @@ impl ControlBuffer {
         conn.wait(id)?;
         Ok(())
     }
+
+    /// Sends `message` and returns the peer's answer, whatever it is.
+    fn exchange(&self, conn: &mut PeerRc, message: Message) -> Result<Message> {
+        let reply = self.post_recv(conn)?;
+        self.send(conn, message)?;
+        conn.wait(reply)?;
+        self.received()?.ok_or_else(|| Error::Peer {
+            peer: conn.peer().to_string(),
+            what: "answered with something that is not a control message".into(),
+        })
+    }
+
+    /// Has the peer carry out `op`: its Reply, or an error naming what it could not do.
+    fn ask(&self, conn: &mut PeerRc, op: Op, a: u64, b: u64, c: u64) -> Result<Message> {
+        let answer = self.exchange(conn, Message { op, a, b, c, d: 0 })?;
+        (answer.op == Op::Reply)
+            .then_some(answer)
+            .ok_or_else(|| Error::Peer {
+                peer: conn.peer().to_string(),
+                what: format!("could not carry out {op:?}"),
+            })
+    }
 }
 
 /// What the passive side did for one connection.
@@ -249,11 +276,16 @@ pub struct Served {
     pub zeroed_pages: u64,
     /// Whether the peer said goodbye (else it disconnected or the run stopped).
     pub clean_end: bool,
+    /// The peer's retries it asked the cause of.
+    pub causes_asked: u64,
     /// What this side's port counters gained over the connection, by the driver's names (set by
     /// the caller, which reads them).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub port_counters: std::collections::BTreeMap<String, u64>,
 }
+
+/// A Failed reply's reason: the serving side runs without probes, it cannot name causes.
+const NO_PROBES: u64 = 7;
 
 /// The storm's thread name: the task name its invalidations carry.
 pub const STORM_THREAD: &str = "odp-storm";
@@ -360,12 +392,21 @@ impl Storm {
 
 /// Serves one connection until the peer says goodbye or disconnects, or `stop` is set: the
 /// passive side of `verify_peer`, on `target` (the MR offered to the peer).
-pub fn serve(conn: &mut PeerRc, target: &MemoryRegion, stop: &AtomicBool) -> Result<Served> {
+/// What the serving side's probes can say about a peer's retry: the fault behind it, or None;
+/// Err when it runs without probes.
+pub type Explain<'a> = &'a dyn Fn(&RequesterRetry) -> std::result::Result<Option<ResponderFault>, ()>;
+
+pub fn serve(
+    conn: &mut PeerRc,
+    target: &MemoryRegion,
+    stop: &AtomicBool,
+    explain: Explain<'_>,
+) -> Result<Served> {
     let mapping = explicit(target)?;
     let storm = Storm::new(target.len().div_ceil(crate::memory::page_size()));
     let mut storming = false;
     let served = std::thread::scope(|scope| {
-        let result = serve_messages(conn, target, stop, &storm, |rate, len| {
+        let result = serve_messages(conn, target, stop, &storm, explain, |rate, len| {
             if !storming {
                 storming = true;
                 let storm = &storm;
@@ -400,6 +441,7 @@ fn serve_messages(
     target: &MemoryRegion,
     stop: &AtomicBool,
     storm: &Storm,
+    explain: Explain<'_>,
     mut start_storm: impl FnMut(u64, usize),
 ) -> Result<Served> {
     let control = ControlBuffer::new(conn)?;
@@ -446,6 +488,31 @@ fn serve_messages(
             Op::Storm => {
                 start_storm(message.a, len(message.b));
                 ok()
+            }
+            Op::Cause => {
+                let retry = RequesterRetry {
+                    qp: 0,
+                    dest_qp: message.a as u32,
+                    psn: message.b as u32,
+                    next_psn: message.c as u32,
+                    retries: 0,
+                    exceeded: 0,
+                    rnr_naks: 0,
+                    rnr_exceeded: 0,
+                };
+                served.causes_asked += 1;
+                match explain(&retry) {
+                    Err(()) => failed(NO_PROBES),
+                    Ok(None) => ok(),
+                    Ok(Some(f)) => Message {
+                        op: Op::Reply,
+                        a: 1 | u64::from(f.delay == Delay::InvalidationWait) << 1
+                            | u64::from(f.ret as i32 as u32) << 32,
+                        b: f.start,
+                        c: f.len.min(u64::from(u32::MAX)) | u64::from(f.psn) << 32,
+                        d: f.duration_ns,
+                    },
+                }
             }
             Op::ExpectSends => {
                 let size = len(message.b).max(1);
@@ -607,16 +674,7 @@ pub fn verify_peer(
         .map(|off| (off, message_size.min(len - off)))
         .collect();
     let mut ops = Vec::new();
-    let ask = |conn: &mut PeerRc, op: Op, a: u64, b: u64, c: u64| -> Result<Message> {
-        let reply = control.post_recv(conn)?;
-        control.send(conn, Message { op, a, b, c, d: 0 })?;
-        conn.wait(reply)?;
-        let answer = control.received()?.filter(|m| m.op == Op::Reply);
-        answer.ok_or_else(|| Error::Peer {
-            peer: conn.peer().to_string(),
-            what: format!("could not carry out {op:?}"),
-        })
-    };
+    let ask = |conn: &mut PeerRc, op: Op, a: u64, b: u64, c: u64| control.ask(conn, op, a, b, c);
     let remote_mismatch = |m: Message| -> Option<Mismatch> {
         (m.a > 0).then_some(Mismatch {
             offset: m.b as usize,
@@ -710,8 +768,75 @@ pub fn verify_peer(
         )
     });
 
-    ask(conn, Op::Bye, 0, 0, 0)?;
     Ok(TrafficReport { message_size, ops })
+}
+
+/// Ends a session: with `retries` (this side's requester retries on the connection), first
+/// asks the serving side which of its faults caused each; then says goodbye. The serving side
+/// needs its probes for the first part: without, the answer is Err with the reason.
+pub fn end_session(
+    conn: &mut PeerRc,
+    retries: Option<&[RequesterRetry]>,
+) -> Result<Option<std::result::Result<RetryReport, String>>> {
+    let control = ControlBuffer::new(conn)?;
+    let report = match retries {
+        None => None,
+        Some(retries) => Some(ask_causes(&control, conn, retries)?),
+    };
+    control.ask(conn, Op::Bye, 0, 0, 0)?;
+    Ok(report)
+}
+
+fn ask_causes(
+    control: &ControlBuffer,
+    conn: &mut PeerRc,
+    retries: &[RequesterRetry],
+) -> Result<std::result::Result<RetryReport, String>> {
+    let mut without_probes = false;
+    let report = RetryReport::build(retries, |r| {
+        if without_probes {
+            return Ok(None);
+        }
+        let message = Message {
+            op: Op::Cause,
+            a: u64::from(r.dest_qp),
+            b: u64::from(r.psn),
+            c: u64::from(r.next_psn),
+            d: 0,
+        };
+        let answer = control.exchange(conn, message)?;
+        match answer.op {
+            Op::Failed if answer.a == NO_PROBES => {
+                without_probes = true;
+                Ok(None)
+            }
+            Op::Reply if answer.a & 1 == 1 => Ok(Some(ResponderFault {
+                delay: if answer.a & 2 == 0 {
+                    Delay::Fault
+                } else {
+                    Delay::InvalidationWait
+                },
+                qp: r.dest_qp,
+                psn: (answer.c >> 32) as u32,
+                start: answer.b,
+                len: answer.c & u64::from(u32::MAX),
+                duration_ns: answer.d,
+                ret: i64::from((answer.a >> 32) as u32 as i32),
+            })),
+            Op::Reply => Ok(None),
+            _ => Err(Error::Peer {
+                peer: conn.peer().to_string(),
+                what: "could not say what caused a retry".into(),
+            }),
+        }
+    })?;
+    if without_probes {
+        return Ok(Err(format!(
+            "{} runs without --probes: it cannot name the faults behind this side's retries",
+            conn.peer()
+        )));
+    }
+    Ok(Ok(report))
 }
 
 fn op_result(
@@ -759,12 +884,18 @@ mod tests {
         newer[4] = 9;
         let err = Offer::decode(&newer, "p").expect_err("another version");
         assert!(err.to_string().contains("protocol 9"), "{err}");
-        assert_eq!(
-            Hello::check(&Hello { version: 1 }.encode()),
-            Ok(Hello { version: 1 })
+        let ours = Hello {
+            version: PROTOCOL_VERSION,
+        };
+        assert_eq!(Hello::check(&ours.encode()), Ok(ours));
+        let older = Hello {
+            version: PROTOCOL_VERSION - 1,
+        };
+        let refused = Hello::check(&older.encode()).expect_err("an older side");
+        assert!(
+            refused.contains(&format!("protocol {}", PROTOCOL_VERSION - 1)),
+            "{refused}"
         );
-        let refused = Hello::check(&Hello { version: 2 }.encode()).expect_err("v2");
-        assert!(refused.contains("protocol 2"), "{refused}");
         assert!(Hello::check(b"hello").is_err());
         assert_eq!(
             parse_address("10.20.0.1").expect("bare").to_string(),

@@ -7,8 +7,13 @@
 //! A fault on the peer QP at a PSN inside that window happened while the requester waited for
 //! that packet's ACK (the responder answers a packet only after its fault is over), so it is a
 //! cause of the wait; of several, the one at the lowest PSN held up every later packet, and it
-//! is the one named. A retry with no such fault waited for something else (a lost packet, a
-//! slow responder without faults) and is reported as not caused by ODP.
+//! is the one named. Without a fault, a copy into the MR at such a PSN that stalled while an
+//! invalidation of the same MR ran (the responder's own clock says so: the driver's copy waits
+//! for the invalidation to let go of the MR) is the cause. A retry with neither waited for
+//! something else (a lost packet, a descheduled responder) and is reported as not caused by
+//! ODP.
+
+use std::collections::VecDeque;
 
 use bpf_common::{Arg, Kind, OdpEvent};
 use serde::Serialize;
@@ -22,9 +27,23 @@ pub fn psn_in_window(psn: u32, lo: u32, hi: u32) -> bool {
     (psn.wrapping_sub(lo) & PSN_MASK) < width
 }
 
-/// A device fault the responder took while answering a peer's request.
+/// What held the responder up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delay {
+    /// A device fault.
+    Fault,
+    /// A copy into the MR that stalled behind an invalidation of it.
+    InvalidationWait,
+}
+
+/// A copy this slow (rxe's copy of one packet takes microseconds) is a stall.
+pub const STALL_NS: u64 = 1_000_000;
+
+/// A device fault the responder took while answering a peer's request, or a stalled copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ResponderFault {
+    pub delay: Delay,
     /// The responder's QP number.
     pub qp: u32,
     /// The PSN of the request (or read response) the fault served.
@@ -37,16 +56,19 @@ pub struct ResponderFault {
 }
 
 impl ResponderFault {
-    /// A fault event taken inside the responder (the probes tag those with their QP).
+    /// A fault, or a stalled copy, inside the responder (the probes tag those with their QP).
     pub fn from_event(e: &OdpEvent) -> Option<ResponderFault> {
-        if e.point()?.kind() != Kind::Fault {
-            return None;
-        }
+        let delay = match e.point()?.kind() {
+            Kind::Fault => Delay::Fault,
+            Kind::DriverCopy if e.duration_ns >= STALL_NS => Delay::InvalidationWait,
+            _ => return None,
+        };
         let qp = u32::try_from(e.arg(Arg::ResponderQp)?).ok()?;
         if qp == 0 {
             return None;
         }
         Some(ResponderFault {
+            delay,
             qp,
             psn: e.arg(Arg::ResponderPsn)? as u32 & PSN_MASK,
             start: e.start,
@@ -96,20 +118,24 @@ impl RequesterRetry {
     }
 }
 
-/// The fault, among the responder's in the order it took them, that held up a retry's window:
-/// on the peer QP, at the lowest PSN from the window's start; the first such at that PSN.
+/// The delay, among the responder's in the order it took them, that held up a retry's window:
+/// on the peer QP, a fault before a stall, at the lowest PSN from the window's start; the first
+/// such at that PSN.
 pub fn cause<'a>(
     retry: &RequesterRetry,
-    faults: impl IntoIterator<Item = &'a ResponderFault>,
+    delays: impl IntoIterator<Item = &'a ResponderFault>,
 ) -> Option<&'a ResponderFault> {
-    let mut best: Option<(u32, &ResponderFault)> = None;
-    for fault in faults {
-        if fault.qp != retry.dest_qp || !psn_in_window(fault.psn, retry.psn, retry.next_psn) {
+    let mut best: Option<((bool, u32), &ResponderFault)> = None;
+    for delay in delays {
+        if delay.qp != retry.dest_qp || !psn_in_window(delay.psn, retry.psn, retry.next_psn) {
             continue;
         }
-        let offset = fault.psn.wrapping_sub(retry.psn) & PSN_MASK;
-        if best.is_none_or(|(b, _)| offset < b) {
-            best = Some((offset, fault));
+        let rank = (
+            delay.delay != Delay::Fault,
+            delay.psn.wrapping_sub(retry.psn) & PSN_MASK,
+        );
+        if best.is_none_or(|(b, _)| rank < b) {
+            best = Some((rank, delay));
         }
     }
     best.map(|(_, f)| f)
@@ -172,22 +198,159 @@ impl RetryReport {
     }
 }
 
+/// Responder faults and requester retries seen on this host, per QP number, bounded: the
+/// newest QPs and, in each, the newest entries.
+#[derive(Debug, Default)]
+pub struct Evidence {
+    faults: VecDeque<(u32, VecDeque<ResponderFault>)>,
+    /// Stalled copies with their umem and [start, end) on this host's clock, until an
+    /// invalidation of the umem is found to overlap them.
+    stalls: VecDeque<(Stall, ResponderFault)>,
+    /// Recent invalidations: umem and [start, end).
+    invalidations: VecDeque<Stall>,
+    retries: VecDeque<(u32, VecDeque<RequesterRetry>)>,
+}
+
+/// A umem busy over [from, to) on this host's clock.
+#[derive(Debug, Clone, Copy)]
+struct Stall {
+    umem: u64,
+    from: u64,
+    to: u64,
+}
+
+impl Stall {
+    fn of(e: &OdpEvent) -> Option<Stall> {
+        Some(Stall {
+            umem: e.umem()?,
+            from: e.ts_ns,
+            to: e.ts_ns.saturating_add(e.duration_ns),
+        })
+    }
+
+    fn overlaps(&self, other: &Stall) -> bool {
+        self.umem == other.umem && self.from < other.to && other.from < self.to
+    }
+}
+
+/// Stalled copies and invalidations kept for matching.
+const STALLS_KEPT: usize = 8192;
+
+/// QPs kept, each side.
+pub const QPS_KEPT: usize = 16;
+/// Responder faults kept per QP (a 64 MiB region faulted page by page: 16,384).
+pub const FAULTS_KEPT: usize = 65_536;
+/// Requester retries kept per QP.
+pub const RETRIES_KEPT: usize = 4096;
+
+fn bounded_push<T>(list: &mut VecDeque<T>, item: T) {
+    if list.len() >= STALLS_KEPT {
+        list.pop_front();
+    }
+    list.push_back(item);
+}
+
+fn keep<T>(lists: &mut VecDeque<(u32, VecDeque<T>)>, qp: u32, item: T, cap: usize) {
+    let at = match lists.iter().position(|(q, _)| *q == qp) {
+        Some(at) => at,
+        None => {
+            if lists.len() >= QPS_KEPT {
+                lists.pop_front();
+            }
+            lists.push_back((qp, VecDeque::new()));
+            lists.len() - 1
+        }
+    };
+    let list = &mut lists[at].1;
+    if list.len() >= cap {
+        list.pop_front();
+    }
+    list.push_back(item);
+}
+
+impl Evidence {
+    pub fn event(&mut self, e: &OdpEvent) {
+        if let Some(f) = ResponderFault::from_event(e) {
+            match (f.delay, Stall::of(e)) {
+                (Delay::Fault, _) => keep(&mut self.faults, f.qp, f, FAULTS_KEPT),
+                (Delay::InvalidationWait, Some(stall)) => {
+                    if self.invalidations.iter().any(|inv| inv.overlaps(&stall)) {
+                        keep(&mut self.faults, f.qp, f, FAULTS_KEPT);
+                    } else {
+                        bounded_push(&mut self.stalls, (stall, f));
+                    }
+                }
+                (Delay::InvalidationWait, None) => {}
+            }
+        } else if let Some(r) = RequesterRetry::from_event(e) {
+            keep(&mut self.retries, r.qp, r, RETRIES_KEPT);
+        } else if e.point().is_some_and(|p| p.kind() == Kind::DriverInvalidate) {
+            if let Some(inv) = Stall::of(e) {
+                bounded_push(&mut self.invalidations, inv);
+                self.match_stalls(&inv);
+            }
+        }
+    }
+
+    /// Stalled copies `inv` overlapped become delays of their QP (a stall may arrive before
+    /// the invalidation it waited for: events come in order of their start).
+    fn match_stalls(&mut self, inv: &Stall) {
+        if !self.stalls.iter().any(|(stall, _)| inv.overlaps(stall)) {
+            return;
+        }
+        let (matched, waiting): (Vec<_>, Vec<_>) = self
+            .stalls
+            .drain(..)
+            .partition(|(stall, _)| inv.overlaps(stall));
+        self.stalls = waiting.into();
+        for (_, f) in matched {
+            keep(&mut self.faults, f.qp, f, FAULTS_KEPT);
+        }
+    }
+
+    /// The faults this host took answering on `qp`, in the order it took them.
+    pub fn faults(&self, qp: u32) -> impl Iterator<Item = &ResponderFault> {
+        self.faults
+            .iter()
+            .filter(move |(q, _)| *q == qp)
+            .flat_map(|(_, list)| list.iter())
+    }
+
+    /// The retries of this host's requester QP `qp`, in order.
+    pub fn retries(&self, qp: u32) -> Vec<RequesterRetry> {
+        self.retries
+            .iter()
+            .filter(|(q, _)| *q == qp)
+            .flat_map(|(_, list)| list.iter().copied())
+            .collect()
+    }
+
+    /// The cause of a peer's retry among this host's responder faults.
+    pub fn cause(&self, retry: &RequesterRetry) -> Option<ResponderFault> {
+        cause(retry, self.faults(retry.dest_qp)).copied()
+    }
+}
+
 impl std::fmt::Display for ResponderFault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the peer's ODP fault on its QP {} at PSN {} over [{:#x}+{:#x}), {} ({})",
+        let at = format!(
+            "on its QP {} at PSN {} over [{:#x}+{:#x}), {}",
             self.qp,
             self.psn,
             self.start,
             self.len,
-            crate::analysis::fmt_ns(self.duration_ns),
-            if self.ret < 0 {
-                format!("failed, ret {}", self.ret)
-            } else {
-                format!("{} pages", self.ret)
+            crate::analysis::fmt_ns(self.duration_ns)
+        );
+        match self.delay {
+            Delay::Fault if self.ret < 0 => {
+                write!(f, "the peer's ODP fault {at} (failed, ret {})", self.ret)
             }
-        )
+            Delay::Fault => write!(f, "the peer's ODP fault {at} ({} pages)", self.ret),
+            Delay::InvalidationWait => write!(
+                f,
+                "the peer's copy into its ODP MR, waiting behind an invalidation of it, {at}"
+            ),
+        }
     }
 }
 
@@ -197,6 +360,7 @@ mod tests {
 
     fn fault(qp: u32, psn: u32, start: u64) -> ResponderFault {
         ResponderFault {
+            delay: Delay::Fault,
             qp,
             psn,
             start,
@@ -249,10 +413,67 @@ mod tests {
     }
 
     #[test]
+    fn a_fault_anywhere_in_the_window_comes_before_an_invalidation_wait() {
+        let wait = ResponderFault {
+            delay: Delay::InvalidationWait,
+            ..fault(40, 100, 0x1000)
+        };
+        let faults = [wait, fault(40, 107, 0x2000)];
+        let found = cause(&retry(40, 100, 116), &faults).expect("a cause");
+        assert_eq!(found.start, 0x2000);
+        assert_eq!(cause(&retry(40, 100, 104), &faults), Some(&wait));
+    }
+
+    #[test]
     fn a_window_across_the_wrap_finds_its_fault_past_zero() {
         let faults = [fault(9, 3, 0x1000), fault(9, PSN_MASK - 10, 0x2000)];
         let found = cause(&retry(9, PSN_MASK - 2, 8), &faults).expect("a cause");
         assert_eq!(found.start, 0x1000);
+    }
+
+    fn event(point: bpf_common::Point, ts_ns: u64, duration_ns: u64) -> OdpEvent {
+        OdpEvent {
+            ts_ns,
+            duration_ns,
+            point: point as u16,
+            ..OdpEvent::default()
+        }
+    }
+
+    /// rxe's copy of the packet at `psn` on QP 40 into umem 0xaa, [ts, ts + duration).
+    fn copy(psn: u64, ts_ns: u64, duration_ns: u64) -> OdpEvent {
+        OdpEvent {
+            obj: 0x1,
+            start: 0x7000,
+            end: 0x8000,
+            args: [0, 0xaa, 40, psn],
+            ..event(bpf_common::Point::RxeMrCopy, ts_ns, duration_ns)
+        }
+    }
+
+    fn invalidation(umem: u64, ts_ns: u64, duration_ns: u64) -> OdpEvent {
+        OdpEvent {
+            obj: umem,
+            ..event(bpf_common::Point::RxeInvalidate, ts_ns, duration_ns)
+        }
+    }
+
+    #[test]
+    fn a_stalled_copy_is_a_cause_only_when_an_invalidation_of_its_mr_overlapped_it() {
+        let mut evidence = Evidence::default();
+        // Stalled, and an invalidation of the same umem that started later overlaps it.
+        evidence.event(&copy(100, 1_000_000, 5_000_000));
+        evidence.event(&invalidation(0xaa, 2_000_000, 1_000_000));
+        // Stalled, overlapped only by another MR's invalidation.
+        evidence.event(&invalidation(0xbb, 10_000_000, 1_000_000));
+        evidence.event(&copy(101, 10_000_000, 5_000_000));
+        // Quick: not a stall at all.
+        evidence.event(&copy(102, 20_000_000, 10_000));
+        let found: Vec<u32> = evidence.faults(40).map(|f| f.psn).collect();
+        assert_eq!(found, vec![100]);
+        let cause = evidence.cause(&retry(40, 100, 103)).expect("a cause");
+        assert_eq!(cause.delay, Delay::InvalidationWait);
+        assert_eq!(evidence.cause(&retry(40, 101, 103)), None);
     }
 
     #[test]

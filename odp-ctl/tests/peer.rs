@@ -221,8 +221,9 @@ fn a_dontneed_storm_on_the_peers_mr_loses_no_byte_it_did_not_drop() {
 
 /// The requester's view of slow faults on the responder: with the ACK timeout at its minimum
 /// (rxe: one scheduler tick) while a storm makes the peer's ODP faults slow, requests go
-/// unanswered long enough to be sent again. The port's counters say so; the data is still
-/// exact.
+/// unanswered long enough to be sent again. This side's probes count each retry as the port's
+/// counter does, exactly; the peer (serve --probes) names the fault behind each, by the PSNs
+/// the retry left outstanding. The data is still exact.
 #[test]
 fn a_short_ack_timeout_turns_slow_peer_faults_into_retransmissions() {
     let test = "a_short_ack_timeout_turns_slow_peer_faults_into_retransmissions";
@@ -232,6 +233,7 @@ fn a_short_ack_timeout_turns_slow_peer_faults_into_retransmissions() {
     let (code, report, said) = register_with(
         &peer,
         &[
+            "--probes",
             "--size",
             "8M",
             "--ack-timeout",
@@ -244,22 +246,50 @@ fn a_short_ack_timeout_turns_slow_peer_faults_into_retransmissions() {
     for op in report["traffic"]["ops"].as_array().expect("ops") {
         assert_eq!(op["mismatch"], Value::Null, "{op}");
     }
-    let gained = &report["peer"]["port_counters"]["Ok"];
-    if report["mr"]["device"]
+    let probes = &report["peer"]["probes"];
+    for loss in ["drops", "missed", "unpaired", "overflow"] {
+        assert_eq!(probes[loss], 0, "{loss}: {probes}");
+    }
+    if !report["mr"]["device"]
         .as_str()
         .is_some_and(|d| d.starts_with("rxe"))
     {
-        let retries = gained["completer_retry_err"].as_u64().unwrap_or(0);
-        assert!(retries > 0, "no retransmission: {gained}");
-        let _ = writeln!(
-            std::io::stderr(),
-            "{test}: {retries} retransmissions, every byte exact"
-        );
+        return;
     }
+    let gained = &report["peer"]["port_counters"]["Ok"];
+    let counted = gained["completer_retry_err"].as_u64().expect("the counter");
+    let retries = &report["peer"]["retries"]["Ok"];
+    assert_eq!(retries["retries"], counted, "{retries}");
+    assert!(counted > 0, "no retransmission: {gained}");
+    let runs = retries["attributed"].as_array().expect("attributed");
+    let caused = retries["caused_by_odp_faults"].as_u64().expect("caused");
+    assert!(caused > 0, "no retry was tied to a fault: {retries}");
+    let window = |r: &Value, field: &str| r[field].as_u64().expect(field) as u32;
+    for run in runs {
+        let Some(fault) = run["cause"].as_object() else {
+            continue;
+        };
+        let r = &run["retry"];
+        // The named fault is on the peer's QP, inside the window the retry left outstanding.
+        assert_eq!(fault["qp"], r["dest_qp"], "{run}");
+        let psn = fault["psn"].as_u64().expect("psn") as u32;
+        assert!(
+            odp_core::remote::psn_in_window(psn, window(r, "psn"), window(r, "next_psn")),
+            "{run}"
+        );
+        assert!(fault["len"].as_u64() > Some(0), "{run}");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: {counted} retransmissions (the port counter agrees), {caused} of {} \
+         completer runs held up by the peer's ODP faults, every byte exact",
+        runs.len()
+    );
 }
 
 /// With no retries allowed, the first request the peer answers too late fails the transfer:
-/// named, with its status, exit 7; both sides clean up and the peer serves the next one.
+/// named, with its status and the peer's fault that held it up, exit 7; both sides clean up and
+/// the peer serves the next one.
 #[test]
 fn retry_exhaustion_toward_a_slow_peer_fails_the_request_and_says_so() {
     let test = "retry_exhaustion_toward_a_slow_peer_fails_the_request_and_says_so";
@@ -269,6 +299,7 @@ fn retry_exhaustion_toward_a_slow_peer_fails_the_request_and_says_so() {
     let (code, report, said) = register_with(
         &peer,
         &[
+            "--probes",
             "--size",
             "16M",
             "--ack-timeout",
@@ -282,6 +313,11 @@ fn retry_exhaustion_toward_a_slow_peer_fails_the_request_and_says_so() {
     assert_eq!(code, Some(7), "{said}");
     assert_eq!(report["error"]["kind"], "completion", "{report}");
     assert!(said.contains("transport retry counter exceeded"), "{said}");
+    // The failed request is reported with the fault on the peer that made it fail.
+    assert!(
+        said.contains("the peer's ODP fault on its QP") && said.contains("made this request fail"),
+        "{said}"
+    );
     assert!(
         ["RDMA WRITE", "RDMA READ", "SEND"]
             .iter()

@@ -670,6 +670,11 @@ impl PeerRc {
         &self.pd
     }
 
+    /// This side's QP number (the probes name the QP by it).
+    pub fn qp_num(&self) -> u32 {
+        self.qp.num()
+    }
+
     /// Posts an RDMA WRITE or READ between `local` (at `local_offset`) and the peer's `remote`.
     pub fn post_rdma(
         &mut self,

@@ -6,12 +6,18 @@ use std::time::{Duration, Instant};
 
 use odp_core::driver_counters::port_counters;
 use odp_core::memory::{Backing, Mapping};
-use odp_core::peer::{parse_address, verify_peer, Hello, Offer, RemoteStorm, PROTOCOL_VERSION};
+use odp_core::peer::{
+    end_session, parse_address, verify_peer, Hello, Offer, RemoteStorm, PROTOCOL_VERSION,
+};
+use odp_core::analysis::SourceFacts;
+use odp_core::remote::RetryReport;
 use odp_core::traffic::{verify_loopback, TrafficReport};
 use odp_core::verbs::{Access, LoopbackConfig, LoopbackRc, MemoryRegion, PeerConfig, Route};
 use serde::Serialize;
 
-use super::mr::{setup, MrArgs, MrReport};
+use super::mr::{setup, MrArgs, MrReport, MrSetup};
+use crate::live::{self, EvidenceSink, SharedEvidence, Source};
+use std::net::SocketAddrV4;
 use crate::output::{table, AlreadyReported, DataMismatch, Output};
 use odp_core::units::parse_size;
 
@@ -45,6 +51,11 @@ pub struct Args {
     /// visible here as retransmissions.
     #[arg(long, value_name = "N", requires = "peer", value_parser = clap::value_parser!(u8).range(0..=31))]
     pub ack_timeout: Option<u8>,
+    /// With --peer: watch this host's requester (needs root) and name, for each transport
+    /// retry or RNR wait its QP made, the fault on the peer that held it up (the peer runs
+    /// `serve --probes`); a request that fails for it is reported with that fault.
+    #[arg(long, requires = "peer")]
+    pub probes: bool,
     /// With --peer: transport retries before a request fails with "retry exceeded" (0..7).
     #[arg(long, default_value_t = 7, requires = "peer", value_parser = clap::value_parser!(u8).range(0..=7))]
     pub retry_count: u8,
@@ -72,6 +83,13 @@ struct PeerReport {
     /// What this port's hardware counters gained over the traffic (`rdma stat show link`), or
     /// why they could not be read.
     port_counters: Result<std::collections::BTreeMap<String, u64>, String>,
+    /// With --probes: this side's retries, each with the peer's fault that caused it, or why
+    /// the peer could not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retries: Option<Result<RetryReport, String>>,
+    /// With --probes: what this side's probes lost (a retry not seen is not explained).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probes: Option<SourceFacts>,
 }
 
 #[derive(Serialize)]
@@ -147,32 +165,28 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     }
     let mut peer_report = None;
     let traffic = if let Some((address, route, port)) = route {
-        let counters_before = port_counters(&port.0, port.1);
-        let (mut conn, answer) = route.connect(
-            &setup.pd,
-            &Hello {
-                version: PROTOCOL_VERSION,
-            }
-            .encode(),
-        )?;
-        let offer = Offer::decode(&answer, conn.peer())?;
-        let storm = args.remote_dontneed.map(|rate| RemoteStorm {
-            rate,
-            length: args.remote_dontneed_length,
-        });
-        let report = verify_peer(&mut conn, &setup.mr, &offer, args.message_size, storm)?;
-        let port_counters = counters_before.and_then(|before| {
-            port_counters(&port.0, port.1).map(|after| {
-                odp_core::driver_counters::deltas(&before, &after)
-                    .into_iter()
-                    .collect()
-            })
-        });
-        peer_report = Some(PeerReport {
-            address: address.to_string(),
-            offer,
-            port_counters,
-        });
+        let (report, peer) = if args.probes {
+            let source = Source::probes(
+                odp_ebpf::Config {
+                    pid: Some(std::process::id()),
+                    ..odp_ebpf::Config::default()
+                },
+                None,
+            )?;
+            let evidence = Arc::new(SharedEvidence::default());
+            let mut sink = EvidenceSink(Arc::clone(&evidence));
+            let stop = AtomicBool::new(false);
+            let (done, engine) = live::alongside(source, &mut sink, &stop, || {
+                traffic_with_peer(args, &setup, address, route, &port, Some(&evidence))
+            });
+            let (engine, _) = engine?;
+            let (report, mut peer) = done?;
+            peer.probes = Some(engine.source.clone());
+            (report, peer)
+        } else {
+            traffic_with_peer(args, &setup, address, route, &port, None)?
+        };
+        peer_report = Some(peer);
         Some(report)
     } else if args.traffic {
         let config = LoopbackConfig {
@@ -239,6 +253,83 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The traffic with `serve` on another host, and with `evidence` (this side's probes), each
+/// retry's cause asked of the peer; a request that failed is reported with its cause.
+fn traffic_with_peer(
+    args: &Args,
+    setup: &MrSetup,
+    address: SocketAddrV4,
+    route: Route,
+    port: &(String, u8),
+    evidence: Option<&SharedEvidence>,
+) -> anyhow::Result<(TrafficReport, PeerReport)> {
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+    }
+    .encode();
+    let counters_before = port_counters(&port.0, port.1);
+    let (mut conn, answer) = route.connect(&setup.pd, &hello)?;
+    let offer = Offer::decode(&answer, conn.peer())?;
+    let storm = args.remote_dontneed.map(|rate| RemoteStorm {
+        rate,
+        length: args.remote_dontneed_length,
+    });
+    let traffic = verify_peer(&mut conn, &setup.mr, &offer, args.message_size, storm);
+    let retries = |qp: u32| {
+        evidence.map(|e| {
+            e.settle();
+            e.with(|e| e.retries(qp))
+        })
+    };
+    let report = match traffic {
+        Ok(report) => report,
+        Err(failure) => {
+            // The QP is in error: the causes are asked over a new connection.
+            let Some(retries) = retries(conn.qp_num()) else {
+                return Err(failure.into());
+            };
+            drop(conn);
+            let cause = Route::resolve(address, &PeerConfig::default())
+                .and_then(|route| route.connect(&setup.pd, &hello))
+                .and_then(|(mut conn, _)| end_session(&mut conn, Some(&retries)));
+            return Err(match cause {
+                Ok(Some(Ok(report))) => match report.exhaustion().and_then(|a| a.cause) {
+                    Some(fault) => anyhow::Error::new(failure)
+                        .context(format!("{fault} made this request fail")),
+                    None => anyhow::Error::new(failure).context(
+                        "no fault on the peer was found behind the request that failed",
+                    ),
+                },
+                Ok(Some(Err(why))) => anyhow::Error::new(failure).context(why),
+                Ok(None) => failure.into(),
+                Err(e) => anyhow::Error::new(failure)
+                    .context(format!("the peer could not be asked what caused it: {e}")),
+            });
+        }
+    };
+    // Read while the QP is quiet (every request answered) and before the questions below,
+    // which are traffic too: the counters and the probes then cover the same requests.
+    let port_counters = counters_before.and_then(|before| {
+        port_counters(&port.0, port.1).map(|after| {
+            odp_core::driver_counters::deltas(&before, &after)
+                .into_iter()
+                .collect()
+        })
+    });
+    let retries = retries(conn.qp_num());
+    let explained = end_session(&mut conn, retries.as_deref())?;
+    Ok((
+        report,
+        PeerReport {
+            address: address.to_string(),
+            offer,
+            port_counters,
+            retries: explained,
+            probes: None,
+        },
+    ))
+}
+
 fn print_traffic(t: &TrafficReport, peer: Option<&PeerReport>) {
     let mut table = table(&["OP", "MESSAGES", "BYTES", "TIME_US", "MB/s", "VERIFIED"]);
     for op in &t.ops {
@@ -287,6 +378,31 @@ fn print_traffic(t: &TrafficReport, peer: Option<&PeerReport>) {
                 println!("this port's counters gained: {}", gained.join(" "));
             }
             Err(why) => println!("{why}"),
+        }
+        match &p.retries {
+            None => {}
+            Some(Err(why)) => println!("retries not explained: {why}"),
+            Some(Ok(r)) => print_retries(r),
+        }
+    }
+}
+
+fn print_retries(r: &RetryReport) {
+    println!(
+        "this side's requester: {} transport retries, {} RNR NAKs, {} exhausted; {} of {} \
+         completer runs held up by the peer's ODP faults",
+        r.retries,
+        r.rnr_naks,
+        r.exceeded + r.rnr_exceeded,
+        r.caused_by_odp_faults,
+        r.attributed.len() as u64 + r.not_asked
+    );
+    for a in r.attributed.iter().filter(|a| a.cause.is_some()).take(5) {
+        if let Some(fault) = &a.cause {
+            println!(
+                "  retry from PSN {} (window to {}): {fault}",
+                a.retry.psn, a.retry.next_psn
+            );
         }
     }
 }

@@ -1,17 +1,20 @@
 //! `odp-ctl serve`: the passive side of two-host traffic. It owns the ODP MR the peer's RDMA
 //! WRITEs, READs and SENDs target, and verifies what lands in it.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use odp_core::analysis::{AnalysisConfig, Engine, Summary};
+use odp_core::analysis::Summary;
+use odp_core::remote::RequesterRetry;
 use odp_core::driver_counters::port_counters;
 use odp_core::peer::{parse_address, serve, Hello, Offer, Served};
 use odp_core::verbs::{Access, Listener, PeerConfig, Remote};
 
 use super::launch::stop_on_signals;
 use super::mr::{setup, MrArgs, MrSetup};
-use crate::live::{self, Run, Source, Until};
+use crate::live::{self, EvidenceSink, SharedEvidence, Source};
 use crate::output::Output;
 
 #[derive(clap::Args)]
@@ -88,40 +91,16 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     );
     let (served, engine) = match source {
         None => (
-            serve_peers(out, args, &listener, &setup, &offer, &stop),
+            serve_peers(out, args, &listener, &setup, &offer, &stop, None),
             None,
         ),
         Some(source) => {
-            let source_stop = source.stopper();
-            let serving_over = AtomicBool::new(false);
-            std::thread::scope(|scope| {
-                let pump = scope.spawn(|| {
-                    live::run(
-                        source,
-                        Engine::new(AnalysisConfig::default()),
-                        &mut [],
-                        Run {
-                            stop: &stop,
-                            deadline: None,
-                            until: Until::SourceEnds,
-                            // Serving stops before the probes detach.
-                            before_detach: &|| {
-                                stop.store(true, Ordering::Relaxed);
-                                while !serving_over.load(Ordering::Acquire) {
-                                    std::thread::sleep(Duration::from_millis(10));
-                                }
-                            },
-                        },
-                    )
-                });
-                let served = serve_peers(out, args, &listener, &setup, &offer, &stop);
-                serving_over.store(true, Ordering::Release);
-                source_stop.store(true, Ordering::Relaxed);
-                let engine = pump
-                    .join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the probe pump panicked")));
-                (served, Some(engine))
-            })
+            let evidence = Arc::new(SharedEvidence::default());
+            let mut sink = EvidenceSink(Arc::clone(&evidence));
+            let (served, engine) = live::alongside(source, &mut sink, &stop, || {
+                serve_peers(out, args, &listener, &setup, &offer, &stop, Some(&evidence))
+            });
+            (served, Some(engine))
         }
     };
     let connections = served?;
@@ -173,6 +152,7 @@ fn serve_peers(
     setup: &MrSetup,
     offer: &Offer,
     stop: &AtomicBool,
+    evidence: Option<&SharedEvidence>,
 ) -> anyhow::Result<Vec<Served>> {
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut connections = Vec::new();
@@ -194,9 +174,18 @@ fn serve_peers(
         let from = request.from.clone();
         let port = listener.device()?;
         let before = port_counters(&port.0, port.1);
+        // The stream is caught up once per connection: the peer asks after its traffic.
+        let settled = Cell::new(false);
+        let explain = |retry: &RequesterRetry| {
+            let evidence = evidence.ok_or(())?;
+            if !settled.replace(true) {
+                evidence.settle();
+            }
+            Ok(evidence.with(|e| e.cause(retry)))
+        };
         let served = request
             .accept(&setup.pd, &offer.encode())
-            .and_then(|mut conn| serve(&mut conn, &setup.mr, stop))
+            .and_then(|mut conn| serve(&mut conn, &setup.mr, stop, &explain))
             .map(|mut served| {
                 if let (Ok(before), Ok(after)) = (before, port_counters(&port.0, port.1)) {
                     served.port_counters = odp_core::driver_counters::deltas(&before, &after)

@@ -4,6 +4,7 @@
 //!
 //! A new consumer of the stream (an exporter, a timeline writer) is one new `Sink`.
 
+mod evidence;
 mod metrics;
 mod recorder;
 #[cfg(test)]
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use bpf_common::OdpEvent;
 use odp_core::analysis::{Activity, Engine, Reorder};
 
+pub use evidence::{EvidenceSink, SharedEvidence};
 pub use metrics::{serve_while, Latest, Publisher, Server};
 pub use recorder::{ClockLine, Recorder};
 #[cfg(test)]
@@ -220,6 +222,47 @@ pub fn run(
         sink.finish(&engine)?;
     }
     Ok((engine, end))
+}
+
+/// Runs `work` on this thread while the pump feeds `source` through a new engine into `sink` on
+/// another; once `work` is over (or a signal sets `stop`, which `work` should heed), the probes
+/// detach. Returns what `work` returned and the run's engine.
+pub fn alongside<T>(
+    source: Source,
+    sink: &mut (dyn Sink + Send),
+    stop: &AtomicBool,
+    work: impl FnOnce() -> T,
+) -> (T, anyhow::Result<(Engine, ProbeEnd)>) {
+    let source_stop = source.stopper();
+    let work_over = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let pump = scope.spawn(|| {
+            run(
+                source,
+                Engine::new(odp_core::analysis::AnalysisConfig::default()),
+                &mut [sink as &mut dyn Sink],
+                Run {
+                    stop,
+                    deadline: None,
+                    until: Until::SourceEnds,
+                    // The work stops before the probes detach.
+                    before_detach: &|| {
+                        stop.store(true, Ordering::Relaxed);
+                        while !work_over.load(Ordering::Acquire) {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    },
+                },
+            )
+        });
+        let done = work();
+        work_over.store(true, Ordering::Release);
+        source_stop.store(true, Ordering::Relaxed);
+        let engine = pump
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the probe pump panicked")));
+        (done, engine)
+    })
 }
 
 /// Waits until `thread` has finished or `deadline` has passed; whether it finished.
