@@ -17,10 +17,10 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::memory::{Backing, Mapping};
+use crate::remote::{Delay, RequesterRetry, ResponderFault, RetryReport};
 use crate::traffic::{
     explicit, fill_pattern, fill_pattern_prefix, first_mismatch, Mismatch, OpResult, TrafficReport,
 };
-use crate::remote::{Delay, RequesterRetry, ResponderFault, RetryReport};
 use crate::verbs::{Access, MemoryRegion, Opcode, PeerRc, Remote};
 
 /// Bumped whenever a message changes shape or meaning; both sides must agree.
@@ -146,6 +146,9 @@ enum Op {
     /// Which of the serving side's faults on its QP `a` held up the window of PSNs `[b, c)`:
     /// the cause of a retry the asking side's requester made (needs `serve --probes`).
     Cause = 7,
+    /// Drop the first `b` bytes of the region with MADV_DONTNEED: the device's next touch of
+    /// each page is a first touch (a fault that allocates the page). Refused on a pinned MR.
+    Drop = 8,
     Reply = 16,
     Failed = 17,
 }
@@ -160,6 +163,7 @@ impl Op {
             5 => Op::Bye,
             6 => Op::Storm,
             7 => Op::Cause,
+            8 => Op::Drop,
             16 => Op::Reply,
             17 => Op::Failed,
             _ => return None,
@@ -390,12 +394,14 @@ impl Storm {
     }
 }
 
-/// Serves one connection until the peer says goodbye or disconnects, or `stop` is set: the
-/// passive side of `verify_peer`, on `target` (the MR offered to the peer).
 /// What the serving side's probes can say about a peer's retry: the fault behind it, or None;
 /// Err when it runs without probes.
-pub type Explain<'a> = &'a dyn Fn(&RequesterRetry) -> std::result::Result<Option<ResponderFault>, ()>;
+pub type Explain<'a> =
+    &'a dyn Fn(&RequesterRetry) -> std::result::Result<Option<ResponderFault>, ()>;
 
+/// Serves one connection until the peer says goodbye or disconnects, or `stop` is set: the
+/// passive side of `verify_peer`, on `target` (the MR offered to the peer). `explain` answers
+/// the peer's questions about its retries.
 pub fn serve(
     conn: &mut PeerRc,
     target: &MemoryRegion,
@@ -488,6 +494,21 @@ fn serve_messages(
             Op::Storm => {
                 start_storm(message.a, len(message.b));
                 ok()
+            }
+            Op::Drop => {
+                storm.end_pass();
+                if target.access().contains(Access::ON_DEMAND) {
+                    let length = len(message.b);
+                    explicit(target)?.madvise(
+                        0,
+                        length,
+                        libc::MADV_DONTNEED,
+                        "madvise(MADV_DONTNEED)",
+                    )?;
+                    ok()
+                } else {
+                    failed(u64::from(Op::Drop as u32))
+                }
             }
             Op::Cause => {
                 let retry = RequesterRetry {
@@ -769,6 +790,108 @@ pub fn verify_peer(
     });
 
     Ok(TrafficReport { message_size, ops })
+}
+
+/// Latencies of one pass of single-page RDMA READs, in nanoseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct PassLatency {
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+}
+
+impl PassLatency {
+    fn of(mut ns: Vec<u64>) -> PassLatency {
+        ns.sort_unstable();
+        let at = |q: f64| {
+            ns.get(((ns.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+        };
+        PassLatency {
+            p50_ns: at(0.5).unwrap_or(0),
+            p99_ns: at(0.99).unwrap_or(0),
+            max_ns: ns.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// What a requester waits for a page of the peer's ODP MR: the first touch after the peer
+/// dropped it (its device faults the page in, allocating it) and the same page again.
+#[derive(Debug, Clone, Serialize)]
+pub struct TouchLatency {
+    pub pages: usize,
+    pub first_touch: PassLatency,
+    pub warm: PassLatency,
+}
+
+/// Reads `pages` pages of the peer's region one at a time, right after the peer dropped them
+/// and again once they are back, timing each READ from post to completion. The local MR is
+/// read into once before, so its own first touches stay out of the figures.
+pub fn touch_latency(
+    conn: &mut PeerRc,
+    local: &MemoryRegion,
+    offer: &Offer,
+    pages: usize,
+) -> Result<TouchLatency> {
+    let page = crate::memory::page_size();
+    let len = pages.saturating_mul(page);
+    if pages == 0 || len > local.len() || len > offer.remote.len {
+        return Err(Error::invalid(format!(
+            "{pages} pages of {page} bytes do not fit this side's MR ({} bytes) and the peer's \
+             ({} bytes)",
+            local.len(),
+            offer.remote.len
+        )));
+    }
+    let control = ControlBuffer::new(conn)?;
+    let pass = |conn: &mut PeerRc| -> Result<Vec<u64>> {
+        let mut ns = Vec::with_capacity(pages);
+        for i in 0..pages {
+            let started = Instant::now();
+            let id = conn.post_rdma(Opcode::Read, local, i * page, offer.remote, i * page, page)?;
+            conn.wait(id)?;
+            ns.push(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
+        Ok(ns)
+    };
+    pass(conn)?;
+    if control
+        .exchange(
+            conn,
+            Message {
+                op: Op::Drop,
+                a: 0,
+                b: len as u64,
+                c: 0,
+                d: 0,
+            },
+        )?
+        .op
+        != Op::Reply
+    {
+        return Err(Error::invalid(
+            "the peer serves a pinned MR: there is no first touch to measure",
+        ));
+    }
+    explicit(local)?.fill(0xa5);
+    let first_touch = PassLatency::of(pass(conn)?);
+    // A page the peer dropped is a new zero page when its device touches it again.
+    let read = explicit(local)?.to_vec(0, len)?;
+    if let Some(offset) = read.iter().position(|&b| b != 0) {
+        return Err(Error::Peer {
+            peer: conn.peer().to_string(),
+            what: format!(
+                "a page it dropped read back as {:#04x} at offset {offset}, not zeros",
+                read[offset]
+            ),
+        });
+    }
+    let warm = PassLatency::of(pass(conn)?);
+    Ok(TouchLatency {
+        pages,
+        first_touch,
+        warm,
+    })
 }
 
 /// Ends a session: with `retries` (this side's requester retries on the connection), first

@@ -284,7 +284,10 @@ impl Evidence {
             }
         } else if let Some(r) = RequesterRetry::from_event(e) {
             keep(&mut self.retries, r.qp, r, RETRIES_KEPT);
-        } else if e.point().is_some_and(|p| p.kind() == Kind::DriverInvalidate) {
+        } else if e
+            .point()
+            .is_some_and(|p| p.kind() == Kind::DriverInvalidate)
+        {
             if let Some(inv) = Stall::of(e) {
                 bounded_push(&mut self.invalidations, inv);
                 self.match_stalls(&inv);
@@ -482,8 +485,7 @@ mod tests {
         runs[2].retries = 0;
         runs[2].exceeded = 1;
         let faults = [fault(40, 101, 0x7000)];
-        let report =
-            RetryReport::build(&runs, |r| Ok(cause(r, &faults).copied())).expect("report");
+        let report = RetryReport::build(&runs, |r| Ok(cause(r, &faults).copied())).expect("report");
         assert_eq!((report.retries, report.exceeded), (2, 1));
         assert_eq!(report.caused_by_odp_faults, 3);
         let last = report.exhaustion().expect("the exhaustion");

@@ -296,34 +296,47 @@ fn retry_exhaustion_toward_a_slow_peer_fails_the_request_and_says_so() {
     let Some(peer) = peer_or_skip(test) else {
         return;
     };
-    let (code, report, said) = register_with(
-        &peer,
-        &[
-            "--probes",
-            "--size",
-            "16M",
-            "--ack-timeout",
-            "1",
-            "--retry-count",
-            "0",
-            "--remote-dontneed",
-            "500",
-        ],
-    );
-    assert_eq!(code, Some(7), "{said}");
-    assert_eq!(report["error"]["kind"], "completion", "{report}");
-    assert!(said.contains("transport retry counter exceeded"), "{said}");
-    // The failed request is reported with the fault on the peer that made it fail.
-    assert!(
-        said.contains("the peer's ODP fault on its QP") && said.contains("made this request fail"),
-        "{said}"
-    );
-    assert!(
-        ["RDMA WRITE", "RDMA READ", "SEND"]
-            .iter()
-            .any(|op| said.contains(op)),
-        "{said}"
-    );
+    // With no retries, any late ACK fails the transfer, a control message's too (the emulated
+    // hosts are late now and then without a fault): up to three tries for one that a fault on
+    // the peer made fail. Each must fail, each names its cause or says none was found.
+    let mut named = None;
+    for _ in 0..3 {
+        let (code, report, said) = register_with(
+            &peer,
+            &[
+                "--probes",
+                "--size",
+                "16M",
+                "--ack-timeout",
+                "1",
+                "--retry-count",
+                "0",
+                "--remote-dontneed",
+                "500",
+            ],
+        );
+        assert_eq!(code, Some(7), "{said}");
+        assert_eq!(report["error"]["kind"], "completion", "{report}");
+        assert!(said.contains("transport retry counter exceeded"), "{said}");
+        assert!(
+            ["RDMA WRITE", "RDMA READ", "SEND"]
+                .iter()
+                .any(|op| said.contains(op)),
+            "{said}"
+        );
+        if said.contains("the peer's ODP fault on its QP")
+            && said.contains("made this request fail")
+        {
+            named = Some(said);
+            break;
+        }
+        assert!(
+            said.contains("no fault on the peer was found behind the request that failed"),
+            "{said}"
+        );
+    }
+    let said = named.expect("no try failed on a request a fault on the peer held up");
+    let _ = writeln!(std::io::stderr(), "{test}: {said}");
     // The serving side is still there for the next peer.
     let (code, _, said) = register_with(&peer, &["--size", "1M"]);
     assert_eq!(code, Some(0), "{said}");
@@ -402,4 +415,30 @@ fn perftest_against_the_peer_is_traced_on_both_sides() {
         );
         assert_eq!(summary["source"]["drops"], 0);
     }
+}
+
+/// The requester-visible cost of a first touch: the peer drops the pages, each single-page READ
+/// then waits for its device to fault the page in (a new zero page: every byte read must be
+/// zero); the same pages again are warm.
+#[test]
+fn a_first_touch_on_the_peer_is_timed_against_a_warm_page() {
+    let test = "a_first_touch_on_the_peer_is_timed_against_a_warm_page";
+    let Some(peer) = peer_or_skip(test) else {
+        return;
+    };
+    let (code, report, said) = register_with(&peer, &["--size", "1M", "--touch-latency", "64"]);
+    assert_eq!(code, Some(0), "{said}");
+    let latency = &report["peer"]["touch_latency"];
+    assert_eq!(latency["pages"], 64, "{latency}");
+    let p50 = |pass: &str| latency[pass]["p50_ns"].as_u64().expect("p50");
+    assert!(p50("first_touch") > 0 && p50("warm") > 0, "{latency}");
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: p50 first touch {} us, warm {} us",
+        p50("first_touch") / 1000,
+        p50("warm") / 1000
+    );
+    // More pages than the region: refused before anything is sent.
+    let (code, _, said) = register_with(&peer, &["--size", "64K", "--touch-latency", "17"]);
+    assert_eq!(code, Some(6), "{said}");
 }

@@ -699,6 +699,7 @@ else
     for r in $(seq ROUNDS); do
         echo "PEER odp $(odp-ctl --json register --peer $ODP_VM_PEER --size SIZE --message-size MSG)" | tr -d '\n'; echo
         echo "PEER pinned $(odp-ctl --json register --peer $ODP_VM_PEER:10090 --pinned --size SIZE --message-size MSG)" | tr -d '\n'; echo
+        echo "TOUCH $(odp-ctl --json register --peer $ODP_VM_PEER --size 1M --touch-latency 256)" | tr -d '\n'; echo
     done
 fi
 "#;
@@ -723,7 +724,23 @@ pub fn vm_peer(vm_opts: &crate::VmOpts, rounds: usize, size: &str, message: &str
     }
     // (kind, op) -> MB/s per round.
     let mut rates: std::collections::BTreeMap<(String, String), Vec<f64>> = Default::default();
+    // (pass, quantile) -> microseconds per round.
+    let mut touch: std::collections::BTreeMap<(&str, &str), Vec<f64>> = Default::default();
     for line in driving.output.lines() {
+        if let Some(json) = line.strip_prefix("TOUCH ") {
+            let doc: serde_json::Value =
+                serde_json::from_str(json).with_context(|| format!("--touch-latency: {json}"))?;
+            let latency = &doc["peer"]["touch_latency"];
+            for pass in ["first_touch", "warm"] {
+                for q in ["p50_ns", "p99_ns"] {
+                    let ns = latency[pass][q]
+                        .as_f64()
+                        .with_context(|| format!("--touch-latency without {pass}.{q}: {json}"))?;
+                    touch.entry((pass, q)).or_default().push(ns / 1e3);
+                }
+            }
+            continue;
+        }
         let Some(rest) = line.strip_prefix("PEER ") else {
             continue;
         };
@@ -770,6 +787,14 @@ pub fn vm_peer(vm_opts: &crate::VmOpts, rounds: usize, size: &str, message: &str
             o / p
         );
     }
+    println!("RDMA READ of one 4 KiB page of the peer's ODP MR, 256 pages a round, medians of the rounds' quantiles, us:");
+    let mut at = |pass, q| median(touch.get_mut(&(pass, q)).map_or(&mut Vec::new(), |v| v));
+    let (cold50, cold99) = (at("first_touch", "p50_ns"), at("first_touch", "p99_ns"));
+    let (warm50, warm99) = (at("warm", "p50_ns"), at("warm", "p99_ns"));
+    println!(
+        "  first touch p50 {cold50:.1} p99 {cold99:.1}; warm p50 {warm50:.1} p99 {warm99:.1}; first/warm at p50 {:.2}",
+        cold50 / warm50
+    );
     Ok(())
 }
 

@@ -4,12 +4,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use odp_core::analysis::SourceFacts;
 use odp_core::driver_counters::port_counters;
 use odp_core::memory::{Backing, Mapping};
 use odp_core::peer::{
-    end_session, parse_address, verify_peer, Hello, Offer, RemoteStorm, PROTOCOL_VERSION,
+    end_session, parse_address, touch_latency, verify_peer, Hello, Offer, RemoteStorm,
+    TouchLatency, PROTOCOL_VERSION,
 };
-use odp_core::analysis::SourceFacts;
 use odp_core::remote::RetryReport;
 use odp_core::traffic::{verify_loopback, TrafficReport};
 use odp_core::verbs::{Access, LoopbackConfig, LoopbackRc, MemoryRegion, PeerConfig, Route};
@@ -17,9 +18,9 @@ use serde::Serialize;
 
 use super::mr::{setup, MrArgs, MrReport, MrSetup};
 use crate::live::{self, EvidenceSink, SharedEvidence, Source};
-use std::net::SocketAddrV4;
 use crate::output::{table, AlreadyReported, DataMismatch, Output};
 use odp_core::units::parse_size;
+use std::net::SocketAddrV4;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -56,6 +57,11 @@ pub struct Args {
     /// `serve --probes`); a request that fails for it is reported with that fault.
     #[arg(long, requires = "peer")]
     pub probes: bool,
+    /// With --peer: instead of the traffic, time single-page RDMA READs of this many pages of
+    /// the peer's ODP MR right after the peer dropped them (the first touch: its device faults
+    /// each page in) and again (warm); the dropped pages must read as zeros.
+    #[arg(long, value_name = "PAGES", requires = "peer", conflicts_with_all = ["remote_dontneed", "probes"], value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub touch_latency: Option<u64>,
     /// With --peer: transport retries before a request fails with "retry exceeded" (0..7).
     #[arg(long, default_value_t = 7, requires = "peer", value_parser = clap::value_parser!(u8).range(0..=7))]
     pub retry_count: u8,
@@ -90,6 +96,9 @@ struct PeerReport {
     /// With --probes: what this side's probes lost (a retry not seen is not explained).
     #[serde(skip_serializing_if = "Option::is_none")]
     probes: Option<SourceFacts>,
+    /// With --touch-latency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    touch_latency: Option<TouchLatency>,
 }
 
 #[derive(Serialize)]
@@ -270,6 +279,25 @@ fn traffic_with_peer(
     let counters_before = port_counters(&port.0, port.1);
     let (mut conn, answer) = route.connect(&setup.pd, &hello)?;
     let offer = Offer::decode(&answer, conn.peer())?;
+    if let Some(pages) = args.touch_latency {
+        let latency = touch_latency(&mut conn, &setup.mr, &offer, pages as usize)?;
+        end_session(&mut conn, None)?;
+        let report = TrafficReport {
+            message_size: odp_core::memory::page_size(),
+            ops: Vec::new(),
+        };
+        return Ok((
+            report,
+            PeerReport {
+                address: address.to_string(),
+                offer,
+                port_counters: Err("not read for --touch-latency".into()),
+                retries: None,
+                probes: None,
+                touch_latency: Some(latency),
+            },
+        ));
+    }
     let storm = args.remote_dontneed.map(|rate| RemoteStorm {
         rate,
         length: args.remote_dontneed_length,
@@ -289,16 +317,13 @@ fn traffic_with_peer(
                 return Err(failure.into());
             };
             drop(conn);
-            let cause = Route::resolve(address, &PeerConfig::default())
-                .and_then(|route| route.connect(&setup.pd, &hello))
-                .and_then(|(mut conn, _)| end_session(&mut conn, Some(&retries)));
+            let cause = explain_over_new_connection(address, setup, &hello, &retries);
             return Err(match cause {
                 Ok(Some(Ok(report))) => match report.exhaustion().and_then(|a| a.cause) {
                     Some(fault) => anyhow::Error::new(failure)
                         .context(format!("{fault} made this request fail")),
-                    None => anyhow::Error::new(failure).context(
-                        "no fault on the peer was found behind the request that failed",
-                    ),
+                    None => anyhow::Error::new(failure)
+                        .context("no fault on the peer was found behind the request that failed"),
                 },
                 Ok(Some(Err(why))) => anyhow::Error::new(failure).context(why),
                 Ok(None) => failure.into(),
@@ -326,8 +351,33 @@ fn traffic_with_peer(
             port_counters,
             retries: explained,
             probes: None,
+            touch_latency: None,
         },
     ))
+}
+
+/// How long the serving side may take to notice the failed connection and take a new one:
+/// past its own longest wait for a work request.
+const EXPLAIN_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Asks the serving side about `retries` over a new connection (the failed QP is in error),
+/// connecting again while it is still busy with the old one.
+fn explain_over_new_connection(
+    address: SocketAddrV4,
+    setup: &MrSetup,
+    hello: &[u8],
+    retries: &[odp_core::remote::RequesterRetry],
+) -> odp_core::Result<Option<Result<RetryReport, String>>> {
+    let started = Instant::now();
+    loop {
+        let attempt = Route::resolve(address, &PeerConfig::default())
+            .and_then(|route| route.connect(&setup.pd, hello));
+        match attempt {
+            Ok((mut conn, _)) => return end_session(&mut conn, Some(retries)),
+            Err(e) if started.elapsed() >= EXPLAIN_PATIENCE => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
 }
 
 fn print_traffic(t: &TrafficReport, peer: Option<&PeerReport>) {
@@ -378,6 +428,21 @@ fn print_traffic(t: &TrafficReport, peer: Option<&PeerReport>) {
                 println!("this port's counters gained: {}", gained.join(" "));
             }
             Err(why) => println!("{why}"),
+        }
+        if let Some(t) = &p.touch_latency {
+            let us = |ns: u64| ns as f64 / 1e3;
+            println!(
+                "RDMA READ of one page, {} pages: first touch after the peer dropped it p50 \
+                 {:.1} us, p99 {:.1} us, max {:.1} us; warm p50 {:.1} us, p99 {:.1} us, max \
+                 {:.1} us",
+                t.pages,
+                us(t.first_touch.p50_ns),
+                us(t.first_touch.p99_ns),
+                us(t.first_touch.max_ns),
+                us(t.warm.p50_ns),
+                us(t.warm.p99_ns),
+                us(t.warm.max_ns)
+            );
         }
         match &p.retries {
             None => {}

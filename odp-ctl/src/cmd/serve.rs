@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use odp_core::analysis::Summary;
-use odp_core::remote::RequesterRetry;
 use odp_core::driver_counters::port_counters;
 use odp_core::peer::{parse_address, serve, Hello, Offer, Served};
+use odp_core::remote::RequesterRetry;
 use odp_core::verbs::{Access, Listener, PeerConfig, Remote};
 
 use super::launch::stop_on_signals;
@@ -114,9 +114,10 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             let t = &summary.totals.counts;
             let fault = summary.totals.latency.fault.as_ref();
             println!(
-                "probes here: {} device faults ({} pages{}), {} invalidations, {} races, {} \
-                 retries, {} timeouts; {} events, {} drops",
+                "probes here: {} device faults ({} answering peers; {} pages{}), {} \
+                 invalidations, {} races, {} retries, {} timeouts; {} events, {} drops",
                 t.faults,
+                t.peer_faults,
                 t.fault_pages,
                 fault.map_or(String::new(), |f| format!(
                     "; p50 {:.1} us, p99 {:.1} us",

@@ -75,6 +75,8 @@ pub struct Snapshot {
     driver: Vec<DeviceMrs>,
     /// The most MRs whose driver counters are served one by one (--mr-series).
     mr_series: usize,
+    /// The engine's totals: this host's requester retries belong to QPs, not MRs.
+    totals: Counts,
 }
 
 /// Which process names have series of their own. A name, once labelled, keeps its label for the
@@ -268,6 +270,7 @@ impl Snapshot {
             mrs,
             driver: Vec::new(),
             mr_series,
+            totals: engine.total().counts,
         }
     }
 
@@ -349,6 +352,12 @@ impl Snapshot {
             "prefetch_pages_faulted_anyway_total",
             "Prefetched pages the device faulted on later anyway.",
             &|p| p.counts.prefetched_then_faulted_pages,
+        )?;
+        counter(
+            &mut registry,
+            "peer_faults_total",
+            "Of the device faults, those taken answering a peer's requests (rxe's responder).",
+            &|p| p.counts.peer_faults,
         )?;
         counter(
             &mut registry,
@@ -606,6 +615,22 @@ impl Snapshot {
                 "exporter_late_events_total",
                 "Events that came too late to place in time order.",
                 s.order.late,
+            ),
+            (
+                "requester_retries_total",
+                "Transport retries of this host's requester QPs: the ACK timer expired with \
+                 requests outstanding (rxe's completer_retry_err, seen per QP).",
+                self.totals.transport_retries,
+            ),
+            (
+                "requester_retry_exceeded_total",
+                "Requests this host's QPs failed for running out of (RNR) retries.",
+                self.totals.retry_exceeded,
+            ),
+            (
+                "requester_rnr_naks_total",
+                "RNR NAKs this host's requester QPs received.",
+                self.totals.rnr_naks,
             ),
         ] {
             let c = Counter::<u64>::default();

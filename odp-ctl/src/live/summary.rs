@@ -148,6 +148,13 @@ pub fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
         c.collision_waits,
         c.cpu_faults
     );
+    if c.peer_faults + c.transport_retries + c.retry_exceeded + c.rnr_naks > 0 {
+        println!(
+            "two hosts: {} device faults answering a peer's requests; this host's requesters \
+             {} transport retries, {} RNR NAKs, {} requests failed for retries",
+            c.peer_faults, c.transport_retries, c.rnr_naks, c.retry_exceeded
+        );
+    }
     let mut lat = table(&["latency", "count", "p50", "p99", "max"]);
     for (name, l) in [
         ("fault", &s.totals.latency.fault),
