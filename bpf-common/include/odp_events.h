@@ -12,7 +12,9 @@
  * next to the signature its values come from: what obj, [start, end), ret and aux hold, and
  * the names of args[0..3] ("-": unused), exactly as bpf-common's catalog row names them (a test
  * holds the two together). Unless said otherwise ret is the function's int return, and mm is
- * the address space concerned.
+ * the address space concerned. responder_qp and responder_psn: made by rxe's responder (in the
+ * work item of a QP's recv_task), the QP's number (0 elsewhere) and the PSN of the request or
+ * read response in hand.
  */
 enum odp_point {
 	ODP_POINT_NONE = 0,
@@ -102,12 +104,6 @@ enum odp_point {
 	 * obj: mr; [iova, iova + length)
 	 * args: dir, umem, responder_qp, responder_psn */
 	ODP_POINT_RXE_MR_COPY = 25,
-	/* int rxe_responder(struct rxe_qp *qp)
-	 * Never emitted: while it runs, the faults and copies its thread makes are answering a
-	 * peer's request, and carry responder_qp (qp's number, 0 outside) and responder_psn (the
-	 * PSN of the request or read response in hand).
-	 * args: -, -, -, - */
-	ODP_POINT_RXE_RESPONDER = 26,
 	/* int rxe_completer(struct rxe_qp *qp)
 	 * Emitted only for runs that moved the device's retry counters: a transport retry (the
 	 * ACK timer expired and requests from psn on go again), retry exhaustion, an RNR NAK
@@ -117,11 +113,6 @@ enum odp_point {
 	 * while one completer at a time moves them on the device
 	 * args: qp_num, dest_qp, psn, next_psn */
 	ODP_POINT_RXE_COMPLETER = 27,
-	/* int rxe_receiver(struct rxe_qp *qp)
-	 * The responder's task since requester and completer were merged (rxe_responder inlined
-	 * into it): as RXE_RESPONDER, never emitted
-	 * args: -, -, -, - */
-	ODP_POINT_RXE_RECEIVER = 28,
 
 	/* mlx5 */
 

@@ -52,9 +52,6 @@ pub enum Kind {
     VerbsRegister,
     /// Any other libibverbs call: it names the process behind an address space.
     VerbsCall,
-    /// The driver answering a peer's requests on one QP: never emitted, it tags the faults
-    /// and copies made inside it with the QP and the PSN being answered.
-    Responder,
     /// The requester's transport gave up waiting: a retry, retry exhaustion, or an RNR NAK.
     RequesterRetry,
 }
@@ -372,18 +369,10 @@ points! {
         target: "rxe_odp_mr_copy", obj: RxeMr,
         args: [CopyDirection, Umem, ResponderQp, ResponderPsn],
     }
-    RxeResponder = 26 {
-        name: "rxe_responder", group: Rxe, kind: Kind::Responder,
-        target: "rxe_responder", obj: Qp, args: [_, _, _, _],
-    }
     RxeCompleter = 27 {
         name: "rxe_completer", group: Rxe, kind: Kind::RequesterRetry,
         target: "rxe_completer", obj: Qp, args: [QpNum, DestQp, Psn, NextPsn],
         aux: RetryCounts,
-    }
-    RxeReceiver = 28 {
-        name: "rxe_receiver", group: Rxe, kind: Kind::Responder,
-        target: "rxe_receiver", obj: Qp, args: [_, _, _, _],
     }
     Mlx5Invalidate = 30 {
         name: "mlx5_invalidate", group: Mlx5, kind: Kind::DriverInvalidate,

@@ -365,13 +365,8 @@ impl Engine {
                     c.rnr_naks += u64::from(r.rnr_naks);
                 }
             }
-            // Timed by their own events only; the fault they serve carries the verdict. The
-            // responder is never emitted: its QP and PSN are on the faults inside it.
-            Kind::Unmap
-            | Kind::DriverRegister
-            | Kind::DriverFault
-            | Kind::DriverCopy
-            | Kind::Responder => {}
+            // Timed by their own events only; the fault they serve carries the verdict.
+            Kind::Unmap | Kind::DriverRegister | Kind::DriverFault | Kind::DriverCopy => {}
         }
         if end_ts >= self.last_sweep_ns.saturating_add(SWEEP_EVERY_NS) {
             self.last_sweep_ns = end_ts;

@@ -68,12 +68,22 @@ struct rxe_resp_info___odp {
 	struct resp_res___odp *res;
 } __attribute__((preserve_access_index));
 
+struct rxe_qp___odp;
+
+/* rxe runs each QP's sending and receiving as work items (since the requester and completer
+ * were merged into send_task, 6.9) on its workqueue. */
+struct rxe_task___odp {
+	struct work_struct work;
+	struct rxe_qp___odp *qp;
+} __attribute__((preserve_access_index));
+
 struct rxe_qp___odp {
 	struct ib_qp___odp ibqp;
 	struct ib_qp_attr___odp attr;
 	struct rxe_req_info___odp req;
 	struct rxe_comp_info___odp comp;
 	struct rxe_resp_info___odp resp;
+	struct rxe_task___odp recv_task;
 } __attribute__((preserve_access_index));
 
 /* The device's hardware counters, as `rdma statistic` reads them. */
@@ -190,6 +200,43 @@ static __always_inline __u64 qp_device(__u64 qp)
 	if (!qp || !bpf_core_field_exists(q->ibqp.device))
 		return 0;
 	return (__u64)BPF_CORE_READ(q, ibqp.device);
+}
+
+/*
+ * The QP whose responder the current thread is running, or 0: a workqueue worker whose current
+ * work item is a QP's recv_task. Found from the worker itself, so the faults made inside need no
+ * probe on the responder's every packet. A work item of anything else reads as some address
+ * that is not its own QP's recv_task, and is rejected by that check.
+ */
+static __always_inline __u64 responder_qp(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct rxe_task___odp *rxe_task;
+	struct work_struct *work;
+	struct kthread *kthread;
+	struct worker *worker;
+	__u64 qp;
+
+	if (!(BPF_CORE_READ(task, flags) & 0x20 /* PF_WQ_WORKER */) ||
+	    !bpf_core_field_exists(task->worker_private) ||
+	    !bpf_core_field_exists(struct rxe_task___odp, qp) ||
+	    !bpf_core_field_exists(struct rxe_qp___odp, recv_task))
+		return 0;
+	/* A kthread's worker_private is its struct kthread, whose data is the pool's worker. */
+	kthread = BPF_CORE_READ(task, worker_private);
+	if (!kthread)
+		return 0;
+	worker = BPF_CORE_READ(kthread, data);
+	if (!worker)
+		return 0;
+	work = BPF_CORE_READ(worker, current_work);
+	if (!work)
+		return 0;
+	rxe_task = (void *)work - bpf_core_field_offset(struct rxe_task___odp, work);
+	qp = (__u64)BPF_CORE_READ(rxe_task, qp);
+	if (!qp || qp + bpf_core_field_offset(struct rxe_qp___odp, recv_task) != (__u64)rxe_task)
+		return 0;
+	return qp;
 }
 
 /* The first PSN the requester has sent and not seen acknowledged. */

@@ -208,8 +208,6 @@ static __always_inline __u64 point_device(__u32 point, const __u64 *a)
 	case ODP_POINT_RXE_MAP_RANGE:
 	case ODP_POINT_RXE_MR_COPY:
 		return umem_device(rxe_mr_umem(a[0]));
-	case ODP_POINT_RXE_RESPONDER:
-	case ODP_POINT_RXE_RECEIVER:
 	case ODP_POINT_RXE_COMPLETER:
 		return qp_device(a[0]);
 	default:
@@ -217,16 +215,11 @@ static __always_inline __u64 point_device(__u32 point, const __u64 *a)
 	}
 }
 
-/* Points on a QP's transport, which rxe runs in its worker for whoever owns the QP: the task
+/* A point on a QP's transport, which rxe runs in its worker for whoever owns the QP: the task
  * filter cannot tell, readers match them to QPs by number. */
-static __always_inline bool responder_point(__u32 point)
-{
-	return point == ODP_POINT_RXE_RESPONDER || point == ODP_POINT_RXE_RECEIVER;
-}
-
 static __always_inline bool qp_point(__u32 point)
 {
-	return responder_point(point) || point == ODP_POINT_RXE_COMPLETER;
+	return point == ODP_POINT_RXE_COMPLETER;
 }
 
 
@@ -387,17 +380,12 @@ static __always_inline bool in_prefetch(void)
 /* Inside rxe's responder, the QP answered and the PSN in hand, into two argument slots. */
 static __always_inline void responder_context(struct odp_event *e, int slot)
 {
-	__u64 key = inflight_key(ODP_POINT_RXE_RESPONDER);
-	struct inflight *responder = bpf_map_lookup_elem(&inflight, &key);
+	__u64 qp = responder_qp();
 
-	if (!responder) {
-		key = inflight_key(ODP_POINT_RXE_RECEIVER);
-		responder = bpf_map_lookup_elem(&inflight, &key);
-	}
-	if (!responder || slot < 0 || slot > 2)
+	if (!qp || slot < 0 || slot > 2)
 		return;
-	e->args[slot] = qp_num(responder->args[0]);
-	e->args[slot + 1] = qp_responder_psn(responder->args[0]);
+	e->args[slot] = qp_num(qp);
+	e->args[slot + 1] = qp_responder_psn(qp);
 }
 
 /*
@@ -746,7 +734,7 @@ static __always_inline int leave(__u32 point, __u64 ret, __u8 method)
 	count(point);
 	if (point == ODP_POINT_RXE_COMPLETER)
 		outcome = completer_outcome(v->args);
-	if (responder_point(point) || (point == ODP_POINT_RXE_COMPLETER && !outcome))
+	if (point == ODP_POINT_RXE_COMPLETER && !outcome)
 		goto out;
 	if (emit_events) {
 		e = reserve();
@@ -858,9 +846,7 @@ FUNC_POINT(rxe_odp_map_range_and_lock, ODP_POINT_RXE_MAP_RANGE)
 FUNC_POINT(rxe_ib_advise_mr, ODP_POINT_RXE_ADVISE)
 FUNC_POINT(rxe_ib_prefetch_mr_work, ODP_POINT_RXE_PREFETCH_WORK)
 FUNC_POINT(rxe_odp_mr_copy, ODP_POINT_RXE_MR_COPY)
-FUNC_POINT(rxe_responder, ODP_POINT_RXE_RESPONDER)
 FUNC_POINT(rxe_completer, ODP_POINT_RXE_COMPLETER)
-FUNC_POINT(rxe_receiver, ODP_POINT_RXE_RECEIVER)
 FUNC_POINT(mlx5_ib_invalidate_range, ODP_POINT_MLX5_INVALIDATE)
 FUNC_POINT(pagefault_mr, ODP_POINT_MLX5_PAGEFAULT_MR)
 FUNC_POINT(pagefault_real_mr, ODP_POINT_MLX5_PAGEFAULT_REAL)
