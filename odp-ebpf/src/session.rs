@@ -24,7 +24,7 @@ pub struct Config {
     pub comm: Option<String>,
     /// Only ODP memory of this RDMA device (its umems, faults, invalidations and address spaces).
     pub device: Option<String>,
-    /// Points to use (None: all).
+    /// Points to use (None: all but those attached on request only).
     pub points: Option<Vec<Point>>,
     /// false: count calls per point in the kernel without streaming events.
     pub emit_events: bool,
@@ -112,7 +112,10 @@ impl Session {
         let facts = KernelFacts::gather();
         let selection = config.points.clone();
         let mut plans = facts.plan(
-            &|p| selection.as_ref().is_none_or(|s| s.contains(&p)),
+            &|p| match &selection {
+                None => !p.on_request(),
+                Some(s) => s.contains(&p),
+            },
             config.attach,
         );
         let (skel, room) = match load(config, &plans) {

@@ -178,6 +178,8 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             let source = Source::probes(
                 odp_ebpf::Config {
                     pid: Some(std::process::id()),
+                    // The completer's retries too, which only the two-host commands read.
+                    points: Some(bpf_common::Point::ALL.to_vec()),
                     ..odp_ebpf::Config::default()
                 },
                 None,

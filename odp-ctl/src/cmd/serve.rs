@@ -67,6 +67,8 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let source = if args.probes {
         let config = odp_ebpf::Config {
             pid: Some(std::process::id()),
+            // The completer's retries too, which only the two-host commands read.
+            points: Some(bpf_common::Point::ALL.to_vec()),
             ..odp_ebpf::Config::default()
         };
         Some(Source::probes(config, None)?)
