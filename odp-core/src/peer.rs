@@ -524,15 +524,7 @@ fn serve_messages(
                 served.causes_asked += 1;
                 match explain(&retry) {
                     Err(()) => failed(NO_PROBES),
-                    Ok(None) => ok(),
-                    Ok(Some(f)) => Message {
-                        op: Op::Reply,
-                        a: 1 | u64::from(f.delay == Delay::InvalidationWait) << 1
-                            | u64::from(f.ret as i32 as u32) << 32,
-                        b: f.start,
-                        c: f.len.min(u64::from(u32::MAX)) | u64::from(f.psn) << 32,
-                        d: f.duration_ns,
-                    },
+                    Ok(cause) => cause_reply(cause.as_ref()),
                 }
             }
             Op::ExpectSends => {
@@ -593,6 +585,39 @@ fn serve_messages(
         next = control.post_recv(conn)?;
         control.send(conn, reply)?;
     }
+}
+
+/// The answer to a Cause question: a Reply, with the delay when one was found (`a` bit 0),
+/// read back by `cause_of`.
+fn cause_reply(cause: Option<&ResponderFault>) -> Message {
+    let Some(f) = cause else {
+        return ok();
+    };
+    Message {
+        op: Op::Reply,
+        a: 1 | u64::from(f.delay == Delay::InvalidationWait) << 1
+            | u64::from(f.ret as i32 as u32) << 32,
+        b: f.start,
+        c: f.len.min(u64::from(u32::MAX)) | u64::from(f.psn) << 32,
+        d: f.duration_ns,
+    }
+}
+
+/// The delay a Cause reply names on the peer's QP `qp`, if it names one.
+fn cause_of(answer: &Message, qp: u32) -> Option<ResponderFault> {
+    (answer.a & 1 == 1).then(|| ResponderFault {
+        delay: if answer.a & 2 == 0 {
+            Delay::Fault
+        } else {
+            Delay::InvalidationWait
+        },
+        qp,
+        psn: (answer.c >> 32) as u32,
+        start: answer.b,
+        len: answer.c & u64::from(u32::MAX),
+        duration_ns: answer.d,
+        ret: i64::from((answer.a >> 32) as u32 as i32),
+    })
 }
 
 fn ok() -> Message {
@@ -933,20 +958,7 @@ fn ask_causes(
                 without_probes = true;
                 Ok(None)
             }
-            Op::Reply if answer.a & 1 == 1 => Ok(Some(ResponderFault {
-                delay: if answer.a & 2 == 0 {
-                    Delay::Fault
-                } else {
-                    Delay::InvalidationWait
-                },
-                qp: r.dest_qp,
-                psn: (answer.c >> 32) as u32,
-                start: answer.b,
-                len: answer.c & u64::from(u32::MAX),
-                duration_ns: answer.d,
-                ret: i64::from((answer.a >> 32) as u32 as i32),
-            })),
-            Op::Reply => Ok(None),
+            Op::Reply => Ok(cause_of(&answer, r.dest_qp)),
             _ => Err(Error::Peer {
                 peer: conn.peer().to_string(),
                 what: "could not say what caused a retry".into(),
@@ -1020,6 +1032,20 @@ mod tests {
             "{refused}"
         );
         assert!(Hello::check(b"hello").is_err());
+        for delay in [Delay::Fault, Delay::InvalidationWait] {
+            let fault = ResponderFault {
+                delay,
+                qp: 20,
+                psn: 0x00ff_fffe,
+                start: 0x7f00_dead_b000,
+                len: 4096,
+                duration_ns: 12_345_678,
+                ret: if delay == Delay::Fault { 1 } else { -14 },
+            };
+            let reply = Message::decode(&cause_reply(Some(&fault)).encode()).expect("a reply");
+            assert_eq!(cause_of(&reply, 20), Some(fault));
+        }
+        assert_eq!(cause_of(&cause_reply(None), 20), None);
         assert_eq!(
             parse_address("10.20.0.1").expect("bare").to_string(),
             format!("10.20.0.1:{DEFAULT_PORT}")

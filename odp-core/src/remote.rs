@@ -205,36 +205,37 @@ pub struct Evidence {
     faults: VecDeque<(u32, VecDeque<ResponderFault>)>,
     /// Stalled copies with their umem and [start, end) on this host's clock, until an
     /// invalidation of the umem is found to overlap them.
-    stalls: VecDeque<(Stall, ResponderFault)>,
+    stalls: VecDeque<(UmemSpan, ResponderFault)>,
     /// Recent invalidations: umem and [start, end).
-    invalidations: VecDeque<Stall>,
+    invalidations: VecDeque<UmemSpan>,
     retries: VecDeque<(u32, VecDeque<RequesterRetry>)>,
 }
 
-/// A umem busy over [from, to) on this host's clock.
+/// A umem busy over [from, to) on this host's clock: a stalled copy into it, or an
+/// invalidation of it.
 #[derive(Debug, Clone, Copy)]
-struct Stall {
+struct UmemSpan {
     umem: u64,
     from: u64,
     to: u64,
 }
 
-impl Stall {
-    fn of(e: &OdpEvent) -> Option<Stall> {
-        Some(Stall {
+impl UmemSpan {
+    fn of(e: &OdpEvent) -> Option<UmemSpan> {
+        Some(UmemSpan {
             umem: e.umem()?,
             from: e.ts_ns,
             to: e.ts_ns.saturating_add(e.duration_ns),
         })
     }
 
-    fn overlaps(&self, other: &Stall) -> bool {
+    fn overlaps(&self, other: &UmemSpan) -> bool {
         self.umem == other.umem && self.from < other.to && other.from < self.to
     }
 }
 
 /// Stalled copies and invalidations kept for matching.
-const STALLS_KEPT: usize = 8192;
+const SPANS_KEPT: usize = 8192;
 
 /// QPs kept, each side.
 pub const QPS_KEPT: usize = 16;
@@ -244,7 +245,7 @@ pub const FAULTS_KEPT: usize = 65_536;
 pub const RETRIES_KEPT: usize = 4096;
 
 fn bounded_push<T>(list: &mut VecDeque<T>, item: T) {
-    if list.len() >= STALLS_KEPT {
+    if list.len() >= SPANS_KEPT {
         list.pop_front();
     }
     list.push_back(item);
@@ -271,7 +272,7 @@ fn keep<T>(lists: &mut VecDeque<(u32, VecDeque<T>)>, qp: u32, item: T, cap: usiz
 impl Evidence {
     pub fn event(&mut self, e: &OdpEvent) {
         if let Some(f) = ResponderFault::from_event(e) {
-            match (f.delay, Stall::of(e)) {
+            match (f.delay, UmemSpan::of(e)) {
                 (Delay::Fault, _) => keep(&mut self.faults, f.qp, f, FAULTS_KEPT),
                 (Delay::InvalidationWait, Some(stall)) => {
                     if self.invalidations.iter().any(|inv| inv.overlaps(&stall)) {
@@ -288,7 +289,7 @@ impl Evidence {
             .point()
             .is_some_and(|p| p.kind() == Kind::DriverInvalidate)
         {
-            if let Some(inv) = Stall::of(e) {
+            if let Some(inv) = UmemSpan::of(e) {
                 bounded_push(&mut self.invalidations, inv);
                 self.match_stalls(&inv);
             }
@@ -297,7 +298,7 @@ impl Evidence {
 
     /// Stalled copies `inv` overlapped become delays of their QP (a stall may arrive before
     /// the invalidation it waited for: events come in order of their start).
-    fn match_stalls(&mut self, inv: &Stall) {
+    fn match_stalls(&mut self, inv: &UmemSpan) {
         if !self.stalls.iter().any(|(stall, _)| inv.overlaps(stall)) {
             return;
         }

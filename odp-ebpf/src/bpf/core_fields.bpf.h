@@ -276,23 +276,29 @@ static __always_inline __u32 qp_responder_psn(__u64 qp)
 	return BPF_CORE_READ(q, resp.psn);
 }
 
-/* One of rxe's device counters for the QP's device (0 where the kernel has no such counter). */
-#define RXE_COUNTER(qp, name)                                                               \
-	({                                                                                  \
-		__u64 value_ = 0;                                                           \
-		__u64 dev_ = qp_device(qp);                                                 \
-		if (dev_ && bpf_core_enum_value_exists(enum rxe_counters___odp, name) &&     \
-		    bpf_core_field_exists(struct rxe_dev___odp, stats_counters))             \
-			bpf_probe_read_kernel(                                              \
-				&value_, sizeof(value_),                                    \
-				(void *)dev_ -                                              \
-					bpf_core_field_offset(struct rxe_dev___odp, ib_dev) + \
-					bpf_core_field_offset(struct rxe_dev___odp,          \
-							      stats_counters) +              \
-					8 * bpf_core_enum_value(enum rxe_counters___odp,     \
-								name));                      \
-		value_;                                                                     \
-	})
+/* rxe's retry counters on the QP's device, as `rdma statistic` reads them, into out[0..4]:
+ * completer_retry_err, retry_exceeded_err, rcvd_rnr_err, retry_rnr_exceeded_err (left alone
+ * where the kernel has no such counter). The device is looked up once for the four. */
+#define RXE_COUNTER_INTO(slot, name)                                                        \
+	if (bpf_core_enum_value_exists(enum rxe_counters___odp, name))                       \
+		bpf_probe_read_kernel(&out[slot], sizeof(out[slot]),                         \
+				      (void *)counters +                                     \
+					      8 * bpf_core_enum_value(enum rxe_counters___odp, \
+								      name));
+
+static __always_inline void rxe_retry_counters(__u64 qp, __u64 *out)
+{
+	__u64 dev = qp_device(qp), counters;
+
+	if (!dev || !bpf_core_field_exists(struct rxe_dev___odp, stats_counters))
+		return;
+	counters = dev - bpf_core_field_offset(struct rxe_dev___odp, ib_dev) +
+		   bpf_core_field_offset(struct rxe_dev___odp, stats_counters);
+	RXE_COUNTER_INTO(0, RXE_CNT_COMP_RETRY)
+	RXE_COUNTER_INTO(1, RXE_CNT_RETRY_EXCEEDED)
+	RXE_COUNTER_INTO(2, RXE_CNT_RCV_RNR)
+	RXE_COUNTER_INTO(3, RXE_CNT_RNR_RETRY_EXCEEDED)
+}
 
 /* Copies the first 16 bytes of an ib_device's name (room enough for rxe0, mlx5_12...). */
 static __always_inline void device_name(__u64 dev, char out[16])

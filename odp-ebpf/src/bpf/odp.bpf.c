@@ -566,17 +566,15 @@ static __always_inline void fill_rxe_mr_access(struct odp_event *e, __u32 point,
  * were saved at entry (save_completer_state); a run that moved none is not reported. */
 static __always_inline __u32 completer_outcome(const __u64 *a)
 {
-	__u64 qp = a[0];
-	__u64 moved[4] = {
-		RXE_COUNTER(qp, RXE_CNT_COMP_RETRY) - a[2],
-		RXE_COUNTER(qp, RXE_CNT_RETRY_EXCEEDED) - a[3],
-		RXE_COUNTER(qp, RXE_CNT_RCV_RNR) - a[4],
-		RXE_COUNTER(qp, RXE_CNT_RNR_RETRY_EXCEEDED) - a[5],
-	};
+	__u64 now[4] = {};
 	__u32 outcome = 0;
 
-	for (int i = 0; i < 4; i++)
-		outcome |= (moved[i] > 0xff ? 0xff : (__u32)moved[i]) << (8 * i);
+	rxe_retry_counters(a[0], now);
+	for (int i = 0; i < 4; i++) {
+		__u64 moved = now[i] - a[2 + i];
+
+		outcome |= (moved > 0xff ? 0xff : (__u32)moved) << (8 * i);
+	}
 	return outcome;
 }
 
@@ -766,13 +764,9 @@ static __always_inline void save_release_state(__u64 *a)
 /* rxe_completer: the next PSN to send and the retry counters before the run. */
 static __always_inline void save_completer_state(__u64 *a)
 {
-	__u64 qp = a[0];
-
-	a[1] = qp_next_psn(qp);
-	a[2] = RXE_COUNTER(qp, RXE_CNT_COMP_RETRY);
-	a[3] = RXE_COUNTER(qp, RXE_CNT_RETRY_EXCEEDED);
-	a[4] = RXE_COUNTER(qp, RXE_CNT_RCV_RNR);
-	a[5] = RXE_COUNTER(qp, RXE_CNT_RNR_RETRY_EXCEEDED);
+	a[1] = qp_next_psn(a[0]);
+	a[2] = a[3] = a[4] = a[5] = 0;
+	rxe_retry_counters(a[0], &a[2]);
 }
 
 static __always_inline void save_entry_state(__u32 point, __u64 *a)
