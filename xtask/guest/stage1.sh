@@ -1,6 +1,7 @@
 #!/bin/busybox sh
-# Stage 1, inside the initramfs: load the 9p stack, mount the read-only root the host assembled
-# and the writable job share, then hand over to stage 2 from the job share.
+# Stage 1, inside the initramfs: load the 9p stack, mount the read-only root the host assembled,
+# the writable job share and, over its bin/, the same binaries read-only and cached; then hand
+# over to stage 2 from the job share.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -15,6 +16,9 @@ if ! mount -t 9p -o $opts,cache=loose,ro root /newroot; then
 fi
 if ! mount -t 9p -o $opts,cache=none job /newroot/job; then
     echo "odp-vm: cannot mount the job share"; poweroff -f
+fi
+if ! mount -t 9p -o $opts,cache=loose,ro bin /newroot/job/bin; then
+    echo "odp-vm: cannot mount the job's binaries"; poweroff -f
 fi
 mount --move /dev /newroot/dev
 umount /proc /sys

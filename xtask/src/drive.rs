@@ -272,10 +272,12 @@ fn vm_test_script(names: &[String], filter: Option<&str>, deb: &str) -> String {
     );
     for name in names {
         let out = format!("/job/{VM_RESULTS}/{name}");
-        // One thread: the leak checks compare the kernel's per-process MR counts.
+        // One thread: the leak checks compare the kernel's per-process MR counts. Each test's
+        // time is printed (libtest's --report-time, unstable, hence RUSTC_BOOTSTRAP) because
+        // the guest's share of the suite's time budget is spent test by test.
         script.push_str(&format!(
             "echo '== VM: {name}'\n\
-             {{ /job/bin/{name} --test-threads=1{filter}; echo $? > /tmp/{name}.status; }} 2>&1 | tee {out}.log\n\
+             {{ RUSTC_BOOTSTRAP=1 /job/bin/{name} --test-threads=1 -Z unstable-options --report-time{filter}; echo $? > /tmp/{name}.status; }} 2>&1 | tee {out}.log\n\
              cat /tmp/{name}.status > {out}.status\n\
              [ \"$(cat {out}.status)\" = 0 ] || fail=1\n"
         ));
