@@ -86,6 +86,37 @@ pub struct Session {
     facts: KernelFacts,
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        detach_concurrently(
+            self.links
+                .get_mut()
+                .drain(..)
+                .map(|(_, link)| link)
+                .collect(),
+        );
+    }
+}
+
+/// At most this many threads detach links at once.
+const DETACHERS: usize = 64;
+
+/// Drops `links`, many at a time: each kprobe's or trampoline's removal waits out an RCU grace
+/// period of its own, outside the kernel's locks, so concurrent removals share their waits
+/// (29 points' links in the 7.3 guest under TCG: 4.3 s one by one, 2.4 s on 8 threads, 1.7 to
+/// 2.2 s on one thread each).
+fn detach_concurrently(links: Vec<Link>) {
+    let per_thread = links.len().div_ceil(DETACHERS).max(1);
+    let mut links = links;
+    std::thread::scope(|scope| {
+        while !links.is_empty() {
+            let batch: Vec<Link> = links.drain(..per_thread.min(links.len())).collect();
+            // A thread that cannot be spawned drops its batch (detaching it) right here.
+            let _detaching = std::thread::Builder::new().spawn_scoped(scope, move || drop(batch));
+        }
+    });
+}
+
 fn prog_names(point: Point, method: Method) -> Vec<String> {
     let t = point.target();
     match method {
