@@ -491,6 +491,10 @@ fn serve_messages(
                 storm.start_pass();
                 ok()
             }
+            // Dropped pinned pages would leave the device writing where the CPU no longer looks.
+            Op::Storm if !target.access().contains(Access::ON_DEMAND) => {
+                failed(u64::from(Op::Storm as u32))
+            }
             Op::Storm => {
                 start_storm(message.a, len(message.b));
                 ok()
@@ -684,6 +688,16 @@ fn verify_pages(mr: &MemoryRegion, seed: u64, len: usize, storm: &Storm) -> Resu
     Ok(verdict)
 }
 
+/// Why `request`, which needs the peer's memory to be ODP, cannot be carried out: its MR is
+/// pinned (its device has no ODP, or it was served with --pinned).
+fn pinned_peer(conn: &PeerRc, request: &str) -> Error {
+    Error::invalid(format!(
+        "{request} needs an ODP MR on the peer, and {} serves a pinned one (its device has no \
+         ODP, or serve runs with --pinned)",
+        conn.peer()
+    ))
+}
+
 /// An invalidation storm the serving side runs on its region while WRITEs and SENDs land in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RemoteStorm {
@@ -735,6 +749,9 @@ pub fn verify_peer(
             return Err(Error::invalid(
                 "a storm needs a rate and a length above zero",
             ));
+        }
+        if !offer.odp {
+            return Err(pinned_peer(conn, "a DONTNEED storm on the peer's MR"));
         }
         ask(conn, Op::Storm, storm.rate, storm.length as u64, 0)?;
     }
@@ -858,6 +875,9 @@ pub fn touch_latency(
     offer: &Offer,
     pages: usize,
 ) -> Result<TouchLatency> {
+    if !offer.odp {
+        return Err(pinned_peer(conn, "timing a first touch"));
+    }
     let page = crate::memory::page_size();
     let len = pages.saturating_mul(page);
     if pages == 0 || len > local.len() || len > offer.remote.len {
@@ -894,9 +914,10 @@ pub fn touch_latency(
         .op
         != Op::Reply
     {
-        return Err(Error::invalid(
-            "the peer serves a pinned MR: there is no first touch to measure",
-        ));
+        return Err(Error::Peer {
+            peer: conn.peer().to_string(),
+            what: "refused to drop the pages of its ODP MR".into(),
+        });
     }
     explicit(local)?.fill(0xa5);
     let first_touch = PassLatency::of(pass(conn)?);

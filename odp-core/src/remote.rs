@@ -270,6 +270,17 @@ fn keep<T>(lists: &mut VecDeque<(u32, VecDeque<T>)>, qp: u32, item: T, cap: usiz
 }
 
 impl Evidence {
+    /// Whether `e` is of a kind `event` keeps anything of: the rest of the stream is passed
+    /// over without taking the evidence's lock.
+    pub fn concerns(e: &OdpEvent) -> bool {
+        e.point().is_some_and(|p| {
+            matches!(
+                p.kind(),
+                Kind::Fault | Kind::DriverCopy | Kind::RequesterRetry | Kind::DriverInvalidate
+            )
+        })
+    }
+
     pub fn event(&mut self, e: &OdpEvent) {
         if let Some(f) = ResponderFault::from_event(e) {
             match (f.delay, UmemSpan::of(e)) {
@@ -478,6 +489,31 @@ mod tests {
         let cause = evidence.cause(&retry(40, 100, 103)).expect("a cause");
         assert_eq!(cause.delay, Delay::InvalidationWait);
         assert_eq!(evidence.cause(&retry(40, 101, 103)), None);
+    }
+
+    #[test]
+    fn events_it_does_not_concern_itself_with_leave_the_evidence_untouched() {
+        for &point in bpf_common::Point::ALL {
+            let mut evidence = Evidence::default();
+            // Every argument set, long enough to be a stall: whatever the point could carry.
+            let e = OdpEvent {
+                obj: 0xaa,
+                start: 0x7000,
+                end: 0x8000,
+                args: [40, 0xaa, 40, 100],
+                aux: 0x0101_0101,
+                ..event(point, 1_000_000, 5_000_000)
+            };
+            evidence.event(&e);
+            let kept = !(evidence.faults.is_empty()
+                && evidence.stalls.is_empty()
+                && evidence.invalidations.is_empty()
+                && evidence.retries.is_empty());
+            assert!(
+                Evidence::concerns(&e) || !kept,
+                "{point:?} is kept but passed over unlocked"
+            );
+        }
     }
 
     #[test]

@@ -77,6 +77,27 @@ pub fn peer_or_skip(test: &str) -> Option<String> {
     }
 }
 
+/// Where the tests find `odp-ctl serve --pinned` on another host (ADDR:PORT): a peer without
+/// ODP.
+pub const PINNED_PEER_ENV: &str = "ODP_PINNED_PEER";
+
+/// The address of a host serving a pinned MR, after skipping `test` if there is none.
+pub fn pinned_peer_or_skip(test: &str) -> Option<String> {
+    match std::env::var(PINNED_PEER_ENV) {
+        Ok(peer) if !peer.is_empty() => Some(peer),
+        _ => {
+            skip(
+                test,
+                &format!(
+                    "no pinned peer in {PINNED_PEER_ENV} (runs between two guests: cargo xtask \
+                     test)"
+                ),
+            );
+            None
+        }
+    }
+}
+
 /// Whether this process is root, after skipping `test` if it is not (`what` needs root).
 pub fn root_or_skip(test: &str, what: &str) -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -127,6 +127,138 @@ fn serve_refuses_to_listen_where_no_peer_can_reach_it() {
     }
 }
 
+#[test]
+fn a_peer_without_odp_moves_exact_bytes_and_refuses_what_needs_odp() {
+    let test = "a_peer_without_odp_moves_exact_bytes_and_refuses_what_needs_odp";
+    let Some(pinned) = odp_core::testing::pinned_peer_or_skip(test) else {
+        return;
+    };
+    let (code, report, said) = register_with(&pinned, &["--size", "256K"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(report["peer"]["offer"]["odp"], false, "{report}");
+    for op in report["traffic"]["ops"].as_array().expect("ops") {
+        assert_eq!(op["mismatch"], Value::Null, "{op}");
+    }
+    // What only an ODP MR on the far side has is refused before any traffic, and the serving
+    // side is left as it was: the next plain run works.
+    for (args, request) in [
+        (
+            &["--size", "256K", "--remote-dontneed", "100"][..],
+            "a DONTNEED storm",
+        ),
+        (
+            &["--size", "256K", "--touch-latency", "4"][..],
+            "timing a first touch",
+        ),
+    ] {
+        let (code, report, said) = register_with(&pinned, args);
+        assert_eq!(code, Some(6), "{args:?}: {said}");
+        assert!(
+            said.contains(request) && said.contains("serves a pinned one"),
+            "{args:?}: {said}"
+        );
+        assert_eq!(report["traffic"], Value::Null, "{args:?}: {report}");
+    }
+    let (code, _, said) = register_with(&pinned, &["--size", "64K"]);
+    assert_eq!(code, Some(0), "after the refusals: {said}");
+}
+
+/// This host's address on the link to `peer`: the source the kernel picks to reach it.
+fn own_address_toward(peer: &str) -> std::net::Ipv4Addr {
+    let peer = odp_core::peer::parse_address(peer).expect("peer address");
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+    socket.connect(peer).expect("route to the peer");
+    match socket.local_addr().expect("local address").ip() {
+        std::net::IpAddr::V4(ip) => ip,
+        other => panic!("an IPv4 peer reached from {other}"),
+    }
+}
+
+#[test]
+fn mismatched_protocol_versions_are_refused_by_both_sides() {
+    use odp_core::peer::{Hello, Offer, PROTOCOL_VERSION};
+    use odp_core::verbs::{Context, Listener, PeerConfig, Remote, Route};
+    let test = "mismatched_protocol_versions_are_refused_by_both_sides";
+    let Some(peer) = peer_or_skip(test) else {
+        return;
+    };
+    // An older active side against the real serve: refused with both versions named.
+    let route = Route::resolve(
+        odp_core::peer::parse_address(&peer).expect("peer address"),
+        &PeerConfig::default(),
+    )
+    .expect("route to the peer");
+    let (device, _) = route.device().expect("route's device");
+    let pd = Context::open(Some(&device))
+        .and_then(|c| c.alloc_pd())
+        .expect("protection domain");
+    let older = Hello {
+        version: PROTOCOL_VERSION - 1,
+    };
+    let refused = route
+        .connect(&pd, &older.encode())
+        .map(|_| ())
+        .expect_err("an older hello is refused");
+    let said = refused.to_string();
+    assert!(
+        said.contains("refused the connection")
+            && said.contains(&format!(
+                "protocol {}, this side speaks {PROTOCOL_VERSION}",
+                PROTOCOL_VERSION - 1
+            )),
+        "{said}"
+    );
+    let (code, _, said) = register_with(&peer, &["--size", "64K"]);
+    assert_eq!(code, Some(0), "the serving side after the refusal: {said}");
+
+    // A newer serving side (this test, answering on this host's own address) against the real
+    // register: it connects, reads the offer's version and gives up before any traffic.
+    let own = std::net::SocketAddrV4::new(own_address_toward(&peer), 10091);
+    let listener = Listener::bind(own, &PeerConfig::default()).expect("listen");
+    let child = odp_ctl()
+        .args([
+            "--json",
+            "register",
+            "--peer",
+            &own.to_string(),
+            "--size",
+            "64K",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("register");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let request = listener
+        .next_request(Duration::from_secs(60), &stop)
+        .expect("listening")
+        .expect("register's connect request");
+    assert!(Hello::check(&request.hello).is_ok());
+    let mut newer = Offer {
+        remote: Remote {
+            addr: 0,
+            rkey: 0,
+            len: 1 << 20,
+        },
+        odp: true,
+    }
+    .encode();
+    newer[4..6].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
+    let accepted = request.accept(&pd, &newer);
+    let out = child.wait_with_output().expect("register's exit");
+    drop(accepted);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let said = report["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(out.status.code(), Some(8), "{report}");
+    assert!(
+        said.contains(&format!(
+            "speaks peer protocol {}, this side {PROTOCOL_VERSION}",
+            PROTOCOL_VERSION + 1
+        )),
+        "{said}"
+    );
+}
+
 /// docs/FINDINGS.md #1 across hosts: rxe moves the wrong bytes where a packet starts mid-page in
 /// an ODP MR, and here the ODP MR is the serving host's (the responder's). The pinned MR on this
 /// side is exact, so each operation goes wrong exactly where the first unaligned message meets

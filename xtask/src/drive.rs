@@ -232,6 +232,8 @@ const PROMETHEUS_ENV: &str = "ODP_PROMETHEUS";
 const DEB_ENV: &str = "ODP_DEB";
 /// Where the two-host tests find `odp-ctl serve` (odp_core::testing::PEER_ENV).
 const PEER_ENV: &str = "ODP_PEER";
+/// Where they find one serving a pinned MR (odp_core::testing::PINNED_PEER_ENV).
+const PINNED_PEER_ENV: &str = "ODP_PINNED_PEER";
 
 /// The Debian package around the test build's odp-ctl (the packaging is what is tested; a
 /// release build would compile everything a second time).
@@ -424,6 +426,9 @@ fn vm_tests(opts: &TestOpts, prometheus: &Path, deb: &Path) -> Result<(bool, Cou
 /// The size of the MR the serving guest offers, in MiB.
 const SERVED_MIB: u64 = 16;
 
+/// Where the serving guest serves a pinned MR too (odp_core::testing::PINNED_PEER_ENV).
+const PINNED_PORT: u16 = 10090;
+
 /// Test binaries (by name prefix) that need `odp-ctl serve` on a second host.
 const PEER_TESTS: &str = "peer-";
 
@@ -437,6 +442,8 @@ echo never > /sys/kernel/mm/transparent_hugepage/enabled
 ( /job/bin/odp-ctl --json monitor --summary -- ib_write_bw --odp -R -d rxe0 -s 65536 -n 200 >/job/perftest-write.out 2>&1
   /job/bin/odp-ctl --json monitor --summary -- ib_read_lat --odp -R -d rxe0 -s 4096 -n 100 >/job/perftest-read.out 2>&1 ) & pt=$!
 /job/bin/odp-ctl --json serve --probes --listen $ODP_VM_ADDRESS --size SERVED_MIBM >/job/serve.jsonl 2>/job/serve.err & s=$!
+# A peer without ODP for the tests that need one: the same serve of a pinned MR.
+/job/bin/odp-ctl --json serve --pinned --listen $ODP_VM_ADDRESS:PINNED_PORT --size 1M >/job/serve-pinned.jsonl 2>/job/serve-pinned.err & p=$!
 n=0
 until $bb ping -c1 -W1 $ODP_VM_PEER >/dev/null 2>&1; do n=$((n + 1)); [ $n -ge 120 ] && break; done
 misses=0
@@ -445,12 +452,16 @@ while [ $misses -lt 3 ]; do
     $bb sleep 1
 done
 $bb killall ib_write_bw ib_read_lat 2>/dev/null
-kill -TERM $s
+kill -TERM $s $p
 wait $s
 status=$?
+wait $p
+pinned=$?
 wait $pt
-cat /job/serve.err /job/serve.jsonl
+cat /job/serve.err /job/serve.jsonl /job/serve-pinned.err
 echo "== serve exited $status after $(grep -c '"peer"' /job/serve.jsonl) connections"
+echo "== the pinned serve exited $pinned after $(grep -c '"peer"' /job/serve-pinned.jsonl) connections"
+[ $pinned = 0 ] || exit $pinned
 exit $status
 "#;
 
@@ -565,12 +576,14 @@ fn pair_tests(
 ) -> Result<(bool, Counts)> {
     println!("== two guests: {name} against odp-ctl serve on the other");
     let testing = format!(
-        "export {PEER_ENV}=$ODP_VM_PEER\n         n=0\n         until /job/bin/odp-ctl register --peer $ODP_VM_PEER --size 64K >/dev/null 2>&1; do\n         n=$((n + 1)); [ $n -ge 60 ] && {{ echo \"no odp-ctl serve on $ODP_VM_PEER\"; break; }}\n         /usr/bin/busybox sleep 1\n         done\n{}",
+        "export {PEER_ENV}=$ODP_VM_PEER {PINNED_PEER_ENV}=$ODP_VM_PEER:{PINNED_PORT}\n         n=0\n         until /job/bin/odp-ctl register --peer $ODP_VM_PEER --size 64K >/dev/null 2>&1 \\\n             && /job/bin/odp-ctl register --peer ${PINNED_PEER_ENV} --size 64K >/dev/null 2>&1; do\n         n=$((n + 1)); [ $n -ge 60 ] && {{ echo \"no odp-ctl serve on $ODP_VM_PEER (ODP and pinned)\"; break; }}\n         /usr/bin/busybox sleep 1\n         done\n{}",
         vm_test_script(&[name.to_string()], opts.filter.as_deref(), "none")
     );
     let serving = crate::job(
         &opts.vm_opts,
-        SERVE_WHILE_PEER_LIVES.replace("SERVED_MIB", &SERVED_MIB.to_string()),
+        SERVE_WHILE_PEER_LIVES
+            .replace("SERVED_MIB", &SERVED_MIB.to_string())
+            .replace("PINNED_PORT", &PINNED_PORT.to_string()),
         binaries.to_vec(),
     );
     let mut tester_binaries = vec![binary.to_path_buf()];

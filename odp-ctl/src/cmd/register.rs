@@ -279,10 +279,19 @@ fn traffic_with_peer(
     }
     .encode();
     let counters_before = port_counters(&port.0, port.1);
+    let counters_since = |before: &Result<Vec<(String, u64)>, String>| {
+        let before = before.as_ref().map_err(Clone::clone)?;
+        port_counters(&port.0, port.1).map(|after| {
+            odp_core::driver_counters::deltas(before, &after)
+                .into_iter()
+                .collect()
+        })
+    };
     let (mut conn, answer) = route.connect(&setup.pd, &hello)?;
     let offer = Offer::decode(&answer, conn.peer())?;
     if let Some(pages) = args.touch_latency {
         let latency = touch_latency(&mut conn, &setup.mr, &offer, pages as usize)?;
+        let port_counters = counters_since(&counters_before);
         end_session(&mut conn, None)?;
         let report = TrafficReport {
             message_size: odp_core::memory::page_size(),
@@ -293,7 +302,7 @@ fn traffic_with_peer(
             PeerReport {
                 address: address.to_string(),
                 offer,
-                port_counters: Err("not read for --touch-latency".into()),
+                port_counters,
                 retries: None,
                 probes: None,
                 touch_latency: Some(latency),
@@ -313,6 +322,10 @@ fn traffic_with_peer(
     };
     let report = match traffic {
         Ok(report) => report,
+        // A request refused before any traffic leaves nothing to explain.
+        Err(failure) if failure.kind() != odp_core::ErrorKind::Completion => {
+            return Err(failure.into())
+        }
         Err(failure) => {
             // The QP is in error: the causes are asked over a new connection.
             let Some(retries) = retries(conn.qp_num()) else {
@@ -336,13 +349,7 @@ fn traffic_with_peer(
     };
     // Read while the QP is quiet (every request answered) and before the questions below,
     // which are traffic too: the counters and the probes then cover the same requests.
-    let port_counters = counters_before.and_then(|before| {
-        port_counters(&port.0, port.1).map(|after| {
-            odp_core::driver_counters::deltas(&before, &after)
-                .into_iter()
-                .collect()
-        })
-    });
+    let port_counters = counters_since(&counters_before);
     let retries = retries(conn.qp_num());
     let explained = end_session(&mut conn, retries.as_deref())?;
     Ok((

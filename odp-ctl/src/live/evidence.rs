@@ -53,6 +53,9 @@ pub struct EvidenceSink(pub Arc<SharedEvidence>);
 
 impl Sink for EvidenceSink {
     fn event(&mut self, e: &OdpEvent, _engine: &Engine) -> anyhow::Result<()> {
+        if !Evidence::concerns(e) {
+            return Ok(());
+        }
         if let Ok(mut evidence) = self.0.evidence.lock() {
             evidence.event(e);
         }
