@@ -29,20 +29,37 @@ pub fn skip(test: &str, reason: &str) {
     // Written to stderr directly: libtest captures print!/eprint! output of passing tests, and
     // a skip must be seen.
     let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
-    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
-        let record = serde_json::json!({ "test": test, "reason": reason });
-        // One short append per skip: lines from tests running in parallel stay whole.
-        let appended = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(format!("{record}\n").as_bytes()));
-        assert!(
-            appended.is_ok(),
-            "{test}: cannot record the skip in {}: {appended:?}",
-            std::path::Path::new(&path).display()
-        );
-    }
+    let record = serde_json::json!({ "test": test, "reason": reason });
+    append_to_log(SKIP_LOG_ENV, &record.to_string(), test);
+}
+
+/// The file, named by the test driver, listing the tests `host_suffices` recorded.
+pub const HOST_SUFFICES_LOG_ENV: &str = "ODP_HOST_SUFFICES_LOG";
+
+/// Records that `test` ran to its end here and depends on nothing the VM adds (no device, no
+/// root, no probes: the same code on the same input), so `cargo xtask test` leaves it out of
+/// the VM stage, whose time is dear. A test's last statement: a test that skipped or failed on
+/// the host is not recorded, and runs in the VM.
+pub fn host_suffices(test: &str) {
+    append_to_log(HOST_SUFFICES_LOG_ENV, test, test);
+}
+
+/// Appends `line` to the file the driver named in `env`, if it named one.
+fn append_to_log(env: &str, line: &str, test: &str) {
+    let Some(path) = std::env::var_os(env) else {
+        return;
+    };
+    // One short append per line: lines from tests running in parallel stay whole.
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+    assert!(
+        appended.is_ok(),
+        "{test}: cannot record it in {}: {appended:?}",
+        std::path::Path::new(&path).display()
+    );
 }
 
 /// The first device's name, or None after skipping `test`.
@@ -65,16 +82,7 @@ pub const PEER_ENV: &str = "ODP_PEER";
 /// The address of a host serving this one (`odp-ctl serve`), after skipping `test` if there is
 /// none.
 pub fn peer_or_skip(test: &str) -> Option<String> {
-    match std::env::var(PEER_ENV) {
-        Ok(peer) if !peer.is_empty() => Some(peer),
-        _ => {
-            skip(
-                test,
-                &format!("no peer host in {PEER_ENV} (runs between two guests: cargo xtask test)"),
-            );
-            None
-        }
-    }
+    address_or_skip(test, PEER_ENV, "peer host")
 }
 
 /// Where the tests find `odp-ctl serve --pinned` on another host (ADDR:PORT): a peer without
@@ -83,15 +91,17 @@ pub const PINNED_PEER_ENV: &str = "ODP_PINNED_PEER";
 
 /// The address of a host serving a pinned MR, after skipping `test` if there is none.
 pub fn pinned_peer_or_skip(test: &str) -> Option<String> {
-    match std::env::var(PINNED_PEER_ENV) {
-        Ok(peer) if !peer.is_empty() => Some(peer),
+    address_or_skip(test, PINNED_PEER_ENV, "pinned peer")
+}
+
+/// The address in `env`, after skipping `test` if it is unset (`what` names the host missing).
+fn address_or_skip(test: &str, env: &str, what: &str) -> Option<String> {
+    match std::env::var(env) {
+        Ok(address) if !address.is_empty() => Some(address),
         _ => {
             skip(
                 test,
-                &format!(
-                    "no pinned peer in {PINNED_PEER_ENV} (runs between two guests: cargo xtask \
-                     test)"
-                ),
+                &format!("no {what} in {env} (runs between two guests: cargo xtask test)"),
             );
             None
         }

@@ -151,6 +151,7 @@ fn replayed_capture_summary_agrees_with_a_brute_force_count() {
         summary["totals"]["invalidations_by_cause"]["CLEAR"],
         invalidations
     );
+    odp_core::testing::host_suffices("replayed_capture_summary_agrees_with_a_brute_force_count");
 }
 
 #[test]
@@ -194,6 +195,7 @@ fn a_recording_that_lost_events_replays_as_one_that_lost_them() {
             && first.contains("29/30 probes attached"),
         "{first}"
     );
+    odp_core::testing::host_suffices("a_recording_that_lost_events_replays_as_one_that_lost_them");
 }
 
 #[test]
@@ -217,6 +219,7 @@ fn the_human_summary_names_the_totals() {
     ] {
         assert!(text.contains(word), "{word} missing from:\n{text}");
     }
+    odp_core::testing::host_suffices("the_human_summary_names_the_totals");
 }
 
 #[test]
@@ -292,6 +295,9 @@ fn the_tui_shows_a_replay_in_a_real_terminal_and_restores_it_on_quit() {
     assert!(
         !visible.contains("per second"),
         "terminal not restored:\n{visible}"
+    );
+    odp_core::testing::host_suffices(
+        "the_tui_shows_a_replay_in_a_real_terminal_and_restores_it_on_quit",
     );
 }
 
@@ -609,6 +615,9 @@ fn tens_of_thousands_of_mrs_take_bounded_memory_and_say_what_was_summarised() {
         "{MRS} MRs, {PROCESSES} processes: peak RSS {} MiB",
         peak_kib / 1024
     );
+    odp_core::testing::host_suffices(
+        "tens_of_thousands_of_mrs_take_bounded_memory_and_say_what_was_summarised",
+    );
 }
 
 /// The committed capture's lines, reordered, repeated or edited, replayed to a JSON summary.
@@ -699,6 +708,9 @@ fn disorder_within_the_window_is_repaired_and_beyond_it_counted_not_believed() {
         s["rates"]["faults"].as_f64().unwrap_or(f64::MAX) < 1e5,
         "{}",
         s["rates"]
+    );
+    odp_core::testing::host_suffices(
+        "disorder_within_the_window_is_repaired_and_beyond_it_counted_not_believed",
     );
 }
 

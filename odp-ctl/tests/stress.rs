@@ -557,10 +557,10 @@ fn stress_with_monitor_shows_the_run_live_then_reports_after_q() {
     term.keys("q");
     let report = term.wait_for("stress-exit=", 60);
     // A long DONTNEED storm can starve a device fault past HMM's 1 s limit; rxe then fails the
-    // work request (remote access error) and the run rightly exits 7. A DONTNEED inside a THP
-    // splits it, and rxe can then fail an RDMA WRITE with "remote invalid request" and no fault
-    // error (docs/FINDINGS.md #7). Either is accepted only with no wrong bytes and with every
-    // failure listed being of that kind.
+    // work request (remote access error) and the run rightly exits 7, the probes having seen
+    // the timeout unless its event was among those lost on a slow guest. A DONTNEED inside a
+    // THP splits it, and rxe can then fail an RDMA WRITE with "remote invalid request" and no
+    // fault error (docs/FINDINGS.md #7). Either is accepted only with no wrong bytes.
     if !report.contains("stress-exit=0") {
         // The report wraps at the pane's width.
         let joined = report.replace('\n', "");
@@ -570,24 +570,33 @@ fn stress_with_monitor_shows_the_run_live_then_reports_after_q() {
             .and_then(|rest| rest.split(',').next())
             .and_then(|n| n.trim().parse::<u64>().ok())
             .unwrap_or(0);
-        let failures: Vec<&str> = joined.split("WC ERROR ").skip(1).collect();
-        let all_finding_7 = !failures.is_empty()
-            && failures.iter().all(|f| {
-                let failure = f.split("vendor error").next().unwrap_or(f);
-                failure.contains("RDMA WRITE")
-                    && failure.contains("remote invalid request error (9)")
-            });
+        let evidence_lost = joined.contains("never reached the analysis");
+        let failures: Vec<&str> = joined
+            .split("WC ERROR ")
+            .skip(1)
+            .map(|f| f.split("vendor error").next().unwrap_or(f))
+            .collect();
+        let finding_7 = |f: &&str| f.contains("RDMA WRITE") && f.contains("(9)");
+        let hmm_timeout = |f: &&str| {
+            f.contains("remote access error (10)") && (hmm_timeouts > 0 || evidence_lost)
+        };
         assert!(
             report.contains("stress-exit=7")
                 && joined.contains("error: 0 mismatched pages")
-                && (hmm_timeouts > 0 || all_finding_7),
+                && !failures.is_empty()
+                && failures.iter().all(|f| finding_7(f) || hmm_timeout(f)),
             "{report}"
         );
         let _ = writeln!(
             std::io::stderr(),
-            "{test}: failed completions explained by {hmm_timeouts} HMM timeout(s) or the known \
-             finding #7 ({} failure(s) listed)",
-            failures.len()
+            "{test}: {} failed completion(s), explained by {hmm_timeouts} HMM timeout(s){} or \
+             finding #7",
+            failures.len(),
+            if evidence_lost {
+                " (some events lost)"
+            } else {
+                ""
+            }
         );
     }
     assert!(report.contains("(stopped early)"), "{report}");

@@ -180,9 +180,11 @@ pub fn test(opts: &TestOpts) -> Result<()> {
         println!("== host tests (this kernel: no RDMA; device tests print SKIP and run in the VM)");
         let skip_log = workspace_root().join("target/xtask-host-skips.jsonl");
         let _ = std::fs::remove_file(&skip_log);
+        let _ = std::fs::remove_file(host_suffices_log());
         let mut cmd = cargo();
         cmd.args(["test", "--workspace"])
             .env(SKIP_LOG_ENV, &skip_log)
+            .env(HOST_SUFFICES_LOG_ENV, host_suffices_log())
             .env(PROMETHEUS_ENV, &prometheus)
             .env(DEB_ENV, &deb);
         if let Some(f) = &opts.filter {
@@ -199,7 +201,13 @@ pub fn test(opts: &TestOpts) -> Result<()> {
     }
     if opts.vm {
         println!("== VM tests on soft-RoCE (rxe)");
-        let (success, counts) = vm_tests(opts, &prometheus, &deb)?;
+        // Only what this run's host stage ran to its end is left out of the VM.
+        let host_sufficed = if opts.host {
+            read_host_suffices()?
+        } else {
+            Vec::new()
+        };
+        let (success, counts) = vm_tests(opts, &prometheus, &deb, &host_sufficed)?;
         ok &= success;
         total.add(counts);
     }
@@ -226,6 +234,27 @@ pub fn test(opts: &TestOpts) -> Result<()> {
 /// The variable a test's skip record goes to (odp_core::testing::SKIP_LOG_ENV; xtask does not
 /// link odp-core).
 const SKIP_LOG_ENV: &str = "ODP_SKIP_LOG";
+/// The variable naming the file where tests list themselves as needing nothing the VM adds
+/// (odp_core::testing::HOST_SUFFICES_LOG_ENV).
+const HOST_SUFFICES_LOG_ENV: &str = "ODP_HOST_SUFFICES_LOG";
+
+fn host_suffices_log() -> PathBuf {
+    workspace_root().join("target/xtask-host-suffices.txt")
+}
+
+/// The tests the host stage ran to their end that need nothing the VM adds.
+fn read_host_suffices() -> Result<Vec<String>> {
+    let path = host_suffices_log();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut names: Vec<String> = text.lines().map(str::to_owned).collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
 /// Where the tests find a Prometheus server to scrape the exporter with.
 const PROMETHEUS_ENV: &str = "ODP_PROMETHEUS";
 /// Where the package tests find odp-ctl's Debian package.
@@ -262,10 +291,21 @@ struct BinaryResult {
     counts: Counts,
 }
 
-/// The guest script for these test binaries. Each one's status is written only after its
-/// output has fully reached the share, so a binary with a status file has a complete log.
-fn vm_test_script(names: &[String], filter: Option<&str>, deb: &str) -> String {
-    let filter = filter.map(|f| format!(" '{f}'")).unwrap_or_default();
+/// The guest script for these test binaries, less the tests in `leave_out`. Each one's status
+/// is written only after its output has fully reached the share, so a binary with a status
+/// file has a complete log.
+fn vm_test_script(
+    names: &[String],
+    filter: Option<&str>,
+    deb: &str,
+    leave_out: &[String],
+) -> String {
+    let mut filter = filter.map(|f| format!(" '{f}'")).unwrap_or_default();
+    // libtest's --skip matches substrings; these names are whole sentences that no other
+    // test's name contains.
+    for name in leave_out {
+        filter.push_str(&format!(" --skip {name}"));
+    }
     let mut script = format!(
         "export ODP_REQUIRE_DEVICE=1 ODP_CTL=/job/bin/odp-ctl RUST_BACKTRACE=1 \
          {SKIP_LOG_ENV}=/job/{VM_RESULTS}/{VM_SKIPS} {PROMETHEUS_ENV}=/job/bin/prometheus \
@@ -310,7 +350,20 @@ fn finished_binaries(share: &Path, names: &[String]) -> Vec<(String, BinaryResul
 
 /// Runs every integration test binary in the guest, booting it again (up to VM_BOOTS)
 /// when the emulator's int3 oops kills it; returns whether all passed and the counts.
-fn vm_tests(opts: &TestOpts, prometheus: &Path, deb: &Path) -> Result<(bool, Counts)> {
+fn vm_tests(
+    opts: &TestOpts,
+    prometheus: &Path,
+    deb: &Path,
+    host_sufficed: &[String],
+) -> Result<(bool, Counts)> {
+    if !host_sufficed.is_empty() {
+        println!(
+            "== VM: {} tests left out, run to their end on the host and needing nothing the VM \
+             adds: {}",
+            host_sufficed.len(),
+            host_sufficed.join(", ")
+        );
+    }
     let (tests, odp_ctl) = build_vm_artifacts()?;
     let guest = crate::prepare(&opts.vm_opts)?;
     let pending = tests
@@ -347,7 +400,7 @@ fn vm_tests(opts: &TestOpts, prometheus: &Path, deb: &Path) -> Result<(bool, Cou
     let mut reboots = Vec::new();
     let mut skips = Vec::new();
     for boot in 1..=VM_BOOTS {
-        let script = vm_test_script(&pending, opts.filter.as_deref(), &deb_name);
+        let script = vm_test_script(&pending, opts.filter.as_deref(), &deb_name, host_sufficed);
         let run = vm::run_job(&guest, &crate::job(&vm_opts, script, binaries.clone()));
         // Read before the next boot clears the share.
         skips.extend(read_skips(&vm::job_dir().join(VM_RESULTS).join(VM_SKIPS))?);
@@ -577,7 +630,7 @@ fn pair_tests(
     println!("== two guests: {name} against odp-ctl serve on the other");
     let testing = format!(
         "export {PEER_ENV}=$ODP_VM_PEER {PINNED_PEER_ENV}=$ODP_VM_PEER:{PINNED_PORT}\n         n=0\n         until /job/bin/odp-ctl register --peer $ODP_VM_PEER --size 64K >/dev/null 2>&1 \\\n             && /job/bin/odp-ctl register --peer ${PINNED_PEER_ENV} --size 64K >/dev/null 2>&1; do\n         n=$((n + 1)); [ $n -ge 60 ] && {{ echo \"no odp-ctl serve on $ODP_VM_PEER (ODP and pinned)\"; break; }}\n         /usr/bin/busybox sleep 1\n         done\n{}",
-        vm_test_script(&[name.to_string()], opts.filter.as_deref(), "none")
+        vm_test_script(&[name.to_string()], opts.filter.as_deref(), "none", &[])
     );
     let serving = crate::job(
         &opts.vm_opts,

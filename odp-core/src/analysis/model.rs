@@ -140,6 +140,14 @@ pub struct SourceFacts {
     pub clocks: Option<crate::trace::ClockReading>,
 }
 
+impl SourceFacts {
+    /// Events the kernel made or meant to make that never reached the engine: with any, an
+    /// answer of "not seen" may be wrong.
+    pub fn events_lost(&self) -> u64 {
+        self.drops + self.missed + self.unpaired + self.unflushed + self.overflow
+    }
+}
+
 /// How finely the latencies of the entity with `before` others ahead of it are kept: the first
 /// FINE_LATENCY as the totals are, then one digit up to `with_latency`, then none; each entity
 /// kept in less detail is counted in `coarse` or `off`.

@@ -528,8 +528,16 @@ fn print_report(out: &Output, report: &Report, probes: &Probes) -> anyhow::Resul
         for f in &e.causes {
             println!("    cause: {} {}", f.kind.name(), f.detail);
         }
-        if e.causes.is_empty() && probes.summary.is_some() {
-            println!("    cause: no fault that gave up on this memory was seen by the probes");
+        if let (true, Some(summary)) = (e.causes.is_empty(), &probes.summary) {
+            let lost = summary.source.events_lost();
+            println!(
+                "    cause: no fault that gave up on this memory was seen by the probes{}",
+                if lost > 0 {
+                    format!(" ({lost} events never reached the analysis: it may be among those)")
+                } else {
+                    String::new()
+                }
+            );
         }
     }
     for e in &report.worker_errors {
