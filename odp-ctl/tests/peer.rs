@@ -429,10 +429,12 @@ fn retry_exhaustion_toward_a_slow_peer_fails_the_request_and_says_so() {
         return;
     };
     // With no retries, any late ACK fails the transfer, a control message's too (the emulated
-    // hosts are late now and then without a fault): up to three tries for one that the peer's
-    // ODP made fail. Each must fail, each names its cause or says none was found.
+    // hosts are late now and then without a fault; one run in CI had three such tries in a
+    // row): up to six tries for one that the peer's ODP made fail, with 256 KiB drops so that a
+    // 64 KiB WRITE meets a fault of many pages. Each must fail, each names its cause or says
+    // none was found.
     let mut named = None;
-    for _ in 0..3 {
+    for attempt in 1..=6 {
         let (code, report, said) = register_with(
             &peer,
             &[
@@ -445,8 +447,11 @@ fn retry_exhaustion_toward_a_slow_peer_fails_the_request_and_says_so() {
                 "0",
                 "--remote-dontneed",
                 "500",
+                "--remote-dontneed-length",
+                "256K",
             ],
         );
+        let _ = writeln!(std::io::stderr(), "{test}: try {attempt}: {said}");
         assert_eq!(code, Some(7), "{said}");
         assert_eq!(report["error"]["kind"], "completion", "{report}");
         assert!(said.contains("transport retry counter exceeded"), "{said}");
