@@ -906,11 +906,23 @@ fn a_signal_to_odp_ctl_reaches_the_traced_command_and_leaves_nothing_behind() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("odp-ctl");
+        // Seen once is started: a second look could meet the sleeper mid-exec, and odp-ctl
+        // gone early says why.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !running(&sleeping) && Instant::now() < deadline {
+        let mut started = false;
+        while !started && Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                let _ = std::io::Read::read_to_string(
+                    &mut child.stderr.take().expect("stderr"),
+                    &mut err,
+                );
+                panic!("{command:?}: odp-ctl exited ({status}) before the command ran: {err}");
+            }
+            started = running(&sleeping);
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(running(&sleeping), "{command:?}: the command never started");
+        assert!(started, "{command:?}: the command never started");
         // SAFETY: signalling the odp-ctl this test started.
         unsafe { libc::kill(child.id() as i32, signal) };
         let sent = Instant::now();
