@@ -576,7 +576,8 @@ fn stress_with_monitor_shows_the_run_live_then_reports_after_q() {
             .skip(1)
             .map(|f| f.split("vendor error").next().unwrap_or(f))
             .collect();
-        let finding_7 = |f: &&str| f.contains("RDMA WRITE") && f.contains("(9)");
+        let finding_7 =
+            |f: &&str| f.contains("RDMA WRITE") && f.contains("remote invalid request error (9)");
         let hmm_timeout = |f: &&str| {
             f.contains("remote access error (10)") && (hmm_timeouts > 0 || evidence_lost)
         };

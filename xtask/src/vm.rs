@@ -69,7 +69,8 @@ pub fn prepare(opts: &Prepare) -> Result<Guest> {
     let marker = root.join(".odp-complete");
     // The marker holds the package list, so adding a package reassembles cached roots.
     let contents = apt::GUEST_PACKAGES.join(" ");
-    if std::fs::read_to_string(&marker).ok().as_deref() != Some(contents.as_str()) {
+    let assemble = std::fs::read_to_string(&marker).ok().as_deref() != Some(contents.as_str());
+    if assemble {
         let started = Instant::now();
         eprintln!("xtask: assembling guest root for kernel {}", kernel.abi);
         let kernel_debs = apt.download_exact(&apt.kernel_packages(&kernel)?)?;
@@ -103,9 +104,10 @@ pub fn prepare(opts: &Prepare) -> Result<Guest> {
             started.elapsed().as_secs_f64()
         );
     }
-    // Rebuilt whenever the stage 1 script changes, which a cached root's marker cannot see.
+    // Rebuilt with its root, and whenever the stage 1 script changes, which a cached root's
+    // marker cannot see.
     let stage1_copy = initramfs.with_extension("stage1.sh");
-    if std::fs::read_to_string(&stage1_copy).ok().as_deref() != Some(STAGE1) {
+    if assemble || std::fs::read_to_string(&stage1_copy).ok().as_deref() != Some(STAGE1) {
         build_initramfs(&root, &kernel.abi, &initramfs)?;
         std::fs::write(&stage1_copy, STAGE1)?;
     }
