@@ -289,6 +289,19 @@ const VM_SKIPS: &str = "skips.jsonl";
 struct BinaryResult {
     status: i32,
     counts: Counts,
+    failed: Vec<String>,
+}
+
+/// The tests libtest listed as failed in this output: the names under its last `failures:`.
+fn failed_tests(log: &str) -> Vec<String> {
+    let Some((_, tail)) = log.rsplit_once("\nfailures:\n") else {
+        return Vec::new();
+    };
+    tail.lines()
+        .map_while(|l| l.strip_prefix("    "))
+        .filter(|name| !name.is_empty() && !name.contains(char::is_whitespace))
+        .map(str::to_string)
+        .collect()
 }
 
 /// The guest script for these test binaries, less the tests in `leave_out`. Each one's status
@@ -343,7 +356,15 @@ fn finished_binaries(share: &Path, names: &[String]) -> Vec<(String, BinaryResul
         for line in log.lines() {
             counts.observe(line);
         }
-        finished.push((name.clone(), BinaryResult { status, counts }));
+        let failed = failed_tests(&log);
+        finished.push((
+            name.clone(),
+            BinaryResult {
+                status,
+                counts,
+                failed,
+            },
+        ));
     }
     finished
 }
@@ -437,6 +458,9 @@ fn vm_tests(
     }
     for (name, result) in &results {
         counts.add(result.counts);
+        for test in &result.failed {
+            println!("== VM: FAILED {name}: {test}");
+        }
         if result.status != 0 {
             ok = false;
             if result.counts.failed == 0 {
@@ -675,6 +699,9 @@ fn pair_tests(
         Some((_, result)) => {
             counts = result.counts;
             ok &= result.status == 0;
+            for test in &result.failed {
+                println!("== two guests: FAILED {name}: {test}");
+            }
         }
         None => {
             ok = false;
@@ -853,5 +880,15 @@ mod tests {
             "a skipped test is not also a pass"
         );
         assert!(Counts::default().ran_nothing());
+    }
+
+    #[test]
+    fn failed_tests_are_the_names_libtest_lists_last() {
+        let log = "test a ... ok <1.0s>\ntest b ... FAILED <2.0s>\n\nfailures:\n\n\
+                   ---- b stdout ----\n\nthread 'b' panicked at x.rs:1:1:\n    indented text\n\
+                   stack backtrace:\n   0: core::panicking\n\n\nfailures:\n    b\n    \
+                   c_too\n\ntest result: FAILED. 1 passed; 2 failed; 0 ignored\n";
+        assert_eq!(failed_tests(log), ["b", "c_too"]);
+        assert!(failed_tests("test a ... ok\n\ntest result: ok. 1 passed\n").is_empty());
     }
 }
