@@ -6,8 +6,9 @@
 //! ACK timer gave up. The responder's faults carry the QP and the PSN of the packet they served.
 //! A fault on the peer QP at a PSN inside that window happened while the requester waited for
 //! that packet's ACK (the responder answers a packet only after its fault is over), so it is a
-//! cause of the wait; of several, the one at the lowest PSN held up every later packet, and it
-//! is the one named. Without a fault, a copy into the MR at such a PSN that stalled while an
+//! cause of the wait. The responder takes a QP's packets in order, so each delay in the window
+//! held up every packet after it; of several, the longest is named (a fault of microseconds
+//! does not by itself outlast an ACK timer of milliseconds). Without a fault, a copy into the MR at such a PSN that stalled while an
 //! invalidation of the same MR ran (the responder's own clock says so: the driver's copy waits
 //! for the invalidation to let go of the MR) is the cause. A retry with neither waited for
 //! something else (a lost packet, a descheduled responder) and is reported as not caused by
@@ -118,20 +119,23 @@ impl RequesterRetry {
     }
 }
 
-/// The delay, among the responder's in the order it took them, that held up a retry's window:
-/// on the peer QP, a fault before a stall, at the lowest PSN from the window's start; the first
-/// such at that PSN.
+/// The delay, among the responder's in the order it took them, that held up a retry's window
+/// most: on the peer QP, a fault before a stall, the longest; of equals, the one at the lowest
+/// PSN from the window's start, the first such at that PSN.
 pub fn cause<'a>(
     retry: &RequesterRetry,
     delays: impl IntoIterator<Item = &'a ResponderFault>,
 ) -> Option<&'a ResponderFault> {
-    let mut best: Option<((bool, u32), &ResponderFault)> = None;
+    // Lower is more to blame: a fault before a stall, then the longer, then the lower PSN.
+    type Rank = (bool, std::cmp::Reverse<u64>, u32);
+    let mut best: Option<(Rank, &ResponderFault)> = None;
     for delay in delays {
         if delay.qp != retry.dest_qp || !psn_in_window(delay.psn, retry.psn, retry.next_psn) {
             continue;
         }
         let rank = (
             delay.delay != Delay::Fault,
+            std::cmp::Reverse(delay.duration_ns),
             delay.psn.wrapping_sub(retry.psn) & PSN_MASK,
         );
         if best.is_none_or(|(b, _)| rank < b) {
@@ -412,17 +416,24 @@ mod tests {
     }
 
     #[test]
-    fn the_fault_at_the_lowest_psn_of_the_window_on_the_peer_qp_is_the_cause() {
+    fn the_longest_fault_of_the_window_on_the_peer_qp_is_the_cause() {
+        let long = |qp, psn, start| ResponderFault {
+            duration_ns: 40_000_000,
+            ..fault(qp, psn, start)
+        };
         let faults = [
-            fault(40, 110, 0x1000), // in the window, later PSN
-            fault(41, 100, 0x2000), // another QP
-            fault(40, 99, 0x3000),  // before the window: acknowledged already
-            fault(40, 104, 0x4000), // the first in the window
-            fault(40, 104, 0x5000), // same PSN, later: a re-executed READ
-            fault(40, 116, 0x6000), // past the window: not sent yet
+            fault(40, 104, 0x1000), // in the window, first, short
+            long(41, 100, 0x2000),  // another QP
+            long(40, 99, 0x3000),   // before the window: acknowledged already
+            long(40, 110, 0x4000),  // the longest in the window
+            long(40, 110, 0x5000),  // as long, same PSN, later: a re-executed READ
+            long(40, 116, 0x6000),  // past the window: not sent yet
         ];
         let found = cause(&retry(40, 100, 116), &faults).expect("a cause");
         assert_eq!(found.start, 0x4000);
+        // Of equally long ones, the lowest PSN: it held up the other.
+        let equal = [fault(40, 108, 0x7000), fault(40, 102, 0x8000)];
+        assert_eq!(cause(&retry(40, 100, 116), &equal), Some(&equal[1]));
         assert_eq!(cause(&retry(42, 100, 116), &faults), None);
         assert_eq!(cause(&retry(40, 111, 116), &faults), None);
     }

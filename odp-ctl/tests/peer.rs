@@ -367,7 +367,7 @@ fn a_short_ack_timeout_turns_slow_peer_faults_into_retransmissions() {
         &[
             "--probes",
             "--size",
-            "8M",
+            "4M",
             "--ack-timeout",
             "1",
             "--remote-dontneed",
@@ -428,11 +428,13 @@ fn retry_exhaustion_toward_a_slow_peer_fails_the_request_and_says_so() {
     let Some(peer) = peer_or_skip(test) else {
         return;
     };
-    // With no retries, any late ACK fails the transfer, a control message's too (the emulated
-    // hosts are late now and then without a fault; one run in CI had three such tries in a
-    // row): up to six tries for one that the peer's ODP made fail, with 256 KiB drops so that a
-    // 64 KiB WRITE meets a fault of many pages. Each must fail, each names its cause or says
-    // none was found.
+    // With no retries, any late ACK fails the transfer, a control message's too: the emulated
+    // hosts answer late now and then without a fault. An ACK timer of 4.096 us x 2^12 (rxe: 5
+    // ticks) outlasts most such delays, while the serving side drops 1 MiB pieces as fast as
+    // it can, so that WRITEs keep meeting faults that collide with the drops and retry (in a
+    // measured run 3 tries of 3 named a fault; with a timer of 1 tick, 6 of 6 failed on a
+    // control SEND with none). Up to six tries for one the peer's ODP made fail; each must
+    // fail, each names its cause or says none was found.
     let mut named = None;
     for attempt in 1..=6 {
         let (code, report, said) = register_with(
@@ -442,13 +444,13 @@ fn retry_exhaustion_toward_a_slow_peer_fails_the_request_and_says_so() {
                 "--size",
                 "16M",
                 "--ack-timeout",
-                "1",
+                "12",
                 "--retry-count",
                 "0",
                 "--remote-dontneed",
-                "500",
+                "100000",
                 "--remote-dontneed-length",
-                "256K",
+                "1M",
             ],
         );
         let _ = writeln!(std::io::stderr(), "{test}: try {attempt}: {said}");
