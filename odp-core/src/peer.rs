@@ -137,7 +137,7 @@ enum Op {
     Zero = 2,
     /// Compare `len` bytes with the pattern of `seed`; the reply says how many differ.
     Verify = 3,
-    /// Post `count` receives of `size` bytes from offset `c` on.
+    /// Post `a` receives of `b` bytes from offset `c` on, `d` milliseconds after the reply.
     ExpectSends = 4,
     Bye = 5,
     /// Drop `b`-byte pieces of the region with MADV_DONTNEED `a` times a second while WRITEs
@@ -254,12 +254,17 @@ impl ControlBuffer {
 
     /// Has the peer carry out `op`: its Reply, or an error naming what it could not do.
     fn ask(&self, conn: &mut PeerRc, op: Op, a: u64, b: u64, c: u64) -> Result<Message> {
-        let answer = self.exchange(conn, Message { op, a, b, c, d: 0 })?;
+        self.ask_with(conn, Message { op, a, b, c, d: 0 })
+    }
+
+    /// `ask`, with all four words.
+    fn ask_with(&self, conn: &mut PeerRc, message: Message) -> Result<Message> {
+        let answer = self.exchange(conn, message)?;
         (answer.op == Op::Reply)
             .then_some(answer)
             .ok_or_else(|| Error::Peer {
                 peer: conn.peer().to_string(),
-                what: format!("could not carry out {op:?}"),
+                what: format!("could not carry out {:?}", message.op),
             })
     }
 }
@@ -456,6 +461,7 @@ fn serve_messages(
         ..Served::default()
     };
     let mut pending_recvs: Vec<(u64, usize)> = Vec::new();
+    let mut late_receives: Option<Message> = None;
     let mut next = control.post_recv(conn)?;
     loop {
         match conn.wait_for(next, POLL) {
@@ -531,17 +537,12 @@ fn serve_messages(
                     Ok(cause) => cause_reply(cause.as_ref()),
                 }
             }
+            Op::ExpectSends if message.d > 0 => {
+                late_receives = Some(message);
+                ok()
+            }
             Op::ExpectSends => {
-                let size = len(message.b).max(1);
-                let base = len(message.c);
-                for i in 0..message.a {
-                    let offset = usize::try_from(i)
-                        .unwrap_or(usize::MAX)
-                        .saturating_mul(size)
-                        .saturating_add(base);
-                    let n = size.min(target.len().saturating_sub(offset));
-                    pending_recvs.push((conn.post_recv(target, offset, n)?, n));
-                }
+                expect_sends(conn, target, &message, &mut pending_recvs)?;
                 ok()
             }
             Op::Verify => {
@@ -584,11 +585,44 @@ fn serve_messages(
             }
             Op::Reply | Op::Failed => failed(u64::from(message.op as u32)),
         };
-        // The next receive is up before the answer goes out: the peer's next message has a
-        // place to land.
-        next = control.post_recv(conn)?;
-        control.send(conn, reply)?;
+        // Receives are taken in the order they were posted: the data receives go before the
+        // next control message's, which is up before the answer goes out (the peer's next
+        // message has a place to land) unless the data receives are to come late.
+        if let Some(expected) = late_receives.take() {
+            control.send(conn, reply)?;
+            // Bounded: a peer cannot park the service.
+            std::thread::sleep(Duration::from_millis(expected.d.min(LATE_RECEIVES_MAX_MS)));
+            expect_sends(conn, target, &expected, &mut pending_recvs)?;
+            next = control.post_recv(conn)?;
+        } else {
+            next = control.post_recv(conn)?;
+            control.send(conn, reply)?;
+        }
     }
+}
+
+/// The longest a peer may have receives posted late.
+const LATE_RECEIVES_MAX_MS: u64 = 1000;
+
+/// Posts the receives an ExpectSends message announced.
+fn expect_sends(
+    conn: &mut PeerRc,
+    target: &MemoryRegion,
+    message: &Message,
+    pending: &mut Vec<(u64, usize)>,
+) -> Result<()> {
+    let len = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).min(target.len());
+    let size = len(message.b).max(1);
+    let base = len(message.c);
+    for i in 0..message.a {
+        let offset = usize::try_from(i)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(size)
+            .saturating_add(base);
+        let n = size.min(target.len().saturating_sub(offset));
+        pending.push((conn.post_recv(target, offset, n)?, n));
+    }
+    Ok(())
 }
 
 /// The answer to a Cause question: a Reply, with the delay when one was found (`a` bit 0),
@@ -707,17 +741,32 @@ pub struct RemoteStorm {
     pub length: usize,
 }
 
+/// How the active side's traffic runs, and what it asks the peer to do to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerTraffic {
+    pub message_size: usize,
+    pub storm: Option<RemoteStorm>,
+    /// The peer posts each window's receives this long after it said it would: the SENDs
+    /// that come first meet no receive, and its responder answers them with RNR NAKs.
+    pub late_receives: Option<Duration>,
+}
+
 /// The active side: moves the whole of `local` to and from the peer's region in
 /// `message_size` pieces (RDMA WRITE, RDMA READ, SEND), each byte verified where it landed,
-/// then says goodbye. With `storm`, the peer drops pieces of its region while WRITEs and SENDs
+/// then says goodbye. With a storm, the peer drops pieces of its region while WRITEs and SENDs
 /// land in it; pages it dropped may read as zeros, every other byte must match.
 pub fn verify_peer(
     conn: &mut PeerRc,
     local: &MemoryRegion,
     offer: &Offer,
-    message_size: usize,
-    storm: Option<RemoteStorm>,
+    traffic: &PeerTraffic,
 ) -> Result<TrafficReport> {
+    let PeerTraffic {
+        message_size,
+        storm,
+        late_receives,
+    } = *traffic;
+    let late_ms = late_receives.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     if message_size == 0 {
         return Err(Error::invalid("message size must be greater than zero"));
     }
@@ -803,12 +852,15 @@ pub fn verify_peer(
     for group in chunks.chunks(window) {
         // Each message lands at its own offset in the peer's region, as in ours.
         let base = group.first().map_or(0, |&(off, _)| off) as u64;
-        ask(
+        control.ask_with(
             conn,
-            Op::ExpectSends,
-            group.len() as u64,
-            message_size as u64,
-            base,
+            Message {
+                op: Op::ExpectSends,
+                a: group.len() as u64,
+                b: message_size as u64,
+                c: base,
+                d: late_ms,
+            },
         )?;
         for &(off, n) in group {
             let id = conn.post_send(local, off, n)?;

@@ -528,6 +528,9 @@ while [ $misses -lt 3 ]; do
     if $bb ping -c1 -W1 $ODP_VM_PEER >/dev/null 2>&1; then misses=0; else misses=$((misses + 1)); fi
     $bb sleep 1
 done
+# The chain first, so that it starts no server after the killall (a filtered run has no
+# perftest clients: the servers still wait).
+kill $pt 2>/dev/null
 $bb killall ib_write_bw ib_read_lat 2>/dev/null
 kill -TERM $s $p
 wait $s

@@ -35,6 +35,10 @@ pub struct PeerConfig {
     /// The local ACK timeout exponent (4.096 us x 2^N before a request is sent again; 0 waits
     /// forever); None takes rdma_cm's default.
     pub ack_timeout: Option<u8>,
+    /// The RNR NAK timer this QP's responder asks the peer to wait before sending again when
+    /// no receive is posted (IB's 5-bit code: 1 is 0.01 ms, 14 is 1.28 ms, 31 is 491.52 ms, 0
+    /// is 655.36 ms); None takes what rdma_cm sets.
+    pub min_rnr_timer: Option<u8>,
 }
 
 impl Default for PeerConfig {
@@ -46,6 +50,7 @@ impl Default for PeerConfig {
             retry_count: 7,
             rnr_retry: 7,
             ack_timeout: None,
+            min_rnr_timer: None,
         }
     }
 }
@@ -201,6 +206,7 @@ impl CmId {
         &self,
         qp: &QueuePair,
         state: sys::ibv_qp_state::Type,
+        config: &PeerConfig,
         op: &'static str,
     ) -> Result<()> {
         // SAFETY: ibv_qp_attr is plain old data; zero is valid.
@@ -215,6 +221,10 @@ impl CmId {
             // Remote READs, WRITEs and atomics, whatever rdma_cm's defaults allow.
             attr.qp_access_flags = QP_ACCESS;
             mask |= sys::ibv_qp_attr_mask::IBV_QP_ACCESS_FLAGS.0 as i32;
+        }
+        if let (sys::ibv_qp_state::IBV_QPS_RTR, Some(timer)) = (state, config.min_rnr_timer) {
+            attr.min_rnr_timer = timer;
+            mask |= sys::ibv_qp_attr_mask::IBV_QP_MIN_RNR_TIMER.0 as i32;
         }
         qp.modify(&mut attr, sys::ibv_qp_attr_mask(mask as u32), op)
     }
@@ -412,8 +422,12 @@ impl Route {
         }
         let queues = WorkQueues::new(pd, self.config.depth, self.config.timeout)?;
         let qp = QueuePair::create_rc(pd, &queues.cq, self.config.depth)?;
-        self.id
-            .transition(&qp, sys::ibv_qp_state::IBV_QPS_INIT, "ibv_modify_qp(INIT)")?;
+        self.id.transition(
+            &qp,
+            sys::ibv_qp_state::IBV_QPS_INIT,
+            &self.config,
+            "ibv_modify_qp(INIT)",
+        )?;
         let mut param = conn_param(&self.config, pd, &qp, hello, private_data_len);
         // SAFETY: the id is live and routed; param and the hello it points to outlive the call.
         if unsafe { sys::rdma_connect(self.id.ptr(), &mut param) } != 0 {
@@ -427,10 +441,18 @@ impl Route {
             &name,
             "connecting",
         )?;
-        self.id
-            .transition(&qp, sys::ibv_qp_state::IBV_QPS_RTR, "ibv_modify_qp(RTR)")?;
-        self.id
-            .transition(&qp, sys::ibv_qp_state::IBV_QPS_RTS, "ibv_modify_qp(RTS)")?;
+        self.id.transition(
+            &qp,
+            sys::ibv_qp_state::IBV_QPS_RTR,
+            &self.config,
+            "ibv_modify_qp(RTR)",
+        )?;
+        self.id.transition(
+            &qp,
+            sys::ibv_qp_state::IBV_QPS_RTS,
+            &self.config,
+            "ibv_modify_qp(RTS)",
+        )?;
         // SAFETY: the id is live and its QP ready to send.
         if unsafe { sys::rdma_establish(self.id.ptr()) } != 0 {
             return Err(Error::last_os("rdma_establish"));
@@ -619,7 +641,7 @@ impl Request {
             (sys::ibv_qp_state::IBV_QPS_RTR, "ibv_modify_qp(RTR)"),
             (sys::ibv_qp_state::IBV_QPS_RTS, "ibv_modify_qp(RTS)"),
         ] {
-            self.id.transition(&qp, state, op)?;
+            self.id.transition(&qp, state, &self.config, op)?;
         }
         let mut param = conn_param(&self.config, pd, &qp, answer, private_data_len);
         // SAFETY: the id is live; param and the answer it points to outlive the call.

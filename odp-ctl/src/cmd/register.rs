@@ -8,7 +8,7 @@ use odp_core::analysis::SourceFacts;
 use odp_core::driver_counters::port_counters;
 use odp_core::memory::{Backing, Mapping};
 use odp_core::peer::{
-    end_session, parse_address, touch_latency, verify_peer, Hello, Offer, RemoteStorm,
+    end_session, parse_address, touch_latency, verify_peer, Hello, Offer, PeerTraffic, RemoteStorm,
     TouchLatency, PROTOCOL_VERSION,
 };
 use odp_core::remote::RetryReport;
@@ -65,6 +65,21 @@ pub struct Args {
     /// With --peer: transport retries before a request fails with "retry exceeded" (0..7).
     #[arg(long, default_value_t = 7, requires = "peer", value_parser = clap::value_parser!(u8).range(0..=7))]
     pub retry_count: u8,
+    /// With --peer: RNR retries before a request fails with "RNR retry exceeded" (0..7; 7
+    /// retries without end). An ODP responder that answers its faults with RNR NAKs (mlx5)
+    /// fails requests here when this runs out.
+    #[arg(long, default_value_t = 7, requires = "peer", value_parser = clap::value_parser!(u8).range(0..=7))]
+    pub rnr_retry: u8,
+    /// With --peer: the RNR NAK timer of this side's QP (IB's 5-bit code: 1 is 0.01 ms, 14 is
+    /// 1.28 ms, 31 is 491.52 ms, 0 is 655.36 ms): how long the peer waits when this side has
+    /// no receive posted. The peer's own is `serve --min-rnr-timer`.
+    #[arg(long, value_name = "CODE", requires = "peer", value_parser = clap::value_parser!(u8).range(0..=31))]
+    pub min_rnr_timer: Option<u8>,
+    /// With --peer: the peer posts the receives for each window of SENDs this long after it
+    /// said it would (at most 1s), so the SENDs that come first are answered with RNR NAKs and
+    /// wait the peer's RNR timer; bytes are verified as ever.
+    #[arg(long, value_name = "DURATION", requires = "peer", conflicts_with = "touch_latency", value_parser = odp_core::units::parse_duration)]
+    pub late_receives: Option<Duration>,
     /// Message size for --traffic.
     #[arg(long, default_value = "64K", value_parser = parse_size)]
     pub message_size: usize,
@@ -116,6 +131,14 @@ struct Report {
 pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     let traffic_wanted = args.traffic || args.peer.is_some();
     // Before any device, route or peer is touched.
+    if args
+        .late_receives
+        .is_some_and(|d| d.is_zero() || d > Duration::from_secs(1))
+    {
+        return Err(
+            odp_core::Error::invalid("--late-receives must be above 0 and at most 1s").into(),
+        );
+    }
     if traffic_wanted && args.message_size == 0 {
         return Err(odp_core::Error::invalid("--message-size must be greater than zero").into());
     }
@@ -146,6 +169,8 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             let config = PeerConfig {
                 ack_timeout: args.ack_timeout,
                 retry_count: args.retry_count,
+                rnr_retry: args.rnr_retry,
+                min_rnr_timer: args.min_rnr_timer,
                 ..PeerConfig::default()
             };
             let route = Route::resolve(address, &config)?;
@@ -313,7 +338,16 @@ fn traffic_with_peer(
         rate,
         length: args.remote_dontneed_length,
     });
-    let traffic = verify_peer(&mut conn, &setup.mr, &offer, args.message_size, storm);
+    let traffic = verify_peer(
+        &mut conn,
+        &setup.mr,
+        &offer,
+        &PeerTraffic {
+            message_size: args.message_size,
+            storm,
+            late_receives: args.late_receives,
+        },
+    );
     let retries = |qp: u32| {
         evidence.map(|e| {
             e.settle();

@@ -35,6 +35,11 @@ pub struct Args {
     /// invalidations, races and retries the peers' traffic causes here, summed up at the end.
     #[arg(long)]
     pub probes: bool,
+    /// The RNR NAK timer of each connection's QP (IB's 5-bit code: 1 is 0.01 ms, 14 is 1.28
+    /// ms, 31 is 491.52 ms, 0 is 655.36 ms): how long a peer waits when no receive is posted
+    /// here; default: what rdma_cm sets.
+    #[arg(long, value_name = "CODE", value_parser = clap::value_parser!(u8).range(0..=31))]
+    pub min_rnr_timer: Option<u8>,
 }
 
 /// What the probes saw on this host while it served.
@@ -52,7 +57,13 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     }
     let address = parse_address(&args.listen)?;
     let stop = stop_on_signals()?;
-    let listener = Listener::bind(address, &PeerConfig::default())?;
+    let listener = Listener::bind(
+        address,
+        &PeerConfig {
+            min_rnr_timer: args.min_rnr_timer,
+            ..PeerConfig::default()
+        },
+    )?;
     let (device, _) = listener.device()?;
     let mut mr_args = args.mr.clone();
     match &args.mr.device {
