@@ -419,6 +419,69 @@ fn a_short_ack_timeout_turns_slow_peer_faults_into_retransmissions() {
     );
 }
 
+/// Receives the peer posts late: the SENDs that come first are answered with RNR NAKs and wait
+/// the peer's RNR timer, every byte still exact; this side's probes count each NAK as the port
+/// counter does. With no RNR retries the first such SEND fails, named, exit 7, and the peer
+/// serves the next one.
+#[test]
+fn sends_before_the_peers_receives_wait_out_rnr_naks_or_fail_without_retries() {
+    let test = "sends_before_the_peers_receives_wait_out_rnr_naks_or_fail_without_retries";
+    let Some(peer) = peer_or_skip(test) else {
+        return;
+    };
+    // 256 KiB in 64 KiB SENDs: one window of four, its receives posted 100 ms late.
+    let (code, report, said) = register_with(
+        &peer,
+        &["--probes", "--size", "256K", "--late-receives", "100ms"],
+    );
+    assert_eq!(code, Some(0), "{said}");
+    for op in report["traffic"]["ops"].as_array().expect("ops") {
+        assert_eq!(op["mismatch"], Value::Null, "{op}");
+    }
+    let probes = &report["peer"]["probes"];
+    for loss in ["drops", "missed", "unpaired", "overflow"] {
+        assert_eq!(probes[loss], 0, "{loss}: {probes}");
+    }
+    let gained = &report["peer"]["port_counters"]["Ok"];
+    let retries = &report["peer"]["retries"]["Ok"];
+    if report["mr"]["device"]
+        .as_str()
+        .is_some_and(|d| d.starts_with("rxe"))
+    {
+        // The serving guest runs `serve --min-rnr-timer 1`: each NAK asks for a wait of one
+        // tick, so 100 ms of late receives are answered with several (rdma_cm's 655 ms: one).
+        let counted = gained["rcvd_rnr_err"].as_u64().expect("the counter");
+        assert!(counted >= 2, "RNR NAKs: {gained}");
+        assert_eq!(retries["rnr_naks"], counted, "{retries}");
+        assert_eq!(retries["rnr_exceeded"], 0, "{retries}");
+    }
+
+    let (code, report, said) = register_with(
+        &peer,
+        &[
+            "--size",
+            "256K",
+            "--late-receives",
+            "100ms",
+            "--rnr-retry",
+            "0",
+        ],
+    );
+    assert_eq!(code, Some(7), "{said}");
+    assert_eq!(report["error"]["kind"], "completion", "{report}");
+    assert!(
+        said.contains("SEND") && said.contains("RNR retry counter exceeded"),
+        "{said}"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: {} RNR NAK(s) waited out; without retries: {said}",
+        retries["rnr_naks"]
+    );
+    let (code, _, said) = register_with(&peer, &["--size", "1M"]);
+    assert_eq!(code, Some(0), "{said}");
+}
+
 /// With no retries allowed, the first request the peer answers too late fails the transfer:
 /// named, with its status and the peer's fault that held it up, exit 7; both sides clean up and
 /// the peer serves the next one.

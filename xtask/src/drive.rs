@@ -518,7 +518,9 @@ echo never > /sys/kernel/mm/transparent_hugepage/enabled
 # One monitor per server: a monitor follows its command, not the command's children.
 ( /job/bin/odp-ctl --json monitor --summary -- ib_write_bw --odp -R -d rxe0 -s 65536 -n 200 >/job/perftest-write.out 2>&1
   /job/bin/odp-ctl --json monitor --summary -- ib_read_lat --odp -R -d rxe0 -s 4096 -n 100 >/job/perftest-read.out 2>&1 ) & pt=$!
-/job/bin/odp-ctl --json serve --probes --listen $ODP_VM_ADDRESS --size SERVED_MIBM >/job/serve.jsonl 2>/job/serve.err & s=$!
+# An RNR timer of 0.01 ms (rxe: one tick) rather than rdma_cm's 655 ms: the RNR test's SENDs
+# wait out many NAKs while their receives come late.
+/job/bin/odp-ctl --json serve --probes --min-rnr-timer 1 --listen $ODP_VM_ADDRESS --size SERVED_MIBM >/job/serve.jsonl 2>/job/serve.err & s=$!
 # A peer without ODP for the tests that need one: the same serve of a pinned MR.
 /job/bin/odp-ctl --json serve --pinned --listen $ODP_VM_ADDRESS:PINNED_PORT --size 1M >/job/serve-pinned.jsonl 2>/job/serve-pinned.err & p=$!
 n=0
