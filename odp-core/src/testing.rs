@@ -36,11 +36,18 @@ pub fn skip(test: &str, reason: &str) {
 /// The file, named by the test driver, listing the tests `host_suffices` recorded.
 pub const HOST_SUFFICES_LOG_ENV: &str = "ODP_HOST_SUFFICES_LOG";
 
-/// Records that `test` ran to its end here and depends on nothing the VM adds (no device, no
-/// root, no probes: the same code on the same input), so `cargo xtask test` leaves it out of
-/// the VM stage, whose time is dear. A test's last statement: a test that skipped or failed on
-/// the host is not recorded, and runs in the VM.
-pub fn host_suffices(test: &str) {
+/// Records that the calling test ran to its end here and depends on nothing the VM adds (no
+/// device, no root, no probes: the same code on the same input), so `cargo xtask test` leaves
+/// it out of the VM stage, whose time is dear. A test's last statement: a test that skipped or
+/// failed on the host is not recorded, and runs in the VM. The name is the one libtest gave
+/// the test's thread, so it is the one the VM stage's `--skip` must match.
+pub fn host_suffices() {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("main");
+    assert!(
+        test != "main",
+        "host_suffices: not called from a test's own thread (libtest names it after the test)"
+    );
     append_to_log(HOST_SUFFICES_LOG_ENV, test, test);
 }
 

@@ -249,9 +249,7 @@ fn a_recordings_totals_are_served_in_both_formats_and_agree_with_the_summary() {
 
     let status = stop(child);
     assert!(status.success(), "{status}");
-    odp_core::testing::host_suffices(
-        "a_recordings_totals_are_served_in_both_formats_and_agree_with_the_summary",
-    );
+    odp_core::testing::host_suffices();
 }
 
 #[test]
@@ -596,9 +594,7 @@ fn a_real_prometheus_scrapes_the_exporter_and_answers_from_its_series() {
     // The slowest fault (7.53 ms) lies in the (5 ms, 10 ms] bucket; Prometheus answers that
     // bucket's upper bound for the 100th percentile.
     assert_eq!(worst, Some(0.01), "histogram_quantile over the buckets");
-    odp_core::testing::host_suffices(
-        "a_real_prometheus_scrapes_the_exporter_and_answers_from_its_series",
-    );
+    odp_core::testing::host_suffices();
 }
 
 /// promtool, shipped beside the server in Debian's package.
@@ -650,7 +646,7 @@ fn promtool_finds_nothing_to_lint_in_either_format() {
         );
     }
     assert!(stop(exporter).success());
-    odp_core::testing::host_suffices("promtool_finds_nothing_to_lint_in_either_format");
+    odp_core::testing::host_suffices();
 }
 
 #[test]
@@ -676,7 +672,7 @@ fn a_process_whose_mrs_were_all_retired_keeps_its_label() {
     assert_eq!(sum(&m, "odp_faults_total", &["process=\"other\""]), 120.0);
     assert_eq!(sum(&m, "odp_faults_total", &[]), 500.0 + 1260.0);
     assert!(stop(child).success());
-    odp_core::testing::host_suffices("a_process_whose_mrs_were_all_retired_keeps_its_label");
+    odp_core::testing::host_suffices();
 }
 
 /// The (lower, upper] bounds in seconds of the fault-duration bucket holding `seconds`, from
@@ -944,9 +940,7 @@ fn the_grafana_dashboard_asks_prometheus_only_for_what_the_exporter_serves() {
             "no data for {q}"
         );
     }
-    odp_core::testing::host_suffices(
-        "the_grafana_dashboard_asks_prometheus_only_for_what_the_exporter_serves",
-    );
+    odp_core::testing::host_suffices();
 }
 
 #[test]

@@ -151,7 +151,7 @@ fn replayed_capture_summary_agrees_with_a_brute_force_count() {
         summary["totals"]["invalidations_by_cause"]["CLEAR"],
         invalidations
     );
-    odp_core::testing::host_suffices("replayed_capture_summary_agrees_with_a_brute_force_count");
+    odp_core::testing::host_suffices();
 }
 
 #[test]
@@ -195,7 +195,7 @@ fn a_recording_that_lost_events_replays_as_one_that_lost_them() {
             && first.contains("29/30 probes attached"),
         "{first}"
     );
-    odp_core::testing::host_suffices("a_recording_that_lost_events_replays_as_one_that_lost_them");
+    odp_core::testing::host_suffices();
 }
 
 #[test]
@@ -219,7 +219,7 @@ fn the_human_summary_names_the_totals() {
     ] {
         assert!(text.contains(word), "{word} missing from:\n{text}");
     }
-    odp_core::testing::host_suffices("the_human_summary_names_the_totals");
+    odp_core::testing::host_suffices();
 }
 
 #[test]
@@ -296,9 +296,7 @@ fn the_tui_shows_a_replay_in_a_real_terminal_and_restores_it_on_quit() {
         !visible.contains("per second"),
         "terminal not restored:\n{visible}"
     );
-    odp_core::testing::host_suffices(
-        "the_tui_shows_a_replay_in_a_real_terminal_and_restores_it_on_quit",
-    );
+    odp_core::testing::host_suffices();
 }
 
 const CHILD_ENV: &str = "ODP_MONITOR_RACE_CHILD";
@@ -615,9 +613,7 @@ fn tens_of_thousands_of_mrs_take_bounded_memory_and_say_what_was_summarised() {
         "{MRS} MRs, {PROCESSES} processes: peak RSS {} MiB",
         peak_kib / 1024
     );
-    odp_core::testing::host_suffices(
-        "tens_of_thousands_of_mrs_take_bounded_memory_and_say_what_was_summarised",
-    );
+    odp_core::testing::host_suffices();
 }
 
 /// The committed capture's lines, reordered, repeated or edited, replayed to a JSON summary.
@@ -709,9 +705,7 @@ fn disorder_within_the_window_is_repaired_and_beyond_it_counted_not_believed() {
         "{}",
         s["rates"]
     );
-    odp_core::testing::host_suffices(
-        "disorder_within_the_window_is_repaired_and_beyond_it_counted_not_believed",
-    );
+    odp_core::testing::host_suffices();
 }
 
 fn ts_of(line: &str) -> u64 {
