@@ -699,6 +699,7 @@ else
     for r in $(seq ROUNDS); do
         echo "PEER odp $(odp-ctl --json register --peer $ODP_VM_PEER --size SIZE --message-size MSG)" | tr -d '\n'; echo
         echo "PEER pinned $(odp-ctl --json register --peer $ODP_VM_PEER:10090 --pinned --size SIZE --message-size MSG)" | tr -d '\n'; echo
+        echo "PEER probed $(odp-ctl --json register --peer $ODP_VM_PEER --size SIZE --message-size MSG --probes)" | tr -d '\n'; echo
         echo "TOUCH $(odp-ctl --json register --peer $ODP_VM_PEER --size 1M --touch-latency 256)" | tr -d '\n'; echo
     done
 fi
@@ -764,27 +765,31 @@ pub fn vm_peer(vm_opts: &crate::VmOpts, rounds: usize, size: &str, message: &str
     }
     println!("medians of {rounds} interleaved rounds, {size} per op, {message} messages, MB/s:");
     for op in ["write", "read", "send"] {
-        let mut odp = rates.remove(&("odp".into(), op.into())).unwrap_or_default();
-        let mut pinned = rates
-            .remove(&("pinned".into(), op.into()))
-            .unwrap_or_default();
-        if odp.len() != rounds || pinned.len() != rounds {
-            bail!(
-                "{op}: {} ODP and {} pinned rounds of {rounds}",
-                odp.len(),
-                pinned.len()
-            );
-        }
+        let mut rounds_of = |kind: &str| -> Result<Vec<f64>> {
+            let got = rates
+                .remove(&(kind.to_string(), op.to_string()))
+                .unwrap_or_default();
+            if got.len() != rounds {
+                bail!("{op}: {} {kind} rounds of {rounds}", got.len());
+            }
+            Ok(got)
+        };
+        let mut odp = rounds_of("odp")?;
+        let mut pinned = rounds_of("pinned")?;
+        // ODP again, with this side's probes: every completer run (one per ACK) is probed.
+        let mut probed = rounds_of("probed")?;
         let spread = |v: &[f64]| {
             let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             format!("{lo:.1}..{hi:.1}")
         };
-        let (so, sp) = (spread(&odp), spread(&pinned));
-        let (o, p) = (median(&mut odp), median(&mut pinned));
+        let (so, sp, sb) = (spread(&odp), spread(&pinned), spread(&probed));
+        let (o, p, b) = (median(&mut odp), median(&mut pinned), median(&mut probed));
         println!(
-            "  {op:<5} ODP {o:.1} ({so}), pinned {p:.1} ({sp}), ODP/pinned {:.2}",
-            o / p
+            "  {op:<5} ODP {o:.1} ({so}), pinned {p:.1} ({sp}), ODP/pinned {:.2}; ODP with the \
+             requester's probes {b:.1} ({sb}), probed/ODP {:.2}",
+            o / p,
+            b / o
         );
     }
     println!("RDMA READ of one 4 KiB page of the peer's ODP MR, 256 pages a round, medians of the rounds' quantiles, us:");

@@ -226,6 +226,15 @@ impl CmId {
             attr.min_rnr_timer = timer;
             mask |= sys::ibv_qp_attr_mask::IBV_QP_MIN_RNR_TIMER.0 as i32;
         }
+        if state == sys::ibv_qp_state::IBV_QPS_RTS {
+            // The CM hands each side the counts the *other* side asked for (the REQ's RNR
+            // retries go to the passive QP, the REP's to the active one; the passive side's
+            // transport retries come from the REQ too): each side's own are set here.
+            attr.retry_cnt = config.retry_count.min(7);
+            attr.rnr_retry = config.rnr_retry.min(7);
+            mask |= (sys::ibv_qp_attr_mask::IBV_QP_RETRY_CNT.0
+                | sys::ibv_qp_attr_mask::IBV_QP_RNR_RETRY.0) as i32;
+        }
         qp.modify(&mut attr, sys::ibv_qp_attr_mask(mask as u32), op)
     }
 }
