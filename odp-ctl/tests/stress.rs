@@ -541,8 +541,9 @@ fn stress_with_monitor_shows_the_run_live_then_reports_after_q() {
     let Some(term) = Terminal::start(test, 120, 40, &command) else {
         return;
     };
-    // The live view, with the stress process's ODP MR in the table and faults counting up.
-    let live = term.wait_for("rxe0", 60);
+    // The live view, with the stress process's ODP MR in the table and faults counting up
+    // (after the probe session's start: seconds in an idle guest, once over a minute).
+    let live = term.wait_for("rxe0", 120);
     assert!(
         live.contains("odp-ctl monitor") && live.contains("live"),
         "{live}"

@@ -911,8 +911,9 @@ fn a_signal_to_odp_ctl_reaches_the_traced_command_and_leaves_nothing_behind() {
             .spawn()
             .expect("odp-ctl");
         // Seen once is started: a second look could meet the sleeper mid-exec, and odp-ctl
-        // gone early says why.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // gone early says why. The probe session starts first: 5 s in an idle guest, and in
+        // one suite run over 30 s.
+        let deadline = Instant::now() + Duration::from_secs(90);
         let mut started = false;
         while !started && Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
