@@ -57,6 +57,20 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     }
     let address = parse_address(&args.listen)?;
     let stop = stop_on_signals()?;
+    // The probes attach before the MR is registered, so the engine knows it from its start,
+    // and before the listener is bound: a peer that connects while they attach (seconds) is
+    // refused at once and can try again, rather than queued until its own timeout has passed.
+    let source = if args.probes {
+        let config = odp_ebpf::Config {
+            pid: Some(std::process::id()),
+            // The completer's retries too, which only the two-host commands read.
+            points: Some(bpf_common::Point::ALL.to_vec()),
+            ..odp_ebpf::Config::default()
+        };
+        Some(Source::probes(config, None)?)
+    } else {
+        None
+    };
     let listener = Listener::bind(
         address,
         &PeerConfig {
@@ -74,18 +88,6 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         }
         _ => mr_args.device = Some(device.clone()),
     }
-    // The probes attach before the MR is registered, so the engine knows it from its start.
-    let source = if args.probes {
-        let config = odp_ebpf::Config {
-            pid: Some(std::process::id()),
-            // The completer's retries too, which only the two-host commands read.
-            points: Some(bpf_common::Point::ALL.to_vec()),
-            ..odp_ebpf::Config::default()
-        };
-        Some(Source::probes(config, None)?)
-    } else {
-        None
-    };
     let setup = setup(&mr_args)?;
     let offer = Offer {
         remote: Remote::from(&setup.mr),
