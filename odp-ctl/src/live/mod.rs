@@ -117,28 +117,33 @@ pub fn run(
         engine.record_activity();
     }
     let mut batch = Vec::new();
-    // Drained and not yet fed, oldest first.
-    let mut backlog = std::collections::VecDeque::new();
+    // How much of `batch` has been fed. The source is drained again only once all of it has:
+    // the source's bounded queue, where a lagging consumer's excess is shed and counted,
+    // stays the one bound on what waits.
+    let mut fed = 0;
     let mut order = InOrder::new(source.live);
     let mut state = State::default();
     // When the run began stopping (a signal, the deadline): the source's grace counts from it.
     let mut stopped_at: Option<Instant> = None;
     let mut failure = None;
     loop {
-        let source_done = source.done();
-        source.drain(&mut batch);
+        let mut source_done = false;
+        if fed == batch.len() {
+            source_done = source.done();
+            source.drain(&mut batch);
+            fed = 0;
+        }
         if engine.source.clocks.is_none() {
             // Set before any event is queued, so in place before the first reaches a sink.
             engine.source.clocks = source.clocks();
         }
-        backlog.extend(batch.drain(..));
-        let slice = backlog.len().min(FEED_SLICE);
-        if let Err(e) = order.feed(&mut engine, sinks, &backlog.make_contiguous()[..slice]) {
+        let slice = (batch.len() - fed).min(FEED_SLICE);
+        if let Err(e) = order.feed(&mut engine, sinks, &batch[fed..fed + slice]) {
             failure = Some(e);
             break;
         }
-        backlog.drain(..slice);
-        state.source_done = source_done && backlog.is_empty();
+        fed += slice;
+        state.source_done = source_done && fed == batch.len();
         state.losses = source.losses();
         engine.source.drops = state.losses.drops;
         engine.source.overflow = state.losses.overflow;
@@ -181,7 +186,7 @@ pub fn run(
     let drain_until = stopped_at.unwrap_or_else(Instant::now) + source.grace();
     // What arrived before the stop still reaches the engine and the sinks.
     if failure.is_none() {
-        if let Err(e) = order.feed(&mut engine, sinks, backlog.make_contiguous()) {
+        if let Err(e) = order.feed(&mut engine, sinks, &batch[fed..]) {
             failure = Some(e);
         }
     }
