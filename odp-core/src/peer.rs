@@ -590,8 +590,7 @@ fn serve_messages(
         // message has a place to land) unless the data receives are to come late.
         if let Some(expected) = late_receives.take() {
             control.send(conn, reply)?;
-            // Bounded: a peer cannot park the service.
-            std::thread::sleep(Duration::from_millis(expected.d.min(LATE_RECEIVES_MAX_MS)));
+            std::thread::sleep(Duration::from_millis(expected.d).min(LATE_RECEIVES_MAX));
             expect_sends(conn, target, &expected, &mut pending_recvs)?;
             next = control.post_recv(conn)?;
         } else {
@@ -600,9 +599,6 @@ fn serve_messages(
         }
     }
 }
-
-/// The longest a peer may have receives posted late.
-const LATE_RECEIVES_MAX_MS: u64 = 1000;
 
 /// Posts the receives an ExpectSends message announced.
 fn expect_sends(
@@ -740,6 +736,9 @@ pub struct RemoteStorm {
     /// Bytes each one drops (page-aligned pieces).
     pub length: usize,
 }
+
+/// The longest a peer may have receives posted late: a peer cannot park the service.
+pub const LATE_RECEIVES_MAX: Duration = Duration::from_secs(1);
 
 /// How the active side's traffic runs, and what it asks the peer to do to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

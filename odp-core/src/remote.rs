@@ -8,9 +8,10 @@
 //! that packet's ACK (the responder answers a packet only after its fault is over), so it is a
 //! cause of the wait. The responder takes a QP's packets in order, so each delay in the window
 //! held up every packet after it; of several, the longest is named (a fault of microseconds
-//! does not by itself outlast an ACK timer of milliseconds). Without a fault, a copy into the MR at such a PSN that stalled while an
-//! invalidation of the same MR ran (the responder's own clock says so: the driver's copy waits
-//! for the invalidation to let go of the MR) is the cause. A retry with neither waited for
+//! does not by itself outlast an ACK timer of milliseconds). Without a fault, a copy into the
+//! MR at such a PSN that stalled while an invalidation of the same MR ran (the responder's own
+//! clock says so: the driver's copy waits for the invalidation to let go of the MR) is the
+//! cause. A retry with neither waited for
 //! something else (a lost packet, a descheduled responder) and is reported as not caused by
 //! ODP.
 

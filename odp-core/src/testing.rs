@@ -43,11 +43,11 @@ pub const HOST_SUFFICES_LOG_ENV: &str = "ODP_HOST_SUFFICES_LOG";
 /// the test's thread, so it is the one the VM stage's `--skip` must match.
 pub fn host_suffices() {
     let thread = std::thread::current();
-    let test = thread.name().unwrap_or("main");
-    assert!(
-        test != "main",
-        "host_suffices: not called from a test's own thread (libtest names it after the test)"
-    );
+    let Some(test) = thread.name().filter(|name| *name != "main") else {
+        panic!(
+            "host_suffices: not called from a test's own thread (libtest names it after the test)"
+        );
+    };
     append_to_log(HOST_SUFFICES_LOG_ENV, test, test);
 }
 

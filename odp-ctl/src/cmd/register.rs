@@ -9,7 +9,7 @@ use odp_core::driver_counters::port_counters;
 use odp_core::memory::{Backing, Mapping};
 use odp_core::peer::{
     end_session, parse_address, touch_latency, verify_peer, Hello, Offer, PeerTraffic, RemoteStorm,
-    TouchLatency, PROTOCOL_VERSION,
+    TouchLatency, LATE_RECEIVES_MAX, PROTOCOL_VERSION,
 };
 use odp_core::remote::RetryReport;
 use odp_core::traffic::{verify_loopback, TrafficReport};
@@ -133,11 +133,13 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     // Before any device, route or peer is touched.
     if args
         .late_receives
-        .is_some_and(|d| d.is_zero() || d > Duration::from_secs(1))
+        .is_some_and(|d| d.is_zero() || d > LATE_RECEIVES_MAX)
     {
-        return Err(
-            odp_core::Error::invalid("--late-receives must be above 0 and at most 1s").into(),
-        );
+        return Err(odp_core::Error::invalid(format!(
+            "--late-receives must be above 0 and at most {:?}",
+            LATE_RECEIVES_MAX
+        ))
+        .into());
     }
     if traffic_wanted && args.message_size == 0 {
         return Err(odp_core::Error::invalid("--message-size must be greater than zero").into());
