@@ -2,10 +2,12 @@
 //! serve` (the passive side, which owns the target MR) and `--peer` (the active side, which
 //! drives the traffic) speak over one rdma_cm RC connection.
 //!
-//! The connect request carries a `Hello` (magic, protocol version); the accept an `Offer` (the
-//! served MR's address, rkey, length, whether it is ODP). After that the active side sends
-//! fixed-size control messages (SEND into a small pinned buffer) and the passive side answers
-//! each one: fill or zero its MR with a pattern, expect a number of SENDs into it, verify it.
+//! The connect request carries a `Hello` (magic, protocol version, purpose); the accept an
+//! `Offer` (the served MR's address, rkey, length, whether it is ODP). After that the active
+//! side sends fixed-size control messages (SEND into a small pinned buffer) and the passive side
+//! answers each one: fill or zero its MR with a pattern, expect a number of SENDs into it,
+//! verify it. A connection for questions only (which of the serving side's faults caused a
+//! retry) is served beside the traffic, and touches no MR.
 //! RDMA WRITEs and SENDs are verified by the passive side where they landed; RDMA READs by the
 //! active side where they were read into.
 
@@ -21,10 +23,12 @@ use crate::remote::{Delay, RequesterRetry, ResponderFault, RetryReport};
 use crate::traffic::{
     explicit, fill_pattern, fill_pattern_prefix, first_mismatch, Mismatch, OpResult, TrafficReport,
 };
-use crate::verbs::{Access, MemoryRegion, Opcode, PeerRc, Remote};
+use crate::verbs::{
+    Access, MemoryRegion, Opcode, PeerRc, ProtectionDomain, Remote, Request, Route,
+};
 
 /// Bumped whenever a message changes shape or meaning; both sides must agree.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 const MAGIC: [u8; 4] = *b"ODPP";
 /// The port `serve` listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 10089;
@@ -44,17 +48,39 @@ pub fn parse_address(text: &str) -> Result<std::net::SocketAddrV4> {
     Ok(std::net::SocketAddrV4::new(ip, DEFAULT_PORT))
 }
 
+/// What a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Traffic into the served MR, one peer at a time.
+    Traffic,
+    /// Questions about retries only: served at once, beside any traffic.
+    Questions,
+}
+
 /// The connect request's private data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hello {
     pub version: u16,
+    pub purpose: Purpose,
 }
 
 impl Hello {
+    /// This version's hello for `purpose`.
+    pub fn new(purpose: Purpose) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            purpose,
+        }
+    }
+
     pub fn encode(self) -> [u8; 8] {
         let mut out = [0u8; 8];
         out[..4].copy_from_slice(&MAGIC);
         out[4..6].copy_from_slice(&self.version.to_le_bytes());
+        out[6] = match self.purpose {
+            Purpose::Traffic => 0,
+            Purpose::Questions => 1,
+        };
         out
     }
 
@@ -70,7 +96,14 @@ impl Hello {
                  same odp-ctl version on both hosts"
             ));
         }
-        Ok(Hello { version })
+        let purpose = match bytes.get(6) {
+            Some(0) => Purpose::Traffic,
+            Some(1) => Purpose::Questions,
+            _ => {
+                return Err("odp-ctl peer with a connection purpose this side does not know".into())
+            }
+        };
+        Ok(Hello { version, purpose })
     }
 }
 
@@ -144,7 +177,9 @@ enum Op {
     /// and SENDs land in it (from the next zeroing to the verification that ends the pass).
     Storm = 6,
     /// Which of the serving side's faults on its QP `a` held up the window of PSNs `[b, c)`:
-    /// the cause of a retry the asking side's requester made (needs `serve --probes`).
+    /// the cause of a retry the asking side's requester made (needs `serve --probes`). With
+    /// `d` bit 0 the serving side first lets its probes' stream catch up with now: the first
+    /// question about retries that just happened.
     Cause = 7,
     /// Drop the first `b` bytes of the region with MADV_DONTNEED: the device's next touch of
     /// each page is a first touch (a fault that allocates the page). Refused on a pinned MR.
@@ -285,6 +320,9 @@ pub struct Served {
     pub zeroed_pages: u64,
     /// Whether the peer said goodbye (else it disconnected or the run stopped).
     pub clean_end: bool,
+    /// The connection only asked questions (it was offered no memory).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub questions_only: bool,
     /// The peer's retries it asked the cause of.
     pub causes_asked: u64,
     /// What this side's port counters gained over the connection, by the driver's names (set by
@@ -400,15 +438,48 @@ impl Storm {
 }
 
 /// What the serving side's probes can say about a peer's retry: the fault behind it, or None;
-/// Err when it runs without probes.
+/// Err when it runs without probes. The flag asks it to let its stream catch up with now first.
 pub type Explain<'a> =
-    &'a dyn Fn(&RequesterRetry) -> std::result::Result<Option<ResponderFault>, ()>;
+    &'a (dyn Fn(&RequesterRetry, bool) -> std::result::Result<Option<ResponderFault>, ()> + Sync);
 
-/// Serves one connection until the peer says goodbye or disconnects, or `stop` is set: the
-/// passive side of `verify_peer`, on `target` (the MR offered to the peer). `explain` answers
-/// the peer's questions about its retries.
-pub fn serve(
+/// Cause's `d` bit asking the serving side to catch up first.
+const CATCH_UP: u64 = 1;
+
+/// The control buffer of a connection being accepted, its first receive posted before the accept
+/// goes out: the peer's first message never meets an RNR NAK (which would hold it for the min
+/// RNR timer, 655 ms unless set).
+fn accept_ready(
+    request: Request,
+    pd: &Arc<ProtectionDomain>,
+    offer: &Offer,
+) -> Result<(PeerRc, ControlBuffer, u64)> {
+    let (conn, (control, first)) = request.accept_with(pd, &offer.encode(), |conn| {
+        let control = ControlBuffer::new(conn)?;
+        let first = control.post_recv(conn)?;
+        Ok((control, first))
+    })?;
+    Ok((conn, control, first))
+}
+
+/// Accepts a traffic peer's `request` with `offer` (of `target`, on `pd`) and serves it until
+/// the peer says goodbye or disconnects, or `stop` is set: the passive side of `verify_peer`.
+/// `explain` answers the peer's questions about its retries.
+pub fn accept_and_serve(
+    request: Request,
+    pd: &Arc<ProtectionDomain>,
+    offer: &Offer,
+    target: &MemoryRegion,
+    stop: &AtomicBool,
+    explain: Explain<'_>,
+) -> Result<Served> {
+    let (mut conn, control, first) = accept_ready(request, pd, offer)?;
+    serve(&mut conn, control, first, target, stop, explain)
+}
+
+fn serve(
     conn: &mut PeerRc,
+    control: ControlBuffer,
+    first: u64,
     target: &MemoryRegion,
     stop: &AtomicBool,
     explain: Explain<'_>,
@@ -417,24 +488,33 @@ pub fn serve(
     let storm = Storm::new(target.len().div_ceil(crate::memory::page_size()));
     let mut storming = false;
     let served = std::thread::scope(|scope| {
-        let result = serve_messages(conn, target, stop, &storm, explain, |rate, len| {
-            if !storming {
-                storming = true;
-                let storm = &storm;
-                let seed = crate::trace::monotonic_ns();
-                // Named, so its invalidations are told from the CPU's own (a verification
-                // that reads a dropped page maps the zero page; the next fill's write replaces
-                // it, which invalidates too).
-                let spawned = std::thread::Builder::new()
-                    .name(STORM_THREAD.into())
-                    .spawn_scoped(scope, move || storm.run(mapping, rate, len, seed));
-                if let Err(e) = spawned {
-                    if let Ok(mut f) = storm.failure.lock() {
-                        f.get_or_insert(Error::invalid(format!("cannot start the storm: {e}")));
+        let result = serve_messages(
+            conn,
+            &control,
+            first,
+            target,
+            stop,
+            &storm,
+            explain,
+            |rate, len| {
+                if !storming {
+                    storming = true;
+                    let storm = &storm;
+                    let seed = crate::trace::monotonic_ns();
+                    // Named, so its invalidations are told from the CPU's own (a verification
+                    // that reads a dropped page maps the zero page; the next fill's write replaces
+                    // it, which invalidates too).
+                    let spawned = std::thread::Builder::new()
+                        .name(STORM_THREAD.into())
+                        .spawn_scoped(scope, move || storm.run(mapping, rate, len, seed));
+                    if let Err(e) = spawned {
+                        if let Ok(mut f) = storm.failure.lock() {
+                            f.get_or_insert(Error::invalid(format!("cannot start the storm: {e}")));
+                        }
                     }
                 }
-            }
-        });
+            },
+        );
         storm.active.store(false, Ordering::Release);
         storm.over.store(true, Ordering::Relaxed);
         result
@@ -447,41 +527,27 @@ pub fn serve(
     Ok(served)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve_messages(
     conn: &mut PeerRc,
+    control: &ControlBuffer,
+    first: u64,
     target: &MemoryRegion,
     stop: &AtomicBool,
     storm: &Storm,
     explain: Explain<'_>,
     mut start_storm: impl FnMut(u64, usize),
 ) -> Result<Served> {
-    let control = ControlBuffer::new(conn)?;
     let mut served = Served {
         peer: conn.peer().to_string(),
         ..Served::default()
     };
     let mut pending_recvs: Vec<(u64, usize)> = Vec::new();
     let mut late_receives: Option<Message> = None;
-    let mut next = control.post_recv(conn)?;
+    let mut next = first;
     loop {
-        match conn.wait_for(next, POLL) {
-            Ok(_) => {}
-            Err(Error::CompletionTimeout { .. }) => {
-                if stop.load(Ordering::Relaxed) || conn.disconnected()? {
-                    return Ok(served);
-                }
-                continue;
-            }
-            // A flushed receive: the peer went away.
-            Err(_) if conn.disconnected()? => return Ok(served),
-            Err(e) => return Err(e),
-        }
-        let Some(message) = control.received()? else {
-            control.send(conn, failed(0))?;
-            return Err(Error::Peer {
-                peer: conn.peer().to_string(),
-                what: "sent a control message that is not one".into(),
-            });
+        let Some(message) = next_message(conn, control, next, stop)? else {
+            return Ok(served);
         };
         let len = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).min(target.len());
         let reply = match message.op {
@@ -521,21 +587,8 @@ fn serve_messages(
                 }
             }
             Op::Cause => {
-                let retry = RequesterRetry {
-                    qp: 0,
-                    dest_qp: message.a as u32,
-                    psn: message.b as u32,
-                    next_psn: message.c as u32,
-                    retries: 0,
-                    exceeded: 0,
-                    rnr_naks: 0,
-                    rnr_exceeded: 0,
-                };
                 served.causes_asked += 1;
-                match explain(&retry) {
-                    Err(()) => failed(NO_PROBES),
-                    Ok(cause) => cause_reply(cause.as_ref()),
-                }
+                answer_cause(&message, explain)
             }
             Op::ExpectSends if message.d > 0 => {
                 late_receives = Some(message);
@@ -597,6 +650,97 @@ fn serve_messages(
             next = control.post_recv(conn)?;
             control.send(conn, reply)?;
         }
+    }
+}
+
+/// The next control message on a served connection once `posted` (its receive) completes;
+/// None when the peer went away or the service stops.
+fn next_message(
+    conn: &mut PeerRc,
+    control: &ControlBuffer,
+    posted: u64,
+    stop: &AtomicBool,
+) -> Result<Option<Message>> {
+    loop {
+        match conn.wait_for(posted, POLL) {
+            Ok(_) => break,
+            Err(Error::CompletionTimeout { .. }) => {
+                if stop.load(Ordering::Relaxed) || conn.disconnected()? {
+                    return Ok(None);
+                }
+            }
+            // A flushed receive: the peer went away.
+            Err(_) if conn.disconnected()? => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    match control.received()? {
+        Some(message) => Ok(Some(message)),
+        None => {
+            control.send(conn, failed(0))?;
+            Err(Error::Peer {
+                peer: conn.peer().to_string(),
+                what: "sent a control message that is not one".into(),
+            })
+        }
+    }
+}
+
+/// The answer to a Cause question.
+fn answer_cause(message: &Message, explain: Explain<'_>) -> Message {
+    let retry = RequesterRetry {
+        qp: 0,
+        dest_qp: message.a as u32,
+        psn: message.b as u32,
+        next_psn: message.c as u32,
+        retries: 0,
+        exceeded: 0,
+        rnr_naks: 0,
+        rnr_exceeded: 0,
+    };
+    match explain(&retry, message.d & CATCH_UP != 0) {
+        Err(()) => failed(NO_PROBES),
+        Ok(cause) => cause_reply(cause.as_ref()),
+    }
+}
+
+/// Accepts a questions-only peer's `request` (answering `offer`, which offers no memory) and
+/// serves it until the peer says goodbye or disconnects, or `stop` is set: Cause is answered,
+/// anything that would touch memory is refused.
+pub fn accept_and_answer(
+    request: Request,
+    pd: &Arc<ProtectionDomain>,
+    offer: &Offer,
+    stop: &AtomicBool,
+    explain: Explain<'_>,
+) -> Result<Served> {
+    let (mut conn, control, mut next) = accept_ready(request, pd, offer)?;
+    let conn = &mut conn;
+    let mut served = Served {
+        peer: conn.peer().to_string(),
+        questions_only: true,
+        ..Served::default()
+    };
+    loop {
+        let Some(message) = next_message(conn, &control, next, stop)? else {
+            return Ok(served);
+        };
+        let reply = match message.op {
+            Op::Cause => {
+                served.causes_asked += 1;
+                answer_cause(&message, explain)
+            }
+            Op::Bye => {
+                control.send(conn, ok())?;
+                served.clean_end = true;
+                return Ok(served);
+            }
+            other => failed(u64::from(other as u32)),
+        };
+        // The next question's receive is up before the answer goes out: a question that found
+        // none would wait out an RNR NAK.
+        next = control.post_recv(conn)?;
+        control.send(conn, reply)?;
     }
 }
 
@@ -1007,12 +1151,49 @@ pub fn end_session(
     Ok(report)
 }
 
+/// A connection that only asks a serving side which of its faults caused this host's retries:
+/// served at once, beside whatever traffic the serving side carries.
+pub struct Questions {
+    conn: PeerRc,
+    control: ControlBuffer,
+}
+
+impl Questions {
+    /// Connects over `route`, with `pd` on the route's device.
+    pub fn connect(route: Route, pd: &Arc<ProtectionDomain>) -> Result<Questions> {
+        let (conn, answer) = route.connect(pd, &Hello::new(Purpose::Questions).encode())?;
+        Offer::decode(&answer, conn.peer())?;
+        let control = ControlBuffer::new(&conn)?;
+        Ok(Questions { conn, control })
+    }
+
+    /// The serving side's address.
+    pub fn peer(&self) -> &str {
+        self.conn.peer()
+    }
+
+    /// Which of the serving side's faults caused each of `retries` (this host's, on QPs
+    /// connected to it); Err with the reason when it runs without probes.
+    pub fn explain(
+        &mut self,
+        retries: &[RequesterRetry],
+    ) -> Result<std::result::Result<RetryReport, String>> {
+        ask_causes(&self.control, &mut self.conn, retries)
+    }
+
+    /// Says goodbye.
+    pub fn close(mut self) -> Result<()> {
+        self.control.ask(&mut self.conn, Op::Bye, 0, 0, 0).map(drop)
+    }
+}
+
 fn ask_causes(
     control: &ControlBuffer,
     conn: &mut PeerRc,
     retries: &[RequesterRetry],
 ) -> Result<std::result::Result<RetryReport, String>> {
     let mut without_probes = false;
+    let mut catch_up = CATCH_UP;
     let report = RetryReport::build(retries, |r| {
         if without_probes {
             return Ok(None);
@@ -1022,7 +1203,7 @@ fn ask_causes(
             a: u64::from(r.dest_qp),
             b: u64::from(r.psn),
             c: u64::from(r.next_psn),
-            d: 0,
+            d: std::mem::take(&mut catch_up),
         };
         let answer = control.exchange(conn, message)?;
         match answer.op {
@@ -1091,12 +1272,16 @@ mod tests {
         newer[4] = 9;
         let err = Offer::decode(&newer, "p").expect_err("another version");
         assert!(err.to_string().contains("protocol 9"), "{err}");
-        let ours = Hello {
-            version: PROTOCOL_VERSION,
-        };
-        assert_eq!(Hello::check(&ours.encode()), Ok(ours));
+        for purpose in [Purpose::Traffic, Purpose::Questions] {
+            let ours = Hello::new(purpose);
+            assert_eq!(Hello::check(&ours.encode()), Ok(ours));
+        }
+        let mut unknown = Hello::new(Purpose::Questions).encode();
+        unknown[6] = 9;
+        assert!(Hello::check(&unknown).is_err());
         let older = Hello {
             version: PROTOCOL_VERSION - 1,
+            purpose: Purpose::Traffic,
         };
         let refused = Hello::check(&older.encode()).expect_err("an older side");
         assert!(

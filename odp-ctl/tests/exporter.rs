@@ -2,13 +2,13 @@
 //! formats, agreeing with `monitor --summary` on the same recording; clean stop on SIGTERM.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{broken_capture, dontneed_storm, fifo, fixture, odp_ctl, Synthetic};
+use common::{broken_capture, dontneed_storm, fifo, fixture, odp_ctl, samples, try_get, Synthetic};
 
 /// A child process that is killed if the test ends without stopping it (a failed assertion
 /// must not leave a server behind).
@@ -52,48 +52,6 @@ fn served_address(child: &mut Child) -> String {
 /// One HTTP GET over loopback: (status, content type, body).
 fn get(addr: &str, path: &str, accept: Option<&str>) -> (u16, String, String) {
     try_get(addr, path, accept).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
-}
-
-/// `get` for a server that may not be listening yet.
-fn try_get(addr: &str, path: &str, accept: Option<&str>) -> std::io::Result<(u16, String, String)> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status"))?;
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    Ok((status, content_type, body.to_string()))
-}
-
-/// Samples by their full name with labels, e.g. `odp_faults_total{device="rxe0",...}`.
-fn samples(body: &str) -> HashMap<String, f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_string(), value.parse().ok()?))
-        })
-        .collect()
 }
 
 /// The sum of every sample of `metric` whose labels contain all of `with`.

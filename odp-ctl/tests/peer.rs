@@ -119,6 +119,54 @@ fn an_absent_or_unreachable_peer_is_named_and_exits_8() {
     assert!(stderr.contains("10.20.0.99"), "{stderr}");
 }
 
+/// A monitor told to ask a peer that cannot answer names it, and why, at once (before any
+/// retry), and goes on monitoring: a port nobody serves, an address nobody holds, a serve
+/// without probes. An address that is not one is refused before anything starts.
+#[test]
+fn a_monitor_names_the_peer_it_cannot_ask_and_why() {
+    let test = "a_monitor_names_the_peer_it_cannot_ask_and_why";
+    let Some(pinned) = odp_core::testing::pinned_peer_or_skip(test) else {
+        return;
+    };
+    let host = pinned.split(':').next().unwrap_or(&pinned).to_string();
+    let out = odp_ctl()
+        .args(["monitor", "--summary", "--peer", "10.20.0"])
+        .output()
+        .expect("monitor");
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not an IPv4 address"),
+        "{out:?}"
+    );
+    let cases = [
+        (format!("{host}:1"), "refused the connection"),
+        ("10.20.0.99".to_string(), "unreachable"),
+        (pinned.clone(), "runs without --probes"),
+    ];
+    // Side by side: each attaches every probe, which takes a while in a guest.
+    let running: Vec<_> = cases
+        .iter()
+        .map(|(peer, _)| {
+            odp_ctl()
+                .args(["--json", "monitor", "--summary", "--duration", "15s"])
+                .args(["--peer", peer])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("monitor")
+        })
+        .collect();
+    for ((peer, reason), child) in cases.iter().zip(running) {
+        let out = child.wait_with_output().expect("monitor's end");
+        assert_eq!(out.status.code(), Some(0), "{peer}: {out:?}");
+        let summary: Value = serde_json::from_slice(&out.stdout).expect("summary");
+        let causes = &summary["peer_causes"];
+        let error = causes["error"].as_str().unwrap_or_default();
+        assert!(error.contains(reason), "{peer}: {causes}");
+        assert_eq!(causes["asked"], 0, "{peer}: {causes}");
+    }
+}
+
 #[test]
 fn serve_refuses_to_listen_where_no_peer_can_reach_it() {
     if peer_or_skip("serve_refuses_to_listen_where_no_peer_can_reach_it").is_none() {
@@ -188,7 +236,7 @@ fn own_address_toward(peer: &str) -> std::net::Ipv4Addr {
 
 #[test]
 fn mismatched_protocol_versions_are_refused_by_both_sides() {
-    use odp_core::peer::{Hello, Offer, PROTOCOL_VERSION};
+    use odp_core::peer::{Hello, Offer, Purpose, PROTOCOL_VERSION};
     use odp_core::verbs::{Context, Listener, PeerConfig, Remote, Route};
     let test = "mismatched_protocol_versions_are_refused_by_both_sides";
     let Some(peer) = peer_or_skip(test) else {
@@ -206,6 +254,7 @@ fn mismatched_protocol_versions_are_refused_by_both_sides() {
         .expect("protection domain");
     let older = Hello {
         version: PROTOCOL_VERSION - 1,
+        purpose: Purpose::Traffic,
     };
     let refused = route
         .connect(&pd, &older.encode())
@@ -368,12 +417,106 @@ fn a_dontneed_storm_on_the_peers_mr_loses_no_byte_it_did_not_drop() {
 /// unanswered long enough to be sent again. This side's probes count each retry as the port's
 /// counter does, exactly; the peer (serve --probes) names the fault behind each, by the PSNs
 /// the retry left outstanding. The data is still exact.
+/// `monitor --summary --json --peer PEER --metrics` running beside a test's traffic: it asks the
+/// serving peer about this host's retries as they happen. Killed on drop (a failed test must
+/// not leave it behind).
+struct PeerMonitor {
+    child: Option<std::process::Child>,
+    metrics: String,
+}
+
+impl PeerMonitor {
+    /// Starts it and waits until its probes are attached and its metrics served.
+    fn start(peer: &str) -> PeerMonitor {
+        use std::io::BufRead;
+        let mut child = odp_ctl()
+            .args(["--json", "monitor", "--summary", "--duration", "10m"])
+            .args(["--peer", peer, "--metrics", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("monitor");
+        let stderr = child.stderr.take().expect("stderr");
+        let (lines, said) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = lines.send(line);
+            }
+        });
+        let mut monitor = PeerMonitor {
+            child: Some(child),
+            metrics: String::new(),
+        };
+        // Attaching every probe in a slow guest takes tens of seconds.
+        let until = Instant::now() + Duration::from_secs(120);
+        while monitor.metrics.is_empty() {
+            let left = until.saturating_duration_since(Instant::now());
+            let line = said
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("the monitor did not start in 120 s: {e}"));
+            if let Some(rest) = line.split("serving http://").nth(1) {
+                monitor.metrics = rest.split('/').next().unwrap_or_default().to_string();
+            }
+        }
+        monitor
+    }
+
+    /// A sample of the metrics it serves (0 when absent).
+    fn sample(&self, name: &str) -> f64 {
+        common::try_get(&self.metrics, "/metrics", None)
+            .map(|(_, _, body)| {
+                common::samples(&body)
+                    .into_iter()
+                    .filter(|(k, _)| k.starts_with(&format!("{name}{{")))
+                    .map(|(_, v)| v)
+                    .sum()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Ctrl-C, then its summary.
+    fn stop(mut self) -> Value {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        let until = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().expect("monitor's state").is_none() {
+            if Instant::now() > until {
+                let _ = child.kill();
+                panic!("the monitor did not stop within 60 s of Ctrl-C");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = child.wait_with_output().expect("monitor's output");
+        assert_eq!(out.status.code(), Some(0), "the monitor's exit");
+        serde_json::from_slice(&out.stdout).expect("the monitor's summary")
+    }
+}
+
+impl Drop for PeerMonitor {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A short ACK timer against the peer's DONTNEED storm: retransmissions, each tied to the
+/// peer's fault that held it up, counted as the port counter counts them. A monitor beside the
+/// traffic asks the peer about the same retries on its own connection, live: it asks about
+/// every one it sees, and names no more faults than the traffic's own end-of-run questions
+/// (they ask later, and the peer's record only grows).
 #[test]
 fn a_short_ack_timeout_turns_slow_peer_faults_into_retransmissions() {
     let test = "a_short_ack_timeout_turns_slow_peer_faults_into_retransmissions";
     let Some(peer) = peer_or_skip(test) else {
         return;
     };
+    let monitor = PeerMonitor::start(&peer);
     let (code, report, said) = register_with(
         &peer,
         &[
@@ -417,10 +560,51 @@ fn a_short_ack_timeout_turns_slow_peer_faults_into_retransmissions() {
         );
         assert!(fault["len"].as_u64() > Some(0), "{run}");
     }
+    // The monitor: every run asked about live, the metrics first, then its summary.
+    let all_runs = runs.len() as f64 + retries["not_asked"].as_f64().expect("not_asked");
+    let until = Instant::now() + Duration::from_secs(60);
+    while monitor.sample("odp_peer_retry_runs_asked_total") < all_runs {
+        assert!(
+            Instant::now() < until,
+            "the monitor's metrics did not reach {all_runs} runs asked in 60 s (asked {}, not \
+             asked {})",
+            monitor.sample("odp_peer_retry_runs_asked_total"),
+            monitor.sample("odp_peer_retry_runs_not_asked_total")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let summary = monitor.stop();
+    let live = &summary["peer_causes"];
+    // The monitor also saw the runs of the traffic's own questions at its end (control
+    // messages under the same short timer), which the traffic counted before asking them.
+    let live_runs = live["runs"].as_f64().expect("runs");
+    assert!(live_runs >= all_runs, "{live}");
+    assert_eq!(live["asked"].as_f64(), Some(live_runs), "{live}");
+    assert_eq!(live["not_asked"], 0, "{live}");
+    assert_eq!(live["error"], Value::Null, "{live}");
+    // Those questions' windows hold control messages, which fault nowhere; of the rest, a run
+    // asked about earlier cannot have more of the peer's record behind it.
+    let live_caused = live["caused_by_odp_faults"].as_u64().expect("caused");
+    assert!(
+        live_caused > 0 && live_caused <= caused,
+        "{live_caused} vs {caused}: {live}"
+    );
+    for recent in live["recent"].as_array().expect("recent") {
+        if let Some(fault) = recent["cause"].as_object() {
+            let r = &recent["retry"];
+            assert_eq!(fault["qp"], r["dest_qp"], "{recent}");
+            let psn = fault["psn"].as_u64().expect("psn") as u32;
+            assert!(
+                odp_core::remote::psn_in_window(psn, window(r, "psn"), window(r, "next_psn")),
+                "{recent}"
+            );
+        }
+    }
     let _ = writeln!(
         std::io::stderr(),
         "{test}: {counted} retransmissions (the port counter agrees), {caused} of {} \
-         completer runs held up by the peer's ODP faults, every byte exact",
+         completer runs held up by the peer's ODP faults, every byte exact; the monitor asked \
+         about all {live_runs} it saw live and named {live_caused}",
         runs.len()
     );
 }

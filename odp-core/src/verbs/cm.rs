@@ -621,6 +621,10 @@ pub struct Request {
     config: PeerConfig,
 }
 
+// SAFETY: an rdma_cm id has no thread affinity; the request is owned and used by one thread at
+// a time.
+unsafe impl Send for Request {}
+
 impl Request {
     /// Refuses with a reason the peer is shown (at most 148 bytes).
     pub fn reject(self, reason: &str) {
@@ -632,6 +636,18 @@ impl Request {
     /// Accepts with a QP on `pd`, answering `answer` (at most 196 bytes); returns once the
     /// connection is established.
     pub fn accept(self, pd: &Arc<ProtectionDomain>, answer: &[u8]) -> Result<PeerRc> {
+        self.accept_with(pd, answer, |_| Ok(()))
+            .map(|(conn, ())| conn)
+    }
+
+    /// `accept`, with `prepare` run on the ready QP before the accept goes out: receives posted
+    /// there are up before the peer can send (a SEND that finds none waits out an RNR NAK).
+    pub fn accept_with<T>(
+        self,
+        pd: &Arc<ProtectionDomain>,
+        answer: &[u8],
+        prepare: impl FnOnce(&mut PeerRc) -> Result<T>,
+    ) -> Result<(PeerRc, T)> {
         let private_data_len = u8::try_from(answer.len())
             .ok()
             .filter(|&n| n <= 196)
@@ -653,18 +669,7 @@ impl Request {
             self.id.transition(&qp, state, &self.config, op)?;
         }
         let mut param = conn_param(&self.config, pd, &qp, answer, private_data_len);
-        // SAFETY: the id is live; param and the answer it points to outlive the call.
-        if unsafe { sys::rdma_accept(self.id.ptr(), &mut param) } != 0 {
-            return Err(Error::last_os("rdma_accept"));
-        }
-        expect(
-            &channel,
-            sys::rdma_cm_event_type::RDMA_CM_EVENT_ESTABLISHED,
-            self.config.connect_timeout,
-            &self.from,
-            "establishing the connection",
-        )?;
-        Ok(PeerRc {
+        let mut conn = PeerRc {
             qp,
             queues,
             pd: Arc::clone(pd),
@@ -672,7 +677,20 @@ impl Request {
             channel,
             peer: self.from,
             disconnected: false,
-        })
+        };
+        let prepared = prepare(&mut conn)?;
+        // SAFETY: the id is live; param and the answer it points to outlive the call.
+        if unsafe { sys::rdma_accept(conn.id.ptr(), &mut param) } != 0 {
+            return Err(Error::last_os("rdma_accept"));
+        }
+        expect(
+            &conn.channel,
+            sys::rdma_cm_event_type::RDMA_CM_EVENT_ESTABLISHED,
+            self.config.connect_timeout,
+            &conn.peer,
+            "establishing the connection",
+        )?;
+        Ok((conn, prepared))
     }
 }
 

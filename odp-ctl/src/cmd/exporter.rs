@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use bpf_common::Point;
 use odp_core::analysis::{AnalysisConfig, Engine};
+use odp_core::peer::parse_address;
 use odp_core::units::parse_duration;
 
 use super::launch::{stop_on_signals, ProbeFilter};
-use crate::live::{self, Latest, Publisher, Run, Server, Sink, Source, Until};
+use crate::live::{self, CauseAsker, Latest, Publisher, Run, Server, Sink, Source, Until};
 use crate::output::Output;
 
 /// Where the metrics are served unless told: every interface, port 10087. Prometheus's list of
@@ -48,11 +49,17 @@ pub struct Args {
     /// Stop after this long (default: until Ctrl-C or SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Ask `odp-ctl serve --probes` on this host (ADDR or ADDR:PORT) which of its ODP faults
+    /// caused each retry run of this host's requesters, and serve the answers
+    /// (odp_peer_retry_runs_*_total{peer}).
+    #[arg(long, value_name = "ADDR[:PORT]", conflicts_with = "replay")]
+    pub peer: Option<String>,
 }
 
 pub fn run(_out: &Output, args: &Args) -> anyhow::Result<()> {
     let stop = stop_on_signals()?;
     let deadline = args.duration.map(|d| Instant::now() + d);
+    let peer = args.peer.as_deref().map(parse_address).transpose()?;
     let server = Server::bind(&args.listen)?;
     let source = match &args.replay {
         Some(path) => Source::recording(path.clone(), 0.0)?,
@@ -63,13 +70,16 @@ pub fn run(_out: &Output, args: &Args) -> anyhow::Result<()> {
                 || named
                     .as_ref()
                     .is_some_and(|n| n.contains(&Point::PageFaultUser));
-            config.points = Some(
-                named
-                    .unwrap_or_else(|| Point::ALL.to_vec())
-                    .into_iter()
-                    .filter(|&p| cpu_faults || p != Point::PageFaultUser)
-                    .collect(),
-            );
+            let mut points: Vec<Point> = named
+                .unwrap_or_else(|| Point::ALL.to_vec())
+                .into_iter()
+                .filter(|&p| cpu_faults || p != Point::PageFaultUser)
+                .collect();
+            // The retries the peer is asked about are the completer's.
+            if peer.is_some() && !points.contains(&Point::RxeCompleter) {
+                points.push(Point::RxeCompleter);
+            }
+            config.points = Some(points);
             Source::probes(config, deadline)?
         }
     };
@@ -89,8 +99,10 @@ pub fn run(_out: &Output, args: &Args) -> anyhow::Result<()> {
         }
     );
     let latest = Arc::new(Latest::default());
+    let mut causes = peer.map(CauseAsker::start).transpose()?;
     let mut publisher = Publisher::new(Arc::clone(&latest), &source.plans)
-        .with_mr_series(usize::from(args.mr_series));
+        .with_mr_series(usize::from(args.mr_series))
+        .with_peer_causes(causes.as_ref().map(CauseAsker::shared));
     if args.replay.is_none() {
         publisher = publisher.with_driver_counters();
     }
@@ -103,10 +115,16 @@ pub fn run(_out: &Output, args: &Args) -> anyhow::Result<()> {
         )
     };
     let (result, answered) = live::serve_while(Some(&server), &latest, &status, || {
+        // The asker first, so each snapshot has its count of the retries it holds.
+        let mut sinks: Vec<&mut dyn Sink> = Vec::new();
+        if let Some(c) = causes.as_mut() {
+            sinks.push(c);
+        }
+        sinks.push(&mut publisher);
         let result = live::run(
             source,
             Engine::new(AnalysisConfig::default()),
-            &mut [&mut publisher as &mut dyn Sink],
+            &mut sinks,
             Run {
                 stop: &stop,
                 deadline,

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bpf_common::Point;
 use odp_core::analysis::{AnalysisConfig, Engine};
+use odp_core::peer::parse_address;
 use odp_core::units::parse_duration;
 
 use super::launch::{
@@ -13,7 +15,8 @@ use super::launch::{
     ProbeFilter,
 };
 use crate::live::{
-    self, print_summary, Latest, Progress, Publisher, Recorder, Run, Server, Sink, Source, Until,
+    self, print_summary, CauseAsker, Latest, Progress, Publisher, Recorder, Run, Server, Sink,
+    Source, Until,
 };
 use crate::output::Output;
 use crate::perfetto::timeline::Timeline;
@@ -52,6 +55,11 @@ pub struct Args {
     /// Also write the run as a Perfetto timeline here (see `odp-ctl export`).
     #[arg(long, value_name = "OUT")]
     pub perfetto: Option<PathBuf>,
+    /// Ask `odp-ctl serve --probes` on this host (ADDR or ADDR:PORT) which of its ODP faults
+    /// caused each transport retry, RNR wait or retry failure of this host's requesters,
+    /// shown live and in the summary (attaches the requester's completer probe).
+    #[arg(long, value_name = "ADDR[:PORT]", conflicts_with = "replay")]
+    pub peer: Option<String>,
     /// Run this command and monitor it (implies --pid of the child); the source ends when it exits.
     #[arg(last = true, conflicts_with = "replay")]
     pub command: Vec<String>,
@@ -88,20 +96,27 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             config,
             &stop,
             deadline,
-            None,
-            timeline.as_mut(),
+            Extras {
+                recorder: None,
+                timeline: timeline.as_mut(),
+                causes: None,
+            },
         );
     }
 
     args.filter.check_command(&args.command)?;
     args.filter.config(None)?;
+    let peer = args.peer.as_deref().map(parse_address).transpose()?;
     let mut recorder = args.record.as_deref().map(Recorder::create).transpose()?;
     let mut gated = if args.command.is_empty() {
         None
     } else {
         Some(spawn_gated(&args.command)?)
     };
-    let session_config = args.filter.config(gated.as_ref().map(Gated::pid))?;
+    let mut session_config = args.filter.config(gated.as_ref().map(Gated::pid))?;
+    if peer.is_some() {
+        session_config.points = Some(Point::ALL.to_vec());
+    }
     let source = attach_before(gated.as_mut(), session_config, deadline)?;
     eprintln!(
         "monitoring with {}/{} probes attached",
@@ -116,6 +131,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let mut causes = peer.map(CauseAsker::start).transpose()?;
     let result = view_or_summarize(
         out,
         args,
@@ -123,8 +139,11 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
         config,
         &stop,
         deadline,
-        recorder.as_mut(),
-        timeline.as_mut(),
+        Extras {
+            recorder: recorder.as_mut(),
+            timeline: timeline.as_mut(),
+            causes: causes.as_mut(),
+        },
     );
     // The view may end first (q, a signal): a command still running is ended, not orphaned.
     let status = match (&gated, watcher) {
@@ -135,9 +154,15 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     child_outcome(status)
 }
 
+/// The sinks a monitor adds when asked to.
+struct Extras<'a> {
+    recorder: Option<&'a mut Recorder>,
+    timeline: Option<&'a mut Timeline>,
+    causes: Option<&'a mut CauseAsker>,
+}
+
 /// The live screen until q, a signal or the deadline; or, with --summary, the aggregates once
 /// the source ends.
-#[allow(clippy::too_many_arguments)]
 fn view_or_summarize(
     out: &Output,
     args: &Args,
@@ -145,13 +170,19 @@ fn view_or_summarize(
     config: AnalysisConfig,
     stop: &std::sync::atomic::AtomicBool,
     deadline: Option<Instant>,
-    recorder: Option<&mut Recorder>,
-    timeline: Option<&mut Timeline>,
+    extras: Extras<'_>,
 ) -> anyhow::Result<()> {
+    let Extras {
+        recorder,
+        timeline,
+        causes,
+    } = extras;
+    let peer_causes = causes.as_ref().map(|c| c.shared());
     let server = args.metrics.as_deref().map(Server::bind).transpose()?;
     let latest = Arc::new(Latest::default());
     let mut publisher = server.as_ref().map(|_| {
-        let publisher = Publisher::new(Arc::clone(&latest), &source.plans);
+        let publisher = Publisher::new(Arc::clone(&latest), &source.plans)
+            .with_peer_causes(peer_causes.clone());
         if args.replay.is_none() {
             publisher.with_driver_counters()
         } else {
@@ -166,7 +197,7 @@ fn view_or_summarize(
     let mut screen = if args.summary {
         None
     } else {
-        Some(Tui::start(&source, args.fps)?)
+        Some(Tui::start(&source, args.fps, peer_causes.clone())?)
     };
     let mut sinks: Vec<&mut dyn Sink> = Vec::new();
     if let Some(r) = recorder {
@@ -177,6 +208,10 @@ fn view_or_summarize(
     }
     if let Some(t) = timeline {
         sinks.push(t);
+    }
+    // Before the screen, so a retry is counted by the time the screen draws.
+    if let Some(c) = causes {
+        sinks.push(c);
     }
     match screen.as_mut() {
         Some(screen) => sinks.push(screen),
@@ -203,7 +238,8 @@ fn view_or_summarize(
     })?;
     let (engine, _) = result?;
     if args.summary {
-        print_summary(out, &engine.summary())?;
+        let causes = peer_causes.and_then(|c| c.lock().ok().map(|c| c.clone()));
+        print_summary(out, &engine.summary(), causes.as_ref())?;
     }
     Ok(())
 }

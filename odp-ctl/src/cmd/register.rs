@@ -8,8 +8,8 @@ use odp_core::analysis::SourceFacts;
 use odp_core::driver_counters::port_counters;
 use odp_core::memory::{Backing, Mapping};
 use odp_core::peer::{
-    end_session, parse_address, touch_latency, verify_peer, Hello, Offer, PeerTraffic, RemoteStorm,
-    TouchLatency, LATE_RECEIVES_MAX, PROTOCOL_VERSION,
+    end_session, parse_address, touch_latency, verify_peer, Hello, Offer, PeerTraffic, Purpose,
+    Questions, RemoteStorm, TouchLatency, LATE_RECEIVES_MAX,
 };
 use odp_core::remote::RetryReport;
 use odp_core::traffic::{verify_loopback, TrafficReport};
@@ -301,10 +301,7 @@ fn traffic_with_peer(
     port: &(String, u8),
     evidence: Option<&SharedEvidence>,
 ) -> anyhow::Result<(TrafficReport, PeerReport)> {
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-    }
-    .encode();
+    let hello = Hello::new(Purpose::Traffic).encode();
     let counters_before = port_counters(&port.0, port.1);
     let counters_since = |before: &Result<Vec<(String, u64)>, String>| {
         let before = before.as_ref().map_err(Clone::clone)?;
@@ -368,16 +365,15 @@ fn traffic_with_peer(
                 return Err(failure.into());
             };
             drop(conn);
-            let cause = explain_over_new_connection(address, setup, &hello, &retries);
+            let cause = explain_over_new_connection(address, setup, &retries);
             return Err(match cause {
-                Ok(Some(Ok(report))) => match report.exhaustion().and_then(|a| a.cause) {
+                Ok(Ok(report)) => match report.exhaustion().and_then(|a| a.cause) {
                     Some(fault) => anyhow::Error::new(failure)
                         .context(format!("{fault} made this request fail")),
                     None => anyhow::Error::new(failure)
                         .context("no fault on the peer was found behind the request that failed"),
                 },
-                Ok(Some(Err(why))) => anyhow::Error::new(failure).context(why),
-                Ok(None) => failure.into(),
+                Ok(Err(why)) => anyhow::Error::new(failure).context(why),
                 Err(e) => anyhow::Error::new(failure)
                     .context(format!("the peer could not be asked what caused it: {e}")),
             });
@@ -401,24 +397,26 @@ fn traffic_with_peer(
     ))
 }
 
-/// How long the serving side may take to notice the failed connection and take a new one:
-/// past its own longest wait for a work request.
+/// How long to keep trying to reach the serving side for the questions.
 const EXPLAIN_PATIENCE: Duration = Duration::from_secs(30);
 
-/// Asks the serving side about `retries` over a new connection (the failed QP is in error),
-/// connecting again while it is still busy with the old one.
+/// Asks the serving side about `retries` over a new connection (the failed QP is in error), for
+/// questions only: served at once, while the serving side may still be busy with the old one.
 fn explain_over_new_connection(
     address: SocketAddrV4,
     setup: &MrSetup,
-    hello: &[u8],
     retries: &[odp_core::remote::RequesterRetry],
-) -> odp_core::Result<Option<Result<RetryReport, String>>> {
+) -> odp_core::Result<Result<RetryReport, String>> {
     let started = Instant::now();
     loop {
         let attempt = Route::resolve(address, &PeerConfig::default())
-            .and_then(|route| route.connect(&setup.pd, hello));
+            .and_then(|route| Questions::connect(route, &setup.pd));
         match attempt {
-            Ok((mut conn, _)) => return end_session(&mut conn, Some(retries)),
+            Ok(mut questions) => {
+                let report = questions.explain(retries)?;
+                questions.close()?;
+                return Ok(report);
+            }
             Err(e) if started.elapsed() >= EXPLAIN_PATIENCE => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_secs(1)),
         }

@@ -1,16 +1,18 @@
 //! `odp-ctl serve`: the passive side of two-host traffic. It owns the ODP MR the peer's RDMA
 //! WRITEs, READs and SENDs target, and verifies what lands in it.
 
-use std::cell::Cell;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use odp_core::analysis::Summary;
 use odp_core::driver_counters::port_counters;
-use odp_core::peer::{parse_address, serve, Hello, Offer, Served};
+use odp_core::peer::{
+    accept_and_answer, accept_and_serve, parse_address, Hello, Offer, Purpose, Served,
+};
 use odp_core::remote::RequesterRetry;
-use odp_core::verbs::{Access, Listener, PeerConfig, Remote};
+use odp_core::verbs::{Access, Listener, PeerConfig, Remote, Request};
 
 use super::launch::stop_on_signals;
 use super::mr::{setup, MrArgs, MrSetup};
@@ -160,7 +162,18 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves peers one after another until `--once`, `--duration` or `stop`.
+/// Connections for questions only served at once; more are refused until one ends.
+const QUESTION_PEERS_MAX: usize = 8;
+/// Traffic peers waiting for their turn; more are refused.
+const TRAFFIC_WAITING_MAX: usize = 8;
+/// How often the service looks at its connections between requests.
+const SERVICE_POLL: Duration = Duration::from_millis(200);
+
+/// A connection's thread: the peer's address and what was served.
+type Connection<'scope> = std::thread::ScopedJoinHandle<'scope, (String, odp_core::Result<Served>)>;
+
+/// Serves traffic peers one after another, and question peers beside them, until `--once`,
+/// `--duration` or `stop`.
 fn serve_peers(
     out: &Output,
     args: &Args,
@@ -171,63 +184,162 @@ fn serve_peers(
     evidence: Option<&SharedEvidence>,
 ) -> anyhow::Result<Vec<Served>> {
     let deadline = args.duration.map(|d| Instant::now() + d);
+    let port = listener.device()?;
+    // Every connection's stop: set when the service ends, for whatever reason.
+    let over = AtomicBool::new(false);
+    let explain = |retry: &RequesterRetry, catch_up: bool| {
+        let evidence = evidence.ok_or(())?;
+        if catch_up {
+            evidence.settle();
+        }
+        Ok(evidence.with(|e| e.cause(retry)))
+    };
     let mut connections = Vec::new();
-    loop {
-        let left = deadline.map_or(Duration::from_secs(3600), |d| {
-            d.saturating_duration_since(Instant::now())
-        });
-        if left.is_zero() || stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let Some(request) = listener.next_request(left.min(Duration::from_secs(1)), stop)? else {
-            continue;
-        };
-        if let Err(reason) = Hello::check(&request.hello) {
-            eprintln!("refused {}: {reason}", request.from);
-            request.reject(&reason);
-            continue;
-        }
-        let from = request.from.clone();
-        let port = listener.device()?;
-        let before = port_counters(&port.0, port.1);
-        // The stream is caught up once per connection: the peer asks after its traffic.
-        let settled = Cell::new(false);
-        let explain = |retry: &RequesterRetry| {
-            let evidence = evidence.ok_or(())?;
-            if !settled.replace(true) {
-                evidence.settle();
-            }
-            Ok(evidence.with(|e| e.cause(retry)))
-        };
-        let served = request
-            .accept(&setup.pd, &offer.encode())
-            .and_then(|mut conn| serve(&mut conn, &setup.mr, stop, &explain))
-            .map(|mut served| {
-                if let (Ok(before), Ok(after)) = (before, port_counters(&port.0, port.1)) {
-                    served.port_counters = odp_core::driver_counters::deltas(&before, &after)
-                        .into_iter()
-                        .collect();
-                }
-                served
-            });
-        match served {
-            Ok(served) => {
+    let mut finished = |handle: Connection<'_>| -> anyhow::Result<()> {
+        match handle.join() {
+            Ok((_, Ok(served))) => {
                 report(out, &served)?;
-                connections.push(served);
+                if !served.questions_only {
+                    connections.push(served);
+                }
             }
             // One peer's failure ends its connection, not the service.
-            Err(e) => eprintln!("connection from {from} failed: {e}"),
+            Ok((from, Err(e))) => eprintln!("connection from {from} failed: {e}"),
+            Err(panic) => eprintln!(
+                "a connection's thread panicked: {}",
+                odp_core::stress::panic_message(panic.as_ref())
+            ),
         }
-        if args.once {
-            break;
+        Ok(())
+    };
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let (over, explain) = (&over, &explain);
+        let mut traffic: Option<Connection<'_>> = None;
+        let mut waiting: VecDeque<Request> = VecDeque::new();
+        let mut questions: Vec<Connection<'_>> = Vec::new();
+        let served = loop {
+            if traffic.as_ref().is_some_and(|t| t.is_finished()) {
+                if let Some(done) = traffic.take() {
+                    finished(done)?;
+                    if args.once {
+                        break Ok(());
+                    }
+                }
+            }
+            let (done, running): (Vec<_>, Vec<_>) =
+                questions.into_iter().partition(|q| q.is_finished());
+            questions = running;
+            for q in done {
+                finished(q)?;
+            }
+            let left = deadline.map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            if left.is_zero() || stop.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+            if traffic.is_none() {
+                if let Some(request) = waiting.pop_front() {
+                    let from = request.from.clone();
+                    let before = port_counters(&port.0, port.1);
+                    traffic = Some(scope.spawn({
+                        let port = &port;
+                        move || {
+                            let served = accept_and_serve(
+                                request, &setup.pd, offer, &setup.mr, over, explain,
+                            )
+                            .map(|mut served| {
+                                if let (Ok(before), Ok(after)) =
+                                    (before, port_counters(&port.0, port.1))
+                                {
+                                    served.port_counters =
+                                        odp_core::driver_counters::deltas(&before, &after)
+                                            .into_iter()
+                                            .collect();
+                                }
+                                served
+                            });
+                            (from, served)
+                        }
+                    }));
+                }
+            }
+            let request = match listener.next_request(left.min(SERVICE_POLL), stop) {
+                Ok(Some(request)) => request,
+                Ok(None) => continue,
+                Err(e) => break Err(e),
+            };
+            let hello = match Hello::check(&request.hello) {
+                Ok(hello) => hello,
+                Err(reason) => {
+                    eprintln!("refused {}: {reason}", request.from);
+                    request.reject(&reason);
+                    continue;
+                }
+            };
+            match hello.purpose {
+                Purpose::Questions if questions.len() >= QUESTION_PEERS_MAX => {
+                    let reason = format!(
+                        "already answering {QUESTION_PEERS_MAX} peers' questions; try again later"
+                    );
+                    eprintln!("refused {}: {reason}", request.from);
+                    request.reject(&reason);
+                }
+                Purpose::Questions => {
+                    let from = request.from.clone();
+                    // No region on offer: these connections touch no memory.
+                    let answer = Offer {
+                        remote: Remote {
+                            addr: 0,
+                            rkey: 0,
+                            len: 0,
+                        },
+                        odp: offer.odp,
+                    };
+                    questions.push(scope.spawn(move || {
+                        let served = accept_and_answer(request, &setup.pd, &answer, over, explain);
+                        (from, served)
+                    }));
+                }
+                Purpose::Traffic if waiting.len() >= TRAFFIC_WAITING_MAX => {
+                    let reason = format!(
+                        "{TRAFFIC_WAITING_MAX} peers already wait to send traffic; try again later"
+                    );
+                    eprintln!("refused {}: {reason}", request.from);
+                    request.reject(&reason);
+                }
+                Purpose::Traffic => waiting.push_back(request),
+            }
+        };
+        over.store(true, Ordering::Relaxed);
+        for request in waiting {
+            request.reject("the service is stopping");
         }
-    }
+        if let Some(t) = traffic {
+            finished(t)?;
+        }
+        for q in questions {
+            finished(q)?;
+        }
+        served.map_err(anyhow::Error::from)
+    })?;
     Ok(connections)
 }
 
 fn report(out: &Output, served: &Served) -> anyhow::Result<()> {
     if out.json {
         println!("{}", serde_json::to_string(served)?);
+    } else if served.questions_only {
+        println!(
+            "{}: {} questions about its retries answered{}",
+            served.peer,
+            served.causes_asked,
+            if served.clean_end {
+                ""
+            } else {
+                " (ended without goodbye)"
+            }
+        );
     } else {
         println!(
             "{}: {} fills, {} SENDs received ({} bytes), {} verifications, {} with wrong bytes{}",

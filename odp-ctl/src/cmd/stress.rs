@@ -302,7 +302,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
                 sinks.push(t);
             }
             let mut screen = if args.monitor {
-                Some(Tui::start(&source, 10)?)
+                Some(Tui::start(&source, 10, None)?)
             } else {
                 None
             };
@@ -547,7 +547,7 @@ fn print_report(out: &Output, report: &Report, probes: &Probes) -> anyhow::Resul
     match &probes.summary {
         Some(summary) => {
             println!("kernel side (probes):");
-            print_summary(out, summary)?;
+            print_summary(out, summary, None)?;
         }
         None => println!("kernel side: probes {}", probes.status),
     }

@@ -23,7 +23,7 @@ use fastmetrics::registry::Registry;
 use odp_core::analysis::{Counts, Engine, Latency, SourceFacts, BUCKET_BOUNDS_NS, CAUSES};
 use odp_core::driver_counters::{DeviceMrs, RdmaNetlink};
 
-use super::{Flow, Sink, State};
+use super::{Flow, PeerCauses, SharedCauses, Sink, State};
 
 /// Process names labelled apart; the rest are summed under OTHER_PROCESSES, so a host with
 /// thousands of short-lived processes does not grow a series per process.
@@ -77,6 +77,8 @@ pub struct Snapshot {
     mr_series: usize,
     /// The engine's totals: this host's requester retries belong to QPs, not MRs.
     totals: Counts,
+    /// What the peer said of this host's retries (--peer).
+    peer: Option<PeerCauses>,
 }
 
 /// Which process names have series of their own. A name, once labelled, keeps its label for the
@@ -271,6 +273,7 @@ impl Snapshot {
             driver: Vec::new(),
             mr_series,
             totals: engine.total().counts,
+            peer: None,
         }
     }
 
@@ -637,6 +640,37 @@ impl Snapshot {
             c.inc_by(value);
             registry.register(name, help, c).map_err(fail)?;
         }
+        if let Some(peer) = &self.peer {
+            for (name, help, value) in [
+                (
+                    "peer_retry_runs_asked_total",
+                    "This host's requester retry runs (completer runs that gave up waiting: \
+                     retries, RNR waits, failures) the peer answered about.",
+                    peer.asked,
+                ),
+                (
+                    "peer_retry_runs_caused_by_odp_faults_total",
+                    "Of them, those the peer named one of its ODP faults (or a copy stalled \
+                     behind an invalidation) for.",
+                    peer.caused_by_odp_faults,
+                ),
+                (
+                    "peer_retry_runs_not_asked_total",
+                    "Retry runs the peer was not asked about (unreachable, without probes, or \
+                     more than the queue to it holds).",
+                    peer.not_asked,
+                ),
+            ] {
+                let family = Family::<PeerOnly, Counter>::default();
+                family.with_or_new(
+                    &PeerOnly {
+                        peer: peer.peer.clone(),
+                    },
+                    |c| c.inc_by(value),
+                );
+                registry.register(name, help, family).map_err(fail)?;
+            }
+        }
         let missed = Family::<PointOnly, Counter>::default();
         // Every attached point has its series from the start, so rate() sees the first miss.
         let attached = self
@@ -755,6 +789,7 @@ label_set!(DeviceProcessCause { device: String, process: String, cause: &'static
 label_set!(DeviceProcessKind { device: String, process: String, kind: &'static str });
 label_set!(DeviceOnly { device: String });
 label_set!(PointOnly { point: String });
+label_set!(PeerOnly { peer: String });
 label_set!(DeviceCounter {
     device: String,
     counter: String
@@ -804,6 +839,7 @@ pub struct Publisher {
     mr_series: usize,
     /// RDMA netlink, for the drivers' own counters (live probes only).
     driver: Option<RdmaNetlink>,
+    peer_causes: Option<SharedCauses>,
     next: Instant,
 }
 
@@ -832,6 +868,7 @@ impl Publisher {
             labels: ProcessLabels::default(),
             mr_series: 0,
             driver: None,
+            peer_causes: None,
             next: Instant::now(),
         }
     }
@@ -848,8 +885,18 @@ impl Publisher {
         self
     }
 
+    /// Also serve what the peer said of this host's retries (monitor/exporter --peer).
+    pub fn with_peer_causes(mut self, causes: Option<SharedCauses>) -> Publisher {
+        self.peer_causes = causes;
+        self
+    }
+
     fn snapshot(&mut self, engine: &Engine) -> Snapshot {
         let mut snapshot = Snapshot::of(engine, &self.probes, &mut self.labels, self.mr_series);
+        snapshot.peer = self
+            .peer_causes
+            .as_ref()
+            .and_then(|c| c.lock().ok().map(|c| c.clone()));
         if let Some(netlink) = &mut self.driver {
             match netlink.all_mr_counters() {
                 Ok(devices) => snapshot.driver = devices,

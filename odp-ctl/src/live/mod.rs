@@ -4,6 +4,7 @@
 //!
 //! A new consumer of the stream (an exporter, a timeline writer) is one new `Sink`.
 
+mod causes;
 mod evidence;
 mod metrics;
 mod recorder;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use bpf_common::OdpEvent;
 use odp_core::analysis::{Activity, Engine, Reorder};
 
+pub use causes::{CauseAsker, PeerCauses, SharedCauses};
 pub use evidence::{EvidenceSink, SharedEvidence};
 pub use metrics::{serve_while, Latest, Publisher, Server};
 pub use recorder::{ClockLine, Recorder};

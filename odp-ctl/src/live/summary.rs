@@ -5,11 +5,24 @@ use std::time::{Duration, Instant};
 
 use odp_core::analysis::{fmt_ns, Engine, LatencySummary, Summary};
 
-use super::{Flow, Sink, State};
+use super::{Flow, PeerCauses, Sink, State};
 use crate::output::{table, Output};
 
 /// Rows of MRs, processes and tasks the text summary shows; `--json` has them all.
 const TEXT_ROWS: usize = 20;
+/// The newest attributed retries the text summary shows.
+const CAUSES_SHOWN: usize = 5;
+
+/// What a completer run that gave up came to, as the start of a sentence.
+fn retry_kind(r: &odp_core::remote::RequesterRetry) -> &'static str {
+    if r.exceeded > 0 || r.rnr_exceeded > 0 {
+        "failed for retries; "
+    } else if r.rnr_naks > 0 {
+        "RNR wait; "
+    } else {
+        "retry; "
+    }
+}
 
 /// One stderr line a second while a summary run goes on (only on a terminal).
 pub struct Progress {
@@ -93,9 +106,16 @@ pub fn rarer_losses(f: &odp_core::analysis::SourceFacts) -> String {
     text
 }
 
-pub fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
+pub fn print_summary(out: &Output, s: &Summary, causes: Option<&PeerCauses>) -> anyhow::Result<()> {
     if out.json {
-        return out.json(s);
+        let Some(causes) = causes else {
+            return out.json(s);
+        };
+        let mut document = serde_json::to_value(s)?;
+        if let Some(fields) = document.as_object_mut() {
+            fields.insert("peer_causes".into(), serde_json::to_value(causes)?);
+        }
+        return out.json(&document);
     }
     let c = &s.totals.counts;
     println!(
@@ -154,6 +174,25 @@ pub fn print_summary(out: &Output, s: &Summary) -> anyhow::Result<()> {
              {} transport retries, {} RNR NAKs, {} requests failed for retries",
             c.peer_faults, c.transport_retries, c.rnr_naks, c.retry_exceeded
         );
+    }
+    if let Some(causes) = causes {
+        println!("{}", causes.line());
+        for a in causes.recent.iter().rev().take(CAUSES_SHOWN) {
+            let r = &a.retry;
+            let what = match a.cause {
+                Some(fault) => fault.to_string(),
+                None => "no fault of the peer's found".into(),
+            };
+            println!(
+                "  QP {} -> {} PSNs {}..{}: {}{}",
+                r.qp,
+                r.dest_qp,
+                r.psn,
+                r.next_psn,
+                retry_kind(r),
+                what
+            );
+        }
     }
     let mut lat = table(&["latency", "count", "p50", "p99", "max"]);
     for (name, l) in [

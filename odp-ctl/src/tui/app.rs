@@ -192,6 +192,8 @@ pub struct App {
     pub log: VecDeque<OdpEvent>,
     /// First event's time: log lines show seconds since it.
     pub t0: Option<u64>,
+    /// What the peer said of this host's retries (monitor --peer).
+    pub peer_causes: Option<crate::live::SharedCauses>,
 }
 
 impl App {
@@ -212,6 +214,7 @@ impl App {
             frozen: None,
             log: VecDeque::new(),
             t0: None,
+            peer_causes: None,
         }
     }
 

@@ -26,12 +26,18 @@ pub struct Tui {
 impl Tui {
     /// Takes over the terminal; it is restored when the run stops, on error and on panic
     /// (ratatui's hook).
-    pub fn start(source: &Source, fps: u32) -> anyhow::Result<Tui> {
-        let app = App::new(
+    /// With `peer_causes`, the header shows what the peer said of this host's retries.
+    pub fn start(
+        source: &Source,
+        fps: u32,
+        peer_causes: Option<crate::live::SharedCauses>,
+    ) -> anyhow::Result<Tui> {
+        let mut app = App::new(
             source.label.clone(),
             source.probes_attached(),
             source.plans.len(),
         );
+        app.peer_causes = peer_causes;
         Ok(Tui {
             app,
             terminal: Some(ratatui::try_init()?),

@@ -7,6 +7,7 @@ use ratatui::widgets::Paragraph;
 
 use super::super::app::App;
 use super::{alert, count, quantile, ALERT, DIM, KEY};
+use crate::live::PeerCauses;
 
 pub(super) fn header(app: &App, engine: &Engine) -> Paragraph<'static> {
     let c = &engine.total().counts;
@@ -67,5 +68,35 @@ pub(super) fn header(app: &App, engine: &Engine) -> Paragraph<'static> {
             count(c.prefetched_then_faulted_pages),
         )),
     ]);
-    Paragraph::new(vec![Line::from(status), Line::from(totals), latency])
+    let mut lines = vec![Line::from(status), Line::from(totals), latency];
+    if let Some(causes) = app.peer_causes.as_ref().and_then(|c| c.lock().ok()) {
+        lines.push(peer_line(&causes));
+    }
+    Paragraph::new(lines)
+}
+
+/// What the peer said of this host's retries: the counts, then the newest fault it named.
+fn peer_line(causes: &PeerCauses) -> Line<'static> {
+    let mut spans = vec![Span::raw(format!(
+        "peer {}: retry runs {}  asked {}  ",
+        causes.peer,
+        count(causes.runs),
+        count(causes.asked)
+    ))];
+    spans.extend(alert(
+        "caused by its ODP faults",
+        causes.caused_by_odp_faults,
+    ));
+    if causes.not_asked > 0 {
+        spans.push(Span::styled(
+            format!("not asked {}  ", count(causes.not_asked)),
+            ALERT,
+        ));
+    }
+    match (&causes.error, causes.latest_cause()) {
+        (Some(error), _) => spans.push(Span::styled(error.clone(), ALERT)),
+        (None, Some(latest)) => spans.push(Span::styled(format!("newest: {latest}"), DIM)),
+        (None, None) => {}
+    }
+    Line::from(spans)
 }

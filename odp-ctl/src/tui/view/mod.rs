@@ -73,8 +73,9 @@ fn alert(label: &str, n: u64) -> Vec<Span<'static>> {
 }
 
 fn draw_main(frame: &mut Frame, app: &App, engine: &Engine) {
+    let head_lines = 3 + u16::from(app.peer_causes.is_some());
     let [head, rates, mrs, bottom, foot] = Layout::vertical([
-        Constraint::Length(3),
+        Constraint::Length(head_lines),
         Constraint::Length(7),
         Constraint::Fill(1),
         Constraint::Fill(1),
