@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::memory::{Backing, Mapping};
 use crate::remote::{Delay, RequesterRetry, ResponderFault, RetryReport};
 use crate::traffic::{
-    explicit, fill_pattern, fill_pattern_prefix, first_mismatch, Mismatch, OpResult, TrafficReport,
+    explicit, fill_pattern_range, first_mismatch_in, Mismatch, OpResult, TrafficReport,
 };
 use crate::verbs::{
     Access, MemoryRegion, Opcode, PeerRc, ProtectionDomain, Remote, Request, Route,
@@ -550,16 +550,23 @@ fn serve_messages(
             return Ok(served);
         };
         let len = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).min(target.len());
+        // `n` bytes from `offset`, inside the region.
+        let range = |offset: u64, n: u64| {
+            let offset = len(offset);
+            (offset, len(n).min(target.len() - offset))
+        };
         let reply = match message.op {
             Op::Fill => {
                 storm.end_pass();
-                fill_pattern_prefix(target, message.a, len(message.b))?;
+                let (offset, n) = range(message.c, message.b);
+                fill_pattern_range(target, message.a, offset, n)?;
                 served.fills += 1;
                 ok()
             }
             Op::Zero => {
                 storm.end_pass();
-                explicit(target)?.write(0, &vec![0u8; len(message.b)])?;
+                let (offset, n) = range(message.c, message.b);
+                explicit(target)?.write(offset, &vec![0u8; n])?;
                 storm.start_pass();
                 ok()
             }
@@ -610,7 +617,8 @@ fn serve_messages(
                 } else {
                     storm.end_pass();
                     served.verifies += 1;
-                    let verdict = verify_pages(target, message.a, len(message.b), storm)?;
+                    let (offset, n) = range(message.c, message.b);
+                    let verdict = verify_pages(target, message.a, offset, n, storm)?;
                     served.zeroed_pages += verdict.zeroed_pages;
                     match verdict.mismatch {
                         None => Message {
@@ -825,15 +833,29 @@ struct PageVerdict {
 
 /// The first `len` bytes against the pattern of `seed`, page by page: a page the storm dropped
 /// may read as zeros (it was taken away after its data landed); anything else must match.
-fn verify_pages(mr: &MemoryRegion, seed: u64, len: usize, storm: &Storm) -> Result<PageVerdict> {
+fn verify_pages(
+    mr: &MemoryRegion,
+    seed: u64,
+    offset: usize,
+    len: usize,
+    storm: &Storm,
+) -> Result<PageVerdict> {
     let page = crate::memory::page_size();
-    let actual = explicit(mr)?.to_vec(0, len)?;
+    let actual = explicit(mr)?.to_vec(offset, len)?;
     let mut verdict = PageVerdict {
         mismatch: None,
         zeroed_pages: 0,
     };
-    for (index, bytes) in actual.chunks(page).enumerate() {
-        let base = index * page;
+    // The range's bytes cut at the region's page boundaries, each piece with its offset.
+    let mut pieces = Vec::new();
+    let mut at = offset;
+    while at < offset + len {
+        let end = ((at / page + 1) * page).min(offset + len);
+        pieces.push((at, &actual[at - offset..end - offset]));
+        at = end;
+    }
+    for (base, bytes) in pieces {
+        let index = base / page;
         let wrong = |(i, &b): (usize, &u8)| b != crate::traffic::pattern_byte(seed, base + i);
         if !bytes.iter().enumerate().any(wrong) {
             continue;
@@ -904,15 +926,6 @@ pub fn verify_peer(
     offer: &Offer,
     traffic: &PeerTraffic,
 ) -> Result<TrafficReport> {
-    let PeerTraffic {
-        message_size,
-        storm,
-        late_receives,
-    } = *traffic;
-    let late_ms = late_receives.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    if message_size == 0 {
-        return Err(Error::invalid("message size must be greater than zero"));
-    }
     let len = local.len();
     if len > offer.remote.len {
         return Err(Error::invalid(format!(
@@ -920,113 +933,173 @@ pub fn verify_peer(
             offer.remote.len, offer.remote.len
         )));
     }
-    let control = ControlBuffer::new(conn)?;
-    let chunks: Vec<(usize, usize)> = (0..len)
-        .step_by(message_size)
-        .map(|off| (off, message_size.min(len - off)))
-        .collect();
-    let mut ops = Vec::new();
-    let ask = |conn: &mut PeerRc, op: Op, a: u64, b: u64, c: u64| control.ask(conn, op, a, b, c);
-    let remote_mismatch = |m: Message| -> Option<Mismatch> {
-        (m.a > 0).then_some(Mismatch {
-            offset: m.b as usize,
-            expected: (m.c >> 8) as u8,
-            actual: m.c as u8,
-            bytes_wrong: m.a as usize,
+    if traffic.message_size == 0 {
+        return Err(Error::invalid("message size must be greater than zero"));
+    }
+    let passes = Passes::new(conn, local, offer, traffic.storm, traffic.late_receives)?;
+    let ops = [(Opcode::Write, 1), (Opcode::Read, 2), (Opcode::Send, 3)]
+        .into_iter()
+        .map(|(op, seed)| passes.run(conn, op, (0, len), traffic.message_size, seed))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(TrafficReport {
+        message_size: traffic.message_size,
+        ops,
+    })
+}
+
+/// Passes of traffic between this side's MR and the peer's region: each moves one range (at
+/// the same offsets on both sides) with one operation in pieces of one size, the pattern of
+/// its seed checked where it landed, with the peer's storm (if asked for) running while WRITEs
+/// and SENDs land.
+pub(crate) struct Passes<'a> {
+    control: ControlBuffer,
+    local: &'a MemoryRegion,
+    remote: Remote,
+    storm: bool,
+    late_ms: u64,
+}
+
+impl<'a> Passes<'a> {
+    /// Checks what needs the peer's memory to be ODP and starts the peer's storm.
+    pub(crate) fn new(
+        conn: &mut PeerRc,
+        local: &'a MemoryRegion,
+        offer: &Offer,
+        storm: Option<RemoteStorm>,
+        late_receives: Option<Duration>,
+    ) -> Result<Passes<'a>> {
+        let control = ControlBuffer::new(conn)?;
+        if let Some(storm) = storm {
+            if storm.rate == 0 || storm.length == 0 {
+                return Err(Error::invalid(
+                    "a storm needs a rate and a length above zero",
+                ));
+            }
+            if !offer.odp {
+                return Err(pinned_peer(conn, "a DONTNEED storm on the peer's MR"));
+            }
+            control.ask(conn, Op::Storm, storm.rate, storm.length as u64, 0)?;
+        }
+        Ok(Passes {
+            control,
+            local,
+            remote: offer.remote,
+            storm: storm.is_some(),
+            late_ms: late_receives.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         })
-    };
-    let len64 = len as u64;
-    if let Some(storm) = storm {
-        if storm.rate == 0 || storm.length == 0 {
-            return Err(Error::invalid(
-                "a storm needs a rate and a length above zero",
-            ));
+    }
+
+    /// One pass of `op` over `(offset, len)` in `message_size` pieces with the pattern of
+    /// `seed`.
+    pub(crate) fn run(
+        &self,
+        conn: &mut PeerRc,
+        op: Opcode,
+        (offset, len): (usize, usize),
+        message_size: usize,
+        seed: u64,
+    ) -> Result<OpResult> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&end| end <= self.local.len() && end <= self.remote.len)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "{len} bytes from {offset} do not fit this side's MR ({} bytes) and the \
+                     peer's ({} bytes)",
+                    self.local.len(),
+                    self.remote.len
+                ))
+            })?;
+        let chunks: Vec<(usize, usize)> = (offset..end)
+            .step_by(message_size.max(1))
+            .map(|off| (off, message_size.min(end - off)))
+            .collect();
+        let control = &self.control;
+        let (local, remote) = (self.local, self.remote);
+        let (off64, len64) = (offset as u64, len as u64);
+        let remote_mismatch = |m: Message| -> Option<Mismatch> {
+            (m.a > 0).then_some(Mismatch {
+                offset: m.b as usize,
+                expected: (m.c >> 8) as u8,
+                actual: m.c as u8,
+                bytes_wrong: m.a as usize,
+            })
+        };
+        let zeroed = |m: &Message| self.storm.then_some(m.d);
+        let result = |elapsed: Duration, mismatch| op_result(op, &chunks, len, elapsed, mismatch);
+        match op {
+            // The pattern leaves here and is checked on the peer.
+            Opcode::Write => {
+                fill_pattern_range(local, seed, offset, len)?;
+                control.ask(conn, Op::Zero, 0, len64, off64)?;
+                let started = Instant::now();
+                for &(off, n) in &chunks {
+                    let id = conn.post_rdma(Opcode::Write, local, off, remote, off, n)?;
+                    conn.wait(id)?;
+                }
+                let elapsed = started.elapsed();
+                let verdict = control.ask(conn, Op::Verify, seed, len64, off64)?;
+                Ok(OpResult {
+                    zeroed_pages: zeroed(&verdict),
+                    ..result(elapsed, remote_mismatch(verdict))
+                })
+            }
+            // The peer fills its region; it is checked here.
+            Opcode::Read => {
+                control.ask(conn, Op::Fill, seed, len64, off64)?;
+                explicit(local)?.write(offset, &vec![0u8; len])?;
+                let started = Instant::now();
+                for &(off, n) in &chunks {
+                    let id = conn.post_rdma(Opcode::Read, local, off, remote, off, n)?;
+                    conn.wait(id)?;
+                }
+                let elapsed = started.elapsed();
+                Ok(result(
+                    elapsed,
+                    first_mismatch_in(local, seed, offset, len)?,
+                ))
+            }
+            // Into receives the peer posts over its region, a window at a time, checked there.
+            Opcode::Send => {
+                fill_pattern_range(local, seed, offset, len)?;
+                control.ask(conn, Op::Zero, 0, len64, off64)?;
+                let window = 16usize;
+                let started = Instant::now();
+                for group in chunks.chunks(window) {
+                    // Each message lands at its own offset in the peer's region, as in ours.
+                    let base = group.first().map_or(0, |&(off, _)| off) as u64;
+                    control.ask_with(
+                        conn,
+                        Message {
+                            op: Op::ExpectSends,
+                            a: group.len() as u64,
+                            b: message_size as u64,
+                            c: base,
+                            d: self.late_ms,
+                        },
+                    )?;
+                    for &(off, n) in group {
+                        let id = conn.post_send(local, off, n)?;
+                        conn.wait(id)?;
+                    }
+                    // A verification of no bytes: the peer has taken every receive of the
+                    // window before the next is announced, so its receive queue never
+                    // overflows.
+                    control.ask(conn, Op::Verify, seed, 0, 0)?;
+                }
+                let elapsed = started.elapsed();
+                let verdict = control.ask(conn, Op::Verify, seed, len64, off64)?;
+                Ok(OpResult {
+                    zeroed_pages: zeroed(&verdict),
+                    ..result(elapsed, remote_mismatch(verdict))
+                })
+            }
+            other => Err(Error::invalid(format!(
+                "{} is not a traffic pass across hosts",
+                other.name()
+            ))),
         }
-        if !offer.odp {
-            return Err(pinned_peer(conn, "a DONTNEED storm on the peer's MR"));
-        }
-        ask(conn, Op::Storm, storm.rate, storm.length as u64, 0)?;
     }
-    let zeroed = |m: &Message| storm.map(|_| m.d);
-
-    // RDMA WRITE: the pattern leaves here and is checked on the peer.
-    fill_pattern(local, 1)?;
-    ask(conn, Op::Zero, 0, len64, 0)?;
-    let started = Instant::now();
-    for &(off, n) in &chunks {
-        let id = conn.post_rdma(Opcode::Write, local, off, offer.remote, off, n)?;
-        conn.wait(id)?;
-    }
-    let elapsed = started.elapsed();
-    let verdict = ask(conn, Op::Verify, 1, len64, 0)?;
-    ops.push(OpResult {
-        zeroed_pages: zeroed(&verdict),
-        ..op_result(
-            Opcode::Write,
-            &chunks,
-            len,
-            elapsed,
-            remote_mismatch(verdict),
-        )
-    });
-
-    // RDMA READ: the peer fills its region; it is checked here.
-    ask(conn, Op::Fill, 2, len64, 0)?;
-    explicit(local)?.fill(0);
-    let started = Instant::now();
-    for &(off, n) in &chunks {
-        let id = conn.post_rdma(Opcode::Read, local, off, offer.remote, off, n)?;
-        conn.wait(id)?;
-    }
-    let elapsed = started.elapsed();
-    ops.push(op_result(
-        Opcode::Read,
-        &chunks,
-        len,
-        elapsed,
-        first_mismatch(local, 2)?,
-    ));
-
-    // SEND: into receives the peer posts over its region, a window at a time, checked there.
-    fill_pattern(local, 3)?;
-    ask(conn, Op::Zero, 0, len64, 0)?;
-    let window = 16usize;
-    let started = Instant::now();
-    for group in chunks.chunks(window) {
-        // Each message lands at its own offset in the peer's region, as in ours.
-        let base = group.first().map_or(0, |&(off, _)| off) as u64;
-        control.ask_with(
-            conn,
-            Message {
-                op: Op::ExpectSends,
-                a: group.len() as u64,
-                b: message_size as u64,
-                c: base,
-                d: late_ms,
-            },
-        )?;
-        for &(off, n) in group {
-            let id = conn.post_send(local, off, n)?;
-            conn.wait(id)?;
-        }
-        // A verification of no bytes: the peer has taken every receive of the window before
-        // the next is announced, so its receive queue never overflows.
-        ask(conn, Op::Verify, 3, 0, 0)?;
-    }
-    let elapsed = started.elapsed();
-    let verdict = ask(conn, Op::Verify, 3, len64, 0)?;
-    ops.push(OpResult {
-        zeroed_pages: zeroed(&verdict),
-        ..op_result(
-            Opcode::Send,
-            &chunks,
-            len,
-            elapsed,
-            remote_mismatch(verdict),
-        )
-    });
-
-    Ok(TrafficReport { message_size, ops })
 }
 
 /// Latencies of one pass of single-page RDMA READs, in nanoseconds.

@@ -17,37 +17,48 @@ pub fn pattern_byte(seed: u64, offset: usize) -> u8 {
 }
 
 pub fn fill_pattern(mr: &MemoryRegion, seed: u64) -> Result<()> {
-    fill_pattern_prefix(mr, seed, mr.len())
+    fill_pattern_range(mr, seed, 0, mr.len())
 }
 
-/// The pattern of `seed` over the MR's first `len` bytes.
-pub(crate) fn fill_pattern_prefix(mr: &MemoryRegion, seed: u64, len: usize) -> Result<()> {
-    let data: Vec<u8> = (0..len).map(|i| pattern_byte(seed, i)).collect();
-    explicit(mr)?.write(0, &data)
+/// The pattern of `seed` over `len` bytes of the MR from `offset` (each byte the pattern's at
+/// its offset in the MR, so a range moved to the same offset elsewhere checks there).
+pub(crate) fn fill_pattern_range(
+    mr: &MemoryRegion,
+    seed: u64,
+    offset: usize,
+    len: usize,
+) -> Result<()> {
+    let data: Vec<u8> = (offset..offset + len)
+        .map(|i| pattern_byte(seed, i))
+        .collect();
+    explicit(mr)?.write(offset, &data)
 }
 
 /// The first differing offset, if any, between an MR's bytes and the pattern.
 pub fn first_mismatch(mr: &MemoryRegion, seed: u64) -> Result<Option<Mismatch>> {
-    let mapping = explicit(mr)?;
-    let actual = mapping.to_vec(0, mr.len())?;
-    let bad = actual
+    first_mismatch_in(mr, seed, 0, mr.len())
+}
+
+/// `first_mismatch` over `len` bytes from `offset`.
+pub(crate) fn first_mismatch_in(
+    mr: &MemoryRegion,
+    seed: u64,
+    offset: usize,
+    len: usize,
+) -> Result<Option<Mismatch>> {
+    let actual = explicit(mr)?.to_vec(offset, len)?;
+    let mut bad = actual
         .iter()
         .enumerate()
-        .filter(|&(i, &b)| b != pattern_byte(seed, i))
-        .map(|(i, _)| i);
-    let mut count = 0usize;
-    let mut first = None;
-    for offset in bad {
-        if first.is_none() {
-            first = Some(offset);
-        }
-        count += 1;
-    }
-    Ok(first.map(|offset| Mismatch {
-        offset,
-        expected: pattern_byte(seed, offset),
-        actual: actual[offset],
-        bytes_wrong: count,
+        .filter(|&(i, &b)| b != pattern_byte(seed, offset + i));
+    let Some((first, &got)) = bad.next() else {
+        return Ok(None);
+    };
+    Ok(Some(Mismatch {
+        offset: offset + first,
+        expected: pattern_byte(seed, offset + first),
+        actual: got,
+        bytes_wrong: 1 + bad.count(),
     }))
 }
 

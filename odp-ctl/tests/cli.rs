@@ -504,3 +504,44 @@ fn hold_deregisters_on_sigterm_and_sigint() {
 fn rdma_mrs_of(pid: i32) -> usize {
     kernel_resource_count("mr", pid as u32).expect("rdma resource show mr")
 }
+
+/// `stress --peer` checks the scenario for running across hosts before it resolves or connects
+/// anything: what only runs where the memory is is refused where it is written.
+#[test]
+fn a_scenario_that_cannot_run_across_hosts_is_refused_before_any_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fork = include_str!("../../scenarios/fork-cow.toml");
+    let path = dir.path().join("fork-cow.toml");
+    std::fs::write(&path, fork).expect("scenario");
+    let line = fork
+        .lines()
+        .position(|l| l.starts_with("[[invalidate]]"))
+        .expect("an action")
+        + 1;
+    let file = path.to_str().expect("utf-8 path");
+    // An address nobody holds: a connection attempt would take seconds and say so.
+    for check in [true, false] {
+        let mut args = vec!["stress", "--peer", "192.0.2.1", file];
+        if check {
+            args.push("--check");
+        }
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("{file}:{line}:1: fork runs where the memory is"))
+                && stderr(&out).contains("(across hosts)"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let storm = dir.path().join("storm.toml");
+    std::fs::write(&storm, include_str!("../../scenarios/dontneed-storm.toml")).expect("scenario");
+    let out = run(&[
+        "stress",
+        "--peer",
+        "192.0.2.1",
+        "--check",
+        storm.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -829,3 +829,126 @@ fn a_first_touch_on_the_peer_is_timed_against_a_warm_page() {
     let (code, _, said) = register_with(&peer, &["--size", "64K", "--touch-latency", "17"]);
     assert_eq!(code, Some(6), "{said}");
 }
+
+/// A scenario against the peer (`stress --peer`): three workers (WRITE, READ, SEND, each its
+/// own range and message size) take turns on one connection while the peer storms its region
+/// with the scenario's MADV_DONTNEED; every pass's bytes are exact (or zeroed where the storm
+/// dropped a page after they landed), the figures add up to whole passes, and this side's
+/// probes count every retransmission the port counter counts, under the scenario's short ACK
+/// timer.
+#[test]
+fn a_scenario_runs_against_the_peer_with_every_byte_checked() {
+    let test = "a_scenario_runs_against_the_peer_with_every_byte_checked";
+    let Some(peer) = peer_or_skip(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("across.toml");
+    std::fs::write(
+        &path,
+        r#"name = "across"
+seed = 3
+duration = "6s"
+
+[peer]
+ack_timeout = 10
+
+[[mr]]
+name = "buf"
+size = "4M"
+
+[[traffic]]
+name = "writer"
+mr = "buf"
+op = "write"
+range = "0:1M"
+message = "64K"
+
+[[traffic]]
+name = "reader"
+mr = "buf"
+op = "read"
+range = "1M:1M"
+message = "16K"
+
+[[traffic]]
+name = "sender"
+mr = "buf"
+op = "send"
+range = "2M:1M"
+message = "32K"
+
+[[invalidate]]
+mr = "buf"
+action = "dontneed"
+rate = 500
+length = "64K"
+"#,
+    )
+    .expect("scenario");
+    let out = odp_ctl()
+        .args(["--json", "stress", "--peer", &peer])
+        .arg(&path)
+        .output()
+        .expect("stress");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{report} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = &report["run"];
+    assert_eq!(run["storm"]["rate"], 500, "{run}");
+    let mut counts = Vec::new();
+    for (w, op, message) in [
+        ("writer", "write", 64 << 10),
+        ("reader", "read", 16 << 10),
+        ("sender", "send", 32 << 10),
+    ] {
+        let stats = run["workers"]
+            .as_array()
+            .and_then(|ws| ws.iter().find(|s| s["worker"] == w))
+            .unwrap_or_else(|| panic!("no {w}: {run}"));
+        let n = stats["passes"].as_u64().expect("passes");
+        assert!(n > 0, "{stats}");
+        assert_eq!(stats["op"], op, "{stats}");
+        assert_eq!(stats["mismatched_passes"], 0, "{stats}");
+        assert_eq!(stats["bytes"], n * (1 << 20), "{stats}");
+        assert_eq!(stats["messages"], n * (1 << 20) / message, "{stats}");
+        counts.push(n);
+    }
+    // Turns go round: no worker is more than one pass ahead of another.
+    let (most, least) = (counts.iter().max(), counts.iter().min());
+    assert!(
+        most.zip(least).is_some_and(|(a, b)| a - b <= 1),
+        "{counts:?}"
+    );
+    let passes: u64 = counts.iter().sum();
+    let probes = &report["peer"]["probes"];
+    for loss in ["drops", "missed", "unpaired", "overflow"] {
+        assert_eq!(probes[loss], 0, "{loss}: {probes}");
+    }
+    if report["peer"]["offer"]["odp"] != true {
+        return;
+    }
+    let gained = &report["peer"]["port_counters"]["Ok"];
+    let retries = &report["peer"]["retries"]["Ok"];
+    assert_eq!(
+        retries["retries"], gained["completer_retry_err"],
+        "{retries} vs {gained}"
+    );
+    let zeroed: u64 = run["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| w["zeroed_pages"].as_u64().unwrap_or(0))
+        .sum();
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: {passes} passes, every byte exact, {zeroed} pages zeroed by the peer's storm, \
+         {} retransmissions ({} tied to the peer's faults), as the port counter counts",
+        retries["retries"],
+        retries["caused_by_odp_faults"]
+    );
+}

@@ -9,6 +9,7 @@
 //! Anything else (a stale generation, another offset's data, a zero word in a page no action
 //! touched) is a mismatch.
 
+mod across;
 mod actions;
 mod atomics;
 pub mod pattern;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::memory::{page_size, Backing, KsmDaemon, Mapping};
 use crate::verbs::{Access, Context, LoopbackConfig, LoopbackRc, MemoryRegion, ProtectionDomain};
+pub use across::{run_against_peer, PassMismatch, PeerRun, PeerWorker};
 use actions::action_worker;
 use atomics::atomic_worker;
 use prefetch::prefetch_worker;

@@ -124,6 +124,27 @@ pub struct Scenario {
     /// Run in order; each names the workers active in it. None: everything for `duration`.
     #[serde(rename = "phase", default)]
     pub phases: Vec<PhaseSpec>,
+    /// The connection's knobs when the scenario runs against a peer (`stress --peer`).
+    #[serde(default)]
+    pub peer: PeerSpec,
+}
+
+/// How the connection to a peer behaves (`stress --peer`; ignored on one host): the knobs that
+/// turn the peer's slow faults into retries, RNR waits and failures this side sees.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSpec {
+    /// This side's local ACK timeout (IB's 5-bit code: 4.096 us x 2^N); default: rdma_cm's.
+    pub ack_timeout: Option<u8>,
+    /// Transport retries before a request fails (0..7).
+    pub retry_count: Option<u8>,
+    /// RNR retries before a request fails (0..7; 7 is no bound).
+    pub rnr_retry: Option<u8>,
+    /// The RNR NAK timer this side's QP asks of the peer (code 0..31) when it has no receive.
+    pub min_rnr_timer: Option<u8>,
+    /// The peer posts each window of SENDs' receives this late (at most 1 s): RNR NAKs on any
+    /// device.
+    pub late_receives: Option<Span>,
 }
 
 fn default_name() -> String {
@@ -400,6 +421,80 @@ impl Scenario {
         Ok(scenario)
     }
 
+    /// `parse`, for a run against a peer (`stress --peer`): the peer serves one region and runs
+    /// one DONTNEED storm on it, so the scenario may have one [[mr]], WRITE, READ and SEND
+    /// traffic, at most one `dontneed` action, and no prefetch or phases.
+    pub fn parse_across_hosts(text: &str, origin: &str) -> Result<Scenario> {
+        let scenario = Scenario::parse(text, origin)?;
+        scenario.check_across_hosts().map_err(|e| {
+            let offset = toml::from_str::<Places>(text)
+                .ok()
+                .and_then(|p| p.offset(e.entry));
+            let at = |offset: usize| {
+                let (line, column) = line_column(text, offset);
+                format!("{origin}:{line}:{column}")
+            };
+            Error::invalid(format!(
+                "{}: {} (across hosts)",
+                offset.map_or_else(|| origin.to_string(), at),
+                e.message
+            ))
+        })?;
+        Ok(scenario)
+    }
+
+    fn check_across_hosts(&self) -> std::result::Result<(), CheckError> {
+        if self.mrs.len() > 1 {
+            return Err(CheckError {
+                entry: Entry::Mr(1),
+                message: "the peer serves one region: one [[mr]]".into(),
+            });
+        }
+        if let Some(i) = self
+            .traffic
+            .iter()
+            .position(|t| t.op == TrafficOp::FetchAdd)
+        {
+            return Err(CheckError {
+                entry: Entry::Traffic(i),
+                message: "fetch-add runs on one host only so far".into(),
+            });
+        }
+        if let Some((i, a)) = self
+            .actions
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.action != Action::Dontneed)
+        {
+            return Err(CheckError {
+                entry: Entry::Invalidate(i),
+                message: format!(
+                    "{} runs where the memory is, and the peer runs only a dontneed storm",
+                    a.action.name()
+                ),
+            });
+        }
+        if self.actions.len() > 1 {
+            return Err(CheckError {
+                entry: Entry::Invalidate(1),
+                message: "the peer runs one storm: one [[invalidate]]".into(),
+            });
+        }
+        if !self.prefetch.is_empty() {
+            return Err(CheckError {
+                entry: Entry::Prefetch(0),
+                message: "prefetch advises this side's memory, not the peer's".into(),
+            });
+        }
+        if !self.phases.is_empty() {
+            return Err(CheckError {
+                entry: Entry::Phase(0),
+                message: "phases run on one host only so far".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// MR name -> index.
     fn mr_indices(&self) -> std::collections::HashMap<&str, usize> {
         let mut by_name = std::collections::HashMap::with_capacity(self.mrs.len());
@@ -446,6 +541,30 @@ impl Scenario {
             entry: Entry::Device,
             message,
         };
+        let peer = |message: String| CheckError {
+            entry: Entry::Peer,
+            message,
+        };
+        for (what, value, max) in [
+            ("ack_timeout", self.peer.ack_timeout, 31),
+            ("retry_count", self.peer.retry_count, 7),
+            ("rnr_retry", self.peer.rnr_retry, 7),
+            ("min_rnr_timer", self.peer.min_rnr_timer, 31),
+        ] {
+            if value.is_some_and(|v| v > max) {
+                return Err(peer(format!("peer.{what} must be from 0 to {max}")));
+            }
+        }
+        if self
+            .peer
+            .late_receives
+            .is_some_and(|d| d.0.is_zero() || d.0 > crate::peer::LATE_RECEIVES_MAX)
+        {
+            return Err(peer(format!(
+                "peer.late_receives must be above 0 and at most {:?}",
+                crate::peer::LATE_RECEIVES_MAX
+            )));
+        }
         if self.device.qp_depth == 0 {
             return Err(device("device.qp_depth must be at least 1".into()));
         }
@@ -672,6 +791,7 @@ impl Scenario {
 enum Entry {
     Whole,
     Device,
+    Peer,
     Mr(usize),
     Traffic(usize),
     Invalidate(usize),
@@ -688,6 +808,7 @@ struct CheckError {
 #[derive(Deserialize)]
 struct Places {
     device: Option<toml::Spanned<serde::de::IgnoredAny>>,
+    peer: Option<toml::Spanned<serde::de::IgnoredAny>>,
     #[serde(default)]
     mr: Vec<toml::Spanned<serde::de::IgnoredAny>>,
     #[serde(default)]
@@ -705,6 +826,7 @@ impl Places {
         let span = match entry {
             Entry::Whole => return None,
             Entry::Device => self.device.as_ref()?.span(),
+            Entry::Peer => self.peer.as_ref()?.span(),
             Entry::Mr(i) => self.mr.get(i)?.span(),
             Entry::Traffic(i) => self.traffic.get(i)?.span(),
             Entry::Invalidate(i) => self.invalidate.get(i)?.span(),
@@ -744,6 +866,72 @@ mod tests {
         assert_eq!(s.actions[0].action, Action::Dontneed);
         assert_eq!(s.mrs[0].size, Size(4 << 20));
         assert_eq!(s.total_duration(), Duration::from_secs(5));
+    }
+
+    /// Across hosts the peer serves one region and runs one DONTNEED storm: what needs more is
+    /// refused where it is written; the [peer] knobs are checked on any host.
+    #[test]
+    fn what_cannot_run_across_hosts_is_refused_where_it_stands() {
+        let storm = include_str!("../../../scenarios/dontneed-storm.toml");
+        let s = Scenario::parse_across_hosts(storm, "storm.toml").expect("a storm runs across");
+        assert_eq!(s.peer.ack_timeout, None);
+        let knobs = format!(
+            "{storm}\n[peer]\nack_timeout = 14\nretry_count = 2\nlate_receives = \"50ms\"\n"
+        );
+        let s = Scenario::parse_across_hosts(&knobs, "k.toml").expect("knobs");
+        assert_eq!(s.peer.ack_timeout, Some(14));
+        assert_eq!(s.peer.retry_count, Some(2));
+        assert_eq!(
+            s.peer.late_receives.map(|d| d.0),
+            Some(Duration::from_millis(50))
+        );
+        let across = |text: &str| {
+            Scenario::parse_across_hosts(text, "t.toml")
+                .expect_err("refused")
+                .to_string()
+        };
+        let fork = include_str!("../../../scenarios/fork-cow.toml");
+        assert!(Scenario::parse(fork, "f.toml").is_ok());
+        let err = across(fork);
+        let line = fork
+            .lines()
+            .position(|l| l.starts_with("[[invalidate]]"))
+            .expect("an action")
+            + 1;
+        assert!(
+            err.contains(&format!("t.toml:{line}:1: fork runs where")),
+            "{err}"
+        );
+        assert!(err.ends_with("(across hosts)"), "{err}");
+        for (file, text, want) in [
+            (
+                "atomics",
+                include_str!("../../../scenarios/atomics.toml"),
+                "fetch-add",
+            ),
+            (
+                "phases",
+                include_str!("../../../scenarios/phases.toml"),
+                "one [[mr]]",
+            ),
+        ] {
+            let err = across(text);
+            assert!(err.contains(want), "{file}: {err}");
+        }
+        for (knob, want) in [
+            ("ack_timeout = 32", "peer.ack_timeout must be from 0 to 31"),
+            ("rnr_retry = 8", "peer.rnr_retry must be from 0 to 7"),
+            (
+                "late_receives = \"2s\"",
+                "peer.late_receives must be above 0",
+            ),
+            ("colour = 1", "unknown field"),
+        ] {
+            let err = Scenario::parse(&format!("{storm}\n[peer]\n{knob}\n"), "t.toml")
+                .expect_err(knob)
+                .to_string();
+            assert!(err.contains(want), "{knob}: {err}");
+        }
     }
 
     #[test]

@@ -10,4 +10,5 @@ pub mod probes;
 pub mod register;
 pub mod serve;
 pub mod stress;
+pub mod stress_peer;
 pub mod trace;

@@ -13,7 +13,9 @@ use odp_core::peer::{
 };
 use odp_core::remote::RetryReport;
 use odp_core::traffic::{verify_loopback, TrafficReport};
-use odp_core::verbs::{Access, LoopbackConfig, LoopbackRc, MemoryRegion, PeerConfig, Route};
+use odp_core::verbs::{
+    Access, LoopbackConfig, LoopbackRc, MemoryRegion, PeerConfig, PeerRc, Route,
+};
 use serde::Serialize;
 
 use super::mr::{setup, MrArgs, MrReport, MrSetup};
@@ -98,22 +100,22 @@ pub struct Args {
 }
 
 #[derive(Serialize)]
-struct PeerReport {
-    address: String,
-    offer: Offer,
+pub(super) struct PeerReport {
+    pub address: String,
+    pub offer: Offer,
     /// What this port's hardware counters gained over the traffic (`rdma stat show link`), or
     /// why they could not be read.
-    port_counters: Result<std::collections::BTreeMap<String, u64>, String>,
+    pub port_counters: Result<std::collections::BTreeMap<String, u64>, String>,
     /// With --probes: this side's retries, each with the peer's fault that caused it, or why
     /// the peer could not say.
     #[serde(skip_serializing_if = "Option::is_none")]
-    retries: Option<Result<RetryReport, String>>,
+    pub retries: Option<Result<RetryReport, String>>,
     /// With --probes: what this side's probes lost (a retry not seen is not explained).
     #[serde(skip_serializing_if = "Option::is_none")]
-    probes: Option<SourceFacts>,
+    pub probes: Option<SourceFacts>,
     /// With --touch-latency.
     #[serde(skip_serializing_if = "Option::is_none")]
-    touch_latency: Option<TouchLatency>,
+    pub touch_latency: Option<TouchLatency>,
 }
 
 #[derive(Serialize)]
@@ -291,8 +293,8 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The traffic with `serve` on another host, and with `evidence` (this side's probes), each
-/// retry's cause asked of the peer; a request that failed is reported with its cause.
+/// The traffic with `serve` on another host: a first-touch timing, or every byte moved and
+/// verified.
 fn traffic_with_peer(
     args: &Args,
     setup: &MrSetup,
@@ -301,100 +303,120 @@ fn traffic_with_peer(
     port: &(String, u8),
     evidence: Option<&SharedEvidence>,
 ) -> anyhow::Result<(TrafficReport, PeerReport)> {
-    let hello = Hello::new(Purpose::Traffic).encode();
-    let counters_before = port_counters(&port.0, port.1);
-    let counters_since = |before: &Result<Vec<(String, u64)>, String>| {
-        let before = before.as_ref().map_err(Clone::clone)?;
-        port_counters(&port.0, port.1).map(|after| {
-            odp_core::driver_counters::deltas(before, &after)
-                .into_iter()
-                .collect()
-        })
+    let session = PeerSession {
+        setup,
+        address,
+        port,
+        evidence,
     };
-    let (mut conn, answer) = route.connect(&setup.pd, &hello)?;
-    let offer = Offer::decode(&answer, conn.peer())?;
     if let Some(pages) = args.touch_latency {
-        let latency = touch_latency(&mut conn, &setup.mr, &offer, pages as usize)?;
-        let port_counters = counters_since(&counters_before);
-        end_session(&mut conn, None)?;
+        let (latency, mut peer) = session.run(route, |conn, offer| {
+            touch_latency(conn, &setup.mr, offer, pages as usize)
+        })?;
+        peer.touch_latency = Some(latency);
         let report = TrafficReport {
             message_size: odp_core::memory::page_size(),
             ops: Vec::new(),
         };
-        return Ok((
-            report,
+        return Ok((report, peer));
+    }
+    let traffic = PeerTraffic {
+        message_size: args.message_size,
+        storm: args.remote_dontneed.map(|rate| RemoteStorm {
+            rate,
+            length: args.remote_dontneed_length,
+        }),
+        late_receives: args.late_receives,
+    };
+    session.run(route, |conn, offer| {
+        verify_peer(conn, &setup.mr, offer, &traffic)
+    })
+}
+
+/// A session with `serve` on another host, around whatever traffic the caller runs: the port's
+/// counters read around it, and with `evidence` (this side's probes) each retry's cause asked
+/// of the peer; a request that failed is reported with the fault that caused it.
+pub(super) struct PeerSession<'a> {
+    pub setup: &'a MrSetup,
+    pub address: SocketAddrV4,
+    pub port: &'a (String, u8),
+    pub evidence: Option<&'a SharedEvidence>,
+}
+
+impl PeerSession<'_> {
+    pub fn run<R>(
+        &self,
+        route: Route,
+        traffic: impl FnOnce(&mut PeerRc, &Offer) -> odp_core::Result<R>,
+    ) -> anyhow::Result<(R, PeerReport)> {
+        let PeerSession {
+            setup,
+            address,
+            port,
+            evidence,
+        } = *self;
+        let counters_before = port_counters(&port.0, port.1);
+        let counters_since = |before: &Result<Vec<(String, u64)>, String>| {
+            let before = before.as_ref().map_err(Clone::clone)?;
+            port_counters(&port.0, port.1).map(|after| {
+                odp_core::driver_counters::deltas(before, &after)
+                    .into_iter()
+                    .collect()
+            })
+        };
+        let (mut conn, answer) =
+            route.connect(&setup.pd, &Hello::new(Purpose::Traffic).encode())?;
+        let offer = Offer::decode(&answer, conn.peer())?;
+        let retries = |qp: u32| {
+            evidence.map(|e| {
+                e.settle();
+                e.with(|e| e.retries(qp))
+            })
+        };
+        let done = match traffic(&mut conn, &offer) {
+            Ok(done) => done,
+            // A request refused before any traffic leaves nothing to explain.
+            Err(failure) if failure.kind() != odp_core::ErrorKind::Completion => {
+                return Err(failure.into())
+            }
+            Err(failure) => {
+                // The QP is in error: the causes are asked over a new connection.
+                let Some(retries) = retries(conn.qp_num()) else {
+                    return Err(failure.into());
+                };
+                drop(conn);
+                let cause = explain_over_new_connection(address, setup, &retries);
+                return Err(match cause {
+                    Ok(Ok(report)) => match report.exhaustion().and_then(|a| a.cause) {
+                        Some(fault) => anyhow::Error::new(failure)
+                            .context(format!("{fault} made this request fail")),
+                        None => anyhow::Error::new(failure).context(
+                            "no fault on the peer was found behind the request that failed",
+                        ),
+                    },
+                    Ok(Err(why)) => anyhow::Error::new(failure).context(why),
+                    Err(e) => anyhow::Error::new(failure)
+                        .context(format!("the peer could not be asked what caused it: {e}")),
+                });
+            }
+        };
+        // Read while the QP is quiet (every request answered) and before the questions below,
+        // which are traffic too: the counters and the probes then cover the same requests.
+        let port_counters = counters_since(&counters_before);
+        let retries = retries(conn.qp_num());
+        let explained = end_session(&mut conn, retries.as_deref())?;
+        Ok((
+            done,
             PeerReport {
                 address: address.to_string(),
                 offer,
                 port_counters,
-                retries: None,
+                retries: explained,
                 probes: None,
-                touch_latency: Some(latency),
+                touch_latency: None,
             },
-        ));
+        ))
     }
-    let storm = args.remote_dontneed.map(|rate| RemoteStorm {
-        rate,
-        length: args.remote_dontneed_length,
-    });
-    let traffic = verify_peer(
-        &mut conn,
-        &setup.mr,
-        &offer,
-        &PeerTraffic {
-            message_size: args.message_size,
-            storm,
-            late_receives: args.late_receives,
-        },
-    );
-    let retries = |qp: u32| {
-        evidence.map(|e| {
-            e.settle();
-            e.with(|e| e.retries(qp))
-        })
-    };
-    let report = match traffic {
-        Ok(report) => report,
-        // A request refused before any traffic leaves nothing to explain.
-        Err(failure) if failure.kind() != odp_core::ErrorKind::Completion => {
-            return Err(failure.into())
-        }
-        Err(failure) => {
-            // The QP is in error: the causes are asked over a new connection.
-            let Some(retries) = retries(conn.qp_num()) else {
-                return Err(failure.into());
-            };
-            drop(conn);
-            let cause = explain_over_new_connection(address, setup, &retries);
-            return Err(match cause {
-                Ok(Ok(report)) => match report.exhaustion().and_then(|a| a.cause) {
-                    Some(fault) => anyhow::Error::new(failure)
-                        .context(format!("{fault} made this request fail")),
-                    None => anyhow::Error::new(failure)
-                        .context("no fault on the peer was found behind the request that failed"),
-                },
-                Ok(Err(why)) => anyhow::Error::new(failure).context(why),
-                Err(e) => anyhow::Error::new(failure)
-                    .context(format!("the peer could not be asked what caused it: {e}")),
-            });
-        }
-    };
-    // Read while the QP is quiet (every request answered) and before the questions below,
-    // which are traffic too: the counters and the probes then cover the same requests.
-    let port_counters = counters_since(&counters_before);
-    let retries = retries(conn.qp_num());
-    let explained = end_session(&mut conn, retries.as_deref())?;
-    Ok((
-        report,
-        PeerReport {
-            address: address.to_string(),
-            offer,
-            port_counters,
-            retries: explained,
-            probes: None,
-            touch_latency: None,
-        },
-    ))
 }
 
 /// How long to keep trying to reach the serving side for the questions.
@@ -461,17 +483,7 @@ fn print_traffic(t: &TrafficReport, peer: Option<&PeerReport>) {
     };
     println!("\n{with}, {}-byte messages:\n{table}", t.message_size);
     if let Some(p) = peer {
-        match &p.port_counters {
-            Ok(counters) => {
-                let gained: Vec<String> = counters
-                    .iter()
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(name, n)| format!("{name}={n}"))
-                    .collect();
-                println!("this port's counters gained: {}", gained.join(" "));
-            }
-            Err(why) => println!("{why}"),
-        }
+        print_port_counters(p);
         if let Some(t) = &p.touch_latency {
             let us = |ns: u64| ns as f64 / 1e3;
             println!(
@@ -487,15 +499,35 @@ fn print_traffic(t: &TrafficReport, peer: Option<&PeerReport>) {
                 us(t.warm.max_ns)
             );
         }
-        match &p.retries {
-            None => {}
-            Some(Err(why)) => println!("retries not explained: {why}"),
-            Some(Ok(r)) => print_retries(r),
-        }
+        print_retries(p);
     }
 }
 
-fn print_retries(r: &RetryReport) {
+/// What this port's counters gained over a session with a peer.
+pub(super) fn print_port_counters(p: &PeerReport) {
+    match &p.port_counters {
+        Ok(counters) => {
+            let gained: Vec<String> = counters
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(name, n)| format!("{name}={n}"))
+                .collect();
+            println!("this port's counters gained: {}", gained.join(" "));
+        }
+        Err(why) => println!("{why}"),
+    }
+}
+
+/// This side's retries over a session with a peer and the faults the peer named for them.
+pub(super) fn print_retries(p: &PeerReport) {
+    let r = match &p.retries {
+        None => return,
+        Some(Err(why)) => {
+            println!("retries not explained: {why}");
+            return;
+        }
+        Some(Ok(r)) => r,
+    };
     println!(
         "this side's requester: {} transport retries, {} RNR NAKs, {} exhausted; {} of {} \
          completer runs held up by the peer's ODP faults",

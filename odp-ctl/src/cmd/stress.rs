@@ -52,6 +52,11 @@ pub struct Args {
     pub check: bool,
     #[command(flatten)]
     pub attach: super::launch::AttachArgs,
+    /// Run against `odp-ctl serve` on another host (ADDR or ADDR:PORT): the peer owns the region
+    /// and runs the scenario's dontneed storm, this side drives the traffic (its workers take
+    /// turns on one connection) with the scenario's [peer] knobs.
+    #[arg(long, value_name = "ADDR[:PORT]", conflicts_with_all = ["monitor", "record", "perfetto", "device"])]
+    pub peer: Option<String>,
 }
 
 /// What the probes saw, or why there are no probe figures.
@@ -92,7 +97,11 @@ fn load(args: &Args) -> anyhow::Result<Scenario> {
             "built-in scenario".into(),
         ),
     };
-    let mut scenario = Scenario::parse(&text, &origin)?;
+    let mut scenario = if args.peer.is_some() {
+        Scenario::parse_across_hosts(&text, &origin)?
+    } else {
+        Scenario::parse(&text, &origin)?
+    };
     if let Some(d) = &args.device {
         scenario.device.name = Some(d.clone());
     }
@@ -217,6 +226,13 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
             scenario.total_duration().as_secs_f64()
         );
         return Ok(());
+    }
+    if let Some(peer) = &args.peer {
+        let probes = !args.no_probes && odp_ebpf::is_root();
+        if !args.no_probes && !probes {
+            eprintln!("odp-ctl: probes skipped: loading BPF needs root (or run with --no-probes)");
+        }
+        return super::stress_peer::run(out, &scenario, peer, probes);
     }
     needs_a_terminal(!args.monitor, "--monitor")?;
     let stop = stop_on_signals()?;
