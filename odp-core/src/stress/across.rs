@@ -64,8 +64,9 @@ impl PeerRun {
 
 /// Runs `scenario` (checked with `Scenario::parse_across_hosts`) over `conn` until its duration
 /// has passed or `stop` is set, between `local` (this side's MR, as large as the scenario's)
-/// and the peer's region; `progress` is called about once a second. The turn in progress when
-/// the time is up is finished.
+/// and the peer's region; `progress` is called about once a second. The workers take turns in
+/// rounds, and the round in progress when the time is up is finished: every worker has as many
+/// passes as every other, at least one.
 pub fn run_against_peer(
     conn: &mut PeerRc,
     local: &MemoryRegion,
@@ -113,9 +114,9 @@ pub fn run_against_peer(
         total,
         ..Progress::default()
     };
-    'run: loop {
+    'run: while started.elapsed() < total {
         for w in &mut workers {
-            if started.elapsed() >= total || stop.load(Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) {
                 break 'run;
             }
             pass += 1;
