@@ -203,29 +203,10 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     }
     let mut peer_report = None;
     let traffic = if let Some((address, route, port)) = route {
-        let (report, peer) = if args.probes {
-            let source = Source::probes(
-                odp_ebpf::Config {
-                    pid: Some(std::process::id()),
-                    // The completer's retries too, which only the two-host commands read.
-                    points: Some(bpf_common::Point::ALL.to_vec()),
-                    ..odp_ebpf::Config::default()
-                },
-                None,
-            )?;
-            let evidence = Arc::new(SharedEvidence::default());
-            let mut sink = EvidenceSink(Arc::clone(&evidence));
-            let stop = AtomicBool::new(false);
-            let (done, engine) = live::alongside(source, &mut sink, &stop, || {
-                traffic_with_peer(args, &setup, address, route, &port, Some(&evidence))
-            });
-            let (engine, _) = engine?;
-            let (report, mut peer) = done?;
-            peer.probes = Some(engine.source.clone());
-            (report, peer)
-        } else {
-            traffic_with_peer(args, &setup, address, route, &port, None)?
-        };
+        let source = args.probes.then(Source::own_with_retries).transpose()?;
+        let (report, peer) = with_evidence(source, |evidence| {
+            traffic_with_peer(args, &setup, address, route, &port, evidence)
+        })?;
         peer_report = Some(peer);
         Some(report)
     } else if args.traffic {
@@ -331,6 +312,26 @@ fn traffic_with_peer(
     session.run(route, |conn, offer| {
         verify_peer(conn, &setup.mr, offer, &traffic)
     })
+}
+
+/// Runs `session` with the evidence of `source` (this side's probes), if there is one, and
+/// puts what the probes lost in its report (a retry not seen is not explained).
+pub(super) fn with_evidence<R>(
+    source: Option<Source>,
+    session: impl FnOnce(Option<&SharedEvidence>) -> anyhow::Result<(R, PeerReport)>,
+) -> anyhow::Result<(R, PeerReport)> {
+    let Some(source) = source else {
+        return session(None);
+    };
+    let evidence = Arc::new(SharedEvidence::default());
+    let mut sink = EvidenceSink(Arc::clone(&evidence));
+    // The session's end detaches the probes; a signal reaches the session's own waits.
+    let detach = AtomicBool::new(false);
+    let (done, engine) = live::alongside(source, &mut sink, &detach, || session(Some(&evidence)));
+    let (engine, _) = engine?;
+    let (done, mut peer) = done?;
+    peer.probes = Some(engine.source.clone());
+    Ok((done, peer))
 }
 
 /// A session with `serve` on another host, around whatever traffic the caller runs: the port's

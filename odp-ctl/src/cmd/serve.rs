@@ -63,13 +63,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     // and before the listener is bound: a peer that connects while they attach (seconds) is
     // refused at once and can try again, rather than queued until its own timeout has passed.
     let source = if args.probes {
-        let config = odp_ebpf::Config {
-            pid: Some(std::process::id()),
-            // The completer's retries too, which only the two-host commands read.
-            points: Some(bpf_common::Point::ALL.to_vec()),
-            ..odp_ebpf::Config::default()
-        };
-        Some(Source::probes(config, None)?)
+        Some(Source::own_with_retries()?)
     } else {
         None
     };
@@ -168,6 +162,18 @@ const QUESTION_PEERS_MAX: usize = 8;
 const TRAFFIC_WAITING_MAX: usize = 8;
 /// How often the service looks at its connections between requests.
 const SERVICE_POLL: Duration = Duration::from_millis(200);
+/// A traffic request that waited this long for its turn is refused: its peer has given up
+/// (its connect timeout, PeerConfig's 5 s, has passed).
+const STALE_REQUEST: Duration = Duration::from_secs(4);
+
+/// Sets its flag when dropped.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
 
 /// A connection's thread: the peer's address and what was served.
 type Connection<'scope> = std::thread::ScopedJoinHandle<'scope, (String, odp_core::Result<Served>)>;
@@ -214,8 +220,12 @@ fn serve_peers(
     };
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let (over, explain) = (&over, &explain);
+        // However this closure ends (an error too), the connections are told before the scope
+        // waits for them.
+        let _end_connections = SetOnDrop(over);
         let mut traffic: Option<Connection<'_>> = None;
-        let mut waiting: VecDeque<Request> = VecDeque::new();
+        // Traffic requests not yet accepted, with when they came.
+        let mut waiting: VecDeque<(Instant, Request)> = VecDeque::new();
         let mut questions: Vec<Connection<'_>> = Vec::new();
         let served = loop {
             if traffic.as_ref().is_some_and(|t| t.is_finished()) {
@@ -238,8 +248,19 @@ fn serve_peers(
             if left.is_zero() || stop.load(Ordering::Relaxed) {
                 break Ok(());
             }
+            // A peer gives up on a request unanswered past its connect timeout: accepting it
+            // then would wait that long again for a connection that never comes.
+            while waiting
+                .front()
+                .is_some_and(|(came, _)| came.elapsed() > STALE_REQUEST)
+            {
+                if let Some((_, request)) = waiting.pop_front() {
+                    eprintln!("refused {}: its turn came too late", request.from);
+                    request.reject("its turn came too late; try again");
+                }
+            }
             if traffic.is_none() {
-                if let Some(request) = waiting.pop_front() {
+                if let Some((_, request)) = waiting.pop_front() {
                     let from = request.from.clone();
                     let before = port_counters(&port.0, port.1);
                     traffic = Some(scope.spawn({
@@ -308,11 +329,11 @@ fn serve_peers(
                     eprintln!("refused {}: {reason}", request.from);
                     request.reject(&reason);
                 }
-                Purpose::Traffic => waiting.push_back(request),
+                Purpose::Traffic => waiting.push_back((Instant::now(), request)),
             }
         };
         over.store(true, Ordering::Relaxed);
-        for request in waiting {
+        for (_, request) in waiting {
             request.reject("the service is stopping");
         }
         if let Some(t) = traffic {

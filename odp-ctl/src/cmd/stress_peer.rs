@@ -2,9 +2,6 @@
 //! which owns the region and runs the scenario's DONTNEED storm; this side drives the traffic,
 //! with its [peer] knobs on the connection, every byte checked where it landed.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-
 use odp_core::peer::parse_address;
 use odp_core::stress::{run_against_peer, PeerRun, Scenario};
 use odp_core::verbs::{PeerConfig, Route};
@@ -12,8 +9,8 @@ use serde::Serialize;
 
 use super::launch::stop_on_signals;
 use super::mr::{setup, MrArgs};
-use super::register::{print_port_counters, print_retries, PeerReport, PeerSession};
-use crate::live::{self, EvidenceSink, SharedEvidence, Source};
+use super::register::{print_port_counters, print_retries, with_evidence, PeerReport, PeerSession};
+use crate::live::{SharedEvidence, Source};
 use crate::output::{table, AlreadyReported, DataMismatch, Output};
 
 #[derive(Serialize)]
@@ -54,13 +51,7 @@ pub fn run(out: &Output, scenario: &Scenario, peer: &str, probes: bool) -> anyho
         hugetlb_flag: "auto".into(),
     })?;
     let source = if probes {
-        let config = odp_ebpf::Config {
-            pid: Some(std::process::id()),
-            // The completer's retries too, which only the two-host commands read.
-            points: Some(bpf_common::Point::ALL.to_vec()),
-            ..odp_ebpf::Config::default()
-        };
-        Some(Source::probes(config, None)?)
+        Some(Source::own_with_retries()?)
     } else {
         None
     };
@@ -97,25 +88,11 @@ pub fn run(out: &Output, scenario: &Scenario, peer: &str, probes: bool) -> anyho
             })
         })
     };
-    let (run, mut peer) = match source {
-        None => drive(None)?,
-        Some(source) => {
-            let evidence = Arc::new(SharedEvidence::default());
-            let mut sink = EvidenceSink(Arc::clone(&evidence));
-            let detach = AtomicBool::new(false);
-            let (done, engine) =
-                live::alongside(source, &mut sink, &detach, || drive(Some(&evidence)));
-            let (engine, _) = engine?;
-            let (run, mut peer) = done?;
-            peer.probes = Some(engine.source.clone());
-            (run, peer)
-        }
-    };
+    let (run, peer) = with_evidence(source, drive)?;
     if progress_on_tty {
         eprintln!();
     }
     setup.mr.deregister()?;
-    peer.touch_latency = None;
     if out.json {
         out.json(&Document {
             run: &run,

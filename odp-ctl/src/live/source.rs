@@ -175,6 +175,17 @@ fn fail(inbox: &Inbox, err: anyhow::Error) {
 }
 
 impl Source {
+    /// This process's probes on every point, the requester's completer too (its retries are
+    /// read only by the two-host commands, whose peer is asked what caused them).
+    pub fn own_with_retries() -> anyhow::Result<Source> {
+        let config = Config {
+            pid: Some(std::process::id()),
+            points: Some(bpf_common::Point::ALL.to_vec()),
+            ..Config::default()
+        };
+        Source::probes(config, None)
+    }
+
     /// Live probes in a thread of their own (the session is not Send: it lives and dies there).
     /// Returns once every probe is attached, or with the reason none could be. The probes stop
     /// at `deadline`, or when `stop()` is called.
