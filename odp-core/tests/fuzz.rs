@@ -43,18 +43,27 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 256,
+/// Runs `case` on inputs drawn from `strategy`: 256 cases (PROPTEST_CASES for more), none
+/// persisted; the first failure (shrunk) fails the test.
+fn fuzz<S: Strategy>(strategy: S, case: impl Fn(S::Value) -> Result<(), TestCaseError>) {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(256);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases,
         failure_persistence: None,
         ..ProptestConfig::default()
-    })]
+    });
+    if let Err(e) = runner.run(&strategy, case) {
+        panic!("{e}");
+    }
+}
 
-    #[test]
-    fn mutated_scenarios_are_accepted_or_refused(
-        seed in 0..SCENARIOS.len(),
-        mutations in prop::collection::vec(mutation(), 1..6),
-    ) {
+#[test]
+fn mutated_scenarios_are_accepted_or_refused() {
+    let strategy = (0..SCENARIOS.len(), prop::collection::vec(mutation(), 1..6));
+    fuzz(strategy, |(seed, mutations)| {
         let text = mutate(SCENARIOS[seed], &mutations);
         let started = Instant::now();
         let parsed = Scenario::parse(&text, "fuzz");
@@ -62,15 +71,26 @@ proptest! {
             // What the run would read first must hold together too.
             let _ = s.total_duration();
         }
-        prop_assert!(started.elapsed() < CASE_BOUND, "{:?} for:\n{text}", started.elapsed());
-    }
+        let _ = Scenario::parse_across_hosts(&text, "fuzz");
+        prop_assert!(
+            started.elapsed() < CASE_BOUND,
+            "{:?} for:\n{text}",
+            started.elapsed()
+        );
+        Ok(())
+    });
+    // The same code on the same inputs in the guest: nothing the VM adds.
+    odp_core::testing::host_suffices();
+}
 
-    #[test]
-    fn mutated_recordings_decode_or_are_refused_and_the_engine_holds(
-        first in 0usize..8000,
-        count in 1usize..400,
-        mutations in prop::collection::vec(mutation(), 1..8),
-    ) {
+#[test]
+fn mutated_recordings_decode_or_are_refused_and_the_engine_holds() {
+    let strategy = (
+        0usize..8000,
+        1usize..400,
+        prop::collection::vec(mutation(), 1..8),
+    );
+    fuzz(strategy, |(first, count, mutations)| {
         let lines: Vec<&str> = CAPTURE.lines().skip(first).take(count).collect();
         let text = mutate(&lines.join("\n"), &mutations);
         let started = Instant::now();
@@ -86,7 +106,9 @@ proptest! {
         let summary = engine.summary();
         prop_assert!(summary.events <= count as u64 + 8);
         prop_assert!(started.elapsed() < CASE_BOUND, "{:?}", started.elapsed());
-    }
+        Ok(())
+    });
+    odp_core::testing::host_suffices();
 }
 
 /// Inputs that once panicked or ran away (tests/corpus/), built in: the tests also run in the
@@ -126,4 +148,5 @@ fn the_regression_corpus_is_refused_cleanly() {
             );
         }
     }
+    odp_core::testing::host_suffices();
 }
