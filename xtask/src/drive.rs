@@ -782,6 +782,8 @@ until $bb ping -c1 -W1 $ODP_VM_PEER >/dev/null 2>&1; do n=$((n + 1)); [ $n -ge 1
 if [ "$ODP_VM_HOST" = 1 ]; then
     step "odp-ctl serve: a 16 MiB ODP MR offered to the other host over rdma_cm; it checks what lands"
     odp-ctl serve --listen $ODP_VM_ADDRESS --size 16M --once --duration 120s
+    step "odp-ctl serve --probes: again, watching this host's ODP paths, for a scenario and the other host's questions"
+    odp-ctl serve --probes --listen $ODP_VM_ADDRESS --size 16M --once --duration 120s
     step "ib_write_bw --odp -R: perftest's server, its buffer an ODP MR too"
     ib_write_bw --odp -R -d rxe0 -s 65536 -n 500
 else
@@ -791,6 +793,22 @@ else
     done
     step "odp-ctl register --peer: RDMA WRITE and SEND into the other host's ODP MR, READ out of it, every byte checked where it landed"
     cat /tmp/peer.log
+    # The storm scenario with a short ACK timer (4 ms): the other host's slow faults show here
+    # as retransmissions.
+    { cat /job/bin/dontneed-storm.toml; printf '\n[peer]\nack_timeout = 10\n'; } >/tmp/across.toml
+    odp-ctl monitor --summary --peer $ODP_VM_PEER --duration 60s >/tmp/monitor.log 2>&1 & m=$!
+    # Until the second serve listens (exit 8: refused); any other failure is the demo's.
+    n=0
+    until odp-ctl stress --peer $ODP_VM_PEER /tmp/across.toml --duration 8s >/tmp/stress.log 2>&1; do
+        rc=$?
+        [ $rc = 8 ] && [ $n -lt 60 ] || { cat /tmp/stress.log; exit 6; }
+        n=$((n + 1)); $bb sleep 1
+    done
+    step "odp-ctl stress --peer: the DONTNEED storm scenario across hosts: the storm runs there, the traffic here, every byte checked where it landed, each retry's cause asked of the other host"
+    cat /tmp/stress.log
+    kill -INT $m; wait $m
+    step "odp-ctl monitor --peer: meanwhile, a monitor here asked the other host, live, what caused this host's retries"
+    $bb grep -A6 '^peer ' /tmp/monitor.log
     step "ib_write_bw --odp -R: perftest between the two hosts over rdma_cm"
     n=0
     until ib_write_bw --odp -R -d rxe0 -s 65536 -n 500 $ODP_VM_PEER; do
