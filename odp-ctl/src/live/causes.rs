@@ -30,7 +30,7 @@ const ASK_DELAY: Duration = Duration::from_secs(1);
 const ASK_EVERY: Duration = Duration::from_secs(1);
 /// Runs waiting to be asked about; past it they are counted as not asked.
 const QUEUED_MAX: usize = 4096;
-/// The newest attributed runs kept for display.
+/// The newest runs kept for display, of all and of those with a fault named.
 const RECENT_KEPT: usize = 16;
 /// After a failed connection, the next attempt waits this long.
 const RECONNECT_AFTER: Duration = Duration::from_secs(5);
@@ -50,8 +50,11 @@ pub struct PeerCauses {
     /// Runs not asked about: the peer could not be reached or answered, the queue to it was
     /// full, or the run ended first.
     pub not_asked: u64,
-    /// The newest attributed runs, oldest first.
+    /// The newest runs asked about, oldest first.
     pub recent: VecDeque<Attributed>,
+    /// The newest runs the peer named a fault for, oldest first (a busy link's newest runs are
+    /// often its own control messages', which fault nowhere).
+    pub named: VecDeque<Attributed>,
     /// Why the last attempt to ask failed, if it did.
     pub error: Option<String>,
 }
@@ -62,10 +65,10 @@ impl PeerCauses {
         self.caused_by_odp_faults += report.caused_by_odp_faults;
         self.not_asked += report.not_asked;
         for a in &report.attributed {
-            if self.recent.len() >= RECENT_KEPT {
-                self.recent.pop_front();
+            keep_newest(&mut self.recent, *a);
+            if a.cause.is_some() {
+                keep_newest(&mut self.named, *a);
             }
-            self.recent.push_back(*a);
         }
         self.error = None;
     }
@@ -88,7 +91,7 @@ impl PeerCauses {
 
     /// The newest run the peer named a fault for, as a sentence.
     pub fn latest_cause(&self) -> Option<String> {
-        self.recent.iter().rev().find_map(|a| {
+        self.named.back().and_then(|a| {
             a.cause.map(|fault| {
                 format!(
                     "QP {} PSNs {}..{}: {fault}",
@@ -97,6 +100,13 @@ impl PeerCauses {
             })
         })
     }
+}
+
+fn keep_newest(list: &mut VecDeque<Attributed>, a: Attributed) {
+    if list.len() >= RECENT_KEPT {
+        list.pop_front();
+    }
+    list.push_back(a);
 }
 
 /// The shared view of what the peer said, for the screen, the metrics and the summary.
@@ -442,6 +452,8 @@ mod tests {
         assert_eq!(causes.not_asked, 1);
         assert_eq!(causes.error, None, "a later answer clears the error");
         assert_eq!(causes.recent.len(), 11);
+        assert_eq!(causes.named.len(), 7);
+        assert!(causes.named.iter().all(|a| a.cause.is_some()));
         let latest = causes.latest_cause().expect("a cause named");
         assert!(
             latest.starts_with("QP 7 PSNs 14..18: the peer's ODP fault"),

@@ -10,7 +10,7 @@ use crate::output::{table, Output};
 
 /// Rows of MRs, processes and tasks the text summary shows; `--json` has them all.
 const TEXT_ROWS: usize = 20;
-/// The newest attributed retries the text summary shows.
+/// The newest retries with a fault named that the text summary shows.
 const CAUSES_SHOWN: usize = 5;
 
 /// What a completer run that gave up came to, as the start of a sentence.
@@ -177,21 +177,18 @@ pub fn print_summary(out: &Output, s: &Summary, causes: Option<&PeerCauses>) -> 
     }
     if let Some(causes) = causes {
         println!("{}", causes.line());
-        for a in causes.recent.iter().rev().take(CAUSES_SHOWN) {
+        for a in causes.named.iter().rev().take(CAUSES_SHOWN) {
             let r = &a.retry;
-            let what = match a.cause {
-                Some(fault) => fault.to_string(),
-                None => "no fault of the peer's found".into(),
-            };
-            println!(
-                "  QP {} -> {} PSNs {}..{}: {}{}",
-                r.qp,
-                r.dest_qp,
-                r.psn,
-                r.next_psn,
-                retry_kind(r),
-                what
-            );
+            if let Some(fault) = a.cause {
+                println!(
+                    "  QP {} -> {} PSNs {}..{}: {}{fault}",
+                    r.qp,
+                    r.dest_qp,
+                    r.psn,
+                    r.next_psn,
+                    retry_kind(r)
+                );
+            }
         }
     }
     let mut lat = table(&["latency", "count", "p50", "p99", "max"]);
