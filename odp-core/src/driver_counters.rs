@@ -288,6 +288,15 @@ fn parse_mr_table(reply: &[u8], mrs: &mut Vec<MrCounters>) -> io::Result<()> {
 
 /// A port's hardware counters now (`rdma stat show link DEVICE/PORT`), or why they cannot be
 /// read.
+/// What `device`'s `port` counters gained since `before` (read with `port_counters`), by name.
+pub fn gained_since(
+    device: &str,
+    port: u8,
+    before: &[(String, u64)],
+) -> Result<std::collections::BTreeMap<String, u64>, String> {
+    port_counters(device, port).map(|after| deltas(before, &after).into_iter().collect())
+}
+
 pub fn port_counters(device: &str, port: u8) -> Result<Vec<(String, u64)>, String> {
     RdmaNetlink::open()
         .and_then(|mut nl| nl.port_counters(device, u32::from(port)))

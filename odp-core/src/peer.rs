@@ -697,14 +697,10 @@ fn next_message(
 /// The answer to a Cause question.
 fn answer_cause(message: &Message, explain: Explain<'_>) -> Message {
     let retry = RequesterRetry {
-        qp: 0,
         dest_qp: message.a as u32,
         psn: message.b as u32,
         next_psn: message.c as u32,
-        retries: 0,
-        exceeded: 0,
-        rnr_naks: 0,
-        rnr_exceeded: 0,
+        ..RequesterRetry::default()
     };
     match explain(&retry, message.d & CATCH_UP != 0) {
         Err(()) => failed(NO_PROBES),
@@ -831,8 +827,9 @@ struct PageVerdict {
     zeroed_pages: u64,
 }
 
-/// The first `len` bytes against the pattern of `seed`, page by page: a page the storm dropped
-/// may read as zeros (it was taken away after its data landed); anything else must match.
+/// `len` bytes from `offset` against the pattern of `seed`, page by page: a page the storm
+/// dropped may read as zeros (it was taken away after its data landed); anything else must
+/// match.
 fn verify_pages(
     mr: &MemoryRegion,
     seed: u64,
@@ -905,6 +902,11 @@ pub struct RemoteStorm {
 
 /// The longest a peer may have receives posted late: a peer cannot park the service.
 pub const LATE_RECEIVES_MAX: Duration = Duration::from_secs(1);
+
+/// Whether receives may be posted `delay` late: above zero, at most LATE_RECEIVES_MAX.
+pub fn late_receives_allowed(delay: Duration) -> bool {
+    !delay.is_zero() && delay <= LATE_RECEIVES_MAX
+}
 
 /// How the active side's traffic runs, and what it asks the peer to do to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1238,11 +1240,6 @@ impl Questions {
         Offer::decode(&answer, conn.peer())?;
         let control = ControlBuffer::new(&conn)?;
         Ok(Questions { conn, control })
-    }
-
-    /// The serving side's address.
-    pub fn peer(&self) -> &str {
-        self.conn.peer()
     }
 
     /// Which of the serving side's faults caused each of `retries` (this host's, on QPs

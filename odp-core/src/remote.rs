@@ -82,7 +82,7 @@ impl ResponderFault {
 }
 
 /// One completer run that gave up waiting on a requester QP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RequesterRetry {
     pub qp: u32,
     /// The peer's QP number.

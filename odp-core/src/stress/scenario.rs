@@ -397,27 +397,16 @@ impl Scenario {
     /// Parses and checks a scenario; errors name the file, line and column (for an error about
     /// one entry's meaning, where that entry begins).
     pub fn parse(text: &str, origin: &str) -> Result<Scenario> {
-        let at = |offset: usize| {
-            let (line, column) = line_column(text, offset);
-            format!("{origin}:{line}:{column}")
-        };
         let scenario: Scenario = toml::from_str(text).map_err(|e| {
-            let place = e
-                .span()
-                .map_or_else(|| origin.to_string(), |span| at(span.start));
+            let place = e.span().map_or_else(
+                || origin.to_string(),
+                |span| place(text, origin, span.start),
+            );
             Error::invalid(format!("{place}: {}", e.message()))
         })?;
-        scenario.check().map_err(|e| {
-            // The entries' places, read only when an error needs one.
-            let offset = toml::from_str::<Places>(text)
-                .ok()
-                .and_then(|p| p.offset(e.entry));
-            Error::invalid(format!(
-                "{}: {}",
-                offset.map_or_else(|| origin.to_string(), at),
-                e.message
-            ))
-        })?;
+        scenario
+            .check()
+            .map_err(|e| Error::invalid(e.placed(text, origin)))?;
         Ok(scenario)
     }
 
@@ -426,20 +415,9 @@ impl Scenario {
     /// traffic, at most one `dontneed` action, and no prefetch or phases.
     pub fn parse_across_hosts(text: &str, origin: &str) -> Result<Scenario> {
         let scenario = Scenario::parse(text, origin)?;
-        scenario.check_across_hosts().map_err(|e| {
-            let offset = toml::from_str::<Places>(text)
-                .ok()
-                .and_then(|p| p.offset(e.entry));
-            let at = |offset: usize| {
-                let (line, column) = line_column(text, offset);
-                format!("{origin}:{line}:{column}")
-            };
-            Error::invalid(format!(
-                "{}: {} (across hosts)",
-                offset.map_or_else(|| origin.to_string(), at),
-                e.message
-            ))
-        })?;
+        scenario
+            .check_across_hosts()
+            .map_err(|e| Error::invalid(format!("{} (across hosts)", e.placed(text, origin))))?;
         Ok(scenario)
     }
 
@@ -558,7 +536,7 @@ impl Scenario {
         if self
             .peer
             .late_receives
-            .is_some_and(|d| d.0.is_zero() || d.0 > crate::peer::LATE_RECEIVES_MAX)
+            .is_some_and(|d| !crate::peer::late_receives_allowed(d.0))
         {
             return Err(peer(format!(
                 "peer.late_receives must be above 0 and at most {:?}",
@@ -802,6 +780,25 @@ enum Entry {
 struct CheckError {
     entry: Entry,
     message: String,
+}
+
+impl CheckError {
+    /// `FILE:LINE:COLUMN: message`, the place where its entry begins (the file alone for an
+    /// error about the whole file).
+    fn placed(&self, text: &str, origin: &str) -> String {
+        // The entries' places, read only when an error needs one.
+        let offset = toml::from_str::<Places>(text)
+            .ok()
+            .and_then(|p| p.offset(self.entry));
+        let at = offset.map_or_else(|| origin.to_string(), |o| place(text, origin, o));
+        format!("{at}: {}", self.message)
+    }
+}
+
+/// `FILE:LINE:COLUMN` of a byte offset of the file's text.
+fn place(text: &str, origin: &str, offset: usize) -> String {
+    let (line, column) = line_column(text, offset);
+    format!("{origin}:{line}:{column}")
 }
 
 /// Where each entry of a scenario begins, read from the same text.

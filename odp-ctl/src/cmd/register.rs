@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use odp_core::analysis::SourceFacts;
-use odp_core::driver_counters::port_counters;
+use odp_core::driver_counters::{gained_since, port_counters};
 use odp_core::memory::{Backing, Mapping};
 use odp_core::peer::{
-    end_session, parse_address, touch_latency, verify_peer, Hello, Offer, PeerTraffic, Purpose,
-    Questions, RemoteStorm, TouchLatency, LATE_RECEIVES_MAX,
+    end_session, late_receives_allowed, parse_address, touch_latency, verify_peer, Hello, Offer,
+    PeerTraffic, Purpose, Questions, RemoteStorm, TouchLatency, LATE_RECEIVES_MAX,
 };
 use odp_core::remote::RetryReport;
 use odp_core::traffic::{verify_loopback, TrafficReport};
@@ -135,7 +135,7 @@ pub fn run(out: &Output, args: &Args) -> anyhow::Result<()> {
     // Before any device, route or peer is touched.
     if args
         .late_receives
-        .is_some_and(|d| d.is_zero() || d > LATE_RECEIVES_MAX)
+        .is_some_and(|d| !late_receives_allowed(d))
     {
         return Err(odp_core::Error::invalid(format!(
             "--late-receives must be above 0 and at most {:?}",
@@ -357,14 +357,6 @@ impl PeerSession<'_> {
             evidence,
         } = *self;
         let counters_before = port_counters(&port.0, port.1);
-        let counters_since = |before: &Result<Vec<(String, u64)>, String>| {
-            let before = before.as_ref().map_err(Clone::clone)?;
-            port_counters(&port.0, port.1).map(|after| {
-                odp_core::driver_counters::deltas(before, &after)
-                    .into_iter()
-                    .collect()
-            })
-        };
         let (mut conn, answer) =
             route.connect(&setup.pd, &Hello::new(Purpose::Traffic).encode())?;
         let offer = Offer::decode(&answer, conn.peer())?;
@@ -403,7 +395,8 @@ impl PeerSession<'_> {
         };
         // Read while the QP is quiet (every request answered) and before the questions below,
         // which are traffic too: the counters and the probes then cover the same requests.
-        let port_counters = counters_since(&counters_before);
+        let port_counters =
+            counters_before.and_then(|before| gained_since(&port.0, port.1, &before));
         let retries = retries(conn.qp_num());
         let explained = end_session(&mut conn, retries.as_deref())?;
         Ok((

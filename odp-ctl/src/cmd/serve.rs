@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use odp_core::analysis::Summary;
-use odp_core::driver_counters::port_counters;
+use odp_core::driver_counters::{gained_since, port_counters};
 use odp_core::peer::{
     accept_and_answer, accept_and_serve, parse_address, Hello, Offer, Purpose, Served,
 };
@@ -166,6 +166,12 @@ const SERVICE_POLL: Duration = Duration::from_millis(200);
 /// (its connect timeout, PeerConfig's 5 s, has passed).
 const STALE_REQUEST: Duration = Duration::from_secs(4);
 
+/// Refuses `request` with `reason`, said here too.
+fn refuse(request: Request, reason: &str) {
+    eprintln!("refused {}: {reason}", request.from);
+    request.reject(reason);
+}
+
 /// Sets its flag when dropped.
 struct SetOnDrop<'a>(&'a AtomicBool);
 
@@ -255,8 +261,7 @@ fn serve_peers(
                 .is_some_and(|(came, _)| came.elapsed() > STALE_REQUEST)
             {
                 if let Some((_, request)) = waiting.pop_front() {
-                    eprintln!("refused {}: its turn came too late", request.from);
-                    request.reject("its turn came too late; try again");
+                    refuse(request, "its turn came too late; try again");
                 }
             }
             if traffic.is_none() {
@@ -270,13 +275,10 @@ fn serve_peers(
                                 request, &setup.pd, offer, &setup.mr, over, explain,
                             )
                             .map(|mut served| {
-                                if let (Ok(before), Ok(after)) =
-                                    (before, port_counters(&port.0, port.1))
+                                if let Ok(gained) =
+                                    before.and_then(|before| gained_since(&port.0, port.1, &before))
                                 {
-                                    served.port_counters =
-                                        odp_core::driver_counters::deltas(&before, &after)
-                                            .into_iter()
-                                            .collect();
+                                    served.port_counters = gained;
                                 }
                                 served
                             });
@@ -293,8 +295,7 @@ fn serve_peers(
             let hello = match Hello::check(&request.hello) {
                 Ok(hello) => hello,
                 Err(reason) => {
-                    eprintln!("refused {}: {reason}", request.from);
-                    request.reject(&reason);
+                    refuse(request, &reason);
                     continue;
                 }
             };
@@ -303,8 +304,7 @@ fn serve_peers(
                     let reason = format!(
                         "already answering {QUESTION_PEERS_MAX} peers' questions; try again later"
                     );
-                    eprintln!("refused {}: {reason}", request.from);
-                    request.reject(&reason);
+                    refuse(request, &reason);
                 }
                 Purpose::Questions => {
                     let from = request.from.clone();
@@ -326,8 +326,7 @@ fn serve_peers(
                     let reason = format!(
                         "{TRAFFIC_WAITING_MAX} peers already wait to send traffic; try again later"
                     );
-                    eprintln!("refused {}: {reason}", request.from);
-                    request.reject(&reason);
+                    refuse(request, &reason);
                 }
                 Purpose::Traffic => waiting.push_back((Instant::now(), request)),
             }

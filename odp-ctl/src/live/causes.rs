@@ -292,17 +292,7 @@ impl PeerLine {
             }
             self.next_attempt = Instant::now() + RECONNECT_AFTER;
             let mut q = connect(self.peer).map_err(|e| format!("cannot reach it: {e}"))?;
-            let nothing = RequesterRetry {
-                qp: 0,
-                dest_qp: 0,
-                psn: 0,
-                next_psn: 0,
-                retries: 0,
-                exceeded: 0,
-                rnr_naks: 0,
-                rnr_exceeded: 0,
-            };
-            match q.explain(&[nothing]) {
+            match q.explain(&[RequesterRetry::default()]) {
                 Ok(Ok(_)) => self.questions = Some(q),
                 Ok(Err(why)) => {
                     // It answers, but cannot name faults: goodbye until the next attempt.
