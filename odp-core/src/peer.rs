@@ -251,6 +251,11 @@ struct ControlBuffer {
     mapping: Arc<Mapping>,
 }
 
+/// How long a peer may work on one request (fill, zero or verify its region; explain retries)
+/// before its answer is given up on while it stays connected: a 2 MiB fill took over 10 s in a
+/// starved guest.
+const ANSWER_PATIENCE: Duration = Duration::from_secs(120);
+
 const RECV_SLOT: usize = 0;
 const SEND_SLOT: usize = 64;
 
@@ -280,7 +285,7 @@ impl ControlBuffer {
     fn exchange(&self, conn: &mut PeerRc, message: Message) -> Result<Message> {
         let reply = self.post_recv(conn)?;
         self.send(conn, message)?;
-        conn.wait(reply)?;
+        conn.wait_on_peer(reply, ANSWER_PATIENCE)?;
         self.received()?.ok_or_else(|| Error::Peer {
             peer: conn.peer().to_string(),
             what: "answered with something that is not a control message".into(),

@@ -55,6 +55,9 @@ impl Default for PeerConfig {
     }
 }
 
+/// How often a wait on the peer looks for its disconnection.
+const PEER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// rdma_cma.h's option level and name for the ACK timeout (an anonymous enum there).
 const RDMA_OPTION_ID: i32 = 0;
 const RDMA_OPTION_ID_ACK_TIMEOUT: i32 = 3;
@@ -759,6 +762,35 @@ impl PeerRc {
     /// Waits up to `timeout` for one work request.
     pub fn wait_for(&mut self, wr_id: u64, timeout: Duration) -> Result<Completion> {
         self.queues.wait_for(wr_id, timeout)
+    }
+
+    /// Waits for a work request that completes when the peer's application acts (the receive
+    /// of its answer), not when the transport does: as long as the peer stays connected, up to
+    /// `patience`. A transport's wait would give up on a peer that is busy doing what it was
+    /// asked, in a loaded host for longer than any ACK takes.
+    pub fn wait_on_peer(&mut self, wr_id: u64, patience: Duration) -> Result<Completion> {
+        let started = Instant::now();
+        loop {
+            let slice = patience
+                .saturating_sub(started.elapsed())
+                .min(PEER_CHECK_INTERVAL);
+            match self.queues.wait_for(wr_id, slice) {
+                Err(Error::CompletionTimeout { .. }) if self.disconnected()? => {
+                    return Err(Error::Peer {
+                        peer: self.peer.clone(),
+                        what: "disconnected before it answered".into(),
+                    })
+                }
+                Err(Error::CompletionTimeout { what, .. }) if started.elapsed() >= patience => {
+                    return Err(Error::CompletionTimeout {
+                        what: format!("{what} (the peer's answer; it stayed connected)"),
+                        timeout_ms: patience.as_millis(),
+                    })
+                }
+                Err(Error::CompletionTimeout { .. }) => {}
+                done => return done,
+            }
+        }
     }
 
     /// Whether the peer has disconnected (looked up without waiting).

@@ -396,8 +396,12 @@ impl WorkQueues {
             }
             if self.drain_cq()? == 0 {
                 if Instant::now() >= deadline {
+                    let what = self
+                        .outstanding
+                        .get(&wr_id)
+                        .map_or_else(String::new, |op| format!("{} ", op.name()));
                     return Err(Error::CompletionTimeout {
-                        what: format!("work request {wr_id}"),
+                        what: format!("{what}work request {wr_id}"),
                         timeout_ms: timeout.as_millis(),
                     });
                 }

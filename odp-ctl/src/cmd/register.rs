@@ -373,23 +373,27 @@ impl PeerSession<'_> {
                 return Err(failure.into())
             }
             Err(failure) => {
+                let failure = match &counters_before {
+                    Ok(before) => meanwhile(failure, gained_since(&port.0, port.1, before)),
+                    Err(_) => anyhow::Error::new(failure),
+                };
                 // The QP is in error: the causes are asked over a new connection.
                 let Some(retries) = retries(conn.qp_num()) else {
-                    return Err(failure.into());
+                    return Err(failure);
                 };
                 drop(conn);
                 let cause = explain_over_new_connection(address, setup, &retries);
                 return Err(match cause {
                     Ok(Ok(report)) => match report.exhaustion().and_then(|a| a.cause) {
-                        Some(fault) => anyhow::Error::new(failure)
-                            .context(format!("{fault} made this request fail")),
-                        None => anyhow::Error::new(failure).context(
+                        Some(fault) => failure.context(format!("{fault} made this request fail")),
+                        None => failure.context(
                             "no fault on the peer was found behind the request that failed",
                         ),
                     },
-                    Ok(Err(why)) => anyhow::Error::new(failure).context(why),
-                    Err(e) => anyhow::Error::new(failure)
-                        .context(format!("the peer could not be asked what caused it: {e}")),
+                    Ok(Err(why)) => failure.context(why),
+                    Err(e) => {
+                        failure.context(format!("the peer could not be asked what caused it: {e}"))
+                    }
                 });
             }
         };
@@ -411,6 +415,31 @@ impl PeerSession<'_> {
             },
         ))
     }
+}
+
+/// `failure` with what this port did while the request waited (its counters' gains): a
+/// request with no completion may have been sent again many times over, which rxe does without
+/// end at a retry count of 7 (unlimited there, unlike IB's transport retry count), or not at all.
+fn meanwhile(
+    failure: odp_core::Error,
+    gained: Result<std::collections::BTreeMap<String, u64>, String>,
+) -> anyhow::Error {
+    let failure = anyhow::Error::new(failure);
+    let Ok(gained) = gained else {
+        return failure;
+    };
+    let moved: Vec<String> = gained
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect();
+    if moved.is_empty() {
+        return failure.context("this port's counters did not move over the session");
+    }
+    failure.context(format!(
+        "this port's counters over the session: {}",
+        moved.join(" ")
+    ))
 }
 
 /// How long to keep trying to reach the serving side for the questions.
