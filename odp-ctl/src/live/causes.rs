@@ -412,15 +412,17 @@ mod tests {
         });
         let asked = asked.into_inner().expect("asked");
         let batches: Vec<&Vec<u32>> = asked.iter().map(|(_, psns)| psns).collect();
-        assert_eq!(
-            batches,
-            [
-                &vec![10, 11, 12],
-                &vec![13],
-                &vec![20],
-                &vec![21, 22, 23, 24, 25, 26],
-                &vec![14]
-            ],
+        // The runs that trickled in over about a second go in two batches (the first due
+        // alone, the rest a second later), three where a loaded host stretched the trickle.
+        let trickle = batches
+            .get(2..batches.len().saturating_sub(1))
+            .unwrap_or(&[]);
+        assert!(
+            batches.len() >= 4
+                && batches[..2] == [&vec![10, 11, 12], &vec![13]]
+                && batches.last() == Some(&&vec![14])
+                && (2..=3).contains(&trickle.len())
+                && trickle.iter().copied().flatten().copied().eq(20..27),
             "{asked:?}"
         );
         for (at, _) in &asked {
