@@ -28,7 +28,7 @@ use crate::verbs::{
 };
 
 /// Bumped whenever a message changes shape or meaning; both sides must agree.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 const MAGIC: [u8; 4] = *b"ODPP";
 /// The port `serve` listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 10089;
@@ -323,6 +323,9 @@ pub struct Served {
     /// at verification.
     pub storm_actions: u64,
     pub zeroed_pages: u64,
+    /// Pages left never touched before a pass, for the device to fault in.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cold_pages: u64,
     /// Whether the peer said goodbye (else it disconnected or the run stopped).
     pub clean_end: bool,
     /// The connection only asked questions (it was offered no memory).
@@ -568,12 +571,17 @@ fn serve_messages(
                 served.fills += 1;
                 ok()
             }
+            // Dropped pinned pages would leave the device writing where the CPU no longer looks.
+            Op::Zero if message.a > 0 && !target.access().contains(Access::ON_DEMAND) => {
+                failed(u64::from(Op::Zero as u32))
+            }
             Op::Zero => {
                 storm.end_pass();
                 let (offset, n) = range(message.c, message.b);
-                explicit(target)?.write(offset, &vec![0u8; n])?;
+                let cold = zero_leaving_cold(target, offset, n, message.a)?;
+                served.cold_pages += cold;
                 storm.start_pass();
-                ok()
+                Message { d: cold, ..ok() }
             }
             // Dropped pinned pages would leave the device writing where the CPU no longer looks.
             Op::Storm if !target.access().contains(Access::ON_DEMAND) => {
@@ -664,6 +672,39 @@ fn serve_messages(
             control.send(conn, reply)?;
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Zeroes `n` bytes of the region from `offset`, but leaves `ppm` per million of the whole pages
+/// among them never touched: dropped (they read as zeros), so the device's first access to each
+/// faults it in. The cold pages are spread evenly; returns how many there were.
+fn zero_leaving_cold(target: &MemoryRegion, offset: usize, n: usize, ppm: u64) -> Result<u64> {
+    let mapping = explicit(target)?;
+    mapping.write(offset, &vec![0u8; n])?;
+    if ppm == 0 {
+        return Ok(0);
+    }
+    let page = crate::memory::page_size();
+    let first = offset.div_ceil(page);
+    let end = (offset + n) / page;
+    let mut cold = 0u64;
+    for (i, p) in (first..end).enumerate() {
+        let i = i as u64;
+        // Page i is cold when the running share crosses a whole page at it.
+        if ((i + 1) * ppm) / 1_000_000 > (i * ppm) / 1_000_000 {
+            mapping.madvise(
+                p * page,
+                page,
+                libc::MADV_DONTNEED,
+                "madvise(MADV_DONTNEED)",
+            )?;
+            cold += 1;
+        }
+    }
+    Ok(cold)
 }
 
 /// The next control message on a served connection once `posted` (its receive) completes;
@@ -914,13 +955,15 @@ pub fn late_receives_allowed(delay: Duration) -> bool {
 }
 
 /// How the active side's traffic runs, and what it asks the peer to do to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PeerTraffic {
     pub message_size: usize,
     pub storm: Option<RemoteStorm>,
     /// The peer posts each window's receives this long after it said it would: the SENDs
     /// that come first meet no receive, and its responder answers them with RNR NAKs.
     pub late_receives: Option<Duration>,
+    /// The share of the pages under each WRITE and SEND pass the peer leaves never touched.
+    pub cold_pages: Option<f64>,
 }
 
 /// The active side: moves the whole of `local` to and from the peer's region in
@@ -943,7 +986,14 @@ pub fn verify_peer(
     if traffic.message_size == 0 {
         return Err(Error::invalid("message size must be greater than zero"));
     }
-    let passes = Passes::new(conn, local, offer, traffic.storm, traffic.late_receives)?;
+    let passes = Passes::new(
+        conn,
+        local,
+        offer,
+        traffic.storm,
+        traffic.late_receives,
+        traffic.cold_pages,
+    )?;
     let ops = [(Opcode::Write, 1), (Opcode::Read, 2), (Opcode::Send, 3)]
         .into_iter()
         .map(|(op, seed)| passes.run(conn, op, (0, len), traffic.message_size, seed))
@@ -964,6 +1014,8 @@ pub(crate) struct Passes<'a> {
     remote: Remote,
     storm: bool,
     late_ms: u64,
+    /// Cold pages per million (Zero's first word).
+    cold_ppm: u64,
 }
 
 impl<'a> Passes<'a> {
@@ -974,7 +1026,20 @@ impl<'a> Passes<'a> {
         offer: &Offer,
         storm: Option<RemoteStorm>,
         late_receives: Option<Duration>,
+        cold_pages: Option<f64>,
     ) -> Result<Passes<'a>> {
+        let cold_ppm = match cold_pages {
+            None => 0,
+            Some(share) if share > 0.0 && share <= 1.0 => (share * 1e6).round().max(1.0) as u64,
+            Some(share) => {
+                return Err(Error::invalid(format!(
+                    "a share of cold pages must be above 0 and at most 1, not {share}"
+                )))
+            }
+        };
+        if cold_ppm > 0 && !offer.odp {
+            return Err(pinned_peer(conn, "cold pages on the peer's MR"));
+        }
         let control = ControlBuffer::new(conn)?;
         if let Some(storm) = storm {
             if storm.rate == 0 || storm.length == 0 {
@@ -993,6 +1058,7 @@ impl<'a> Passes<'a> {
             remote: offer.remote,
             storm: storm.is_some(),
             late_ms: late_receives.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            cold_ppm,
         })
     }
 
@@ -1033,12 +1099,13 @@ impl<'a> Passes<'a> {
             })
         };
         let zeroed = |m: &Message| self.storm.then_some(m.d);
+        let cold_pages = |m: &Message| (self.cold_ppm > 0).then_some(m.d);
         let result = |elapsed: Duration, mismatch| op_result(op, &chunks, len, elapsed, mismatch);
         match op {
             // The pattern leaves here and is checked on the peer.
             Opcode::Write => {
                 fill_pattern_range(local, seed, offset, len)?;
-                control.ask(conn, Op::Zero, 0, len64, off64)?;
+                let cold = control.ask(conn, Op::Zero, self.cold_ppm, len64, off64)?;
                 let started = Instant::now();
                 for &(off, n) in &chunks {
                     let id = conn.post_rdma(Opcode::Write, local, off, remote, off, n)?;
@@ -1048,6 +1115,7 @@ impl<'a> Passes<'a> {
                 let verdict = control.ask(conn, Op::Verify, seed, len64, off64)?;
                 Ok(OpResult {
                     zeroed_pages: zeroed(&verdict),
+                    cold_pages: cold_pages(&cold),
                     ..result(elapsed, remote_mismatch(verdict))
                 })
             }
@@ -1069,7 +1137,7 @@ impl<'a> Passes<'a> {
             // Into receives the peer posts over its region, a window at a time, checked there.
             Opcode::Send => {
                 fill_pattern_range(local, seed, offset, len)?;
-                control.ask(conn, Op::Zero, 0, len64, off64)?;
+                let cold = control.ask(conn, Op::Zero, self.cold_ppm, len64, off64)?;
                 let window = 16usize;
                 let started = Instant::now();
                 for group in chunks.chunks(window) {
@@ -1098,6 +1166,7 @@ impl<'a> Passes<'a> {
                 let verdict = control.ask(conn, Op::Verify, seed, len64, off64)?;
                 Ok(OpResult {
                     zeroed_pages: zeroed(&verdict),
+                    cold_pages: cold_pages(&cold),
                     ..result(elapsed, remote_mismatch(verdict))
                 })
             }
@@ -1316,6 +1385,7 @@ fn op_result(
         elapsed_us: elapsed.as_micros(),
         mismatch,
         zeroed_pages: None,
+        cold_pages: None,
     }
 }
 

@@ -87,6 +87,10 @@ pub struct OpResult {
     /// `--remote-dontneed`): accepted, since the page was taken away after the data landed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zeroed_pages: Option<u64>,
+    /// Pages of the peer's region under the pass it left never touched before the pass, for
+    /// the device to fault in (`[peer] cold_pages`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cold_pages: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -148,6 +152,7 @@ pub fn verify_loopback(
             elapsed_us: started.elapsed().as_micros(),
             mismatch: first_mismatch(target, seed)?,
             zeroed_pages: None,
+            cold_pages: None,
         });
     }
 

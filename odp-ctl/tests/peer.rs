@@ -956,3 +956,102 @@ length = "64K"
         retries["caused_by_odp_faults"]
     );
 }
+
+/// `stress --peer` with a scenario's text: exit code, report, stderr.
+fn stress_against(peer: &str, scenario: &str) -> (Option<i32>, Value, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("scenario.toml");
+    std::fs::write(&path, scenario).expect("scenario");
+    let out = odp_ctl()
+        .args(["--json", "stress", "--peer", peer])
+        .arg(&path)
+        .output()
+        .expect("stress");
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Cold pages: the peer leaves half the pages under each WRITE and SEND pass never touched, so
+/// the device faults each one in as the data lands; every byte is still checked where it
+/// landed, and exactly half of each pass's pages were cold (none under the READs, which read
+/// what the peer wrote). A pinned peer refuses it before any traffic.
+#[test]
+fn cold_pages_on_the_peer_are_faulted_in_as_the_data_lands() {
+    let test = "cold_pages_on_the_peer_are_faulted_in_as_the_data_lands";
+    let Some(peer) = peer_or_skip(test) else {
+        return;
+    };
+    let scenario = r#"name = "cold"
+seed = 5
+duration = "2s"
+
+[peer]
+cold_pages = 0.5
+
+[[mr]]
+name = "buf"
+size = "2M"
+
+[[traffic]]
+name = "writer"
+mr = "buf"
+op = "write"
+range = "0:512K"
+message = "64K"
+
+[[traffic]]
+name = "reader"
+mr = "buf"
+op = "read"
+range = "512K:512K"
+message = "16K"
+
+[[traffic]]
+name = "sender"
+mr = "buf"
+op = "send"
+range = "1M:512K"
+message = "32K"
+"#;
+    let (code, report, said) = stress_against(&peer, scenario);
+    assert_eq!(code, Some(0), "{report} {said}");
+    let run = &report["run"];
+    assert_eq!(run["cold_pages"], 0.5, "{run}");
+    let pages_per_pass = (512 << 10) / odp_core::memory::page_size() as u64;
+    let mut cold_total = 0;
+    for (w, cold_per_pass) in [
+        ("writer", pages_per_pass / 2),
+        ("reader", 0),
+        ("sender", pages_per_pass / 2),
+    ] {
+        let stats = run["workers"]
+            .as_array()
+            .and_then(|ws| ws.iter().find(|s| s["worker"] == w))
+            .unwrap_or_else(|| panic!("no {w}: {run}"));
+        let passes = stats["passes"].as_u64().expect("passes");
+        assert!(passes > 0, "{stats}");
+        assert_eq!(stats["mismatched_passes"], 0, "{stats}");
+        assert_eq!(stats["zeroed_pages"], 0, "no storm: {stats}");
+        assert_eq!(stats["cold_pages"], passes * cold_per_pass, "{stats}");
+        cold_total += passes * cold_per_pass;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: {cold_total} pages left cold on the peer and faulted in by its device, every \
+         byte exact"
+    );
+    let Some(pinned) = odp_core::testing::pinned_peer_or_skip(test) else {
+        return;
+    };
+    let (code, report, said) = stress_against(&pinned, scenario);
+    assert_eq!(code, Some(6), "{report} {said}");
+    let refusal = report["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        refusal.contains("cold pages") && refusal.contains("serves a pinned one"),
+        "{report}"
+    );
+    assert_eq!(report["run"], Value::Null, "{report}");
+}

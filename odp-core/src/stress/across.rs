@@ -3,6 +3,8 @@
 //! turns on one connection, each turn a pass over the worker's range in its message size with a
 //! pattern of its own, checked where it landed (WRITE and SEND by the peer, READ here). A page
 //! the storm dropped while a pass's data landed may read as zeros; every other byte must match.
+//! With `[peer] cold_pages`, the peer leaves that share of the pages under each WRITE and SEND
+//! pass never touched before it, so the device faults them in as the data lands.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -30,6 +32,8 @@ pub struct PeerWorker {
     pub elapsed_us: u128,
     /// Pages the peer's storm dropped after a pass's data landed, found zeroed (legitimate).
     pub zeroed_pages: u64,
+    /// Pages the peer left never touched before a pass, for the device to fault in.
+    pub cold_pages: u64,
     /// Passes that found wrong bytes, and the first few of them.
     pub mismatched_passes: u64,
     pub mismatches: Vec<PassMismatch>,
@@ -53,6 +57,8 @@ pub struct PeerRun {
     /// The storm the peer ran on its region, if the scenario has one.
     pub storm: Option<RemoteStorm>,
     pub late_receives_ms: Option<u128>,
+    /// The share of the pages under each WRITE and SEND pass left cold.
+    pub cold_pages: Option<f64>,
     pub workers: Vec<PeerWorker>,
 }
 
@@ -81,7 +87,8 @@ pub fn run_against_peer(
         length: a.length.0,
     });
     let late_receives = scenario.peer.late_receives.map(|s| s.0);
-    let passes = Passes::new(conn, local, offer, storm, late_receives)?;
+    let cold_pages = scenario.peer.cold_pages;
+    let passes = Passes::new(conn, local, offer, storm, late_receives, cold_pages)?;
     let mut workers: Vec<PeerWorker> = scenario
         .traffic
         .iter()
@@ -102,6 +109,7 @@ pub fn run_against_peer(
             bytes: 0,
             elapsed_us: 0,
             zeroed_pages: 0,
+            cold_pages: 0,
             mismatched_passes: 0,
             mismatches: Vec::new(),
         })
@@ -136,6 +144,7 @@ pub fn run_against_peer(
             w.bytes += result.bytes as u64;
             w.elapsed_us += result.elapsed_us;
             w.zeroed_pages += result.zeroed_pages.unwrap_or(0);
+            w.cold_pages += result.cold_pages.unwrap_or(0);
             if let Some(mismatch) = result.mismatch {
                 w.mismatched_passes += 1;
                 totals.mismatches += 1;
@@ -159,6 +168,7 @@ pub fn run_against_peer(
         stopped_early: stop.load(Ordering::Relaxed),
         storm,
         late_receives_ms: late_receives.map(|d| d.as_millis()),
+        cold_pages,
         workers,
     })
 }

@@ -145,6 +145,10 @@ pub struct PeerSpec {
     /// The peer posts each window of SENDs' receives this late (at most 1 s): RNR NAKs on any
     /// device.
     pub late_receives: Option<Span>,
+    /// The share (above 0, at most 1) of the pages under each WRITE and SEND pass that the peer
+    /// leaves never touched before the pass (dropped, not zeroed), spread evenly: the device's
+    /// first touch faults each one in.
+    pub cold_pages: Option<f64>,
 }
 
 fn default_name() -> String {
@@ -535,6 +539,15 @@ impl Scenario {
         }
         if self
             .peer
+            .cold_pages
+            .is_some_and(|share| !(share > 0.0 && share <= 1.0))
+        {
+            return Err(peer(
+                "peer.cold_pages must be above 0 and at most 1 (a share of the pages)".into(),
+            ));
+        }
+        if self
+            .peer
             .late_receives
             .is_some_and(|d| !crate::peer::late_receives_allowed(d.0))
         {
@@ -921,6 +934,14 @@ mod tests {
             (
                 "late_receives = \"2s\"",
                 "peer.late_receives must be above 0",
+            ),
+            (
+                "cold_pages = 1.5",
+                "peer.cold_pages must be above 0 and at most 1",
+            ),
+            (
+                "cold_pages = 0.0",
+                "peer.cold_pages must be above 0 and at most 1",
             ),
             ("colour = 1", "unknown field"),
         ] {

@@ -308,6 +308,7 @@ fn traffic_with_peer(
             length: args.remote_dontneed_length,
         }),
         late_receives: args.late_receives,
+        cold_pages: None,
     };
     session.run(route, |conn, offer| {
         verify_peer(conn, &setup.mr, offer, &traffic)

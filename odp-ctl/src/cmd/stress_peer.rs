@@ -123,6 +123,9 @@ fn print_run(run: &PeerRun, peer: &PeerReport) {
             "; the peer dropped {} pieces {} times a second",
             odp_core::units::fmt_size(s.length as u64),
             s.rate
+        )) + &run.cold_pages.map_or(String::new(), |share| format!(
+            "; it left {:.0}% of the pages under each WRITE and SEND pass cold",
+            share * 100.0
         )),
         if run.stopped_early {
             " (stopped early)"
@@ -140,13 +143,21 @@ fn print_run(run: &PeerRun, peer: &PeerReport) {
             0.0
         };
         let verified = match w.mismatches.first() {
-            None if w.zeroed_pages > 0 => {
-                format!(
-                    "all bytes ok ({} pages zeroed by the peer's storm)",
-                    w.zeroed_pages
-                )
+            None => {
+                let notes: Vec<String> = [
+                    (w.zeroed_pages, "zeroed by the peer's storm"),
+                    (w.cold_pages, "cold, faulted in by the device"),
+                ]
+                .into_iter()
+                .filter(|(n, _)| *n > 0)
+                .map(|(n, what)| format!("{n} pages {what}"))
+                .collect();
+                if notes.is_empty() {
+                    "all bytes ok".into()
+                } else {
+                    format!("all bytes ok ({})", notes.join("; "))
+                }
             }
-            None => "all bytes ok".into(),
             Some(m) => format!(
                 "{} passes with wrong bytes; first at {:#x} in pass {} (expected {:#04x}, got \
                  {:#04x}; {} bytes wrong)",
