@@ -324,7 +324,7 @@ pub struct Served {
     pub storm_actions: u64,
     pub zeroed_pages: u64,
     /// Pages left never touched before a pass, for the device to fault in.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "crate::units::is_zero")]
     pub cold_pages: u64,
     /// Whether the peer said goodbye (else it disconnected or the run stopped).
     pub clean_end: bool,
@@ -674,10 +674,6 @@ fn serve_messages(
     }
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
 /// Zeroes `n` bytes of the region from `offset`, but leaves `ppm` per million of the whole pages
 /// among them never touched: dropped (they read as zeros), so the device's first access to each
 /// faults it in. The cold pages are spread evenly; returns how many there were.
@@ -954,6 +950,11 @@ pub fn late_receives_allowed(delay: Duration) -> bool {
     !delay.is_zero() && delay <= LATE_RECEIVES_MAX
 }
 
+/// Whether `share` of a pass's pages may be left cold: above zero, at most all of them.
+pub fn cold_pages_allowed(share: f64) -> bool {
+    share > 0.0 && share <= 1.0
+}
+
 /// How the active side's traffic runs, and what it asks the peer to do to it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PeerTraffic {
@@ -1030,7 +1031,7 @@ impl<'a> Passes<'a> {
     ) -> Result<Passes<'a>> {
         let cold_ppm = match cold_pages {
             None => 0,
-            Some(share) if share > 0.0 && share <= 1.0 => (share * 1e6).round().max(1.0) as u64,
+            Some(share) if cold_pages_allowed(share) => (share * 1e6).round().max(1.0) as u64,
             Some(share) => {
                 return Err(Error::invalid(format!(
                     "a share of cold pages must be above 0 and at most 1, not {share}"

@@ -103,6 +103,11 @@ pub fn fmt_size(bytes: u64) -> String {
     }
 }
 
+/// serde's `skip_serializing_if` for a count left out of a report while it is zero.
+pub fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

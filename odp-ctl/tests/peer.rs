@@ -850,10 +850,8 @@ fn a_scenario_runs_against_the_peer_with_every_byte_checked() {
     let Some(peer) = peer_or_skip(test) else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("across.toml");
-    std::fs::write(
-        &path,
+    let (code, report, said) = stress_against(
+        &peer,
         r#"name = "across"
 seed = 3
 duration = "6s"
@@ -892,20 +890,8 @@ action = "dontneed"
 rate = 500
 length = "64K"
 "#,
-    )
-    .expect("scenario");
-    let out = odp_ctl()
-        .args(["--json", "stress", "--peer", &peer])
-        .arg(&path)
-        .output()
-        .expect("stress");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{report} {}",
-        String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(code, Some(0), "{report} {said}");
     let run = &report["run"];
     assert_eq!(run["storm"]["rate"], 500, "{run}");
     let mut counts = Vec::new();
@@ -914,10 +900,7 @@ length = "64K"
         ("reader", "read", 16 << 10),
         ("sender", "send", 32 << 10),
     ] {
-        let stats = run["workers"]
-            .as_array()
-            .and_then(|ws| ws.iter().find(|s| s["worker"] == w))
-            .unwrap_or_else(|| panic!("no {w}: {run}"));
+        let stats = worker(run, w);
         let n = stats["passes"].as_u64().expect("passes");
         assert!(n > 0, "{stats}");
         assert_eq!(stats["op"], op, "{stats}");
@@ -955,6 +938,14 @@ length = "64K"
         retries["retries"],
         retries["caused_by_odp_faults"]
     );
+}
+
+/// The named worker's figures in a `stress --peer` run.
+fn worker<'a>(run: &'a Value, name: &str) -> &'a Value {
+    run["workers"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|s| s["worker"] == name))
+        .unwrap_or_else(|| panic!("no {name}: {run}"))
 }
 
 /// `stress --peer` with a scenario's text: exit code, report, stderr.
@@ -1027,10 +1018,7 @@ message = "32K"
         ("reader", 0),
         ("sender", pages_per_pass / 2),
     ] {
-        let stats = run["workers"]
-            .as_array()
-            .and_then(|ws| ws.iter().find(|s| s["worker"] == w))
-            .unwrap_or_else(|| panic!("no {w}: {run}"));
+        let stats = worker(run, w);
         let passes = stats["passes"].as_u64().expect("passes");
         assert!(passes > 0, "{stats}");
         assert_eq!(stats["mismatched_passes"], 0, "{stats}");

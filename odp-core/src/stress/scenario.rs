@@ -540,7 +540,7 @@ impl Scenario {
         if self
             .peer
             .cold_pages
-            .is_some_and(|share| !(share > 0.0 && share <= 1.0))
+            .is_some_and(|share| !crate::peer::cold_pages_allowed(share))
         {
             return Err(peer(
                 "peer.cold_pages must be above 0 and at most 1 (a share of the pages)".into(),

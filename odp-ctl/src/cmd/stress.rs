@@ -69,12 +69,8 @@ struct Probes {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     matching: BTreeMap<Action, Matching>,
     /// Invalidations past the matching bound, counted but not matched.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "odp_core::units::is_zero")]
     invalidations_not_kept: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 #[derive(Serialize)]
