@@ -286,8 +286,6 @@ fn parse_mr_table(reply: &[u8], mrs: &mut Vec<MrCounters>) -> io::Result<()> {
     Ok(())
 }
 
-/// A port's hardware counters now (`rdma stat show link DEVICE/PORT`), or why they cannot be
-/// read.
 /// What `device`'s `port` counters gained since `before` (read with `port_counters`), by name.
 pub fn gained_since(
     device: &str,
@@ -297,6 +295,8 @@ pub fn gained_since(
     port_counters(device, port).map(|after| deltas(before, &after).into_iter().collect())
 }
 
+/// A port's hardware counters now (`rdma stat show link DEVICE/PORT`), or why they cannot be
+/// read.
 pub fn port_counters(device: &str, port: u8) -> Result<Vec<(String, u64)>, String> {
     RdmaNetlink::open()
         .and_then(|mut nl| nl.port_counters(device, u32::from(port)))

@@ -429,18 +429,21 @@ fn meanwhile(
     let Ok(gained) = gained else {
         return failure;
     };
-    let moved: Vec<String> = gained
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(name, n)| format!("{name}={n}"))
-        .collect();
+    let moved = counters_moved(&gained);
     if moved.is_empty() {
         return failure.context("this port's counters did not move over the session");
     }
-    failure.context(format!(
-        "this port's counters over the session: {}",
-        moved.join(" ")
-    ))
+    failure.context(format!("this port's counters over the session: {moved}"))
+}
+
+/// The counters that moved, `name=gain` each, in one line.
+fn counters_moved(gained: &std::collections::BTreeMap<String, u64>) -> String {
+    gained
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// How long to keep trying to reach the serving side for the questions.
@@ -530,14 +533,7 @@ fn print_traffic(t: &TrafficReport, peer: Option<&PeerReport>) {
 /// What this port's counters gained over a session with a peer.
 pub(super) fn print_port_counters(p: &PeerReport) {
     match &p.port_counters {
-        Ok(counters) => {
-            let gained: Vec<String> = counters
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(name, n)| format!("{name}={n}"))
-                .collect();
-            println!("this port's counters gained: {}", gained.join(" "));
-        }
+        Ok(counters) => println!("this port's counters gained: {}", counters_moved(counters)),
         Err(why) => println!("{why}"),
     }
 }
