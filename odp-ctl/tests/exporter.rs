@@ -687,7 +687,7 @@ fn a_live_exporter_agrees_with_a_stress_run_through_prometheus() {
     // The counts are what this test compares; a storm's known failed completions do not
     // change them.
     if !out.status.success() {
-        match common::storm_failures_explained(out.status, &report) {
+        match common::rxe_failures_explained(out.status, &report) {
             Ok(why) => {
                 let _ = writeln!(std::io::stderr(), "{test}: {why}");
             }

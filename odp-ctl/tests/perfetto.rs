@@ -410,11 +410,23 @@ fn a_stress_runs_live_timeline_agrees_with_its_own_recording() {
         .arg(&scenario)
         .output()
         .expect("stress");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stress exited {} with no report ({e}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    // What this test compares is the timeline against the recording; a run that failed
+    // completions the way rxe is known to still wrote both in full.
+    if !out.status.success() {
+        match common::rxe_failures_explained(out.status, &report) {
+            Ok(why) => {
+                let _ = writeln_stderr(&format!("{test}: {why}"));
+            }
+            Err(what) => panic!("stress: {what}\n{}", String::from_utf8_lossy(&out.stderr)),
+        }
+    }
     let all = check_against_the_engine(&trace, &recording);
     let (boottime, monotonic, realtime) = clock_line(&recording);
     assert_eq!(
@@ -422,7 +434,6 @@ fn a_stress_runs_live_timeline_agrees_with_its_own_recording() {
         (vec![(6, boottime), (3, monotonic), (1, realtime)], Some(6)),
         "the live file and the recording share one clock reading"
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
     let totals = &report["probes"]["summary"]["totals"];
     let faults = all.iter().filter(|s| s.name == "device fault").count() as u64;
     assert_eq!(Some(faults), totals["faults"].as_u64());

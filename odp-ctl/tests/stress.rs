@@ -57,17 +57,11 @@ fn skip(test: &str) -> Option<String> {
     odp_core::testing::root_or_skip(test, "loading BPF").then_some(device)
 }
 
-/// Runs a scenario for `seconds` with probes and returns the report, asserting the data check
-/// passed and every traffic worker moved data.
-fn run_clean(name: &str, seconds: &str) -> Value {
-    run_checked(name, seconds, None)
-}
-
-/// Runs an example scenario and checks it: exact data, probes attached, no drops, traffic on
-/// every worker. `known_wc_error`: a failed completion the driver is known to produce under
-/// this scenario (docs/FINDINGS.md), accepted with exit 7 when every failure is exactly that
-/// and named on stderr; anything else fails.
-fn run_checked(name: &str, seconds: &str, known_wc_error: Option<(&str, &str)>) -> Value {
+/// Runs an example scenario for `seconds` with probes and checks it: exact data, probes
+/// attached, no drops, traffic on every worker. A run that failed completions only as rxe is
+/// known to (common::rxe_failures_explained) passes, the failures named on stderr; anything
+/// else fails.
+fn run_checked(name: &str, seconds: &str) -> Value {
     let mut cmd = odp_ctl();
     cmd.args(["--json", "stress"]).arg(scenario(name));
     if name != "phases" {
@@ -75,37 +69,19 @@ fn run_checked(name: &str, seconds: &str, known_wc_error: Option<(&str, &str)>) 
     }
     let out = cmd.output().expect("run stress");
     let report = json(&out);
-    let known_failure = match (known_wc_error, out.status.code()) {
-        (Some((op, status)), Some(7)) => {
-            let errors = report["first_wc_errors"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let known = !errors.is_empty()
-                && errors.iter().all(|e| {
-                    e["op"] == op && e["message"].as_str().is_some_and(|m| m.contains(status))
-                });
-            assert!(known, "{name}: {errors:?}");
-            let _ = writeln!(
-                std::io::stderr(),
-                "{name}: the driver failed {} {op}(s) with {status}, the known finding",
-                report["wc_errors"]
-            );
-            true
+    if !out.status.success() {
+        match common::rxe_failures_explained(out.status, &report) {
+            Ok(why) => {
+                let _ = writeln!(std::io::stderr(), "{name}: {why}");
+            }
+            Err(what) => panic!(
+                "{name}: {what}\n{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                serde_json::to_string_pretty(&report["first_mismatches"]).unwrap_or_default()
+            ),
         }
-        _ => false,
-    };
-    assert!(
-        known_failure || out.status.success(),
-        "{name}: exit {}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        serde_json::to_string_pretty(&report["first_mismatches"]).unwrap_or_default()
-    );
-    assert_eq!(report["mismatches"], 0, "{name}");
-    if !known_failure {
-        assert_eq!(report["wc_errors"], 0, "{name}");
     }
+    assert_eq!(report["mismatches"], 0, "{name}");
     assert_eq!(report["probes"]["status"], "attached", "{name}");
     assert_eq!(report["probes"]["summary"]["source"]["drops"], 0, "{name}");
     for t in report["traffic"].as_array().expect("traffic") {
@@ -163,7 +139,7 @@ fn baseline_moves_exact_bytes_with_no_invalidations_or_races() {
     if skip("baseline_moves_exact_bytes_with_no_invalidations_or_races").is_none() {
         return;
     }
-    let report = run_clean("baseline", "2s");
+    let report = run_checked("baseline", "2s");
     let totals = &report["probes"]["summary"]["totals"];
     assert!(
         totals["faults"].as_u64().unwrap_or(0) > 0,
@@ -179,7 +155,7 @@ fn dontneed_storm_keeps_data_and_every_drop_reaches_the_driver() {
     if skip("dontneed_storm_keeps_data_and_every_drop_reaches_the_driver").is_none() {
         return;
     }
-    let report = run_clean("dontneed-storm", "3s");
+    let report = run_checked("dontneed-storm", "3s");
     every_action_seen(&report, "dontneed", "CLEAR");
     let zeroed: u64 = report["traffic"]
         .as_array()
@@ -198,7 +174,7 @@ fn remap_keeps_data_and_every_remap_unmaps_at_the_driver() {
     if skip("remap_keeps_data_and_every_remap_unmaps_at_the_driver").is_none() {
         return;
     }
-    let report = run_clean("remap", "3s");
+    let report = run_checked("remap", "3s");
     every_action_seen(&report, "remap", "UNMAP");
 }
 
@@ -207,7 +183,7 @@ fn fork_cow_keeps_the_parents_data() {
     if skip("fork_cow_keeps_the_parents_data").is_none() {
         return;
     }
-    let report = run_clean("fork-cow", "3s");
+    let report = run_checked("fork-cow", "3s");
     // Copy-on-write keeps what the parent owns: fork never excuses a zero page, so run_clean's
     // zero mismatches is that check.
     every_action_seen(&report, "fork", "PROTECTION_PAGE");
@@ -218,7 +194,7 @@ fn mprotect_toggling_keeps_reads_exact_and_reaches_the_driver() {
     if skip("mprotect_toggling_keeps_reads_exact_and_reaches_the_driver").is_none() {
         return;
     }
-    let report = run_clean("mprotect", "3s");
+    let report = run_checked("mprotect", "3s");
     every_action_seen(&report, "mprotect", "PROTECTION_VMA");
 }
 
@@ -227,13 +203,7 @@ fn thp_collapse_and_split_keep_data_and_reach_the_driver() {
     if skip("thp_collapse_and_split_keep_data_and_reach_the_driver").is_none() {
         return;
     }
-    // rxe sometimes fails an RDMA WRITE with "remote invalid request" while pages collapse or
-    // split under it, with no fault error or timeout in the probes (docs/FINDINGS.md #7).
-    let report = run_checked(
-        "thp",
-        "3s",
-        Some(("write", "remote invalid request error (9)")),
-    );
+    let report = run_checked("thp", "3s");
     // Contents are kept: collapse and split never excuse a zero page, so run_checked's zero
     // mismatches is that check.
     // A collapse of what is already huge, or a split of what is not, changes nothing and need
@@ -252,7 +222,7 @@ fn atomics_count_exactly_through_dontneed() {
     if skip("atomics_count_exactly_through_dontneed").is_none() {
         return;
     }
-    let report = run_clean("atomics", "3s");
+    let report = run_checked("atomics", "3s");
     let adder = &report["traffic"][0];
     assert_eq!(adder["op"], "fetch-add");
     assert!(adder["ops"].as_u64().unwrap_or(0) > 100, "{adder}");
@@ -269,7 +239,7 @@ fn numa_migration_keeps_data_and_every_move_reaches_the_driver() {
     if skip("numa_migration_keeps_data_and_every_move_reaches_the_driver").is_none() {
         return;
     }
-    let report = run_clean("migrate", "3s");
+    let report = run_checked("migrate", "3s");
     // Contents are kept: migrate never excuses a zero page, so run_clean's zero mismatches is
     // that check.
     // Every migrate that moved a page was seen; one that moved none changed nothing.
@@ -290,7 +260,7 @@ fn mremap_keeps_data_and_every_move_unmaps_at_the_driver() {
     if skip("mremap_keeps_data_and_every_move_unmaps_at_the_driver").is_none() {
         return;
     }
-    let report = run_clean("mremap", "3s");
+    let report = run_checked("mremap", "3s");
     // The pages left: some device accesses afterwards must have met zeroed ones.
     let zeroed: u64 = report["traffic"]
         .as_array()
@@ -308,7 +278,7 @@ fn ksm_merges_keep_data_and_every_merge_reaches_the_driver() {
         return;
     }
     let before = std::fs::read_to_string("/sys/kernel/mm/ksm/run").expect("ksm run");
-    let report = run_clean("ksm", "3s");
+    let report = run_checked("ksm", "3s");
     let m = &report["probes"]["matching"]["ksm"];
     let merged = m["actions"].as_u64().unwrap_or(0);
     assert!(
@@ -520,7 +490,7 @@ fn the_phases_example_runs_its_phases() {
     if skip("the_phases_example_runs_its_phases").is_none() {
         return;
     }
-    let report = run_clean("phases", "");
+    let report = run_checked("phases", "");
     let d = report["duration_s"].as_f64().unwrap_or(0.0);
     assert!((4.9..8.0).contains(&d), "three phases of 1+2+2 s took {d}");
     assert!(report["prefetch"][0]["calls"].as_u64().unwrap_or(0) > 0);

@@ -202,16 +202,18 @@ pub fn broken_capture(dir: &Path, lines: usize, bad_line: usize) -> PathBuf {
     path
 }
 
-/// Why a DONTNEED storm's `stress --json` run that exited 7 (failed completions) failed, when
-/// every failure is one rxe is known for, with no wrong byte: a fault starved past HMM's 1 s
-/// limit fails its request with "remote access error", the probes having seen the timeout
-/// unless its event was among those lost on a slow guest; and a drop inside a THP splits it,
-/// after which rxe can fail an RDMA WRITE with "remote invalid request" and no fault error
-/// (docs/FINDINGS.md #7). Err names what is not so explained.
-pub fn storm_failures_explained(
+/// Why a probed `stress --json` run that exited 7 (failed completions) failed, when every
+/// failure is one rxe is known for and no byte is wrong: a fault starved past HMM's 1 s limit
+/// fails its request with "remote access error", the probes having seen the timeout unless its
+/// event was among those lost on a slow guest; and rxe now and then fails an RDMA WRITE with
+/// "remote invalid request" and no fault error while THPs under the MR split or collapse
+/// (docs/FINDINGS.md #7), a rare event: more than `FINDING_7_AT_MOST` in one run is not it.
+/// Err names what is not so explained.
+pub fn rxe_failures_explained(
     status: std::process::ExitStatus,
     report: &serde_json::Value,
 ) -> Result<String, String> {
+    const FINDING_7_AT_MOST: u64 = 3;
     let errors = report["first_wc_errors"]
         .as_array()
         .cloned()
@@ -223,19 +225,28 @@ pub fn storm_failures_explained(
         .iter()
         .map(|k| count(&source[*k]))
         .sum();
-    let explained = |e: &serde_json::Value| {
-        let message = e["message"].as_str().unwrap_or("");
-        (e["op"] == "write" && message.contains("remote invalid request error (9)"))
-            || (message.contains("remote access error (10)") && (hmm_timeouts > 0 || lost > 0))
+    let finding_7 = |e: &serde_json::Value| {
+        e["op"] == "write"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("remote invalid request error (9)"))
     };
+    let hmm_timeout = |e: &serde_json::Value| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("remote access error (10)"))
+            && (hmm_timeouts > 0 || lost > 0)
+    };
+    let finding_7_count = errors.iter().filter(|e| finding_7(e)).count() as u64;
     if status.code() == Some(7)
         && report["mismatches"] == 0
         && !errors.is_empty()
-        && errors.iter().all(explained)
+        && errors.iter().all(|e| finding_7(e) || hmm_timeout(e))
+        && finding_7_count <= FINDING_7_AT_MOST
     {
         Ok(format!(
             "{} failed completion(s), explained by {hmm_timeouts} HMM timeout(s), {lost} events \
-             lost, or finding #7",
+             lost, or finding #7 ({finding_7_count})",
             report["wc_errors"]
         ))
     } else {
