@@ -187,6 +187,10 @@ pub fn run(
         gid_index: scenario.device.gid_index,
         path_mtu: scenario.device.mtu,
         depth: scenario.device.qp_depth,
+        ack_timeout: scenario
+            .device
+            .ack_timeout
+            .unwrap_or(LoopbackConfig::default().ack_timeout),
         ..LoopbackConfig::default()
     };
     // Fail on a bad port or GID before any thread starts.

@@ -177,6 +177,10 @@ pub struct DeviceSpec {
     /// Work requests each queue can hold.
     #[serde(default = "default_qp_depth")]
     pub qp_depth: u32,
+    /// The loopback QPs' local ACK timeout, IB's 5-bit exponent (4.096 us x 2^N; 0 waits for
+    /// ever); default 14 (67 ms). Shorter makes the requester retransmit while the responder
+    /// faults (docs/FINDINGS.md #7).
+    pub ack_timeout: Option<u8>,
 }
 
 impl Default for DeviceSpec {
@@ -187,6 +191,7 @@ impl Default for DeviceSpec {
             gid_index: None,
             mtu: None,
             qp_depth: default_qp_depth(),
+            ack_timeout: None,
         }
     }
 }
@@ -558,6 +563,9 @@ impl Scenario {
         }
         if self.device.qp_depth == 0 {
             return Err(device("device.qp_depth must be at least 1".into()));
+        }
+        if self.device.ack_timeout.is_some_and(|t| t > 31) {
+            return Err(device("device.ack_timeout must be from 0 to 31".into()));
         }
         if let Some(mtu) = self.device.mtu {
             if ![256, 512, 1024, 2048, 4096].contains(&mtu) {
@@ -1074,6 +1082,11 @@ mod tests {
         );
         let err = error_of(&format!("{BASE}[device]\nmtu = 7\n"));
         assert!(err.contains("device.mtu 7 is not a path MTU"), "{err}");
+        let err = error_of(&format!("{BASE}[device]\nack_timeout = 32\n"));
+        assert!(
+            err.starts_with("t.toml:7:1: device.ack_timeout must be from 0 to 31"),
+            "{err}"
+        );
         // The parser's own depth limit still names the file.
         let deep = format!("a{} = 1\n", ".a".repeat(100_000));
         assert!(

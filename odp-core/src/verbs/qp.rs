@@ -25,6 +25,9 @@ pub struct LoopbackConfig {
     pub depth: u32,
     /// How long to wait for any one completion.
     pub timeout: Duration,
+    /// The requester's local ACK timeout, IB's 5-bit exponent (4.096 us x 2^N; 0 is none): how
+    /// long a request goes unanswered before it is retransmitted.
+    pub ack_timeout: u8,
 }
 
 impl Default for LoopbackConfig {
@@ -35,6 +38,7 @@ impl Default for LoopbackConfig {
             path_mtu: None,
             depth: 64,
             timeout: Duration::from_secs(10),
+            ack_timeout: 14,
         }
     }
 }
@@ -507,7 +511,7 @@ impl LoopbackRc {
             None => None,
         };
         for (qp, peer) in [(&requester, responder.num()), (&responder, requester.num())] {
-            connect(qp, peer, config.port, port.lid, gid, gid_index, mtu)?;
+            connect(qp, peer, config, port.lid, gid, gid_index, mtu)?;
         }
 
         Ok(LoopbackRc {
@@ -633,7 +637,7 @@ impl LoopbackRc {
 fn connect(
     qp: &QueuePair,
     peer_qpn: u32,
-    port: u8,
+    config: &LoopbackConfig,
     lid: u16,
     gid: Option<sys::ibv_gid>,
     gid_index: Option<u32>,
@@ -644,7 +648,7 @@ fn connect(
     let mut attr: sys::ibv_qp_attr = unsafe { std::mem::zeroed() };
     attr.qp_state = sys::ibv_qp_state::IBV_QPS_INIT;
     attr.pkey_index = 0;
-    attr.port_num = port;
+    attr.port_num = config.port;
     attr.qp_access_flags = QP_ACCESS;
     qp.modify(
         &mut attr,
@@ -660,7 +664,7 @@ fn connect(
     attr.rq_psn = 0;
     attr.max_dest_rd_atomic = 16;
     attr.min_rnr_timer = 12;
-    attr.ah_attr.port_num = port;
+    attr.ah_attr.port_num = config.port;
     attr.ah_attr.dlid = lid;
     if let (Some(gid), Some(index)) = (gid, gid_index) {
         attr.ah_attr.is_global = 1;
@@ -685,7 +689,7 @@ fn connect(
     // SAFETY: as above.
     let mut attr: sys::ibv_qp_attr = unsafe { std::mem::zeroed() };
     attr.qp_state = sys::ibv_qp_state::IBV_QPS_RTS;
-    attr.timeout = 14;
+    attr.timeout = config.ack_timeout;
     attr.retry_cnt = 7;
     attr.rnr_retry = 7;
     attr.sq_psn = 0;
