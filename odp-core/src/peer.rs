@@ -333,6 +333,9 @@ pub struct Served {
     pub questions_only: bool,
     /// The peer's retries it asked the cause of.
     pub causes_asked: u64,
+    /// Why the connection ended in failure, after serving what the counts above say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
     /// What this side's port counters gained over the connection, by the driver's names (set by
     /// the caller, which reads them).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -471,7 +474,9 @@ fn accept_ready(
 
 /// Accepts a traffic peer's `request` with `offer` (of `target`, on `pd`) and serves it until
 /// the peer says goodbye or disconnects, or `stop` is set: the passive side of `verify_peer`.
-/// `explain` answers the peer's questions about its retries.
+/// `explain` answers the peer's questions about its retries. Err only when the connection
+/// could not be made; a connection that failed later is Served with its `failure`, so what it
+/// did before (the storm's calls among it) is still counted.
 pub fn accept_and_serve(
     request: Request,
     pd: &Arc<ProtectionDomain>,
@@ -481,7 +486,7 @@ pub fn accept_and_serve(
     explain: Explain<'_>,
 ) -> Result<Served> {
     let (mut conn, control, first) = accept_ready(request, pd, offer)?;
-    serve(&mut conn, control, first, target, stop, explain)
+    Ok(serve(&mut conn, control, first, target, stop, explain))
 }
 
 fn serve(
@@ -491,11 +496,21 @@ fn serve(
     target: &MemoryRegion,
     stop: &AtomicBool,
     explain: Explain<'_>,
-) -> Result<Served> {
-    let mapping = explicit(target)?;
+) -> Served {
+    let mut served = Served {
+        peer: conn.peer().to_string(),
+        ..Served::default()
+    };
+    let mapping = match explicit(target) {
+        Ok(mapping) => mapping,
+        Err(e) => {
+            served.failure = Some(e.to_string());
+            return served;
+        }
+    };
     let storm = Storm::new(target.len().div_ceil(crate::memory::page_size()));
     let mut storming = false;
-    let served = std::thread::scope(|scope| {
+    let result = std::thread::scope(|scope| {
         let result = serve_messages(
             conn,
             &control,
@@ -504,6 +519,7 @@ fn serve(
             stop,
             &storm,
             explain,
+            &mut served,
             |rate, len| {
                 if !storming {
                     storming = true;
@@ -527,12 +543,13 @@ fn serve(
         storm.over.store(true, Ordering::Relaxed);
         result
     });
-    if let Some(e) = storm.failure.lock().ok().and_then(|mut f| f.take()) {
-        return Err(e);
-    }
-    let mut served = served?;
+    // The storm's thread has ended with the scope: its count is final.
     served.storm_actions = storm.actions.load(Ordering::Relaxed);
-    Ok(served)
+    let storm_failure = storm.failure.lock().ok().and_then(|mut f| f.take());
+    if let Some(e) = storm_failure.or(result.err()) {
+        served.failure = Some(e.to_string());
+    }
+    served
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -544,18 +561,15 @@ fn serve_messages(
     stop: &AtomicBool,
     storm: &Storm,
     explain: Explain<'_>,
+    served: &mut Served,
     mut start_storm: impl FnMut(u64, usize),
-) -> Result<Served> {
-    let mut served = Served {
-        peer: conn.peer().to_string(),
-        ..Served::default()
-    };
+) -> Result<()> {
     let mut pending_recvs: Vec<(u64, usize)> = Vec::new();
     let mut late_receives: Option<Message> = None;
     let mut next = first;
     loop {
         let Some(message) = next_message(conn, control, next, stop)? else {
-            return Ok(served);
+            return Ok(());
         };
         let len = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).min(target.len());
         // `n` bytes from `offset`, inside the region.
@@ -655,7 +669,7 @@ fn serve_messages(
                 storm.end_pass();
                 control.send(conn, ok())?;
                 served.clean_end = true;
-                return Ok(served);
+                return Ok(());
             }
             Op::Reply | Op::Failed => failed(u64::from(message.op as u32)),
         };

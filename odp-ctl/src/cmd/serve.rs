@@ -211,11 +211,13 @@ fn serve_peers(
         match handle.join() {
             Ok((_, Ok(served))) => {
                 report(out, &served)?;
-                if !served.questions_only {
+                // One peer's failure ends its connection, not the service.
+                if let Some(failure) = &served.failure {
+                    eprintln!("connection from {} failed: {failure}", served.peer);
+                } else if !served.questions_only {
                     connections.push(served);
                 }
             }
-            // One peer's failure ends its connection, not the service.
             Ok((from, Err(e))) => eprintln!("connection from {from} failed: {e}"),
             Err(panic) => eprintln!(
                 "a connection's thread panicked: {}",
