@@ -20,6 +20,8 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::memory::{Backing, Mapping};
 use crate::remote::{Delay, RequesterRetry, ResponderFault, RetryReport};
+use crate::stress::actions::NodeCycle;
+use crate::stress::Action;
 use crate::traffic::{
     explicit, fill_pattern_range, first_mismatch_in, Mismatch, OpResult, TrafficReport,
 };
@@ -28,7 +30,7 @@ use crate::verbs::{
 };
 
 /// Bumped whenever a message changes shape or meaning; both sides must agree.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 const MAGIC: [u8; 4] = *b"ODPP";
 /// The port `serve` listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 10089;
@@ -319,8 +321,10 @@ pub struct Served {
     pub verifies: u64,
     /// Verifications that found bytes differing from the pattern.
     pub mismatched: u64,
-    /// MADV_DONTNEED calls the peer's storm made on the region, and pages found zeroed by them
-    /// at verification.
+    /// The peer's storm: its action, the calls it made on the region, and pages found zeroed
+    /// by them at verification.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm_action: Option<Action>,
     pub storm_actions: u64,
     pub zeroed_pages: u64,
     /// Pages left never touched before a pass, for the device to fault in.
@@ -345,15 +349,19 @@ pub struct Served {
 /// A Failed reply's reason: the serving side runs without probes, it cannot name causes.
 const NO_PROBES: u64 = 7;
 
-/// The storm's thread name: the task name its invalidations carry.
-pub const STORM_THREAD: &str = "odp-storm";
+/// The storm's thread name, `storm-` and its action (`storm-dontneed`): the task name its
+/// invalidations carry.
+pub fn storm_thread(action: Action) -> String {
+    format!("storm-{}", action.name())
+}
 
 /// How often a waiting side looks at its stop flag and the connection's state.
 const POLL: Duration = Duration::from_millis(200);
 
-/// A DONTNEED storm on the served region, running while a pass's data lands in it. Each page it
-/// drops is marked first, so a verification can tell a page the storm took away from one the
-/// traffic got wrong.
+/// A storm of one action on the served region, running while a pass's data lands in it. Each
+/// page an action may zero (DONTNEED's, FREE's) is marked first, so a verification can tell a
+/// page the storm took away from one the traffic got wrong; after any other action every byte
+/// must match.
 struct Storm {
     /// Storm while set (between a pass's zeroing and its verification).
     active: AtomicBool,
@@ -378,8 +386,17 @@ impl Storm {
         }
     }
 
-    /// Drops `length`-byte, page-aligned pieces of `mapping` at `rate` a second while active.
-    fn run(&self, mapping: &Mapping, rate: u64, length: usize, seed: u64) {
+    /// Does `storm.action` to `storm.length`-byte, page-aligned pieces of `mapping` at
+    /// `storm.rate` a second while active; marks the pages only when the action may leave them
+    /// zero.
+    fn run(&self, mapping: &Mapping, storm: RemoteStorm, mut nodes: NodeCycle, seed: u64) {
+        let RemoteStorm {
+            action,
+            rate,
+            length,
+        } = storm;
+        let marks = action.destroys_contents(mapping.backing());
+        let hold = action.default_hold();
         use rand::{Rng, SeedableRng};
         let page = crate::memory::page_size();
         let length = length.clamp(page, mapping.len()) / page * page;
@@ -401,15 +418,12 @@ impl Storm {
                 if !self.active.load(Ordering::Acquire) {
                     continue;
                 }
-                for flag in &self.dropped[offset / page..(offset + length) / page] {
-                    flag.store(true, Ordering::Relaxed);
+                if marks {
+                    for flag in &self.dropped[offset / page..(offset + length) / page] {
+                        flag.store(true, Ordering::Relaxed);
+                    }
                 }
-                if let Err(e) = mapping.madvise(
-                    offset,
-                    length,
-                    libc::MADV_DONTNEED,
-                    "madvise(MADV_DONTNEED)",
-                ) {
+                if let Err(e) = action.perform(mapping, offset, length, hold, &mut nodes) {
                     if let Ok(mut f) = self.failure.lock() {
                         f.get_or_insert(e);
                     }
@@ -520,23 +534,27 @@ fn serve(
             &storm,
             explain,
             &mut served,
-            |rate, len| {
-                if !storming {
-                    storming = true;
-                    let storm = &storm;
-                    let seed = crate::trace::monotonic_ns();
-                    // Named, so its invalidations are told from the CPU's own (a verification
-                    // that reads a dropped page maps the zero page; the next fill's write replaces
-                    // it, which invalidates too).
-                    let spawned = std::thread::Builder::new()
-                        .name(STORM_THREAD.into())
-                        .spawn_scoped(scope, move || storm.run(mapping, rate, len, seed));
-                    if let Err(e) = spawned {
-                        if let Ok(mut f) = storm.failure.lock() {
-                            f.get_or_insert(Error::invalid(format!("cannot start the storm: {e}")));
-                        }
+            |spec: RemoteStorm| {
+                if storming {
+                    return Ok(());
+                }
+                // What the action needs (two NUMA nodes for migrate) is refused before any pass.
+                let nodes = NodeCycle::for_action(spec.action)?;
+                storming = true;
+                let storm = &storm;
+                let seed = crate::trace::monotonic_ns();
+                // Named by its action, so its invalidations are told from the CPU's own (a
+                // verification that reads a dropped page maps the zero page; the next fill's
+                // write replaces it, which invalidates too).
+                let spawned = std::thread::Builder::new()
+                    .name(storm_thread(spec.action))
+                    .spawn_scoped(scope, move || storm.run(mapping, spec, nodes, seed));
+                if let Err(e) = spawned {
+                    if let Ok(mut f) = storm.failure.lock() {
+                        f.get_or_insert(Error::invalid(format!("cannot start the storm: {e}")));
                     }
                 }
+                Ok(())
             },
         );
         storm.active.store(false, Ordering::Release);
@@ -562,7 +580,7 @@ fn serve_messages(
     storm: &Storm,
     explain: Explain<'_>,
     served: &mut Served,
-    mut start_storm: impl FnMut(u64, usize),
+    mut start_storm: impl FnMut(RemoteStorm) -> Result<()>,
 ) -> Result<()> {
     let mut pending_recvs: Vec<(u64, usize)> = Vec::new();
     let mut late_receives: Option<Message> = None;
@@ -602,8 +620,20 @@ fn serve_messages(
                 failed(u64::from(Op::Storm as u32))
             }
             Op::Storm => {
-                start_storm(message.a, len(message.b));
-                ok()
+                let spec = Action::from_code(message.c)
+                    .filter(|a| a.runs_on_a_peer())
+                    .map(|action| RemoteStorm {
+                        action,
+                        rate: message.a,
+                        length: len(message.b),
+                    });
+                match spec.map(&mut start_storm) {
+                    Some(Ok(())) => {
+                        served.storm_action = spec.map(|s| s.action);
+                        ok()
+                    }
+                    _ => failed(u64::from(Op::Storm as u32)),
+                }
             }
             Op::Drop => {
                 storm.end_pass();
@@ -950,9 +980,11 @@ fn pinned_peer(conn: &PeerRc, request: &str) -> Error {
 /// An invalidation storm the serving side runs on its region while WRITEs and SENDs land in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RemoteStorm {
-    /// MADV_DONTNEED calls a second.
+    /// One the peer can run (`Action::runs_on_a_peer`).
+    pub action: Action,
+    /// Calls a second.
     pub rate: u64,
-    /// Bytes each one drops (page-aligned pieces).
+    /// Bytes each one covers (page-aligned pieces).
     pub length: usize,
 }
 
@@ -962,6 +994,16 @@ pub const LATE_RECEIVES_MAX: Duration = Duration::from_secs(1);
 /// Whether receives may be posted `delay` late: above zero, at most LATE_RECEIVES_MAX.
 pub fn late_receives_allowed(delay: Duration) -> bool {
     !delay.is_zero() && delay <= LATE_RECEIVES_MAX
+}
+
+/// The actions a peer runs, by name, for messages.
+pub fn peer_actions() -> String {
+    Action::ALL
+        .iter()
+        .filter(|a| a.runs_on_a_peer())
+        .map(|a| a.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether `share` of a pass's pages may be left cold: above zero, at most all of them.
@@ -1062,10 +1104,26 @@ impl<'a> Passes<'a> {
                     "a storm needs a rate and a length above zero",
                 ));
             }
-            if !offer.odp {
-                return Err(pinned_peer(conn, "a DONTNEED storm on the peer's MR"));
+            if !storm.action.runs_on_a_peer() {
+                return Err(Error::invalid(format!(
+                    "{} runs where the memory is: the peer runs {}",
+                    storm.action.name(),
+                    peer_actions()
+                )));
             }
-            control.ask(conn, Op::Storm, storm.rate, storm.length as u64, 0)?;
+            if !offer.odp {
+                return Err(pinned_peer(
+                    conn,
+                    &format!("a {} storm on the peer's MR", storm.action.name()),
+                ));
+            }
+            control.ask(
+                conn,
+                Op::Storm,
+                storm.rate,
+                storm.length as u64,
+                storm.action.code(),
+            )?;
         }
         Ok(Passes {
             control,

@@ -1,8 +1,9 @@
 //! A scenario against a peer (`stress --peer`): the peer (`odp-ctl serve`) owns the region the
-//! scenario's [[mr]] describes and runs its DONTNEED storm; this side's traffic workers take
-//! turns on one connection, each turn a pass over the worker's range in its message size with a
-//! pattern of its own, checked where it landed (WRITE and SEND by the peer, READ here). A page
-//! the storm dropped while a pass's data landed may read as zeros; every other byte must match.
+//! scenario's [[mr]] describes and runs its storm (its one action); this side's traffic workers
+//! take turns on one connection, each turn a pass over the worker's range in its message size
+//! with a pattern of its own, checked where it landed (WRITE and SEND by the peer, READ here). A
+//! page a DONTNEED or FREE storm dropped while a pass's data landed may read as zeros;
+//! every other byte must match.
 //! With `[peer] cold_pages`, the peer leaves that share of the pages under each WRITE and SEND
 //! pass never touched before it, so the device faults them in as the data lands.
 
@@ -83,6 +84,7 @@ pub fn run_against_peer(
 ) -> Result<PeerRun> {
     let size = scenario.mrs.first().map_or(local.len(), |m| m.size.0);
     let storm = scenario.actions.first().map(|a| RemoteStorm {
+        action: a.action,
         rate: a.rate.round().max(1.0) as u64,
         length: a.length.0,
     });

@@ -158,6 +158,32 @@ impl Action {
         matches!(self, Action::Mremap | Action::Ksm)
     }
 
+    /// Whether `odp-ctl serve` can run it on the region it serves while a peer's traffic lands
+    /// there: the madvise family and page moves, which keep the mapping and the process as they
+    /// are. Not mprotect (a read-only window fails the peer's WRITEs), fork (of the service),
+    /// remap or mremap (the mapping under the MR replaced), or ksm (ksmd for a whole host).
+    pub fn runs_on_a_peer(self) -> bool {
+        matches!(
+            self,
+            Action::Dontneed
+                | Action::Free
+                | Action::Pageout
+                | Action::Cold
+                | Action::Collapse
+                | Action::Split
+                | Action::Migrate
+        )
+    }
+
+    /// The storm's wire code between the two sides of `stress --peer` (its place in ALL).
+    pub fn code(self) -> u64 {
+        Action::ALL.iter().position(|&a| a == self).unwrap_or(0) as u64
+    }
+
+    pub fn from_code(code: u64) -> Option<Action> {
+        Action::ALL.get(usize::try_from(code).ok()?).copied()
+    }
+
     /// Whether failing it leaves the memory unusable for the rest of the run: a failed
     /// mprotect back to read-write would fault every later CPU write.
     fn failure_is_fatal(self) -> bool {
@@ -166,7 +192,7 @@ impl Action {
 
     /// Does the action once on [offset, offset + len) of `m`; returns the pages it moved or
     /// merged, for the actions that can change nothing.
-    fn perform(
+    pub(crate) fn perform(
         self,
         m: &Mapping,
         offset: usize,
@@ -200,13 +226,13 @@ impl Action {
 }
 
 /// The NUMA nodes with memory, taken in turn by migrate (checked only when one is needed).
-struct NodeCycle {
+pub(crate) struct NodeCycle {
     nodes: Vec<i32>,
     turn: usize,
 }
 
 impl NodeCycle {
-    fn for_action(action: Action) -> Result<NodeCycle> {
+    pub(crate) fn for_action(action: Action) -> Result<NodeCycle> {
         let nodes = if action == Action::Migrate {
             let nodes = numa_nodes_with_memory();
             if nodes.len() < 2 {

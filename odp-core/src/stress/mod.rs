@@ -10,7 +10,7 @@
 //! touched) is a mismatch.
 
 mod across;
-mod actions;
+pub(crate) mod actions;
 mod atomics;
 pub mod pattern;
 mod prefetch;

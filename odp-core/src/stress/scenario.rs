@@ -420,8 +420,9 @@ impl Scenario {
     }
 
     /// `parse`, for a run against a peer (`stress --peer`): the peer serves one region and runs
-    /// one DONTNEED storm on it, so the scenario may have one [[mr]], WRITE, READ and SEND
-    /// traffic, at most one `dontneed` action, and no prefetch or phases.
+    /// one storm of an action on it, so the scenario may have one [[mr]], WRITE, READ and SEND
+    /// traffic, at most one action the peer can run (`Action::runs_on_a_peer`), and no
+    /// prefetch or phases.
     pub fn parse_across_hosts(text: &str, origin: &str) -> Result<Scenario> {
         let scenario = Scenario::parse(text, origin)?;
         scenario
@@ -451,13 +452,14 @@ impl Scenario {
             .actions
             .iter()
             .enumerate()
-            .find(|(_, a)| a.action != Action::Dontneed)
+            .find(|(_, a)| !a.action.runs_on_a_peer())
         {
             return Err(CheckError {
                 entry: Entry::Invalidate(i),
                 message: format!(
-                    "{} runs where the memory is, and the peer runs only a dontneed storm",
-                    a.action.name()
+                    "{} runs where the memory is, and the peer runs {}",
+                    a.action.name(),
+                    crate::peer::peer_actions()
                 ),
             });
         }
@@ -886,8 +888,8 @@ mod tests {
         assert_eq!(s.total_duration(), Duration::from_secs(5));
     }
 
-    /// Across hosts the peer serves one region and runs one DONTNEED storm: what needs more is
-    /// refused where it is written; the [peer] knobs are checked on any host.
+    /// Across hosts the peer serves one region and runs one storm of an action it can run: what
+    /// needs more is refused where it is written; the [peer] knobs are checked on any host.
     #[test]
     fn what_cannot_run_across_hosts_is_refused_where_it_stands() {
         let storm = include_str!("../../../scenarios/dontneed-storm.toml");
@@ -921,6 +923,12 @@ mod tests {
             "{err}"
         );
         assert!(err.ends_with("(across hosts)"), "{err}");
+        assert!(
+            err.contains("the peer runs dontneed, free, pageout, cold, collapse, split, migrate")
+        );
+        let migrate = include_str!("../../../scenarios/migrate.toml");
+        let s = Scenario::parse_across_hosts(migrate, "m.toml").expect("a peer can migrate");
+        assert_eq!(s.actions[0].action, Action::Migrate);
         for (file, text, want) in [
             (
                 "atomics",

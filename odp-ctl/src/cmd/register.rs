@@ -304,6 +304,7 @@ fn traffic_with_peer(
     let traffic = PeerTraffic {
         message_size: args.message_size,
         storm: args.remote_dontneed.map(|rate| RemoteStorm {
+            action: odp_core::stress::Action::Dontneed,
             rate,
             length: args.remote_dontneed_length,
         }),

@@ -53,8 +53,8 @@ pub struct Args {
     #[command(flatten)]
     pub attach: super::launch::AttachArgs,
     /// Run against `odp-ctl serve` on another host (ADDR or ADDR:PORT): the peer owns the region
-    /// and runs the scenario's dontneed storm, this side drives the traffic (its workers take
-    /// turns on one connection) with the scenario's [peer] knobs.
+    /// and runs the scenario's storm (its one action), this side drives the traffic (its
+    /// workers take turns on one connection) with the scenario's [peer] knobs.
     #[arg(long, value_name = "ADDR[:PORT]", conflicts_with_all = ["monitor", "record", "perfetto", "device"])]
     pub peer: Option<String>,
 }

@@ -1,6 +1,6 @@
 //! `odp-ctl stress --peer ADDR SCENARIO`: the scenario against `odp-ctl serve` on another host,
-//! which owns the region and runs the scenario's DONTNEED storm; this side drives the traffic,
-//! with its [peer] knobs on the connection, every byte checked where it landed.
+//! which owns the region and runs the scenario's storm (its one action); this side drives the
+//! traffic, with its [peer] knobs on the connection, every byte checked where it landed.
 
 use odp_core::peer::parse_address;
 use odp_core::stress::{run_against_peer, PeerRun, Scenario};
@@ -120,7 +120,8 @@ fn print_run(run: &PeerRun, peer: &PeerReport) {
         if peer.offer.odp { "ODP" } else { "pinned" },
         run.duration_s,
         run.storm.map_or(String::new(), |s| format!(
-            "; the peer dropped {} pieces {} times a second",
+            "; the peer ran {} on {} pieces {} times a second",
+            s.action.name(),
             odp_core::units::fmt_size(s.length as u64),
             s.rate
         )) + &run.cold_pages.map_or(String::new(), |share| format!(
