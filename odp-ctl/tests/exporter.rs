@@ -677,23 +677,9 @@ fn a_live_exporter_agrees_with_a_stress_run_through_prometheus() {
         .arg(&scenario)
         .output()
         .expect("stress");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stress exited {} with no report ({e}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
     // The counts are what this test compares; a storm's known failed completions do not
     // change them.
-    if !out.status.success() {
-        match common::rxe_failures_explained(out.status, &report) {
-            Ok(why) => {
-                let _ = writeln!(std::io::stderr(), "{test}: {why}");
-            }
-            Err(what) => panic!("stress: {what}\n{}", String::from_utf8_lossy(&out.stderr)),
-        }
-    }
+    let report = common::stress_report(test, &out);
     let totals = &report["probes"]["summary"]["totals"];
     let n = |v: &serde_json::Value| v.as_u64().expect("a count") as f64;
     let faults = n(&totals["faults"]);

@@ -952,41 +952,10 @@ fn pages_the_peer_migrates_under_the_traffic_keep_every_byte() {
     };
     let (code, report, said) = stress_against(
         &peer,
-        r#"name = "migrate-across"
-seed = 9
-duration = "3s"
-
-[[mr]]
-name = "buf"
-size = "2M"
-
-[[traffic]]
-name = "writer"
-mr = "buf"
-op = "write"
-range = "0:512K"
-message = "64K"
-
-[[traffic]]
-name = "reader"
-mr = "buf"
-op = "read"
-range = "512K:512K"
-message = "64K"
-
-[[traffic]]
-name = "sender"
-mr = "buf"
-op = "send"
-range = "1M:512K"
-message = "32K"
-
-[[invalidate]]
-mr = "buf"
-action = "migrate"
-rate = 200
-length = "64K"
-"#,
+        &format!(
+            "name = \"migrate-across\"\nseed = 9\nduration = \"3s\"\n\n{THREE_WORKERS_ON_2M}\n\
+             [[invalidate]]\nmr = \"buf\"\naction = \"migrate\"\nrate = 200\nlength = \"64K\"\n"
+        ),
     );
     assert_eq!(code, Some(0), "{report} {said}");
     let run = &report["run"];
@@ -1006,6 +975,34 @@ length = "64K"
         "{test}: {passes} passes while the peer migrated its pages, every byte exact"
     );
 }
+
+/// A scenario's region of 2 MiB and its three workers, each on 512 KiB of it: WRITEs of 64 KiB,
+/// READs of 16 KiB, SENDs of 32 KiB.
+const THREE_WORKERS_ON_2M: &str = r#"[[mr]]
+name = "buf"
+size = "2M"
+
+[[traffic]]
+name = "writer"
+mr = "buf"
+op = "write"
+range = "0:512K"
+message = "64K"
+
+[[traffic]]
+name = "reader"
+mr = "buf"
+op = "read"
+range = "512K:512K"
+message = "16K"
+
+[[traffic]]
+name = "sender"
+mr = "buf"
+op = "send"
+range = "1M:512K"
+message = "32K"
+"#;
 
 /// The named worker's figures in a `stress --peer` run.
 fn worker<'a>(run: &'a Value, name: &str) -> &'a Value {
@@ -1042,38 +1039,10 @@ fn cold_pages_on_the_peer_are_faulted_in_as_the_data_lands() {
     let Some(peer) = peer_or_skip(test) else {
         return;
     };
-    let scenario = r#"name = "cold"
-seed = 5
-duration = "2s"
-
-[peer]
-cold_pages = 0.5
-
-[[mr]]
-name = "buf"
-size = "2M"
-
-[[traffic]]
-name = "writer"
-mr = "buf"
-op = "write"
-range = "0:512K"
-message = "64K"
-
-[[traffic]]
-name = "reader"
-mr = "buf"
-op = "read"
-range = "512K:512K"
-message = "16K"
-
-[[traffic]]
-name = "sender"
-mr = "buf"
-op = "send"
-range = "1M:512K"
-message = "32K"
-"#;
+    let scenario = &format!(
+        "name = \"cold\"\nseed = 5\nduration = \"2s\"\n\n[peer]\ncold_pages = 0.5\n\n\
+         {THREE_WORKERS_ON_2M}"
+    );
     let (code, report, said) = stress_against(&peer, scenario);
     assert_eq!(code, Some(0), "{report} {said}");
     let run = &report["run"];

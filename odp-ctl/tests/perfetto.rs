@@ -410,23 +410,9 @@ fn a_stress_runs_live_timeline_agrees_with_its_own_recording() {
         .arg(&scenario)
         .output()
         .expect("stress");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stress exited {} with no report ({e}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
     // What this test compares is the timeline against the recording; a run that failed
     // completions the way rxe is known to still wrote both in full.
-    if !out.status.success() {
-        match common::rxe_failures_explained(out.status, &report) {
-            Ok(why) => {
-                let _ = writeln_stderr(&format!("{test}: {why}"));
-            }
-            Err(what) => panic!("stress: {what}\n{}", String::from_utf8_lossy(&out.stderr)),
-        }
-    }
+    let report = common::stress_report(test, &out);
     let all = check_against_the_engine(&trace, &recording);
     let (boottime, monotonic, realtime) = clock_line(&recording);
     assert_eq!(

@@ -68,19 +68,7 @@ fn run_checked(name: &str, seconds: &str) -> Value {
         cmd.args(["--duration", seconds]);
     }
     let out = cmd.output().expect("run stress");
-    let report = json(&out);
-    if !out.status.success() {
-        match common::rxe_failures_explained(out.status, &report) {
-            Ok(why) => {
-                let _ = writeln!(std::io::stderr(), "{name}: {why}");
-            }
-            Err(what) => panic!(
-                "{name}: {what}\n{}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                serde_json::to_string_pretty(&report["first_mismatches"]).unwrap_or_default()
-            ),
-        }
-    }
+    let report = common::stress_report(name, &out);
     assert_eq!(report["mismatches"], 0, "{name}");
     assert_eq!(report["probes"]["status"], "attached", "{name}");
     assert_eq!(report["probes"]["summary"]["source"]["drops"], 0, "{name}");

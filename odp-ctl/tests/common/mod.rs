@@ -258,6 +258,32 @@ pub fn rxe_failures_explained(
     }
 }
 
+/// A probed `stress --json` run's report, for a test that compares what it counted: the run
+/// passed, or failed only as rxe is known to (`rxe_failures_explained`, named on stderr for
+/// `test`); anything else panics with what was not explained.
+pub fn stress_report(test: &str, out: &std::process::Output) -> serde_json::Value {
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stress exited {} with no report ({e}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    if !out.status.success() {
+        match rxe_failures_explained(out.status, &report) {
+            Ok(why) => {
+                let _ = writeln!(std::io::stderr(), "{test}: {why}");
+            }
+            Err(what) => panic!(
+                "{test}: stress: {what}\n{}\nfirst mismatches: {}",
+                String::from_utf8_lossy(&out.stderr),
+                serde_json::to_string_pretty(&report["first_mismatches"]).unwrap_or_default()
+            ),
+        }
+    }
+    report
+}
+
 /// One HTTP GET over loopback, to a server that may not be listening yet: (status, content
 /// type, body).
 pub fn try_get(
