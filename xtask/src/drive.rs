@@ -514,6 +514,10 @@ const PEER_TESTS: &str = "peer-";
 const SERVE_WHILE_PEER_LIVES: &str = r#"bb=/usr/bin/busybox
 # No transparent huge pages: a storm's first cut into one splits it, one more invalidation.
 echo never > /sys/kernel/mm/transparent_hugepage/enabled
+# No automatic NUMA balancing (the guest has two nodes): its scans make PROTECTION_VMA
+# invalidations in whichever thread of the process returns to user space, the storm's too
+# (8989 for 8988 DONTNEED calls, 4 PROTECTION_VMA in that run).
+echo 0 > /proc/sys/kernel/numa_balancing
 # perftest's servers for the tester's perftest clients, traced like it (one attach, up front).
 # One monitor per server: a monitor follows its command, not the command's children.
 ( /job/bin/odp-ctl --json monitor --summary -- ib_write_bw --odp -R -d rxe0 -s 65536 -n 200 >/job/perftest-write.out 2>&1
