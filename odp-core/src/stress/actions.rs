@@ -54,6 +54,8 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, in the order of their wire codes (`code`): a new one goes at the end, and
+    /// reordering them is a change of the peer protocol.
     pub const ALL: [Action; 12] = [
         Action::Dontneed,
         Action::Free,
@@ -370,6 +372,41 @@ mod tests {
 
     /// The VM stress tests of these actions count on it: no zero page is ever excused for them,
     /// so a page they lost would be a mismatch.
+    #[test]
+    fn every_action_has_its_own_wire_code_and_storm_thread_name() {
+        let mut names = std::collections::HashSet::new();
+        for (i, action) in Action::ALL.into_iter().enumerate() {
+            assert_eq!(action.code(), i as u64);
+            assert_eq!(Action::from_code(action.code()), Some(action));
+            // Linux keeps 15 bytes of a thread's name: the storm's must stay whole and apart.
+            let thread = crate::peer::storm_thread(action);
+            assert!(thread.len() <= 15, "{thread}");
+            assert!(names.insert(thread));
+        }
+        assert_eq!(Action::from_code(Action::ALL.len() as u64), None);
+        assert_eq!(Action::from_code(u64::MAX), None);
+        // Protocol 5's codes: a peer speaking it reads these numbers.
+        assert_eq!(Action::Dontneed.code(), 0);
+        assert_eq!(Action::Migrate.code(), 9);
+    }
+
+    #[test]
+    fn a_peer_runs_only_actions_that_leave_its_process_and_mapping_as_they_are() {
+        let on_a_peer: Vec<&str> = Action::ALL
+            .into_iter()
+            .filter(|a| a.runs_on_a_peer())
+            .map(Action::name)
+            .collect();
+        assert_eq!(
+            on_a_peer,
+            ["dontneed", "free", "pageout", "cold", "collapse", "split", "migrate"]
+        );
+        assert_eq!(
+            crate::peer::peer_actions(),
+            "dontneed, free, pageout, cold, collapse, split, migrate"
+        );
+    }
+
     #[test]
     fn actions_that_keep_contents_never_excuse_a_zero_page() {
         let backings = [
