@@ -390,6 +390,7 @@ impl Storm {
     /// `storm.rate` a second while active; marks the pages only when the action may leave them
     /// zero.
     fn run(&self, mapping: &Mapping, storm: RemoteStorm, mut nodes: NodeCycle, seed: u64) {
+        use rand::{Rng, SeedableRng};
         let RemoteStorm {
             action,
             rate,
@@ -397,7 +398,6 @@ impl Storm {
         } = storm;
         let marks = action.destroys_contents(mapping.backing());
         let hold = action.default_hold();
-        use rand::{Rng, SeedableRng};
         let page = crate::memory::page_size();
         let length = length.clamp(page, mapping.len()) / page * page;
         let slots = (mapping.len() - length) / page + 1;

@@ -517,9 +517,10 @@ fn stress_with_monitor_shows_the_run_live_then_reports_after_q() {
     let report = term.wait_for("stress-exit=", 60);
     // A long DONTNEED storm can starve a device fault past HMM's 1 s limit; rxe then fails the
     // work request (remote access error) and the run rightly exits 7, the probes having seen
-    // the timeout unless its event was among those lost on a slow guest. A DONTNEED inside a
-    // THP splits it, and rxe can then fail an RDMA WRITE with "remote invalid request" and no
-    // fault error (docs/FINDINGS.md #7). Either is accepted only with no wrong bytes.
+    // the timeout unless its event was among those lost on a slow guest. A fault slow enough to
+    // make the requester retransmit can leave rxe failing an RDMA WRITE with "remote invalid
+    // request" and no fault error (docs/FINDINGS.md #7). Either is accepted only with no wrong
+    // bytes.
     if !report.contains("stress-exit=0") {
         // The report wraps at the pane's width, anywhere (a wrap at a space loses the space):
         // it is read with every blank taken out, and so are the phrases looked for in it.

@@ -370,8 +370,6 @@ mod tests {
         assert!(!Action::Mprotect.destroys_contents(&Backing::Thp));
     }
 
-    /// The VM stress tests of these actions count on it: no zero page is ever excused for them,
-    /// so a page they lost would be a mismatch.
     #[test]
     fn every_action_has_its_own_wire_code_and_storm_thread_name() {
         let mut names = std::collections::HashSet::new();
@@ -407,6 +405,8 @@ mod tests {
         );
     }
 
+    /// The VM stress tests of these actions count on it: no zero page is ever excused for them,
+    /// so a page they lost would be a mismatch.
     #[test]
     fn actions_that_keep_contents_never_excuse_a_zero_page() {
         let backings = [

@@ -206,8 +206,9 @@ pub fn broken_capture(dir: &Path, lines: usize, bad_line: usize) -> PathBuf {
 /// failure is one rxe is known for and no byte is wrong: a fault starved past HMM's 1 s limit
 /// fails its request with "remote access error", the probes having seen the timeout unless its
 /// event was among those lost on a slow guest; and rxe now and then fails an RDMA WRITE with
-/// "remote invalid request" and no fault error while THPs under the MR split or collapse
-/// (docs/FINDINGS.md #7), a rare event: more than `FINDING_7_AT_MOST` in one run is not it.
+/// "remote invalid request" and no fault error when its requester retransmitted while the
+/// responder faulted (docs/FINDINGS.md #7), a rare event at the default ACK timeout: more than
+/// `FINDING_7_AT_MOST` in one run is not it.
 /// Err names what is not so explained.
 pub fn rxe_failures_explained(
     status: std::process::ExitStatus,
